@@ -1,0 +1,37 @@
+# Two commands a new user needs: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast lint bench bench-quick clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/python -m pipeline_components.demo
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+bench-quick: venv
+	$(BIN)/python -m benchmarks --quick
+
+clean:
+	rm -rf demo_output .pytest_cache .ruff_cache

@@ -1,0 +1,75 @@
+"""`transfer-pipeline <command> ...`: one console script, a dispatcher over each component's main.
+
+Each component module owns its flags (`main(argv) -> int`, Beam-wordcount style), so a component
+runs alone exactly as the pipeline runs it. Modules are imported lazily: TensorFlow and Beam take
+seconds to import and `--help` should not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from pipeline_components.errors import PipelineError
+
+# command -> (module, help)
+COMMANDS = {
+    "example-gen": ("pipeline_components.example_gen", "image folders -> TFRecords (Apache Beam)"),
+    "train": ("pipeline_components.trainer", "train the transfer-learning model, export a SavedModel"),
+    "evaluate": ("pipeline_components.evaluator", "score the SavedModel on the test split, write the blessing"),
+    "push": ("pipeline_components.pusher", "copy a blessed model to the serving directory"),
+    "run": ("pipeline_components.runner", "run the whole pipeline from pipeline.yaml (cached)"),
+    "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
+    "predict": ("serving.client", "send images to a TF Serving gRPC endpoint"),
+    "sample-data": ("pipeline_components.sample_data", "generate a small learnable image dataset"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: transfer-pipeline <command> [options]   (transfer-pipeline <command> --help)", ""]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from pipeline_components import __version__
+
+        print(__version__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"transfer-pipeline: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    quiet_tensorflow()
+    logging.basicConfig(
+        level=os.environ.get("LOGLEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return int(module.main(rest) or 0)
+    except PipelineError as e:
+        print(f"transfer-pipeline {command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"transfer-pipeline {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""File helpers over tf.io.gfile, so every path may be local, gs:// or s3://.
+
+Nothing is left half-written: artifacts are built under a hidden temporary sibling and
+renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import posixpath
+import uuid
+
+from pipeline_components.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def gfile():
+    # Imported lazily: tensorflow takes seconds to import and the CLI's --help should not.
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def join(*parts: str) -> str:
+    parts = [str(p) for p in parts]
+    if is_remote(parts[0]):
+        return posixpath.join(*parts)
+    import os
+
+    return os.path.join(*parts)
+
+
+def parent(path: str) -> str:
+    path = str(path).rstrip("/")
+    if is_remote(path):
+        return posixpath.dirname(path)
+    import os
+
+    return os.path.dirname(os.path.abspath(path))
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(str(path).rstrip("/"))
+
+
+def exists(path: str) -> bool:
+    return gfile().exists(str(path))
+
+
+def isdir(path: str) -> bool:
+    return gfile().isdir(str(path))
+
+
+def makedirs(path: str) -> None:
+    gfile().makedirs(str(path))
+
+
+def listdir(path: str) -> list[str]:
+    """Entry names (no trailing slash), sorted."""
+    return sorted(name.rstrip("/") for name in gfile().listdir(str(path)))
+
+
+def rmtree(path: str) -> None:
+    if gfile().exists(str(path)):
+        gfile().rmtree(str(path))
+
+
+def read_text(path: str) -> str:
+    with gfile().GFile(str(path), "r") as f:
+        return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    with gfile().GFile(str(path), "rb") as f:
+        return f.read()
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Write a file via a temporary sibling and a rename: readers see all of it or none."""
+    path = str(path)
+    tmp = join(parent(path), f".{basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with gfile().GFile(tmp, mode) as f:
+        f.write(data)
+    gfile().rename(tmp, path, overwrite=True)
+
+
+def write_json(path: str, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str, what: str = "file"):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{what} {path} is not valid JSON: {e}") from None
+    except Exception as e:  # NotFoundError and friends from gfile
+        if not exists(path):
+            raise PipelineError(f"{what} {path} does not exist") from None
+        raise PipelineError(f"cannot read {what} {path}: {e}") from None
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def copy_tree(src: str, dst: str, last: tuple[str, ...] = ()) -> None:
+    """Recursively copy src into dst (created). Files named in `last` are copied after all
+    others, so a poller on an object store (no atomic rename) sees them only when the rest is there.
+    """
+    src, dst = str(src), str(dst)
+    deferred = []
+    for dirpath, _dirnames, filenames in gfile().walk(src):
+        rel = posixpath.relpath(dirpath.replace("\\", "/"), src.replace("\\", "/"))
+        target_dir = dst if rel == "." else join(dst, rel)
+        gfile().makedirs(target_dir)
+        for name in filenames:
+            pair = (join(dirpath, name), join(target_dir, name))
+            if rel == "." and name in last:
+                deferred.append(pair)
+            else:
+                gfile().copy(*pair, overwrite=True)
+    for pair in deferred:
+        gfile().copy(*pair, overwrite=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str, replace: bool = True):
+    """Yield a hidden temporary directory next to `final`; rename it to `final` on success.
+
+    On any exception the temporary directory is removed and `final` is left as it was.
+    With replace=True an existing `final` is swapped out (old one removed after the rename).
+    """
+    final = str(final).rstrip("/")
+    par = parent(final)
+    makedirs(par)
+    tmp = join(par, f".{basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
+    makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        rmtree(tmp)
+        raise
+    old = None
+    if exists(final):
+        if not replace:
+            rmtree(tmp)
+            raise PipelineError(f"output {final} already exists")
+        old = join(par, f".{basename(final)}.old-{uuid.uuid4().hex[:8]}")
+        gfile().rename(final, old)
+    try:
+        gfile().rename(tmp, final)
+    except Exception:
+        if old is not None:
+            gfile().rename(old, final)
+        rmtree(tmp)
+        raise
+    if old is not None:
+        rmtree(old)
