@@ -17,8 +17,14 @@ from pipeline_components.errors import PipelineError
 # command -> (module, help)
 COMMANDS = {
     "example-gen": ("pipeline_components.example_gen", "image folders -> TFRecords (Apache Beam)"),
-    "train": ("pipeline_components.trainer", "train the transfer-learning model, export a SavedModel"),
-    "evaluate": ("pipeline_components.evaluator", "score the SavedModel on the test split, write the blessing"),
+    "train": (
+        "pipeline_components.trainer",
+        "train the transfer-learning model, export a SavedModel",
+    ),
+    "evaluate": (
+        "pipeline_components.evaluator",
+        "score the SavedModel on the test split, write the blessing",
+    ),
     "push": ("pipeline_components.pusher", "copy a blessed model to the serving directory"),
     "run": ("pipeline_components.runner", "run the whole pipeline from pipeline.yaml (cached)"),
     "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
@@ -29,7 +35,10 @@ COMMANDS = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: transfer-pipeline <command> [options]   (transfer-pipeline <command> --help)", ""]
+    lines = [
+        "usage: transfer-pipeline <command> [options]   (transfer-pipeline <command> --help)",
+        "",
+    ]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -52,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"transfer-pipeline: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        print(
+            f"transfer-pipeline: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr
+        )
         return 2
     quiet_tensorflow()
     logging.basicConfig(

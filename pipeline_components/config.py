@@ -22,7 +22,9 @@ class ExampleGenConfig:
     num_shards: int = 4
     max_bad_fraction: float = 0.01
     resize_max_side: int | None = None  # re-encode larger images to JPEG with this longest side
-    validation_fraction: float = 0.1  # carved from train by a stable hash when validation/ is absent
+    validation_fraction: float = (
+        0.1  # carved from train by a stable hash when validation/ is absent
+    )
     beam_args: list[str] = field(default_factory=lambda: ["--runner=DirectRunner"])
 
 
@@ -229,7 +231,9 @@ def from_dict(data: dict | None, source: str = "config") -> PipelineConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise PipelineError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise PipelineError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     return validate(_from_dict(PipelineConfig, data, "", source), source)
 
 

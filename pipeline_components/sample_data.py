@@ -21,7 +21,11 @@ SPLITS = ("train", "validation", "test")
 
 def _background(rng: np.random.Generator, w: int, h: int, photo_like: bool) -> Image.Image:
     c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    t = np.linspace(0.0, 1.0, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0.0, 1.0, h)[:, None, None]
+    t = (
+        np.linspace(0.0, 1.0, w)[None, :, None]
+        if rng.random() < 0.5
+        else np.linspace(0.0, 1.0, h)[:, None, None]
+    )
     img = (c0 * (1 - t) + c1 * t) * np.ones((h, w, 1))
     img += rng.normal(0, 25 if photo_like else 12, (h, w, 3))
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -36,7 +40,9 @@ def draw_shape(kind: str, rng: np.random.Generator, size=(64, 64), photo_like=Fa
         for _ in range(30):
             x, y = rng.integers(0, w), rng.integers(0, h)
             r = int(rng.integers(2, max(3, min(w, h) // 12)))
-            clutter.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+            clutter.ellipse(
+                [x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 256, 3))
+            )
         img = img.filter(ImageFilter.GaussianBlur(1.2))
     draw = ImageDraw.Draw(img)
     s = min(w, h)
@@ -52,14 +58,24 @@ def draw_shape(kind: str, rng: np.random.Generator, size=(64, 64), photo_like=Fa
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
     elif kind in ("squares", "triangles"):
         n = 4 if kind == "squares" else 3
-        pts = [(cx + r * math.cos(angle + 2 * math.pi * i / n), cy + r * math.sin(angle + 2 * math.pi * i / n)) for i in range(n)]
+        pts = [
+            (
+                cx + r * math.cos(angle + 2 * math.pi * i / n),
+                cy + r * math.sin(angle + 2 * math.pi * i / n),
+            )
+            for i in range(n)
+        ]
         draw.polygon(pts, fill=color)
     elif kind == "stripes":
         step = max(2, int(s / rng.uniform(5, 9)))
         for off in range(-2 * s, 2 * s, 2 * step):
             dx, dy = math.cos(angle), math.sin(angle)
             x0, y0 = cx + off * -dy, cy + off * dx
-            draw.line([(x0 - 2 * s * dx, y0 - 2 * s * dy), (x0 + 2 * s * dx, y0 + 2 * s * dy)], fill=color, width=max(1, step // 2))
+            draw.line(
+                [(x0 - 2 * s * dx, y0 - 2 * s * dy), (x0 + 2 * s * dx, y0 + 2 * s * dy)],
+                fill=color,
+                width=max(1, step // 2),
+            )
     else:
         raise ValueError(f"unknown shape class {kind!r}; known: {', '.join(SHAPES)}")
     return img
@@ -67,8 +83,17 @@ def draw_shape(kind: str, rng: np.random.Generator, size=(64, 64), photo_like=Fa
 
 def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     buf = io.BytesIO()
-    pil_format = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "gif": "GIF", "webp": "WEBP"}[fmt.lower()]
-    img.save(buf, format=pil_format, **({"quality": quality} if pil_format in ("JPEG", "WEBP") else {}))
+    pil_format = {
+        "jpg": "JPEG",
+        "jpeg": "JPEG",
+        "png": "PNG",
+        "bmp": "BMP",
+        "gif": "GIF",
+        "webp": "WEBP",
+    }[fmt.lower()]
+    img.save(
+        buf, format=pil_format, **({"quality": quality} if pil_format in ("JPEG", "WEBP") else {})
+    )
     return buf.getvalue()
 
 
@@ -105,17 +130,36 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="transfer-pipeline sample-data", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="transfer-pipeline sample-data", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--output", required=True, help="dataset root to write")
     p.add_argument("--classes", nargs="+", default=["circles", "squares"], choices=SHAPES)
-    p.add_argument("--per-class", nargs=3, type=int, default=[40, 15, 15], metavar=("TRAIN", "VAL", "TEST"),
-                   help="images per class in train, validation, test (0 = omit the split)")
+    p.add_argument(
+        "--per-class",
+        nargs=3,
+        type=int,
+        default=[40, 15, 15],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="images per class in train, validation, test (0 = omit the split)",
+    )
     p.add_argument("--size", type=_size, default=(64, 64), help="WxH, e.g. 64x64 or 500x375")
     p.add_argument("--format", default="jpg", choices=["jpg", "png", "bmp", "gif", "webp"])
     p.add_argument("--photo-like", action="store_true", help="textured, photo-sized JPEG content")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    counts = generate(args.output, args.classes, args.per_class, args.size, args.format, args.seed, args.photo_like)
+    counts = generate(
+        args.output,
+        args.classes,
+        args.per_class,
+        args.size,
+        args.format,
+        args.seed,
+        args.photo_like,
+    )
     total = sum(sum(c.values()) for c in counts.values())
-    print(f"wrote {total} images to {args.output}: " + ", ".join(f"{s}={sum(c.values())}" for s, c in counts.items()))
+    print(
+        f"wrote {total} images to {args.output}: "
+        + ", ".join(f"{s}={sum(c.values())}" for s, c in counts.items())
+    )
     return 0

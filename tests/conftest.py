@@ -17,7 +17,9 @@ def make_dataset(tmp_path):
     """make_dataset(classes=..., per_split=(train, val, test), size=(32, 32), fmt='jpg') -> root."""
     counter = {"n": 0}
 
-    def make(classes=("circles", "squares"), per_split=(12, 4, 4), size=(32, 32), fmt="jpg", seed=0):
+    def make(
+        classes=("circles", "squares"), per_split=(12, 4, 4), size=(32, 32), fmt="jpg", seed=0
+    ):
         counter["n"] += 1
         root = tmp_path / f"data{counter['n']}"
         sample_data.generate(str(root), classes, per_split, size, fmt, seed)

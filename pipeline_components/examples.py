@@ -1,0 +1,121 @@
+"""The TFRecord contract between ExampleGen and everything that reads its output (DESIGN.md).
+
+`<examples>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz` (GZIP tf.train.Example), `labels.txt`,
+`stats.json`. Writers build records with `make_example`; tf.data readers use `parse`.
+"""
+
+from __future__ import annotations
+
+from pipeline_components import fsutil
+from pipeline_components.errors import PipelineError
+
+SPLITS = ("train", "validation", "test")
+SHARD_PREFIX = "examples"
+SHARD_SUFFIX = ".tfrecord.gz"
+LABELS_FILE = "labels.txt"
+STATS_FILE = "stats.json"
+
+ENCODED = "image/encoded"
+FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+CHANNELS = "image/channels"
+LABEL = "image/class/label"
+TEXT = "image/class/text"
+FILENAME = "image/filename"
+SHA256 = "image/sha256"
+
+BYTES_KEYS = (ENCODED, FORMAT, TEXT, FILENAME, SHA256)
+INT_KEYS = (HEIGHT, WIDTH, CHANNELS, LABEL)
+
+
+def make_example(
+    *,
+    encoded: bytes,
+    fmt: str,
+    height: int,
+    width: int,
+    channels: int,
+    label: int,
+    text: str,
+    filename: str,
+    sha256: str,
+):
+    """A tf.train.Example with exactly the DESIGN keys."""
+    import tensorflow as tf
+
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                ENCODED: b(encoded),
+                FORMAT: b(fmt.encode()),
+                HEIGHT: i(height),
+                WIDTH: i(width),
+                CHANNELS: i(channels),
+                LABEL: i(label),
+                TEXT: b(text.encode("utf-8")),
+                FILENAME: b(filename.encode("utf-8")),
+                SHA256: b(sha256.encode()),
+            }
+        )
+    )
+
+
+def feature_spec() -> dict:
+    import tensorflow as tf
+
+    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in BYTES_KEYS}
+    spec.update({k: tf.io.FixedLenFeature([], tf.int64) for k in INT_KEYS})
+    return spec
+
+
+def parse(serialized):
+    """Parse one serialized Example (or a batch of them) into a dict of tensors."""
+    import tensorflow as tf
+
+    if serialized.shape.rank == 0:
+        return tf.io.parse_single_example(serialized, feature_spec())
+    return tf.io.parse_example(serialized, feature_spec())
+
+
+def shard_pattern(examples_dir: str, split: str) -> str:
+    return fsutil.join(examples_dir, split, f"{SHARD_PREFIX}-*-of-*{SHARD_SUFFIX}")
+
+
+def split_files(examples_dir: str, split: str) -> list[str]:
+    """The split's shard files, sorted. A missing split is a one-line error."""
+    files = sorted(fsutil.gfile().glob(shard_pattern(examples_dir, split)))
+    if not files:
+        raise PipelineError(
+            f"no TFRecord shards for split '{split}' under {fsutil.join(examples_dir, split)} "
+            "(is this an ExampleGen output directory?)"
+        )
+    return files
+
+
+def read_labels(examples_dir: str) -> list[str]:
+    path = fsutil.join(examples_dir, LABELS_FILE)
+    if not fsutil.exists(path):
+        raise PipelineError(f"{path} does not exist (is {examples_dir} an ExampleGen output?)")
+    labels = [line.strip() for line in fsutil.read_text(path).splitlines() if line.strip()]
+    if len(labels) < 2:
+        raise PipelineError(f"{path} lists {len(labels)} class(es); at least 2 are needed")
+    return labels
+
+
+def read_stats(examples_dir: str) -> dict:
+    return fsutil.read_json(fsutil.join(examples_dir, STATS_FILE), "ExampleGen statistics")
+
+
+def num_examples(examples_dir: str, split: str) -> int | None:
+    """From stats.json; None when unknown."""
+    try:
+        return int(read_stats(examples_dir)["splits"][split]["num_examples"])
+    except (PipelineError, KeyError, TypeError, ValueError):
+        return None
