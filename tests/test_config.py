@@ -1,0 +1,92 @@
+"""pipeline.yaml loading: defaults are the notebook's; every mistake is one line naming the key."""
+
+import pytest
+
+from pipeline_components import config
+from pipeline_components.errors import PipelineError
+
+
+def test_defaults_reproduce_the_notebook():
+    cfg = config.from_dict({})
+    t = cfg.trainer
+    assert (t.backbone, t.weights, t.image_size, t.head) == (
+        "vgg19",
+        "imagenet",
+        [224, 224],
+        "flatten",
+    )
+    assert (t.batch_size, t.steps_per_epoch, t.epochs, t.optimizer) == (100, 20, 100, "rmsprop")
+    assert t.augmentation.rotation_range == 40 and t.augmentation.horizontal_flip is True
+    assert cfg.evaluator.min_accuracy == 0.9 and cfg.pusher.keep_versions == 3
+
+
+def test_design_example_yaml_loads(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        """
+pipeline_name: cats-dogs
+pipeline_root: ./pipeline_root
+data_root: ./data/cats_dogs
+serving_dir: ./serving_models
+model_name: cats_dogs
+example_gen: {num_shards: 4, max_bad_fraction: 0.01, beam_args: ["--runner=DirectRunner"]}
+trainer:
+  backbone: vgg19
+  weights: imagenet
+  image_size: [224, 224]
+  head: flatten
+  fine_tune_from: null
+  batch_size: 100
+  epochs: 100
+  steps_per_epoch: 20
+  optimizer: rmsprop
+  learning_rate: 0.001
+  augmentation: {rotation_range: 40, width_shift_range: 0.2, height_shift_range: 0.2,
+                 shear_range: 0.2, zoom_range: 0.2, horizontal_flip: true}
+  cache_features: auto
+  seed: 42
+evaluator: {min_accuracy: 0.9, max_regression: 0.01}
+pusher: {keep_versions: 3}
+"""
+    )
+    cfg = config.load(str(path))
+    assert cfg.model_name == "cats_dogs" and cfg.trainer.learning_rate == 0.001
+    assert isinstance(cfg.trainer.augmentation.rotation_range, float)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"trainer": {"lerning_rate": 1}}, "unknown key 'trainer.lerning_rate'"),
+        ({"trainer": {"epochs": "many"}}, "trainer.epochs: expected an integer, got 'many'"),
+        ({"trainer": {"head": "mlp"}}, "trainer.head: must be one of"),
+        ({"trainer": {"batch_size": 0}}, "trainer.batch_size: must be >= 1"),
+        ({"trainer": {"image_size": [224]}}, "trainer.image_size"),
+        ({"evaluator": {"min_accuracy": 1.5}}, "evaluator.min_accuracy: must be in [0, 1]"),
+        ({"example_gen": {"beam_args": "--runner=X"}}, "example_gen.beam_args: expected a list"),
+        ({"trainer": {"augmentation": {"horizontal_flip": "yes"}}}, "horizontal_flip"),
+        ({"trainer": []}, "trainer: expected a mapping"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(data, message):
+    with pytest.raises(PipelineError) as e:
+        config.from_dict(data, source="p.yaml")
+    assert message in str(e.value)
+    assert str(e.value).startswith("p.yaml: ") and "\n" not in str(e.value)
+
+
+def test_overrides_and_null_augmentation():
+    data = config.apply_overrides({}, ["trainer.epochs=2", "trainer.augmentation=null"])
+    cfg = config.from_dict(data)
+    assert cfg.trainer.epochs == 2 and cfg.trainer.augmentation is None
+    with pytest.raises(PipelineError, match="expected key=value"):
+        config.apply_overrides({}, ["epochs"])
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        config.load(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {epochs: 2\n")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        config.load(str(bad))
