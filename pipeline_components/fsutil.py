@@ -172,3 +172,21 @@ def atomic_dir(final: str, replace: bool = True):
         raise
     if old is not None:
         rmtree(old)
+
+
+def tree_fingerprint(path: str) -> str:
+    """sha256 over every file's relative path and contents: identifies a model directory
+    (saved_model.pb alone does not change when only the weights do)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = str(path).rstrip("/")
+    for dirpath, _dirs, files in sorted(gfile().walk(root)):
+        for name in sorted(files):
+            full = join(dirpath, name)
+            rel = posixpath.relpath(full.replace("\\", "/"), root.replace("\\", "/"))
+            digest.update(rel.encode() + b"\0")
+            with gfile().GFile(full, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()

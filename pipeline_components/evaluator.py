@@ -1,0 +1,301 @@
+"""Evaluator: score the exported SavedModel on the test split and decide the blessing.
+
+It calls `serving_default` on the raw `image/encoded` bytes — the artifact and preprocessing
+that will be served — so training/serving skew shows up here, not in production.
+
+    transfer-pipeline evaluate --model T/saved_model --examples O --output E \
+        [--min-accuracy A] [--max-regression R] [--baseline PATH | --serving-dir S --model-name M]
+
+Outputs (written atomically into E): metrics.json, blessing.json, predictions.csv,
+confusion_matrix.png, errors.png, and baseline_metrics.json when a baseline was scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline_components import examples, fsutil, metrics
+from pipeline_components.config import EvaluatorConfig
+from pipeline_components.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+BLESSING_FILE = "blessing.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+@dataclass
+class Predictions:
+    probabilities: np.ndarray  # [N, C]
+    y_true: np.ndarray  # [N]
+    filenames: list[str]
+    errors: list[dict] = field(default_factory=list)  # a few misclassified: encoded, true, pred
+
+
+def load_serving_model(model_dir: str):
+    """(serving_default signature, class names) of a SavedModel; one-line errors."""
+    import tensorflow as tf
+
+    from pipeline_components import export
+
+    if not fsutil.exists(fsutil.join(model_dir, "saved_model.pb")):
+        raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
+    try:
+        loaded = tf.saved_model.load(model_dir)
+        signature = loaded.signatures[export.SERVING_SIGNATURE]
+    except KeyError:
+        raise PipelineError(f"SavedModel {model_dir} has no 'serving_default' signature") from None
+    except Exception as e:
+        raise PipelineError(
+            f"cannot load SavedModel {model_dir}: {str(e).splitlines()[0]}"
+        ) from None
+    try:
+        labels = export.load_labels(model_dir)
+    except Exception:
+        raise PipelineError(f"SavedModel {model_dir} has no assets/labels.txt") from None
+    return loaded, signature, labels
+
+
+def predict_split(
+    signature, examples_dir: str, split: str = "test", batch_size: int = 32, keep_errors: int = 0
+) -> Predictions:
+    """Stream the split's records through the signature in batches (only predictions are kept,
+    so a split larger than memory works)."""
+    import tensorflow as tf
+
+    files = examples.split_files(examples_dir, split)
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
+    ds = ds.map(examples.parse).prefetch(2)
+    probs, y_true, filenames, errors = [], [], [], []
+    for batch in ds:
+        try:
+            out = signature(images=batch[examples.ENCODED])
+        except tf.errors.InvalidArgumentError as e:
+            first = batch[examples.FILENAME][0].numpy().decode()
+            raise PipelineError(
+                f"the model failed on the {split} batch starting at {first}: "
+                f"{e.message.splitlines()[0]}"
+            ) from None
+        p = out["probabilities"].numpy()
+        labels = batch[examples.LABEL].numpy()
+        probs.append(p)
+        y_true.append(labels)
+        filenames += [f.decode() for f in batch[examples.FILENAME].numpy()]
+        if len(errors) < keep_errors:
+            for i in np.flatnonzero(p.argmax(axis=1) != labels)[: keep_errors - len(errors)]:
+                errors.append(
+                    {
+                        "encoded": batch[examples.ENCODED][i].numpy(),
+                        "filename": batch[examples.FILENAME][i].numpy().decode(),
+                        "true": int(labels[i]),
+                        "pred": int(p[i].argmax()),
+                        "score": float(p[i].max()),
+                    }
+                )
+    if not filenames:
+        raise PipelineError(f"the {split} split under {examples_dir} holds no examples")
+    return Predictions(np.concatenate(probs), np.concatenate(y_true), filenames, errors)
+
+
+def gate(
+    accuracy: float,
+    min_accuracy: float,
+    baseline_accuracy: float | None = None,
+    max_regression: float = 0.01,
+) -> tuple[bool, list[str]]:
+    """Blessed iff accuracy >= min_accuracy and, with a baseline, accuracy >= baseline accuracy
+    - max_regression. The reasons say why in words, for run records and people."""
+    reasons = []
+    ok_threshold = accuracy >= min_accuracy
+    cmp = ">=" if ok_threshold else "<"
+    reasons.append(f"accuracy {accuracy:.4f} {cmp} min_accuracy {min_accuracy:.4f}")
+    ok_baseline = True
+    if baseline_accuracy is None:
+        reasons.append("no baseline model: first push, regression check not applicable")
+    else:
+        floor = baseline_accuracy - max_regression
+        ok_baseline = accuracy >= floor - 1e-12
+        verdict = "within" if ok_baseline else "worse than"
+        reasons.append(
+            f"accuracy {accuracy:.4f} is {verdict} max_regression {max_regression:.4f} "
+            f"of baseline accuracy {baseline_accuracy:.4f}"
+        )
+    return ok_threshold and ok_baseline, reasons
+
+
+def newest_version(model_base_path: str) -> str | None:
+    """The newest complete numeric version directory under a serving model path, or None."""
+    if not fsutil.isdir(model_base_path):
+        return None
+    versions = [
+        int(name)
+        for name in fsutil.listdir(model_base_path)
+        if re.fullmatch(r"\d+", name)
+        and fsutil.exists(fsutil.join(model_base_path, name, "saved_model.pb"))
+    ]
+    return fsutil.join(model_base_path, str(max(versions))) if versions else None
+
+
+def resolve_baseline(baseline: str | None, serving_dir: str | None, model_name: str | None):
+    """--baseline PATH (a SavedModel or a versioned model dir), else the newest pushed version."""
+    if baseline:
+        if fsutil.exists(fsutil.join(baseline, "saved_model.pb")):
+            return baseline
+        newest = newest_version(baseline)
+        if newest is None:
+            raise PipelineError(
+                f"baseline {baseline} is neither a SavedModel nor a versioned model dir"
+            )
+        return newest
+    if serving_dir and model_name:
+        return newest_version(fsutil.join(serving_dir, model_name))
+    return None
+
+
+def _score_baseline(path: str, examples_dir: str, labels: list[str], batch_size: int):
+    """Baseline metrics on the same test data, or (None, reason) when it cannot be compared."""
+    try:
+        _, signature, base_labels = load_serving_model(path)
+    except PipelineError as e:
+        return None, f"baseline {path} could not be loaded ({e}); regression check skipped"
+    if base_labels != labels:
+        return None, f"baseline {path} has other classes {base_labels}; regression check skipped"
+    preds = predict_split(signature, examples_dir, "test", batch_size)
+    return metrics.classification_metrics(preds.probabilities, preds.y_true, labels), None
+
+
+def run_evaluator(
+    model_dir: str,
+    examples_dir: str,
+    output_dir: str,
+    config: EvaluatorConfig | None = None,
+    baseline: str | None = None,
+    serving_dir: str | None = None,
+    model_name: str | None = None,
+) -> dict:
+    """Score, gate, write the artifacts; returns the blessing dict."""
+    config = config or EvaluatorConfig()
+    data_labels = examples.read_labels(examples_dir)
+    examples.split_files(examples_dir, "test")  # a missing test split fails before model loading
+    _, signature, labels = load_serving_model(model_dir)
+    if labels != data_labels:
+        raise PipelineError(
+            f"model classes {labels} differ from the examples' labels.txt {data_labels} "
+            f"({model_dir} vs {examples_dir})"
+        )
+    preds = predict_split(
+        signature, examples_dir, "test", config.batch_size, config.num_error_examples
+    )
+    result = metrics.classification_metrics(preds.probabilities, preds.y_true, labels)
+    log.info(
+        "test accuracy %.4f, loss %.4f on %d examples",
+        result["accuracy"],
+        result["loss"],
+        result["num_examples"],
+    )
+
+    baseline_path = resolve_baseline(baseline, serving_dir, model_name)
+    baseline_metrics, skip_reason = (None, None)
+    if baseline_path:
+        baseline_metrics, skip_reason = _score_baseline(
+            baseline_path, examples_dir, labels, config.batch_size
+        )
+    baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
+    blessed, reasons = gate(
+        result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
+    )
+    if skip_reason:
+        reasons[-1] = skip_reason
+    blessing = {
+        "blessed": blessed,
+        "reasons": reasons,
+        "accuracy": result["accuracy"],
+        "threshold": config.min_accuracy,
+        "max_regression": config.max_regression,
+        "baseline_accuracy": baseline_accuracy,
+        "baseline": baseline_path if baseline_metrics else None,
+        "model": model_dir,
+        "model_fingerprint": fsutil.tree_fingerprint(model_dir),
+    }
+    with fsutil.atomic_dir(output_dir) as tmp:
+        fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
+        if baseline_metrics:
+            fsutil.write_json(fsutil.join(tmp, "baseline_metrics.json"), baseline_metrics)
+        fsutil.write_atomic(fsutil.join(tmp, PREDICTIONS_FILE), _predictions_csv(preds, labels))
+        _write_plots(tmp, result, preds, labels)
+        fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
+    log.info("%s: %s", "BLESSED" if blessed else "NOT blessed", "; ".join(reasons))
+    return blessing
+
+
+def _predictions_csv(preds: Predictions, labels: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["filename", "label", "predicted", "score", *[f"p_{c}" for c in labels]])
+    for name, y, p in zip(preds.filenames, preds.y_true, preds.probabilities, strict=True):
+        writer.writerow(
+            [name, labels[y], labels[p.argmax()], f"{p.max():.6f}", *[f"{v:.6f}" for v in p]]
+        )
+    return buf.getvalue()
+
+
+def _write_plots(out_dir: str, result: dict, preds: Predictions, labels: list[str]) -> None:
+    from pipeline_components import eval_plots as plots
+
+    fsutil.write_atomic(
+        fsutil.join(out_dir, "confusion_matrix.png"),
+        plots.confusion_matrix_png(
+            np.array(result["confusion_matrix"]), labels, result["accuracy"]
+        ),
+    )
+    fsutil.write_atomic(fsutil.join(out_dir, "errors.png"), plots.errors_png(preds.errors, labels))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="transfer-pipeline evaluate", description="Score a SavedModel, write the blessing."
+    )
+    p.add_argument("--model", required=True, help="the exported saved_model/ directory")
+    p.add_argument("--examples", required=True, help="ExampleGen output directory")
+    p.add_argument("--output", required=True, help="directory for metrics.json, blessing.json, ...")
+    p.add_argument("--min-accuracy", type=float, default=EvaluatorConfig.min_accuracy)
+    p.add_argument("--max-regression", type=float, default=EvaluatorConfig.max_regression)
+    p.add_argument("--batch-size", type=int, default=EvaluatorConfig.batch_size)
+    p.add_argument("--baseline", help="baseline SavedModel, or a versioned dir (newest is used)")
+    p.add_argument("--serving-dir", help="with --model-name: baseline = newest pushed version")
+    p.add_argument("--model-name")
+    args = p.parse_args(argv)
+    from pipeline_components.config import section_from_dict
+
+    cfg = section_from_dict(
+        EvaluatorConfig,
+        {
+            "min_accuracy": args.min_accuracy,
+            "max_regression": args.max_regression,
+            "batch_size": args.batch_size,
+        },
+        "evaluator",
+        source="command line",
+    )
+    blessing = run_evaluator(
+        args.model,
+        args.examples,
+        args.output,
+        cfg,
+        args.baseline,
+        args.serving_dir,
+        args.model_name,
+    )
+    print(
+        ("BLESSED: " if blessing["blessed"] else "NOT BLESSED: ") + "; ".join(blessing["reasons"])
+    )
+    print(f"wrote {fsutil.join(args.output, BLESSING_FILE)}")
+    return 0

@@ -1,0 +1,187 @@
+"""Pusher: copy a blessed SavedModel to `<serving_dir>/<model_name>/<version>/` for TF Serving.
+
+    transfer-pipeline push --model T/saved_model --blessing E/blessing.json \
+        --serving-dir S --model-name M [--keep-versions 3] [--output P]
+
+TF Serving polls the model directory and loads any new numeric subdirectory, so a version
+must appear complete or not at all: locally the copy goes to a hidden temporary sibling that
+is renamed into place; on object stores (no atomic rename) it is copied in place with
+`saved_model.pb` last. Two pushers racing each claim a distinct version number first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import re
+import uuid
+
+from pipeline_components import fsutil
+from pipeline_components.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+PUSH_FILE = "push.json"
+CLAIM_PREFIX = ".claim-"
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def numeric_versions(model_path: str) -> list[int]:
+    if not fsutil.isdir(model_path):
+        return []
+    return sorted(int(n) for n in fsutil.listdir(model_path) if re.fullmatch(r"\d+", n))
+
+
+def _claimed_versions(model_path: str) -> list[int]:
+    if not fsutil.isdir(model_path):
+        return []
+    pattern = re.compile(re.escape(CLAIM_PREFIX) + r"(\d+)")
+    return [int(m.group(1)) for n in fsutil.listdir(model_path) if (m := pattern.fullmatch(n))]
+
+
+def _try_claim(model_path: str, version: int) -> bool:
+    """Atomically reserve a version number. Local: O_EXCL file creation, so of two racing
+    pushers exactly one wins. Object stores have no exclusive create through gfile: best effort
+    (the scheduled pipeline runs with concurrencyPolicy Forbid)."""
+    claim = fsutil.join(model_path, f"{CLAIM_PREFIX}{version}")
+    if fsutil.is_remote(model_path):
+        if fsutil.exists(claim) or fsutil.exists(fsutil.join(model_path, str(version))):
+            return False
+        fsutil.write_atomic(claim, uuid.uuid4().hex)
+        return True
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    # Checked only while holding the claim: another pusher may have finished this number and
+    # released its claim between our listing and our claim.
+    if os.path.exists(os.path.join(model_path, str(version))):
+        os.remove(claim)
+        return False
+    return True
+
+
+def claim_next_version(model_path: str) -> int:
+    fsutil.makedirs(model_path)
+    version = max(numeric_versions(model_path) + _claimed_versions(model_path), default=0) + 1
+    while not _try_claim(model_path, version):
+        version += 1
+    return version
+
+
+def _release_claim(model_path: str, version: int) -> None:
+    claim = fsutil.join(model_path, f"{CLAIM_PREFIX}{version}")
+    if fsutil.exists(claim):
+        fsutil.gfile().remove(claim)
+
+
+def copy_version(model_dir: str, model_path: str, version: int) -> str:
+    """Copy the SavedModel into `<model_path>/<version>` so it appears complete or not at all."""
+    final = fsutil.join(model_path, str(version))
+    if fsutil.is_remote(model_path):
+        try:
+            fsutil.copy_tree(model_dir, final, last=("saved_model.pb",))
+        except BaseException:
+            fsutil.rmtree(final)
+            raise
+        return final
+    tmp = fsutil.join(model_path, f".{version}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        fsutil.copy_tree(model_dir, tmp)
+        os.rename(tmp, final)  # atomic on one file system; fails if `final` exists
+    except BaseException:
+        fsutil.rmtree(tmp)
+        raise
+    return final
+
+
+def apply_retention(model_path: str, keep_versions: int, protect: int) -> list[int]:
+    """Delete the oldest numeric versions beyond `keep_versions`, never `protect`."""
+    versions = numeric_versions(model_path)
+    doomed = [v for v in versions[: max(0, len(versions) - keep_versions)] if v != protect]
+    for v in doomed:
+        fsutil.rmtree(fsutil.join(model_path, str(v)))
+        log.info("retention: removed version %d (keeping the newest %d)", v, keep_versions)
+    return doomed
+
+
+def read_blessing(path: str) -> dict:
+    blessing = fsutil.read_json(path, "blessing")
+    if not isinstance(blessing, dict) or not isinstance(blessing.get("blessed"), bool):
+        raise PipelineError(f"blessing {path} has no boolean 'blessed' field")
+    return blessing
+
+
+def run_pusher(
+    model_dir: str,
+    blessing_path: str,
+    serving_dir: str,
+    model_name: str,
+    keep_versions: int = 3,
+    output_dir: str | None = None,
+) -> dict:
+    """Push when blessed; returns and (with output_dir) writes push.json."""
+    if not _MODEL_NAME.fullmatch(model_name):
+        raise PipelineError(f"model name {model_name!r} must be letters, digits, '_', '.', '-'")
+    if keep_versions < 1:
+        raise PipelineError(f"keep_versions must be >= 1, got {keep_versions}")
+    blessing = read_blessing(blessing_path)
+    if not fsutil.exists(fsutil.join(model_dir, "saved_model.pb")):
+        raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
+    model_path = fsutil.join(serving_dir, model_name)
+    result = {"pushed": False, "version": None, "path": None, "model": model_dir}
+    if not blessing["blessed"]:
+        result["reason"] = "model not blessed: " + "; ".join(blessing.get("reasons", []))
+    elif blessing.get("model_fingerprint") and (
+        blessing["model_fingerprint"] != fsutil.tree_fingerprint(model_dir)
+    ):
+        raise PipelineError(
+            f"blessing {blessing_path} was written for another model than {model_dir} "
+            "(fingerprints differ); evaluate this model first"
+        )
+    else:
+        version = claim_next_version(model_path)
+        try:
+            path = copy_version(model_dir, model_path, version)
+        finally:
+            _release_claim(model_path, version)
+        removed = apply_retention(model_path, keep_versions, protect=version)
+        result.update(pushed=True, version=version, path=path, removed_versions=removed)
+        log.info("pushed %s as version %d to %s", model_dir, version, path)
+    if output_dir:
+        fsutil.makedirs(output_dir)
+        fsutil.write_json(fsutil.join(output_dir, PUSH_FILE), result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="transfer-pipeline push", description="Copy a blessed model to the serving directory."
+    )
+    p.add_argument("--model", required=True, help="the exported saved_model/ directory")
+    p.add_argument("--blessing", required=True, help="the Evaluator's blessing.json")
+    p.add_argument("--serving-dir", required=True, help="TF Serving's model root (local or gs://)")
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--keep-versions", type=int, default=3)
+    p.add_argument("--output", default=".", help="where push.json is written (default: .)")
+    args = p.parse_args(argv)
+    try:
+        result = run_pusher(
+            args.model,
+            args.blessing,
+            args.serving_dir,
+            args.model_name,
+            args.keep_versions,
+            args.output,
+        )
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):
+            raise PipelineError(f"cannot write to {args.serving_dir}: {e.strerror}") from None
+        raise
+    if result["pushed"]:
+        print(f"pushed version {result['version']} to {result['path']}")
+    else:
+        print(f"not pushed: {result['reason']}")
+    return 0

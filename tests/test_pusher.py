@@ -1,0 +1,160 @@
+"""Pusher: versions appear whole or not at all, retention, racing pushers, the blessing gate."""
+
+import filecmp
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from evalfixtures import export_threshold_model
+from pipeline_components import cli, fsutil, pusher
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return export_threshold_model(tmp_path_factory.mktemp("m") / "saved_model", 0.5)
+
+
+def _blessing(tmp_path, model, blessed=True, name="blessing.json", fingerprint=True):
+    path = tmp_path / name
+    body = {"blessed": blessed, "reasons": ["accuracy 0.5000 < min_accuracy 0.9000"]}
+    if fingerprint:
+        body["model_fingerprint"] = fsutil.tree_fingerprint(str(model))
+    path.write_text(json.dumps(body))
+    return path
+
+
+def _same_tree(a, b):
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
+        return False
+    return all(_same_tree(os.path.join(a, d), os.path.join(b, d)) for d in cmp.common_dirs)
+
+
+def _entries(path):
+    return sorted(os.listdir(path))
+
+
+def test_push_creates_version_1_then_2_with_identical_contents(model, tmp_path):
+    bless = _blessing(tmp_path, model)
+    serving = tmp_path / "serving"
+    first = pusher.run_pusher(str(model), str(bless), str(serving), "m", output_dir=str(tmp_path))
+    second = pusher.run_pusher(str(model), str(bless), str(serving), "m")
+    assert (first["version"], second["version"]) == (1, 2)
+    assert first["pushed"] and first["path"] == str(serving / "m" / "1")
+    assert _entries(serving / "m") == ["1", "2"]  # no claims or temporaries left
+    assert _same_tree(model, serving / "m" / "2")
+    assert json.loads((tmp_path / "push.json").read_text())["version"] == 1
+
+
+def test_unblessed_pushes_nothing_and_says_why(model, tmp_path, capsys):
+    bless = _blessing(tmp_path, model, blessed=False)
+    code = cli.main(
+        ["push", "--model", str(model), "--blessing", str(bless)]
+        + ["--serving-dir", str(tmp_path / "s"), "--model-name", "m", "--output", str(tmp_path)]
+    )
+    assert code == 0
+    assert (
+        "not pushed: model not blessed: accuracy 0.5000 < min_accuracy" in capsys.readouterr().out
+    )
+    record = json.loads((tmp_path / "push.json").read_text())
+    assert record["pushed"] is False and record["version"] is None
+    assert not (tmp_path / "s" / "m").exists()
+
+
+def test_retention_keeps_newest_and_never_the_new_one(model, tmp_path):
+    bless = _blessing(tmp_path, model)
+    serving = tmp_path / "serving"
+    for _ in range(4):
+        result = pusher.run_pusher(str(model), str(bless), str(serving), "m", keep_versions=2)
+    assert result["version"] == 4 and result["removed_versions"] == [2]
+    assert _entries(serving / "m") == ["3", "4"]
+    # a stray high version someone copied by hand still counts: the new push goes above it
+    (serving / "m" / "10").mkdir()
+    result = pusher.run_pusher(str(model), str(bless), str(serving), "m", keep_versions=1)
+    assert result["version"] == 11 and _entries(serving / "m") == ["11"]
+
+
+def test_failure_mid_copy_leaves_no_numeric_dir_and_previous_untouched(
+    model, tmp_path, monkeypatch
+):
+    bless = _blessing(tmp_path, model)
+    serving = tmp_path / "serving"
+    pusher.run_pusher(str(model), str(bless), str(serving), "m")
+    before = fsutil.tree_fingerprint(str(serving / "m" / "1"))
+    gf = fsutil.gfile()
+    real_copy, calls = gf.copy, {"n": 0}
+
+    def flaky_copy(src, dst, overwrite=False):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full (injected)")
+        return real_copy(src, dst, overwrite=overwrite)
+
+    monkeypatch.setattr(gf, "copy", flaky_copy)
+    with pytest.raises(OSError, match="injected"):
+        pusher.run_pusher(str(model), str(bless), str(serving), "m")
+    monkeypatch.undo()
+    assert _entries(serving / "m") == ["1"]
+    assert fsutil.tree_fingerprint(str(serving / "m" / "1")) == before
+    # the next push still works and takes the next number
+    assert pusher.run_pusher(str(model), str(bless), str(serving), "m")["version"] == 2
+
+
+def _push_n(args):
+    model, bless, serving, n = args
+    return [
+        pusher.run_pusher(model, bless, serving, "m", keep_versions=100)["version"]
+        for _ in range(n)
+    ]
+
+
+def test_racing_pushers_get_distinct_versions(model, tmp_path):
+    bless = _blessing(tmp_path, model)
+    serving = tmp_path / "serving"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        results = pool.map(_push_n, [(str(model), str(bless), str(serving), 3)] * 3)
+    versions = sorted(v for r in results for v in r)
+    assert versions == list(range(1, 10))
+    assert _entries(serving / "m") == sorted(str(v) for v in versions)
+    for v in versions:
+        assert _same_tree(model, serving / "m" / str(v))
+
+
+def test_blessing_for_another_model_is_refused(model, tmp_path, capsys):
+    other = export_threshold_model(tmp_path / "other", 0.3)
+    bless = _blessing(tmp_path, other)
+    code = cli.main(
+        ["push", "--model", str(model), "--blessing", str(bless)]
+        + ["--serving-dir", str(tmp_path / "s"), "--model-name", "m", "--output", str(tmp_path)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "was written for another model" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s" / "m").exists() or _entries(tmp_path / "s" / "m") == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"blessing": "missing.json"}, "blessing"),
+        ({"blessing": "bad.json"}, "not valid JSON"),
+        ({"blessing": "noflag.json"}, "no boolean 'blessed' field"),
+        ({"model": "nomodel"}, "no SavedModel at"),
+        ({"model_name": "../escape"}, "model name '../escape' must be"),
+    ],
+)
+def test_error_cases(model, tmp_path, capsys, change, message):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "noflag.json").write_text('{"reasons": []}')
+    bless = _blessing(tmp_path, model)
+    args = {"model": str(model), "blessing": str(bless), "model_name": "m"}
+    args.update({k: str(tmp_path / v) if k != "model_name" else v for k, v in change.items()})
+    code = cli.main(
+        ["push", "--model", args["model"], "--blessing", args["blessing"]]
+        + ["--serving-dir", str(tmp_path / "s"), "--model-name", args["model_name"]]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
