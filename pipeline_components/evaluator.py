@@ -131,32 +131,43 @@ def gate(
     return ok_threshold and ok_baseline, reasons
 
 
-def newest_version(model_base_path: str) -> str | None:
-    """The newest complete numeric version directory under a serving model path, or None."""
+def pushed_versions(model_base_path: str) -> list[str]:
+    """Complete numeric version directories under a serving model path, newest first."""
     if not fsutil.isdir(model_base_path):
-        return None
+        return []
     versions = [
         int(name)
         for name in fsutil.listdir(model_base_path)
         if re.fullmatch(r"\d+", name)
         and fsutil.exists(fsutil.join(model_base_path, name, "saved_model.pb"))
     ]
-    return fsutil.join(model_base_path, str(max(versions))) if versions else None
+    return [fsutil.join(model_base_path, str(v)) for v in sorted(versions, reverse=True)]
 
 
-def resolve_baseline(baseline: str | None, serving_dir: str | None, model_name: str | None):
-    """--baseline PATH (a SavedModel or a versioned model dir), else the newest pushed version."""
+def resolve_baseline(
+    baseline: str | None,
+    serving_dir: str | None,
+    model_name: str | None,
+    candidate_fingerprint: str | None = None,
+) -> str | None:
+    """--baseline PATH (a SavedModel, or a versioned dir: its newest version), else the newest
+    pushed version. A version identical to the candidate is passed over: comparing a model
+    with itself says nothing, and a re-run on unchanged inputs must see the same baseline."""
+    if baseline and fsutil.exists(fsutil.join(baseline, "saved_model.pb")):
+        return baseline
     if baseline:
-        if fsutil.exists(fsutil.join(baseline, "saved_model.pb")):
-            return baseline
-        newest = newest_version(baseline)
-        if newest is None:
+        candidates = pushed_versions(baseline)
+        if not candidates:
             raise PipelineError(
                 f"baseline {baseline} is neither a SavedModel nor a versioned model dir"
             )
-        return newest
-    if serving_dir and model_name:
-        return newest_version(fsutil.join(serving_dir, model_name))
+    elif serving_dir and model_name:
+        candidates = pushed_versions(fsutil.join(serving_dir, model_name))
+    else:
+        return None
+    for path in candidates:
+        if candidate_fingerprint is None or fsutil.tree_fingerprint(path) != candidate_fingerprint:
+            return path
     return None
 
 
@@ -202,7 +213,8 @@ def run_evaluator(
         result["num_examples"],
     )
 
-    baseline_path = resolve_baseline(baseline, serving_dir, model_name)
+    fingerprint = fsutil.tree_fingerprint(model_dir)
+    baseline_path = resolve_baseline(baseline, serving_dir, model_name, fingerprint)
     baseline_metrics, skip_reason = (None, None)
     if baseline_path:
         baseline_metrics, skip_reason = _score_baseline(
@@ -223,7 +235,7 @@ def run_evaluator(
         "baseline_accuracy": baseline_accuracy,
         "baseline": baseline_path if baseline_metrics else None,
         "model": model_dir,
-        "model_fingerprint": fsutil.tree_fingerprint(model_dir),
+        "model_fingerprint": fingerprint,
     }
     with fsutil.atomic_dir(output_dir) as tmp:
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)

@@ -107,6 +107,17 @@ def apply_retention(model_path: str, keep_versions: int, protect: int) -> list[i
     return doomed
 
 
+def _serving_identical(model_path: str, model_dir: str) -> int | None:
+    """The newest version if it holds exactly this model (re-runs must not push duplicates)."""
+    versions = numeric_versions(model_path)
+    if not versions:
+        return None
+    newest = fsutil.join(model_path, str(versions[-1]))
+    if fsutil.tree_fingerprint(newest) == fsutil.tree_fingerprint(model_dir):
+        return versions[-1]
+    return None
+
+
 def read_blessing(path: str) -> dict:
     blessing = fsutil.read_json(path, "blessing")
     if not isinstance(blessing, dict) or not isinstance(blessing.get("blessed"), bool):
@@ -141,6 +152,9 @@ def run_pusher(
             f"blessing {blessing_path} was written for another model than {model_dir} "
             "(fingerprints differ); evaluate this model first"
         )
+    elif (served := _serving_identical(model_path, model_dir)) is not None:
+        result.update(version=served, path=fsutil.join(model_path, str(served)))
+        result["reason"] = f"identical to version {served}, which is already being served"
     else:
         version = claim_next_version(model_path)
         try:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -116,6 +117,7 @@ def test_default_baseline_is_newest_pushed_version(models, data, tmp_path):
     serving = tmp_path / "serving" / "m"
     for v, t in ((1, 0.3), (7, 0.5)):
         export_threshold_model(serving / str(v), t)
+    shutil.copytree(models[0.4], serving / "8")  # the candidate itself: not its own baseline
     (serving / "9").mkdir()  # partial version (no saved_model.pb): ignored
     (serving / ".8.tmp-x").mkdir()
     b = evaluator.run_evaluator(

@@ -12,8 +12,15 @@ from pipeline_components import cli, fsutil, pusher
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return export_threshold_model(tmp_path_factory.mktemp("m") / "saved_model", 0.5)
+def models(tmp_path_factory):
+    """Ten distinct small SavedModels (the Pusher does not push a model already served)."""
+    root = tmp_path_factory.mktemp("m")
+    return [export_threshold_model(root / f"t{i}", i / 10) for i in range(1, 11)]
+
+
+@pytest.fixture(scope="module")
+def model(models):
+    return models[4]
 
 
 def _blessing(tmp_path, model, blessed=True, name="blessing.json", fingerprint=True):
@@ -36,16 +43,23 @@ def _entries(path):
     return sorted(os.listdir(path))
 
 
-def test_push_creates_version_1_then_2_with_identical_contents(model, tmp_path):
-    bless = _blessing(tmp_path, model)
+def test_push_creates_version_1_then_2_with_identical_contents(models, tmp_path):
+    a, b = models[:2]
     serving = tmp_path / "serving"
-    first = pusher.run_pusher(str(model), str(bless), str(serving), "m", output_dir=str(tmp_path))
-    second = pusher.run_pusher(str(model), str(bless), str(serving), "m")
+    first = pusher.run_pusher(
+        str(a), str(_blessing(tmp_path, a)), str(serving), "m", output_dir=str(tmp_path)
+    )
+    second = pusher.run_pusher(str(b), str(_blessing(tmp_path, b)), str(serving), "m")
     assert (first["version"], second["version"]) == (1, 2)
     assert first["pushed"] and first["path"] == str(serving / "m" / "1")
     assert _entries(serving / "m") == ["1", "2"]  # no claims or temporaries left
-    assert _same_tree(model, serving / "m" / "2")
+    assert _same_tree(a, serving / "m" / "1") and _same_tree(b, serving / "m" / "2")
     assert json.loads((tmp_path / "push.json").read_text())["version"] == 1
+    # pushing the model already served (a re-run on unchanged data) adds nothing
+    again = pusher.run_pusher(str(b), str(_blessing(tmp_path, b)), str(serving), "m")
+    assert not again["pushed"] and again["version"] == 2
+    assert "already being served" in again["reason"]
+    assert _entries(serving / "m") == ["1", "2"]
 
 
 def test_unblessed_pushes_nothing_and_says_why(model, tmp_path, capsys):
@@ -63,25 +77,26 @@ def test_unblessed_pushes_nothing_and_says_why(model, tmp_path, capsys):
     assert not (tmp_path / "s" / "m").exists()
 
 
-def test_retention_keeps_newest_and_never_the_new_one(model, tmp_path):
-    bless = _blessing(tmp_path, model)
+def test_retention_keeps_newest_and_never_the_new_one(models, tmp_path):
     serving = tmp_path / "serving"
-    for _ in range(4):
-        result = pusher.run_pusher(str(model), str(bless), str(serving), "m", keep_versions=2)
+    for m in models[:4]:
+        bless = _blessing(tmp_path, m)
+        result = pusher.run_pusher(str(m), str(bless), str(serving), "m", keep_versions=2)
     assert result["version"] == 4 and result["removed_versions"] == [2]
     assert _entries(serving / "m") == ["3", "4"]
     # a stray high version someone copied by hand still counts: the new push goes above it
     (serving / "m" / "10").mkdir()
-    result = pusher.run_pusher(str(model), str(bless), str(serving), "m", keep_versions=1)
+    bless = _blessing(tmp_path, models[5])
+    result = pusher.run_pusher(str(models[5]), str(bless), str(serving), "m", keep_versions=1)
     assert result["version"] == 11 and _entries(serving / "m") == ["11"]
 
 
 def test_failure_mid_copy_leaves_no_numeric_dir_and_previous_untouched(
-    model, tmp_path, monkeypatch
+    models, model, tmp_path, monkeypatch
 ):
-    bless = _blessing(tmp_path, model)
     serving = tmp_path / "serving"
-    pusher.run_pusher(str(model), str(bless), str(serving), "m")
+    pusher.run_pusher(str(models[0]), str(_blessing(tmp_path, models[0])), str(serving), "m")
+    bless = _blessing(tmp_path, model)
     before = fsutil.tree_fingerprint(str(serving / "m" / "1"))
     gf = fsutil.gfile()
     real_copy, calls = gf.copy, {"n": 0}
@@ -102,25 +117,28 @@ def test_failure_mid_copy_leaves_no_numeric_dir_and_previous_untouched(
     assert pusher.run_pusher(str(model), str(bless), str(serving), "m")["version"] == 2
 
 
-def _push_n(args):
-    model, bless, serving, n = args
+def _push_all(jobs):
     return [
-        pusher.run_pusher(model, bless, serving, "m", keep_versions=100)["version"]
-        for _ in range(n)
+        (model, pusher.run_pusher(model, bless, serving, "m", keep_versions=100)["version"])
+        for model, bless, serving in jobs
     ]
 
 
-def test_racing_pushers_get_distinct_versions(model, tmp_path):
-    bless = _blessing(tmp_path, model)
-    serving = tmp_path / "serving"
+def test_racing_pushers_get_distinct_versions(models, tmp_path):
+    serving = str(tmp_path / "serving")
+    jobs = [
+        (str(m), str(_blessing(tmp_path, m, name=f"b{i}.json")), serving)
+        for i, m in enumerate(models[:9])
+    ]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(3) as pool:
-        results = pool.map(_push_n, [(str(model), str(bless), str(serving), 3)] * 3)
-    versions = sorted(v for r in results for v in r)
+        chunks = pool.map(_push_all, [jobs[0:3], jobs[3:6], jobs[6:9]])
+    results = [r for chunk in chunks for r in chunk]
+    versions = sorted(v for _, v in results)
     assert versions == list(range(1, 10))
-    assert _entries(serving / "m") == sorted(str(v) for v in versions)
-    for v in versions:
-        assert _same_tree(model, serving / "m" / str(v))
+    assert _entries(tmp_path / "serving" / "m") == [str(v) for v in versions]
+    for model, v in results:
+        assert _same_tree(model, tmp_path / "serving" / "m" / str(v))
 
 
 def test_blessing_for_another_model_is_refused(model, tmp_path, capsys):
