@@ -132,19 +132,24 @@ def run_pusher(
     model_name: str,
     keep_versions: int = 3,
     output_dir: str | None = None,
+    infra_blessing_path: str | None = None,
 ) -> dict:
-    """Push when blessed; returns and (with output_dir) writes push.json."""
+    """Push when blessed (and, given an InfraValidator verdict, infra-blessed); returns and
+    (with output_dir) writes push.json."""
     if not _MODEL_NAME.fullmatch(model_name):
         raise PipelineError(f"model name {model_name!r} must be letters, digits, '_', '.', '-'")
     if keep_versions < 1:
         raise PipelineError(f"keep_versions must be >= 1, got {keep_versions}")
     blessing = read_blessing(blessing_path)
+    infra = read_blessing(infra_blessing_path) if infra_blessing_path else {"blessed": True}
     if not fsutil.exists(fsutil.join(model_dir, "saved_model.pb")):
         raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
     model_path = fsutil.join(serving_dir, model_name)
     result = {"pushed": False, "version": None, "path": None, "model": model_dir}
     if not blessing["blessed"]:
         result["reason"] = "model not blessed: " + "; ".join(blessing.get("reasons", []))
+    elif not infra["blessed"]:
+        result["reason"] = "infra validation failed: " + "; ".join(infra.get("reasons", []))
     elif blessing.get("model_fingerprint") and (
         blessing["model_fingerprint"] != fsutil.tree_fingerprint(model_dir)
     ):
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blessing", required=True, help="the Evaluator's blessing.json")
     p.add_argument("--serving-dir", required=True, help="TF Serving's model root (local or gs://)")
     p.add_argument("--model-name", required=True)
+    p.add_argument("--infra-blessing", help="the InfraValidator's infra_blessing.json (optional)")
     p.add_argument("--keep-versions", type=int, default=3)
     p.add_argument("--output", default=".", help="where push.json is written (default: .)")
     args = p.parse_args(argv)
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model_name,
             args.keep_versions,
             args.output,
+            args.infra_blessing,
         )
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):

@@ -77,6 +77,21 @@ def test_unblessed_pushes_nothing_and_says_why(model, tmp_path, capsys):
     assert not (tmp_path / "s" / "m").exists()
 
 
+def test_infra_validation_failure_blocks_the_push(model, tmp_path):
+    infra = tmp_path / "infra_blessing.json"
+    infra.write_text(json.dumps({"blessed": False, "reasons": ["model failed to serve: boom"]}))
+    result = pusher.run_pusher(
+        str(model),
+        str(_blessing(tmp_path, model)),
+        str(tmp_path / "s"),
+        "m",
+        infra_blessing_path=str(infra),
+    )
+    assert not result["pushed"]
+    assert result["reason"] == "infra validation failed: model failed to serve: boom"
+    assert not (tmp_path / "s" / "m").exists()
+
+
 def test_retention_keeps_newest_and_never_the_new_one(models, tmp_path):
     serving = tmp_path / "serving"
     for m in models[:4]:
