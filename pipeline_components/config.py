@@ -8,6 +8,7 @@ Defaults reproduce the reference notebook (frozen VGG19, 224x224, batch 100, 20 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -259,6 +260,9 @@ def load_yaml(path: str) -> dict:
         raise PipelineError(f"config file {path} is not valid YAML{where}: {problem}") from None
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def apply_overrides(data: dict, overrides: list[str], source: str = "override") -> dict:
     """Apply `dotted.key=value` overrides (values parsed as YAML) to a config dict in place."""
     for item in overrides:
@@ -269,6 +273,8 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "override") 
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _NUMBER.fullmatch(value):  # YAML 1.1 reads 1e-9 as text
+            value = float(value)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -76,9 +76,12 @@ def test_bad_values_are_one_line_errors_naming_the_key(data, message):
 
 
 def test_overrides_and_null_augmentation():
-    data = config.apply_overrides({}, ["trainer.epochs=2", "trainer.augmentation=null"])
+    data = config.apply_overrides(
+        {}, ["trainer.epochs=2", "trainer.augmentation=null", "trainer.learning_rate=1e-9"]
+    )
     cfg = config.from_dict(data)
     assert cfg.trainer.epochs == 2 and cfg.trainer.augmentation is None
+    assert cfg.trainer.learning_rate == 1e-9
     with pytest.raises(PipelineError, match="expected key=value"):
         config.apply_overrides({}, ["epochs"])
 
