@@ -1,0 +1,355 @@
+"""Serving overhead and throughput: the local TF-Serving-compatible server over gRPC.
+
+    python -m benchmarks.serving [--quick] [--output-dir DIR]
+
+Models, each exported by the Trainer's `export_saved_model` (`serving_default`: encoded JPEG
+bytes -> decode, resize, model; random weights: no download here, same compute as ImageNet):
+- mobilenet_v2_035_96 (primary, judged against the goal): frozen keras.applications
+  MobileNetV2 alpha 0.35 at 96x96 + GlobalAveragePooling + Dense(1, sigmoid), the smallest
+  realistic transfer-learning backbone, ~5 ms per image in-process on 2 cores;
+- mobilenet_v2_100_224: MobileNetV2 alpha 1.0 at 224x224, the standard backbone at the input
+  size of the DESIGN's default (VGG19 at 224 costs ~10x more again);
+- small_cnn_64: 3 conv layers at 64x64 (~1 ms), which shows the fixed per-request cost.
+
+1. Latency, one client, single-image requests: `PredictionClient.predict` against
+   `transfer-pipeline serve` in its own process (as deployed) vs calling the loaded SavedModel's
+   `serving_default` in-process on the same bytes, interleaved request by request, with the same
+   TensorFlow thread settings on both sides (thread spinning off, the server's default).
+   p50/p99 per variant; the p50 ratio per round (median reported). Goal (issue 5): <= 1.2 at p50.
+2. Throughput, 8 concurrent clients (threads, one channel each) sending single-image requests
+   for a fixed time, server batching off vs on (max_batch_size 8, batch_timeout_micros 2000,
+   num_batch_threads 1). Alternating rounds; median requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+NAME = "serving"
+MODELS = {"mobilenet_v2_100_224": 224, "mobilenet_v2_035_96": 96, "small_cnn_64": 64}
+PRIMARY = "mobilenet_v2_035_96"
+BATCHING = {
+    "max_batch_size": 8,
+    "batch_timeout_micros": 2000,
+    "num_batch_threads": 1,
+    "max_enqueued_batches": 16,
+}
+CLIENTS = 8
+
+
+def build_model(name: str):
+    import keras
+
+    size = MODELS[name]
+    inputs = keras.Input((size, size, 3))
+    if name.startswith("mobilenet"):
+        alpha = 1.0 if name.startswith("mobilenet_v2_100") else 0.35
+        base = keras.applications.MobileNetV2(
+            input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None
+        )
+        base.trainable = False
+        x = base(keras.applications.mobilenet_v2.preprocess_input(inputs), training=False)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    else:
+        x = keras.layers.Rescaling(1.0 / 255)(inputs)
+        for filters in (16, 32, 64):
+            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs)
+
+
+def export_models(root: str) -> str:
+    """Export both models under root/<name>/1 and write root/models.config; returns its path."""
+    from pipeline_components.export import export_saved_model
+
+    entries = []
+    for name, size in MODELS.items():
+        export_saved_model(build_model(name), f"{root}/{name}/1", ["cat", "dog"], (size, size))
+        entries.append(f'  config {{ name: "{name}" base_path: "{root}/{name}" }}')
+    path = os.path.join(root, "models.config")
+    with open(path, "w") as f:
+        f.write("model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    return path
+
+
+def make_images(count: int) -> list[bytes]:
+    """Photo-like 160x120 JPEGs (~8 KB), as a camera thumbnail would send."""
+    from pipeline_components.sample_data import draw_shape
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        draw_shape(("circles", "squares")[i % 2], rng, (160, 120), photo_like=True).save(
+            buffer, "JPEG", quality=90
+        )
+        images.append(buffer.getvalue())
+    return images
+
+
+class ServerProcess:
+    """`transfer-pipeline serve` in a subprocess, as the InfraValidator and users run it."""
+
+    def __init__(self, work: str, config: str, batching: dict | None):
+        self.port_file = os.path.join(work, f"port-{'on' if batching else 'off'}")
+        command = [
+            sys.executable, "-m", "pipeline_components.cli", "serve",
+            "--model-config-file", config, "--port", "0", "--port-file", self.port_file,
+            "--file-system-poll-wait-seconds", "0",
+        ]  # fmt: skip
+        if batching:
+            params = os.path.join(work, "batching_parameters.txt")
+            with open(params, "w") as f:
+                f.writelines(f"{k} {{ value: {v} }}\n" for k, v in batching.items())
+            command += ["--enable-batching", "--batching-parameters-file", params]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "LOGLEVEL": "WARNING"}
+        self.proc = subprocess.Popen(command, env=env)
+
+    def wait(self, timeout: float = 300.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.port_file):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.1)
+        with open(self.port_file) as f:
+            return f"127.0.0.1:{f.read().strip()}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def percentile(samples: list[float], q: float) -> float:
+    return float(np.percentile(samples, q))
+
+
+def latency_rounds(model_dir: str, client, images: list[bytes], rounds: int, requests: int):
+    """Single-image requests, in-process and gRPC interleaved one by one (so both see the same
+    load from other processes); seconds per request, per variant and round."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(model_dir).signatures["serving_default"]
+
+    def in_process(image):
+        return {k: v.numpy() for k, v in fn(images=np.array([image], dtype=object)).items()}
+
+    def grpc_call(image):
+        return client.predict([image])
+
+    variants = {"in_process": in_process, "grpc": grpc_call}
+    for call in variants.values():  # warm both paths
+        for image in images[:10]:
+            call(image)
+    samples: dict[str, list[list[float]]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for i in range(requests):
+            for name, call in variants.items():
+                start = time.perf_counter()
+                call(images[i % len(images)])
+                times[name].append(time.perf_counter() - start)
+        for name in variants:
+            samples[name].append(times[name])
+    return samples
+
+
+def summarize_latency(samples: dict[str, list[list[float]]]) -> dict:
+    out = {}
+    for name, rounds in samples.items():
+        pooled = [t for r in rounds for t in r]
+        out[name] = {
+            "p50_ms": round(percentile(pooled, 50) * 1e3, 3),
+            "p99_ms": round(percentile(pooled, 99) * 1e3, 3),
+            "requests_per_s": round(len(pooled) / sum(pooled), 1),
+            "round_p50_ms": [round(percentile(r, 50) * 1e3, 3) for r in rounds],
+        }
+    ratios = [
+        percentile(g, 50) / percentile(i, 50)
+        for g, i in zip(samples["grpc"], samples["in_process"], strict=True)
+    ]
+    out["p50_ratio_grpc_over_in_process"] = round(statistics.median(ratios), 3)
+    out["p50_ratio_per_round"] = [round(r, 3) for r in ratios]
+    out["p50_overhead_ms"] = round(out["grpc"]["p50_ms"] - out["in_process"]["p50_ms"], 3)
+    return out
+
+
+def noop_rpc_p50_ms(client, count: int) -> float:
+    """p50 of GetModelStatus: the gRPC floor (Python client + server, no TensorFlow)."""
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        client.status()
+        times.append(time.perf_counter() - start)
+    return round(percentile(times[10:], 50) * 1e3, 3)
+
+
+def throughput(target: str, model: str, images: list[bytes], seconds: float) -> float:
+    """Requests/s of CLIENTS closed-loop clients sending single images for `seconds`."""
+    from serving.client import PredictionClient
+
+    clients = [PredictionClient(target, model, retries=5) for _ in range(CLIENTS)]
+    for client in clients:
+        client.predict([images[0]])
+    counts = [0] * CLIENTS
+    errors: list[Exception] = []
+    start_gate = threading.Barrier(CLIENTS + 1)
+    stop_at = [0.0]
+
+    def loop(i):
+        start_gate.wait()
+        n = 0
+        while time.perf_counter() < stop_at[0]:
+            try:
+                clients[i].predict([images[(i + n) % len(images)]])
+                n += 1
+            except Exception as e:
+                errors.append(e)
+        counts[i] = n
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + seconds
+    start_gate.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        client.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return sum(counts) / elapsed
+
+
+def run(quick: bool = False) -> dict:
+    """Measure; returns the results dict (main() also writes it as JSON and Markdown)."""
+    import logging
+
+    logging.getLogger("pipeline_components").setLevel(logging.WARNING)
+    from serving.client import PredictionClient
+    from serving.servables import configure_tensorflow
+
+    # The same TensorFlow thread settings as `transfer-pipeline serve` uses (spinning off),
+    # so the in-process baseline is not handicapped by spinning threads on busy cores.
+    configure_tensorflow()
+
+    rounds, requests = (3, 40) if quick else (5, 150)
+    tp_rounds, tp_seconds = (2, 2.0) if quick else (3, 6.0)
+    work = tempfile.mkdtemp(prefix="bench-serving-")
+    servers = {}
+    try:
+        config = export_models(work)
+        images = make_images(16)
+        servers = {
+            "off": ServerProcess(work, config, None),
+            "on": ServerProcess(work, config, BATCHING),
+        }
+        targets = {mode: server.wait() for mode, server in servers.items()}
+        latency = {}
+        for model in MODELS:
+            with PredictionClient(targets["off"], model) as client:
+                samples = latency_rounds(f"{work}/{model}/1", client, images, rounds, requests)
+                floor = noop_rpc_p50_ms(client, 4 * requests)
+            latency[model] = {**summarize_latency(samples), "noop_rpc_p50_ms": floor}
+            print(f"  latency {model}: {latency[model]['p50_ratio_grpc_over_in_process']}x at p50")
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(tp_rounds):
+            for mode in rates:
+                rates[mode].append(throughput(targets[mode], PRIMARY, images, tp_seconds))
+                print(f"  throughput batching {mode}: {rates[mode][-1]:.1f} requests/s")
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {
+        "environment": common.environment(),
+        "quick": quick,
+        "models": {"primary": PRIMARY, "sizes": MODELS},
+        "tensorflow_thread_spinning": False,
+        "latency": latency,
+        "throughput": {
+            "clients": CLIENTS,
+            "batching_parameters": BATCHING,
+            "requests_per_s": {"off": round(off, 1), "on": round(on, 1)},
+            "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+            "speedup_on_over_off": round(on / off, 3),
+        },
+        "goal_p50_ratio_max": 1.2,
+        "goal_met": latency[PRIMARY]["p50_ratio_grpc_over_in_process"] <= 1.2,
+    }
+
+
+def report(results: dict) -> tuple[str, str]:
+    header = [
+        "model", "in-process p50/p99 ms", "gRPC p50/p99 ms", "p50 ratio", "overhead ms",
+        "no-op RPC ms",
+    ]  # fmt: skip
+    rows = []
+    for model, r in results["latency"].items():
+        i, g = r["in_process"], r["grpc"]
+        rows.append([
+            model,
+            f"{i['p50_ms']:.2f} / {i['p99_ms']:.2f}",
+            f"{g['p50_ms']:.2f} / {g['p99_ms']:.2f}",
+            f"{r['p50_ratio_grpc_over_in_process']:.3f}",
+            f"{r['p50_overhead_ms']:.2f}",
+            f"{r['noop_rpc_p50_ms']:.2f}",
+        ])  # fmt: skip
+    t = results["throughput"]
+    tp_header = [f"{t['clients']} clients, {results['models']['primary']}", "requests/s"]
+    tp_rows = [
+        ["batching off", t["requests_per_s"]["off"]],
+        ["batching on", t["requests_per_s"]["on"]],
+        ["speedup", t["speedup_on_over_off"]],
+    ]
+    goal = "met" if results["goal_met"] else "NOT met"
+    summary = f"p50 ratio goal <= {results['goal_p50_ratio_max']} ({PRIMARY}): {goal}"
+    text = "\n\n".join(
+        [common.text_table(header, rows), common.text_table(tp_header, tp_rows), summary]
+    )
+    markdown = "\n\n".join(
+        ["# Serving benchmark", common.markdown_table(header, rows),
+         common.markdown_table(tp_header, tp_rows), summary,
+         f"Environment: {results['environment']}"]
+    )  # fmt: skip
+    return text, markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer rounds and requests")
+    p.add_argument("--output-dir", default=None, help="where to write serving.json/.md")
+    args = p.parse_args(argv)
+    results = run(args.quick)
+    text, markdown = report(results)
+    print(text)
+    print("results:", common.write_results(NAME, results, markdown, args.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

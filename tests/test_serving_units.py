@@ -1,0 +1,289 @@
+"""Serving building blocks without a server: batching, configs, version policy, tensors."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from pipeline_components.errors import PipelineError
+from serving.batching import BatchingParameters, BatchScheduler, parse_batching_parameters
+from serving.errors import StatusError, clean_tf_message
+from serving.model_config import ModelConfig, parse_model_server_config
+from serving.servables import ready_versions, versions_to_unload
+from serving.tensors import to_ndarray, to_tensor_proto
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- batching -------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A batch function that records the batch sizes it saw and can be held on an Event."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.sizes: list[int] = []
+        self.gate = gate
+
+    def __call__(self, inputs):
+        if self.gate is not None:
+            self.gate.wait(10)
+        x = inputs["x"]
+        if (x < 0).any():
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "negative input")
+        self.sizes.append(len(x))
+        return {"y": x * 2, "n": np.full(len(x), len(x))}
+
+
+def submit_all(scheduler, fn, arrays, key="k"):
+    return [scheduler.submit(key, fn, {"x": a}) for a in arrays]
+
+
+def test_batching_merges_concurrent_tasks_and_splits_results_back():
+    scheduler = BatchScheduler(
+        BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1)
+    )
+    try:
+        fn = Recorder()
+        arrays = [np.arange(i, i + 2, dtype=np.float32) for i in range(0, 8, 2)]  # 4 tasks x 2
+        futures = submit_all(scheduler, fn, arrays)
+        results = [f.result(5) for f in futures]
+    finally:
+        scheduler.stop()
+    assert fn.sizes == [8]  # one call: the batch filled up before the timeout
+    for array, result in zip(arrays, results, strict=True):
+        np.testing.assert_array_equal(result["y"], array * 2)
+        np.testing.assert_array_equal(result["n"], [8, 8])
+
+
+def test_batching_runs_a_partial_batch_after_the_timeout():
+    scheduler = BatchScheduler(
+        BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1)
+    )
+    try:
+        start = time.monotonic()
+        result = scheduler.submit("k", Recorder(), {"x": np.ones(3, np.float32)}).result(5)
+        waited = time.monotonic() - start
+    finally:
+        scheduler.stop()
+    assert result["n"].tolist() == [3, 3, 3]
+    assert 0.04 <= waited < 2.0
+
+
+def test_batching_rejects_oversized_task_and_full_queue_like_tf_serving():
+    gate = threading.Event()
+    params = BatchingParameters(
+        max_batch_size=2, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1
+    )
+    scheduler = BatchScheduler(params)
+    try:
+        with pytest.raises(StatusError) as big:
+            scheduler.submit("k", Recorder(), {"x": np.ones(3, np.float32)})
+        assert big.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Task size 3 is larger than maximum input batch size 2" in big.value.message
+
+        fn = Recorder(gate)
+        running = scheduler.submit("k", fn, {"x": np.ones(2, np.float32)})  # taken by the thread
+        deadline = time.monotonic() + 5
+        while scheduler.num_batches == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        queued = scheduler.submit("k", fn, {"x": np.ones(2, np.float32)})  # the one queued batch
+        with pytest.raises(StatusError) as full:
+            scheduler.submit("k", fn, {"x": np.ones(1, np.float32)})
+        assert full.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "queue to which this task was submitted is full" in full.value.message
+        other_queue = scheduler.submit("other", Recorder(), {"x": np.ones(1, np.float32)})
+        gate.set()
+        assert running.result(5)["n"].tolist() == [2, 2]
+        assert queued.result(5)["n"].tolist() == [2, 2]
+        assert other_queue.result(5)["n"].tolist() == [1]
+    finally:
+        gate.set()
+        scheduler.stop()
+
+
+def test_batching_pads_to_allowed_batch_sizes_and_trims_the_padding():
+    params = BatchingParameters(
+        max_batch_size=8, batch_timeout_micros=0, num_batch_threads=1, allowed_batch_sizes=(4, 8)
+    )
+    scheduler = BatchScheduler(params)
+    try:
+        fn = Recorder()
+        result = scheduler.submit("k", fn, {"x": np.array([1.0, 2.0, 3.0], np.float32)}).result(5)
+    finally:
+        scheduler.stop()
+    assert fn.sizes == [4]
+    assert result["y"].tolist() == [2.0, 4.0, 6.0]
+
+
+def test_batching_a_bad_task_fails_alone_not_its_batch_mates():
+    gate = threading.Event()
+    scheduler = BatchScheduler(
+        BatchingParameters(max_batch_size=8, batch_timeout_micros=100_000, num_batch_threads=1)
+    )
+    try:
+        fn = Recorder(gate)
+        good = scheduler.submit("k", fn, {"x": np.ones(2, np.float32)})
+        bad = scheduler.submit("k", fn, {"x": -np.ones(1, np.float32)})
+        gate.set()
+        assert good.result(5)["y"].tolist() == [2.0, 2.0]
+        with pytest.raises(StatusError, match="negative input"):
+            bad.result(5)
+    finally:
+        scheduler.stop()
+
+
+def test_batching_requires_a_shared_leading_dimension():
+    scheduler = BatchScheduler(BatchingParameters(num_batch_threads=1))
+    try:
+        with pytest.raises(StatusError, match="at least one dimension"):
+            scheduler.submit("k", Recorder(), {"x": np.float32(1.0)})
+        with pytest.raises(StatusError, match="equal 0th-dimension"):
+            scheduler.submit("k", Recorder(), {"x": np.ones(2), "z": np.ones(3)})
+    finally:
+        scheduler.stop()
+
+
+def test_parse_batching_parameters_text_proto():
+    text = """
+        max_batch_size { value: 32 }
+        batch_timeout_micros { value: 5000 }
+        max_enqueued_batches { value: 100 }
+        num_batch_threads { value: 2 }
+        allowed_batch_sizes: 8
+        allowed_batch_sizes: 32
+        pad_variable_length_inputs: true
+    """
+    params = parse_batching_parameters(text)
+    assert params == BatchingParameters(32, 5000, 100, 2, (8, 32))
+    assert parse_batching_parameters("").max_batch_size == 1000  # TF Serving's default
+    with pytest.raises(PipelineError, match="not a valid BatchingParameters"):
+        parse_batching_parameters("max_batch_size: 32")  # a wrapper needs { value: ... }
+    with pytest.raises(PipelineError, match="must equal max_batch_size"):
+        parse_batching_parameters("max_batch_size { value: 8 } allowed_batch_sizes: 4")
+
+
+def test_repo_batching_parameters_file_parses_if_present():
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "serving", "config", "batching_parameters.txt"
+    )
+    if not os.path.exists(path):
+        pytest.skip("serving/config/batching_parameters.txt not written yet")
+    with open(path) as f:
+        assert parse_batching_parameters(f.read(), path).max_batch_size >= 1
+
+
+# -- models.config --------------------------------------------------------------------------
+
+
+MODELS_CONFIG = """
+model_config_list {
+  config {
+    name: "cats_dogs"
+    base_path: "/models/cats_dogs"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+  config { name: "other" base_path: "/models/other" model_version_policy { all {} } }
+  config { name: "third" base_path: "/models/third" }
+}
+"""
+
+
+def test_parse_model_server_config():
+    models = parse_model_server_config(MODELS_CONFIG)
+    assert [m.name for m in models] == ["cats_dogs", "other", "third"]
+    cats = models[0]
+    assert (cats.policy, cats.versions, cats.labels) == (
+        "specific",
+        (1, 2),
+        {"stable": 1, "canary": 2},
+    )
+    assert (models[1].policy, models[2].policy, models[2].num_versions) == ("all", "latest", 1)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model_config_list { config { name: 'a' } }", "has no base_path"),
+        ("model_config_list {}", "lists no models"),
+        (
+            "model_config_list { config { name: 'a' base_path: '/x' } "
+            "config { name: 'a' base_path: '/y' } }",
+            "unique",
+        ),
+        ("model_config_list { config { name: 'a' base_path: '/x' platform: 1 } }", "not a valid"),
+        ("model_config_list { config { name: 'a' base_path: '/x' model_platform: 'onnx' } }",
+         "not supported"),
+    ],
+)  # fmt: skip
+def test_model_server_config_errors_are_one_line(text, message):
+    with pytest.raises(PipelineError, match=message) as err:
+        parse_model_server_config(text)
+    assert "\n" not in str(err.value)
+
+
+def test_version_policies_choose_versions():
+    on_disk = {1, 2, 5, 7}
+    assert ModelConfig("m", "/b").aspired(on_disk) == {7}
+    assert ModelConfig("m", "/b", num_versions=2).aspired(on_disk) == {5, 7}
+    assert ModelConfig("m", "/b", policy="all").aspired(on_disk) == on_disk
+    assert ModelConfig("m", "/b", policy="specific", versions=(2, 3)).aspired(on_disk) == {2}
+
+
+def test_availability_preserving_unload_policy():
+    # new version loaded: the old one goes
+    assert versions_to_unload(loaded={1, 2}, aspired={2}) == {1}
+    # new version failed to load (aspired, not loaded): the old one keeps serving
+    assert versions_to_unload(loaded={1}, aspired={2}) == set()
+    # of several unaspired versions only the newest is kept while nothing aspired serves
+    assert versions_to_unload(loaded={1, 2, 3}, aspired={4}) == {1, 2}
+    # nothing aspired at all (version directories deleted): unload
+    assert versions_to_unload(loaded={1}, aspired=set()) == {1}
+    # specific versions are never unloaded by this rule
+    assert versions_to_unload(loaded={1, 2}, aspired={2}, keep={1}) == set()
+
+
+def test_ready_versions_ignores_hidden_partial_and_non_numeric(tmp_path):
+    def make(name, complete=True):
+        (tmp_path / name).mkdir()
+        if complete:
+            (tmp_path / name / "saved_model.pb").write_bytes(b"")
+
+    make("1")
+    make("12")
+    make(".13.tmp-1a2b3c4d")  # the Pusher's temporary sibling
+    make("14", complete=False)  # saved_model.pb not copied yet (object store)
+    make("latest")
+    make("v15")
+    (tmp_path / "16").write_text("a file, not a directory")
+    assert sorted(ready_versions(str(tmp_path))) == [1, 12]
+
+
+# -- tensors and messages -------------------------------------------------------------------
+
+
+def test_response_tensors_use_typed_fields_like_tf_serving():
+    probs = np.array([[0.25, 0.75]], np.float32)
+    proto = to_tensor_proto(probs)
+    assert list(proto.float_val) == [0.25, 0.75] and not proto.tensor_content
+    assert [d.size for d in proto.tensor_shape.dim] == [1, 2]
+    np.testing.assert_array_equal(to_ndarray(proto), probs)
+    assert list(to_tensor_proto(np.array([3], np.int64)).int64_val) == [3]
+    assert list(to_tensor_proto(np.array([b"cat"], object)).string_val) == [b"cat"]
+
+
+def test_clean_tf_message_keeps_the_informative_line():
+    raw = (
+        "Graph execution error:\n\nDetected at node Assert/Assert defined at (most recent call "
+        "last):\n<stack traces unavailable>\nassertion failed: [input \\'images\\' holds junk]\n"
+        "\t [[{{node Assert/Assert}}]] [Op:__inference_signature_wrapper_1]"
+    )
+    assert clean_tf_message(raw) == "input 'images' holds junk"
