@@ -1,0 +1,661 @@
+"""ExampleGen: `<data_root>/<split>/<class>/<image>` folders to GZIP TFRecord shards (Apache Beam).
+
+    transfer-pipeline example-gen --data-root D --output O [--num-shards 4]
+        [--max-bad-fraction 0.01] [--resize-max-side N] [--validation-fraction 0.1] [-- BEAM_ARGS]
+
+Files are listed and read through Beam's FileSystems (local, gs://, s3://), checked with the decoder
+training uses, and written as `<O>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz` plus `labels.txt`
+and `stats.json` (DESIGN.md). The output appears only when the whole job succeeded. The same input
+gives the same records in the same shards on every runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline_components import examples, fsutil, image_check
+from pipeline_components.errors import PipelineError
+from pipeline_components.examples import SPLITS
+
+log = logging.getLogger(__name__)
+
+COUNTER_NAMESPACE = "example_gen"
+# Working files inside the temporary output directory, removed before it is renamed into place.
+# The file list and per-file results travel as files, not as a Create or a ToList: a Dataflow job
+# graph has a size limit, and one worker need not hold a million results.
+FILE_LIST = "_file_list.jsonl"
+RESULTS_PREFIX = "_file_results"
+
+
+class SourceFile(NamedTuple):
+    relpath: str  # relative to data_root, '/'-separated, starts with the split folder
+    folder_split: str  # the folder it was found in
+    split: str  # the split it is written to (validation when carved from train)
+    label: int  # index into labels, -1 when not inside a class folder
+
+
+class FileResult(NamedTuple):
+    """What became of one file; the driver's statistics and checks are built from these."""
+
+    relpath: str
+    folder_split: str
+    split: str
+    label: int
+    sha256: str  # of the file's bytes; '' when not read
+    reason: str  # why it was skipped; '' when kept
+    bad: bool  # counts against --max-bad-fraction
+    source_fmt: str  # sniffed from the file's bytes; '' when skipped
+    fmt: str  # image/format of the stored bytes; '' when skipped
+
+
+class Layout(NamedTuple):
+    root: str
+    labels: list[str]
+    splits: list[str]  # split folders present, in SPLITS order
+    sources: list[SourceFile]
+
+
+# ---------------------------------------------------------------- stable hashing
+
+
+def unit_hash(text: str) -> float:
+    """A stable number in [0, 1) for a string (same on every machine, Python and runner)."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def shard_index(relpath: str, num_shards: int) -> int:
+    return int(unit_hash("shard:" + relpath) * num_shards)
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    name = f"{examples.SHARD_PREFIX}-{index:05d}-of-{num_shards:05d}{examples.SHARD_SUFFIX}"
+    return f"{split}/{name}"
+
+
+# ---------------------------------------------------------------- listing (driver side)
+
+
+def _match_split(root: str, split: str) -> list[str]:
+    """Relative paths (`split/...`) of every file below root/split, through Beam's FileSystems."""
+    pattern = FileSystems.join(root, split, "**")
+    try:
+        metadata = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # BeamIOError: unknown scheme, missing credentials, ...
+        raise PipelineError(f"cannot list {pattern}: {e}") from None
+    prefix = root.rstrip("/\\")
+    rels = [m.path[len(prefix) :].lstrip("/\\").replace("\\", "/") for m in metadata]
+    return sorted(rels)
+
+
+def _class_of(relpath: str) -> str | None:
+    parts = relpath.split("/")[1:]
+    return parts[0] if image_check.name_skip_reason(parts) is None else None
+
+
+def _empty_class_folders(root: str, split: str, classes: set[str]) -> list[str]:
+    """Class folders with no files at all. Only local folders can exist empty; object stores
+    have no folders, so there an empty class simply is not found."""
+    split_dir = os.path.join(root, split)
+    if fsutil.is_remote(root) or not fsutil.isdir(split_dir):
+        return []
+    return [
+        name
+        for name in fsutil.listdir(split_dir)
+        if name not in classes
+        and image_check.name_skip_reason([name, "x"]) is None
+        and fsutil.isdir(os.path.join(split_dir, name))
+    ]
+
+
+def list_sources(data_root: str) -> Layout:
+    """Every file of every split folder, with labels; a bad layout is a one-line PipelineError."""
+    root = str(data_root).rstrip("/")
+    if not fsutil.is_remote(root):
+        root = os.path.abspath(root)
+        if not fsutil.isdir(root):
+            raise PipelineError(f"data root {root} does not exist or is not a folder")
+        _warn_unknown_folders(root)
+    found = {split: _match_split(root, split) for split in SPLITS}
+    classes = {s: {c for c in map(_class_of, rels) if c} for s, rels in found.items()}
+    for split in SPLITS:
+        folder = FileSystems.join(root, split)
+        optional = split == "validation" and not found[split]
+        if not classes[split] and not optional:
+            raise PipelineError(
+                f"split folder {folder} is missing or has no class folders with files "
+                f"(expected {folder}/<class>/<image>)"
+            )
+        empty = _empty_class_folders(root, split, classes[split])
+        if empty:
+            raise PipelineError(f"class folder {FileSystems.join(folder, empty[0])} is empty")
+    labels = sorted(classes["train"])
+    if len(labels) < 2:
+        raise PipelineError(
+            f"{FileSystems.join(root, 'train')} has {len(labels)} class folder(s) "
+            f"({', '.join(labels)}); at least 2 are needed"
+        )
+    splits = [s for s in SPLITS if classes[s]]
+    for split in splits[1:]:
+        _check_same_classes(root, split, classes[split], labels)
+    index = {name: i for i, name in enumerate(labels)}
+    sources = [
+        SourceFile(rel, split, split, index.get(_class_of(rel), -1))
+        for split in splits
+        for rel in found[split]
+    ]
+    return Layout(root, labels, splits, sources)
+
+
+def _warn_unknown_folders(root: str) -> None:
+    for name in fsutil.listdir(root):
+        path = os.path.join(root, name)
+        if name not in SPLITS and not name.startswith(".") and fsutil.isdir(path):
+            log.warning("ignoring %s: split folders are %s", path, ", ".join(SPLITS))
+
+
+def _check_same_classes(root: str, split: str, classes: set[str], labels: list[str]) -> None:
+    folder = FileSystems.join(root, split)
+    unknown, missing = sorted(classes - set(labels)), sorted(set(labels) - classes)
+    if unknown:
+        raise PipelineError(
+            f"class folder {FileSystems.join(folder, unknown[0])} has no counterpart in "
+            f"{FileSystems.join(root, 'train')} (train classes: {', '.join(labels)})"
+        )
+    if missing:
+        raise PipelineError(
+            f"class folder {FileSystems.join(folder, missing[0])} is missing or empty "
+            f"(every train class needs images in {split})"
+        )
+
+
+# ---------------------------------------------------------------- reusable transforms
+
+# Image files are compressed already: deflate level 6 saves ~2% of a JPEG shard for ~9x the
+# write CPU (measured, benchmarks/example_gen.py), so shards are GZIP files of stored blocks.
+GZIP_LEVEL = 0
+
+
+def read_file(path: str) -> bytes:
+    # UNCOMPRESSED: FileSystems would otherwise gunzip a file that happens to end in .gz
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def convert_file(
+    data_root: str, labels: list[str], src: SourceFile, resize_max_side: int | None = None
+) -> tuple[FileResult, bytes | None]:
+    """Read and decode-check one file: its FileResult and serialized Example (None: skipped)."""
+    result = FileResult(src.relpath, src.folder_split, src.split, src.label, "", "", False, "", "")
+    try:
+        reason = image_check.name_skip_reason(src.relpath.split("/")[1:])
+        if reason:
+            raise image_check.SkipFile(reason, bad=False)
+        try:
+            data = read_file(FileSystems.join(data_root, *src.relpath.split("/")))
+        except Exception as e:  # permission denied, object vanished, ...
+            raise image_check.SkipFile(f"unreadable: {' '.join(str(e).split())}") from None
+        result = result._replace(sha256=image_check.sha256_hex(data))
+        stored = image_check.check_image(src.relpath, data, resize_max_side)
+    except image_check.SkipFile as skip:
+        return result._replace(reason=skip.reason, bad=skip.bad), None
+    reencoded = stored.encoded is not data
+    example = examples.make_example(
+        encoded=stored.encoded,
+        fmt=stored.fmt,
+        height=stored.height,
+        width=stored.width,
+        channels=stored.channels,
+        label=src.label,
+        text=labels[src.label],
+        filename=src.relpath,
+        sha256=image_check.sha256_hex(stored.encoded) if reencoded else result.sha256,
+    )
+    # deterministic: map fields in a fixed order, so every runner writes identical bytes
+    serialized = example.SerializeToString(deterministic=True)
+    return result._replace(source_fmt=stored.source_fmt, fmt=stored.fmt), serialized
+
+
+def assign_split(src: SourceFile, validation_fraction: float | None) -> SourceFile:
+    """Carve validation from train by a stable hash of the relative path."""
+    if (
+        validation_fraction
+        and src.folder_split == "train"
+        and unit_hash(src.relpath) < validation_fraction
+    ):
+        Metrics.counter(COUNTER_NAMESPACE, "carved_to_validation").inc()
+        return src._replace(split="validation")
+    return src
+
+
+class AssignSplits(beam.PTransform):
+    """With validation_fraction set (no validation/ folder), move that share of train."""
+
+    def __init__(self, validation_fraction: float | None):
+        super().__init__()
+        self.validation_fraction = validation_fraction
+
+    def expand(self, sources):
+        return sources | "CarveValidation" >> beam.Map(assign_split, self.validation_fraction)
+
+
+class ConvertShardFn(beam.DoFn):
+    """((split, shard), {'sources': [...]}) -> writes that shard file, yields a FileResult per file.
+
+    The worker that reads an image also writes it: image bytes never cross a shuffle.
+    """
+
+    def __init__(self, data_root, labels, output_dir, num_shards, resize_max_side=None):
+        self.data_root = data_root
+        self.labels = list(labels)
+        self.output_dir = output_dir
+        self.num_shards = num_shards
+        self.resize_max_side = resize_max_side
+
+    def setup(self):
+        import tensorflow  # noqa: F401  (once per worker, not inside the first bundle)
+
+    def process(self, element):
+        import tensorflow as tf
+
+        (split, index), groups = element
+        path = fsutil.join(self.output_dir, *shard_name(split, index, self.num_shards).split("/"))
+        tf.io.gfile.makedirs(fsutil.parent(path))
+        options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=GZIP_LEVEL)
+        # Deterministic name, whole file rewritten: a retried bundle cannot leave a duplicate.
+        with tf.io.TFRecordWriter(path, options) as writer:
+            for src in sorted(groups["sources"]):
+                result, example = convert_file(
+                    self.data_root, self.labels, src, self.resize_max_side
+                )
+                outcome = "skipped" if example is None else "kept"
+                Metrics.counter(COUNTER_NAMESPACE, f"{src.folder_split}_read").inc()
+                Metrics.counter(COUNTER_NAMESPACE, f"{src.folder_split}_{outcome}").inc()
+                if example is not None:
+                    writer.write(example)
+                yield result
+
+
+class ConvertShards(beam.PTransform):
+    """PCollection[SourceFile] -> <out>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz, and a
+    PCollection[FileResult].
+
+    A file's shard is a hash of its path and files are converted in path order within a shard,
+    and every shard file is written (empty ones too): same input, same files, on any runner.
+    (Beam's WriteToTFRecord assigns records to shards by bundle, which changes between runs.)
+    Parallelism is one shard at a time per worker: use at least as many shards as workers.
+    """
+
+    def __init__(self, data_root, labels, output_dir, splits, num_shards, resize_max_side=None):
+        super().__init__()
+        self.fn = ConvertShardFn(data_root, labels, output_dir, num_shards, resize_max_side)
+        self.shards = [(s, i) for s in splits for i in range(num_shards)]
+
+    def expand(self, sources):
+        num_shards = self.fn.num_shards
+        keyed = sources | "KeyByShard" >> beam.Map(
+            lambda s: ((s.split, shard_index(s.relpath, num_shards)), s)
+        )
+        every_shard = sources.pipeline | "EveryShard" >> beam.Create(
+            [(key, None) for key in self.shards]
+        )
+        return (
+            {"sources": keyed, "shard": every_shard}
+            | "GroupByShard" >> beam.CoGroupByKey()
+            | "ConvertShard" >> beam.ParDo(self.fn)
+        )
+
+
+def _parse_source(line: str) -> SourceFile:
+    return SourceFile(*json.loads(line))
+
+
+def _result_json(result: FileResult) -> str:
+    return json.dumps(result._asdict())
+
+
+def write_file_list(path: str, sources: list[SourceFile]) -> None:
+    fsutil.write_atomic(path, "".join(json.dumps(list(s)) + "\n" for s in sources))
+
+
+def read_results(work_dir: str) -> list[dict]:
+    """The per-file results the pipeline wrote, sorted by path; removes the working files."""
+    gfile = fsutil.gfile()
+    paths = gfile.glob(fsutil.join(work_dir, RESULTS_PREFIX + "*"))
+    results = [json.loads(line) for p in paths for line in fsutil.read_text(p).splitlines()]
+    for p in [*paths, fsutil.join(work_dir, FILE_LIST)]:
+        gfile.remove(p)
+    return sorted(results, key=lambda r: r["relpath"])
+
+
+def output_splits(layout: Layout, carve_fraction: float | None) -> list[str]:
+    """The split folders found, plus validation when it is carved from train."""
+    return [s for s in SPLITS if s in layout.splits or (carve_fraction and s == "validation")]
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    layout: Layout,
+    work_dir: str,
+    *,
+    num_shards: int,
+    resize_max_side: int | None,
+    carve_fraction: float | None,
+) -> None:
+    """Reads work_dir/FILE_LIST (write_file_list), writes the shards and the per-file results."""
+    splits = output_splits(layout, carve_fraction)
+    _ = (
+        p
+        | "ReadFileList" >> beam.io.ReadFromText(fsutil.join(work_dir, FILE_LIST))
+        | "ParseFileList" >> beam.Map(_parse_source)
+        | "AssignSplits" >> AssignSplits(carve_fraction)
+        | "ConvertShards"
+        >> ConvertShards(layout.root, layout.labels, work_dir, splits, num_shards, resize_max_side)
+        | "ResultsToJson" >> beam.Map(_result_json)
+        | "WriteResults" >> beam.io.WriteToText(fsutil.join(work_dir, RESULTS_PREFIX))
+    )
+
+
+# ---------------------------------------------------------------- statistics and checks
+
+
+def fingerprint(labels: list[str], kept: list[dict], resize_max_side: int | None) -> str:
+    """Stable hash of what the examples hold: labels, options, sorted (split, path, sha256)."""
+    items = sorted((r["split"], r["relpath"], r["sha256"]) for r in kept)
+    blob = json.dumps({"labels": labels, "resize_max_side": resize_max_side, "examples": items})
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def find_duplicates(kept: list[dict]) -> list[dict]:
+    """Identical images (same sha256) that ended up in more than one split."""
+    by_digest: dict[str, list[dict]] = {}
+    for r in kept:
+        by_digest.setdefault(r["sha256"], []).append(r)
+    return [
+        {
+            "sha256": digest,
+            "paths": sorted(r["relpath"] for r in group),
+            "splits": [s for s in SPLITS if s in {r["split"] for r in group}],
+        }
+        for digest, group in sorted(by_digest.items())
+        if len({r["split"] for r in group}) > 1
+    ]
+
+
+def build_stats(
+    layout: Layout, summaries: list[dict], *, num_shards: int, resize_max_side, carve_fraction
+) -> dict:
+    kept = [r for r in summaries if not r["reason"]]
+    splits = {}
+    for split in output_splits(layout, carve_fraction):
+        per_class = {name: 0 for name in layout.labels}
+        for r in kept:
+            if r["split"] == split:
+                per_class[layout.labels[r["label"]]] += 1
+        splits[split] = {
+            "num_examples": sum(per_class.values()),
+            "per_class": per_class,
+            "skipped": sum(1 for r in summaries if r["reason"] and r["folder_split"] == split),
+            "num_shards": num_shards,
+        }
+    formats: dict[str, int] = {}
+    for r in kept:
+        formats[r["source_fmt"]] = formats.get(r["source_fmt"], 0) + 1
+    return {
+        "labels": list(layout.labels),
+        "splits": splits,
+        "skipped": [
+            {"path": r["relpath"], "reason": r["reason"], "counts_as_bad": r["bad"]}
+            for r in summaries
+            if r["reason"]
+        ],
+        "duplicates": find_duplicates(kept),
+        "fingerprint": fingerprint(layout.labels, kept, resize_max_side),
+        "source_formats": dict(sorted(formats.items())),
+        "data_root": layout.root,
+        "validation": f"carved from train ({carve_fraction:g})" if carve_fraction else "folder",
+        "resize_max_side": resize_max_side,
+    }
+
+
+def check_bad_fraction(layout: Layout, summaries: list[dict], max_bad_fraction: float) -> None:
+    for split in layout.splits:
+        rows = [r for r in summaries if r["folder_split"] == split]
+        bad = [r for r in rows if r["bad"]]
+        considered = sum(1 for r in rows if r["bad"] or not r["reason"])
+        if bad and len(bad) / considered > max_bad_fraction:
+            for r in bad[:20]:
+                log.warning("skipped %s: %s", r["relpath"], r["reason"])
+            raise PipelineError(
+                f"{len(bad)} of {considered} files in {FileSystems.join(layout.root, split)} are "
+                f"not usable images ({len(bad) / considered:.1%} > --max-bad-fraction "
+                f"{max_bad_fraction:g}); first: {bad[0]['relpath']}: {bad[0]['reason']}"
+            )
+
+
+def check_classes_kept(layout: Layout, summaries: list[dict], carve_fraction) -> None:
+    for split in layout.splits:
+        for label, name in enumerate(layout.labels):
+            rows = [r for r in summaries if r["folder_split"] == split and r["label"] == label]
+            if not any(not r["reason"] for r in rows):
+                raise PipelineError(
+                    f"class folder {FileSystems.join(layout.root, split, name)} has no usable "
+                    f"images ({len(rows)} file(s) skipped)"
+                )
+    if carve_fraction and not any(
+        not r["reason"] and r["split"] == "validation" for r in summaries
+    ):
+        raise PipelineError(
+            f"validation carved from {FileSystems.join(layout.root, 'train')} with fraction "
+            f"{carve_fraction:g} is empty; add a validation/ folder or raise --validation-fraction"
+        )
+
+
+def format_summary(stats: dict) -> str:
+    """Per class rows, per split columns (scales to many classes), then totals and skipped."""
+    splits = list(stats["splits"])
+    table = [["class", *splits]]
+    table += [[c, *(stats["splits"][s]["per_class"][c] for s in splits)] for c in stats["labels"]]
+    table.append(["total", *(stats["splits"][s]["num_examples"] for s in splits)])
+    table.append(["skipped", *(stats["splits"][s]["skipped"] for s in splits)])
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    return "\n".join(
+        "  ".join(
+            str(v).ljust(w) if i == 0 else str(v).rjust(w)
+            for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    )
+
+
+# ---------------------------------------------------------------- running
+
+
+def _check_params(num_shards, max_bad_fraction, resize_max_side, validation_fraction) -> None:
+    if num_shards < 1:
+        raise PipelineError(f"--num-shards must be >= 1, got {num_shards}")
+    if not 0 <= max_bad_fraction <= 1:
+        raise PipelineError(f"--max-bad-fraction must be in [0, 1], got {max_bad_fraction}")
+    if resize_max_side is not None and resize_max_side < 8:
+        raise PipelineError(f"--resize-max-side must be >= 8, got {resize_max_side}")
+    if not 0 < validation_fraction < 1:
+        raise PipelineError(f"--validation-fraction must be in (0, 1), got {validation_fraction}")
+
+
+def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
+    args = list(beam_args or [])
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        args.append("--default_sdk_harness_log_level=WARNING")  # worker processes' INFO chatter
+    return PipelineOptions(args)
+
+
+def run_pipeline(p: beam.Pipeline) -> dict[str, int]:
+    """Run to completion; returns the ExampleGen counters. A failure is one line."""
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:
+        log.debug("Beam pipeline failed", exc_info=True)
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise PipelineError(f"Beam pipeline failed: {lines[-1] if lines else e!r}") from None
+    query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
+    counters: dict[str, int] = {}
+    for c in query["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(value or 0)
+    return dict(sorted(counters.items()))
+
+
+def run_example_gen(
+    data_root: str,
+    output: str,
+    *,
+    num_shards: int = 4,
+    max_bad_fraction: float = 0.01,
+    resize_max_side: int | None = None,
+    validation_fraction: float = 0.1,
+    beam_args: list[str] | None = None,
+) -> dict:
+    """Convert the image folders under data_root to `output`; returns the stats.json dict."""
+    _check_params(num_shards, max_bad_fraction, resize_max_side, validation_fraction)
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    started = time.monotonic()
+    layout = list_sources(data_root)
+    carve = None if "validation" in layout.splits else validation_fraction
+    log.info(
+        "ExampleGen: %d files, classes %s, splits %s%s",
+        len(layout.sources),
+        ", ".join(layout.labels),
+        ", ".join(layout.splits),
+        f" (validation carved from train, {carve:g})" if carve else "",
+    )
+    with fsutil.atomic_dir(output) as work:
+        write_file_list(fsutil.join(work, FILE_LIST), layout.sources)
+        p = beam.Pipeline(options=pipeline_options(beam_args))
+        build_pipeline(
+            p,
+            layout,
+            work,
+            num_shards=num_shards,
+            resize_max_side=resize_max_side,
+            carve_fraction=carve,
+        )
+        counters = run_pipeline(p)
+        log.info("counters: %s", ", ".join(f"{k}={v}" for k, v in counters.items()))
+        summaries = read_results(work)
+        check_bad_fraction(layout, summaries, max_bad_fraction)
+        check_classes_kept(layout, summaries, carve)
+        stats = build_stats(
+            layout,
+            summaries,
+            num_shards=num_shards,
+            resize_max_side=resize_max_side,
+            carve_fraction=carve,
+        )
+        fsutil.write_atomic(
+            fsutil.join(work, examples.LABELS_FILE), "\n".join(layout.labels) + "\n"
+        )
+        fsutil.write_json(fsutil.join(work, examples.STATS_FILE), stats)
+    _report(stats, output, time.monotonic() - started)
+    return stats
+
+
+def _report(stats: dict, output: str, seconds: float) -> None:
+    for dup in stats["duplicates"][:10]:
+        log.warning(
+            "identical image in %s: %s", " and ".join(dup["splits"]), ", ".join(dup["paths"])
+        )
+    if stats["duplicates"]:
+        log.warning(
+            "%d image(s) appear in more than one split (train/test leakage); see %s duplicates",
+            len(stats["duplicates"]),
+            fsutil.join(output, examples.STATS_FILE),
+        )
+    total = sum(s["num_examples"] for s in stats["splits"].values())
+    print(format_summary(stats))
+    print(
+        f"wrote {total} examples to {output} in {seconds:.1f}s; "
+        f"skipped {len(stats['skipped'])} file(s) (reasons in stats.json)"
+    )
+
+
+def _reject_own_flag_typo(arg: str, own_flags: list[str]) -> None:
+    """Beam options are snake_case; a kebab-case or near-miss flag is a typo of one of ours."""
+    name = arg.split("=")[0]
+    if not name.startswith("--"):
+        return
+    close = difflib.get_close_matches(name, own_flags, n=1, cutoff=0.75)
+    if close or "-" in name[2:]:
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise PipelineError(f"unknown option {name} ({hint}Beam options go after --)")
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Own flags before `--`, Beam's after it (unknown snake_case flags before it go to Beam too,
+    as in Beam's wordcount)."""
+    argv = list(argv)
+    beam_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(
+        prog="transfer-pipeline example-gen",
+        description="Image folders <data-root>/<split>/<class>/<image> -> TFRecord shards.",
+        epilog="Beam options go after --, e.g. -- --direct_running_mode=multi_processing "
+        "--direct_num_workers=2",
+    )
+    p.add_argument(
+        "--data-root", required=True, help="root with train/, test/, optional validation/"
+    )
+    p.add_argument("--output", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--num-shards", type=int, default=4, help="TFRecord files per split")
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.01,
+        help="fail when more than this share of a split's files are not usable images",
+    )
+    p.add_argument(
+        "--resize-max-side",
+        type=int,
+        default=None,
+        help="re-encode larger images to JPEG with this longest side (default: keep bytes)",
+    )
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        help="share of train carved into validation when there is no validation/ folder",
+    )
+    args, unknown = p.parse_known_args(own)
+    for arg in unknown:
+        _reject_own_flag_typo(arg, [o for a in p._actions for o in a.option_strings])
+    return args, unknown + beam_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+    run_example_gen(
+        args.data_root,
+        args.output,
+        num_shards=args.num_shards,
+        max_bad_fraction=args.max_bad_fraction,
+        resize_max_side=args.resize_max_side,
+        validation_fraction=args.validation_fraction,
+        beam_args=beam_args or None,
+    )
+    return 0

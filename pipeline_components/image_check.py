@@ -1,0 +1,141 @@
+"""Decide whether one file becomes a training example: name rules, format sniffing, decode check.
+
+The check is `tf.io.decode_image(..., expand_animations=False)`, the decoder the Trainer and the
+serving signature use, so a file that passes can never crash training. Pure functions apart from
+TensorFlow; ExampleGen's Beam DoFn calls `check_image` once per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from dataclasses import dataclass
+
+# Formats tf.io.decode_image reads and we keep. WebP is stored re-encoded as lossless PNG of the
+# pixels tf.io.decode_image gives: DESIGN's image/format is jpeg|png|gif|bmp, and the serving
+# signature's input check accepts only those four.
+KEPT_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", "__macosx"}
+# A file with one of these extensions that is not an image is a stray document, not a bad image.
+DOCUMENT_EXTENSIONS = {
+    ".txt", ".md", ".rst", ".json", ".csv", ".tsv", ".xml", ".html", ".htm",
+    ".yaml", ".yml", ".ini", ".cfg", ".log", ".pdf", ".db",
+}  # fmt: skip
+_BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+_TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]")
+
+
+class SkipFile(Exception):
+    """The file is not an example. `bad` files count against --max-bad-fraction; hidden files,
+    stray documents and files outside class folders do not."""
+
+    def __init__(self, reason: str, bad: bool = True):
+        super().__init__(reason)
+        self.reason = reason
+        self.bad = bad
+        self.sha256 = ""  # of the file's bytes, once read
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    encoded: bytes
+    fmt: str  # of `encoded`
+    height: int
+    width: int
+    channels: int
+    source_fmt: str  # sniffed from the file's bytes
+
+
+def name_skip_reason(parts: list[str]) -> str | None:
+    """Skip reason from the path alone (`parts` = path components below the split folder)."""
+    if any(p.startswith(".") or p.lower() in SYSTEM_FILES for p in parts):
+        return "hidden or system file"
+    if len(parts) < 2:
+        return "not inside a class folder"
+    return None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The real format from the leading bytes (never the extension); None if not an image."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:2] == b"\xff\x0a" or data[4:12] == b"JXL \r\n\x87\n":
+        return "jxl"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"avif"):
+        return "heif/avif"
+    if data[:4] == b"\x00\x00\x01\x00":
+        return "ico"
+    return None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tf_message(error: Exception) -> str:
+    text = getattr(error, "message", None) or str(error)
+    return " ".join(_TF_NOISE.sub("", text).split())
+
+
+def decode(data: bytes, channels: int = 0):
+    """tf.io.decode_image as training uses it; a decode failure raises SkipFile."""
+    import tensorflow as tf
+
+    try:
+        return tf.io.decode_image(data, channels=channels, expand_animations=False)
+    except tf.errors.OpError as e:
+        fmt = sniff_format(data)
+        raise SkipFile(
+            f"undecodable {fmt} (corrupt, truncated or unsupported): {_tf_message(e)}"
+        ) from None
+
+
+def resize_to_jpeg(image, max_side: int, source_fmt: str) -> StoredImage:
+    """Downscale a decoded HxWxC uint8 image so its longer side is max_side; encode as JPEG."""
+    import tensorflow as tf
+
+    height, width, channels = (int(d) for d in image.shape)
+    scale = max_side / max(height, width)
+    size = [max(1, round(height * scale)), max(1, round(width * scale))]
+    if channels == 2:  # grey + alpha: JPEG has no alpha
+        image = image[..., :1]
+    elif channels == 4:
+        image = image[..., :3]
+    resized = tf.image.resize(image, size, method="area")
+    pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    encoded = tf.io.encode_jpeg(pixels, quality=95).numpy()
+    return StoredImage(encoded, "jpeg", size[0], size[1], int(pixels.shape[-1]), source_fmt)
+
+
+def check_image(relpath: str, data: bytes, resize_max_side: int | None = None) -> StoredImage:
+    """The image to store for one file's bytes, or SkipFile with the reason."""
+    if not data:
+        raise SkipFile("empty file (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        ext = posixpath.splitext(relpath)[1].lower()
+        if ext in DOCUMENT_EXTENSIONS:
+            raise SkipFile(f"not an image ({ext} file)", bad=False)
+        raise SkipFile("not an image (unrecognized content)")
+    if fmt not in KEPT_FORMATS:
+        raise SkipFile(f"unsupported image format {fmt} (kept: {', '.join(KEPT_FORMATS)})")
+    image = decode(data)
+    height, width, channels = (int(d) for d in image.shape)
+    if resize_max_side and max(height, width) > resize_max_side:
+        return resize_to_jpeg(image, resize_max_side, fmt)
+    if fmt == "webp":
+        import tensorflow as tf
+
+        return StoredImage(tf.io.encode_png(image).numpy(), "png", height, width, channels, fmt)
+    return StoredImage(data, fmt, height, width, channels, fmt)

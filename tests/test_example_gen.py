@@ -1,0 +1,366 @@
+"""ExampleGen end to end: real Beam pipelines over real image folders in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_example_gen_units import KEPT_KINDS, image_bytes
+
+from pipeline_components import cli, example_gen, examples
+
+MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+
+def _plain(key, value):
+    return value.decode() if isinstance(value, bytes) and key != examples.ENCODED else value
+
+
+def read_records(out) -> list[dict]:
+    """Every record of every shard, parsed with the shared feature spec."""
+    records = []
+    for split in examples.SPLITS:
+        for path in examples.split_files(str(out), split) if (out / split).exists() else []:
+            for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                rec = {k: _plain(k, v.numpy()) for k, v in examples.parse(raw).items()}
+                records.append(rec | {"split": split, "shard": path.rsplit("/", 1)[-1]})
+    return records
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = cli.main(["example-gen", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_error(capsys, out_parent, args, *fragments):
+    """Exit 1, one error line naming the problem, nothing left next to the output."""
+    code, _, err = run_cli(capsys, *args)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 1, err
+    assert len(errors) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in errors[0]
+    assert not out_parent.exists() or list(out_parent.iterdir()) == []
+
+
+# ---------------------------------------------------------------- kept formats, round trip
+
+
+@pytest.fixture
+def mixed_dataset(make_dataset):
+    """A 2-class dataset plus one file of every kept variant under awkward names, and the
+    harmless extras real folders carry (they must not count as bad files)."""
+    root = make_dataset(per_split=(6, 2, 2))
+    names = {}
+    for i, kind in enumerate(sorted(KEPT_KINDS)):
+        cls = ("circles", "squares")[i % 2]
+        ext = {"jpeg": "JPG", "png": "PNG", "gif": "Gif", "bmp": "bmp", "webp": "webp"}
+        name = f"{kind} Ünïcode №{i}.{ext[kind.split('-')[0]]}"
+        (root / "train" / cls / name).write_bytes(image_bytes(kind, seed=i))
+        names[f"train/{cls}/{name}"] = kind
+    (root / "train/circles/actually a png.jpg").write_bytes(image_bytes("png", seed=99))
+    names["train/circles/actually a png.jpg"] = "png"
+    for cls in ("circles", "squares"):
+        (root / "train" / cls / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "test/squares/README.txt").write_text("where these came from\n")
+    return root, names
+
+
+def test_every_kept_format_round_trips(mixed_dataset, tmp_path, capsys):
+    root, special = mixed_dataset
+    out = tmp_path / "out" / "examples"
+    code, stdout, err = run_cli(capsys, "--data-root", root, "--output", out, "--num-shards", 3)
+    assert code == 0, err
+
+    labels = (out / "labels.txt").read_text().splitlines()
+    assert labels == ["circles", "squares"]
+    stats = json.loads((out / "stats.json").read_text())
+    records = read_records(out)
+    by_name = {r[examples.FILENAME]: r for r in records}
+    assert len(by_name) == len(records) == 10 * 2 + len(special)
+    assert {p.name for p in out.iterdir()} == {
+        "train",
+        "validation",
+        "test",
+        "labels.txt",
+        "stats.json",
+    }
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"examples-0000{i}-of-00003.tfrecord.gz" for i in range(3)
+    ]
+    assert list((tmp_path / "out").iterdir()) == [out]  # no temporary directories left
+
+    for name, rec in by_name.items():
+        source = (root / name).read_bytes()
+        kind = special.get(name, "jpeg")
+        fmt, channels = KEPT_KINDS[kind]
+        assert rec[examples.FORMAT] == fmt, name
+        assert rec[examples.CHANNELS] == channels, name
+        assert rec["split"] == name.split("/")[0]
+        assert labels[rec[examples.LABEL]] == rec[examples.TEXT] == name.split("/")[1]
+        assert rec[examples.SHA256] == example_gen.image_check.sha256_hex(rec[examples.ENCODED])
+        decoded = tf.io.decode_image(rec[examples.ENCODED], channels=3, expand_animations=False)
+        assert decoded.shape == (rec[examples.HEIGHT], rec[examples.WIDTH], 3)
+        if kind == "webp":  # stored as lossless PNG of the same pixels
+            want = tf.io.decode_image(source, channels=3, expand_animations=False)
+            np.testing.assert_array_equal(decoded.numpy(), want.numpy())
+        else:
+            assert rec[examples.ENCODED] == source, name
+
+    for split, entry in stats["splits"].items():
+        in_split = [r for r in records if r["split"] == split]
+        assert entry["num_examples"] == len(in_split)
+        assert entry["per_class"] == {
+            c: sum(r[examples.TEXT] == c for r in in_split) for c in labels
+        }
+    assert sorted(s["path"] for s in stats["skipped"]) == [
+        "test/squares/README.txt",
+        "train/circles/.DS_Store",
+        "train/squares/.DS_Store",
+    ]
+    assert not any(s["counts_as_bad"] for s in stats["skipped"])
+    assert stats["labels"] == labels and stats["duplicates"] == []
+    assert stats["source_formats"]["webp"] == 1
+    assert len(stats["fingerprint"]) == 64
+    assert "class    train  validation  test" in stdout
+    n = stats["splits"]["train"]["per_class"]["squares"]
+    assert f"squares  {n:>5}           2     2" in stdout.splitlines()
+
+
+# ---------------------------------------------------------------- skip reasons
+
+
+def test_each_skip_reason_is_recorded(make_dataset, tmp_path):
+    root = make_dataset(per_split=(10, 2, 2))
+    bad = {
+        "train/circles/zero.jpg": (b"", "empty file (0 bytes)", True),
+        "train/circles/cut.jpg": (image_bytes("jpeg")[:300], "undecodable jpeg", True),
+        "train/squares/cut.png": (image_bytes("png")[:-30], "undecodable png", True),
+        "train/squares/mono.bmp": (image_bytes("bmp-1bit"), "undecodable bmp", True),
+        "train/squares/notes.jpg": (b"not a picture\n", "not an image (unrecognized", True),
+        "train/squares/scan.TIFF": (image_bytes("tiff"), "unsupported image format tiff", True),
+        "train/circles/.DS_Store": (b"\x00\x00\x00\x01Bud1", "hidden or system file", False),
+        "train/circles/Thumbs.db": (b"\xd0\xcf\x11\xe0", "hidden or system file", False),
+        "train/circles/.hidden.jpg": (image_bytes("jpeg"), "hidden or system file", False),
+        "train/.ipynb_checkpoints/x.jpg": (image_bytes("jpeg"), "hidden or system file", False),
+        "train/README.txt": (b"about\n", "not inside a class folder", False),
+        "test/circles/README.txt": (b"about\n", "not an image (.txt file)", False),
+    }
+    for rel, (data, _, _) in bad.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    out = tmp_path / "out"
+    stats = example_gen.run_example_gen(root, out, max_bad_fraction=0.5, num_shards=2)
+
+    skipped = {s["path"]: s for s in stats["skipped"]}
+    assert set(skipped) == set(bad)
+    for rel, (_, reason, is_bad) in bad.items():
+        assert skipped[rel]["reason"].startswith(reason), skipped[rel]
+        assert skipped[rel]["counts_as_bad"] is is_bad
+    assert stats["splits"]["train"]["num_examples"] == 20
+    assert stats["splits"]["train"]["skipped"] == 11
+    assert not {r[examples.FILENAME] for r in read_records(out)} & set(bad)
+
+
+def test_counters_and_summary_table(make_dataset, tmp_path, capsys, caplog):
+    root = make_dataset(per_split=(5, 2, 3))
+    (root / "test/circles/zero.jpg").write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger="pipeline_components"):
+        example_gen.run_example_gen(root, tmp_path / "out", max_bad_fraction=0.2)
+    counters = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("counters"))
+    for item in (
+        "train_read=10",
+        "train_kept=10",
+        "test_read=7",
+        "test_kept=6",
+        "test_skipped=1",
+        "validation_read=4",
+    ):
+        assert item in counters
+    table = capsys.readouterr().out.splitlines()
+    assert table[:5] == [
+        "class    train  validation  test",
+        "circles      5           2     3",
+        "squares      5           2     3",
+        "total       10           4     6",
+        "skipped      0           0     1",
+    ]
+
+
+# ---------------------------------------------------------------- errors: one line, nothing left
+
+
+LAYOUT_CASES = [
+    "no train", "no test", "unknown class", "missing class", "empty class folder", "one class",
+    "no data root", "validation without classes",
+]  # fmt: skip
+
+
+def _layout_error_cases(root):
+    """{case: (how to break the dataset, fragments the message must contain)}."""
+    return {
+        "no train": (lambda: shutil.rmtree(root / "train"), [f"{root / 'train'}", "missing"]),
+        "no test": (lambda: shutil.rmtree(root / "test"), [f"{root / 'test'}", "missing"]),
+        "unknown class": (
+            lambda: shutil.copytree(root / "test/squares", root / "test/dogs"),
+            [f"{root / 'test' / 'dogs'}", "no counterpart"],
+        ),
+        "missing class": (
+            lambda: shutil.rmtree(root / "validation/squares"),
+            [f"{root / 'validation' / 'squares'}", "missing or empty"],
+        ),
+        "empty class folder": (
+            lambda: (root / "train/triangles").mkdir(),
+            [f"{root / 'train' / 'triangles'}", "is empty"],
+        ),
+        "one class": (
+            lambda: shutil.rmtree(root / "train/squares"),
+            [f"{root / 'train'}", "1 class folder(s)"],
+        ),
+        "no data root": (lambda: shutil.rmtree(root), [str(root), "does not exist"]),
+        "validation without classes": (
+            lambda: [
+                shutil.rmtree(root / "validation"),
+                (root / "validation").mkdir(),
+                (root / "validation/notes.txt").write_text("todo"),
+            ],
+            [f"{root / 'validation'}", "no class folders"],
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES)
+def test_layout_errors(case, make_dataset, tmp_path, capsys):
+    root = make_dataset(per_split=(2, 1, 1))
+    breaker, fragments = _layout_error_cases(root)[case]
+    breaker()
+    parent = tmp_path / "parent"
+    assert_error(capsys, parent, ["--data-root", root, "--output", parent / "ex"], *fragments)
+
+
+def test_too_many_bad_files_fails_and_leaves_nothing(make_dataset, tmp_path, capsys):
+    root = make_dataset(per_split=(10, 2, 2))
+    (root / "train/circles/cut.jpg").write_bytes(image_bytes("jpeg")[:200])
+    parent = tmp_path / "parent"
+    args = ["--data-root", root, "--output", parent / "ex", "--max-bad-fraction", "0.01"]
+    assert_error(
+        capsys, parent, args, f"1 of 21 files in {root / 'train'}", "train/circles/cut.jpg"
+    )
+
+
+def test_failed_run_keeps_the_previous_output(make_dataset, tmp_path, capsys):
+    root = make_dataset(per_split=(4, 2, 2))
+    out = tmp_path / "ex"
+    example_gen.run_example_gen(root, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for p in (root / "test/squares").iterdir():
+        p.write_bytes(b"garbage")  # the class has files, none usable
+    code, _, err = run_cli(capsys, "--data-root", root, "--output", out, "--max-bad-fraction", 1)
+    assert code == 1
+    assert f"{root / 'test' / 'squares'} has no usable images" in err
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data1", "ex"]
+
+
+def test_unknown_flag_is_a_one_line_error(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--data-root", tmp_path, "--output", tmp_path / "o", "--shards")
+    assert code == 1
+    assert "unknown option --shards (did you mean --num-shards? Beam options go after --)" in err
+
+
+# ---------------------------------------------------------------- duplicates, carve-out, resize
+
+
+def test_duplicates_across_splits_are_reported(make_dataset, tmp_path, caplog):
+    root = make_dataset(per_split=(6, 2, 2))
+    shutil.copy(root / "train/circles/0001.jpg", root / "test/circles/same as train.jpg")
+    shutil.copy(root / "train/squares/0002.jpg", root / "train/squares/twin in train.jpg")
+    with caplog.at_level(logging.WARNING, logger="pipeline_components"):
+        stats = example_gen.run_example_gen(root, tmp_path / "out")
+    assert stats["duplicates"] == [
+        {
+            "sha256": example_gen.image_check.sha256_hex(
+                (root / "train/circles/0001.jpg").read_bytes()
+            ),
+            "paths": ["test/circles/same as train.jpg", "train/circles/0001.jpg"],
+            "splits": ["train", "test"],
+        }
+    ]  # the within-train twin is not leakage
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("more than one split" in w for w in warnings)
+    assert any("train/circles/0001.jpg" in w for w in warnings)
+
+
+def test_validation_is_carved_from_train_when_absent(make_dataset, tmp_path, caplog):
+    root = make_dataset(per_split=(30, 0, 3))
+    assert not (root / "validation").exists()
+    (root / "val/circles").mkdir(parents=True)  # not a split name: warned about, not used
+    with caplog.at_level(logging.WARNING, logger="pipeline_components"):
+        stats = example_gen.run_example_gen(root, tmp_path / "out", validation_fraction=0.25)
+    assert f"ignoring {root / 'val'}: split folders are train, validation, test" in caplog.text
+    records = read_records(tmp_path / "out")
+    train = {r[examples.FILENAME] for r in records if r["split"] == "train"}
+    validation = {r[examples.FILENAME] for r in records if r["split"] == "validation"}
+    all_train = {f"train/{p.parent.name}/{p.name}" for p in (root / "train").rglob("*.jpg")}
+    assert train | validation == all_train and not train & validation
+    assert validation == {p for p in all_train if example_gen.unit_hash(p) < 0.25}
+    assert 5 <= len(validation) <= 25
+    assert stats["splits"]["validation"]["num_examples"] == len(validation)
+    assert stats["validation"] == "carved from train (0.25)"
+    # stable: the same files land in validation on a second run
+    example_gen.run_example_gen(root, tmp_path / "again", validation_fraction=0.25)
+    again = read_records(tmp_path / "again")
+    assert {r[examples.FILENAME] for r in again if r["split"] == "validation"} == validation
+
+
+def test_empty_carved_validation_is_an_error(make_dataset, tmp_path, capsys):
+    root = make_dataset(per_split=(2, 0, 1))
+    parent = tmp_path / "parent"
+    args = ["--data-root", root, "--output", parent / "ex", "--validation-fraction", "0.001"]
+    assert_error(capsys, parent, args, "validation carved from", "is empty")
+
+
+def test_resize_max_side_reencodes_large_images(make_dataset, tmp_path):
+    root = make_dataset(per_split=(3, 1, 1))
+    (root / "train/circles/big.png").write_bytes(image_bytes("png-rgba", size=(80, 60)))
+    example_gen.run_example_gen(root, tmp_path / "out", resize_max_side=40)
+    by_name = {r[examples.FILENAME]: r for r in read_records(tmp_path / "out")}
+    big = by_name["train/circles/big.png"]
+    assert (big[examples.FORMAT], big[examples.WIDTH], big[examples.HEIGHT]) == ("jpeg", 40, 30)
+    assert big[examples.CHANNELS] == 3
+    assert tf.io.decode_jpeg(big[examples.ENCODED]).shape == (30, 40, 3)
+    small = by_name["train/circles/0000.jpg"]
+    assert small[examples.ENCODED] == (root / "train/circles/0000.jpg").read_bytes()
+
+
+# ---------------------------------------------------------------- determinism across runners
+
+
+def test_multi_processing_writes_the_same_records_as_the_default_runner(
+    mixed_dataset, tmp_path, capsys
+):
+    root, _ = mixed_dataset
+    (root / "train/squares/cut.jpg").write_bytes(image_bytes("jpeg")[:200])
+    common = ["--data-root", root, "--num-shards", 2, "--max-bad-fraction", 0.2]
+    code, _, err = run_cli(capsys, *common, "--output", tmp_path / "default")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *common, "--output", tmp_path / "mp", "--", *MULTI_PROCESSING)
+    assert code == 0, err
+
+    def as_set(out):
+        return {tuple(sorted((k, str(v)) for k, v in r.items())) for r in read_records(out)}
+
+    default = as_set(tmp_path / "default")
+    assert len(default) == 10 * 2 + len(KEPT_KINDS) + 1
+    assert as_set(tmp_path / "mp") == default
+    # stronger: the same shard files byte for byte, and the same stats.json
+    default_files = sorted(p for p in (tmp_path / "default").rglob("*") if p.is_file())
+    for path in default_files:
+        twin = tmp_path / "mp" / path.relative_to(tmp_path / "default")
+        assert path.read_bytes() == twin.read_bytes(), path
