@@ -49,6 +49,11 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
 
 
+def _drop_import_noise(record: logging.LogRecord) -> bool:
+    # Beam warns at import time that optional GCP clients are missing; irrelevant off GCP.
+    return not str(record.msg).startswith("apitools not found")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_import_noise)
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(rest) or 0)
