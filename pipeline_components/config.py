@@ -31,7 +31,7 @@ class ExampleGenConfig:
 
 @dataclass
 class AugmentationConfig:
-    # ImageDataGenerator semantics: rotation in degrees, shifts/zoom/shear as fractions.
+    # ImageDataGenerator semantics: rotation and shear in degrees, shifts and zoom as fractions.
     rotation_range: float = 40.0
     width_shift_range: float = 0.2
     height_shift_range: float = 0.2

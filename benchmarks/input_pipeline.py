@@ -1,0 +1,309 @@
+"""Input pipeline throughput: the Trainer's tf.data pipeline vs the reference notebook's
+tf_keras `ImageDataGenerator.flow_from_directory`, on the same JPEGs, with the same augmentation.
+
+    python -m benchmarks.input_pipeline [--quick] [--num-images N] [--repeats R] [--size S]
+
+Data: sample_data's photo-like 500x375 JPEGs, two classes (~2,000; --quick ~200), as image
+folders for (a) and as 4 GZIP TFRecord shards of the very same files for (b)-(d).
+Each run is one full pass of augmented float32 batches of 100 at SxS (default 224, the
+notebook's 20 steps x 100), iterators built inside the timed run:
+
+(a) ImageDataGenerator(rotation_range=40, width/height_shift_range=0.2, shear_range=0.2,
+    zoom_range=0.2, horizontal_flip=True, fill_mode='nearest').flow_from_directory(...)
+(b) inputs.make_dataset(training=True, notebook augmentation, seed=42): the Trainer's default
+    (deterministic; augmentation batches run in order)
+(c) the same with seed=None (non-deterministic; parallel augmentation)
+(d) the same pipeline without augmentation: read, decode, resize, shuffle, batch (a floor)
+(e) reference for a design alternative, not the Trainer's path: (d) plus ONE random affine
+    resampling per image composed the way ImageDataGenerator composes it (rotation, shift, shear,
+    zoom about the centre, flip), instead of one resampling per Keras layer
+Goal (issue 3): (a)/(b) >= 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import sys
+
+from benchmarks import common
+
+NAME = "input_pipeline"
+PHOTO = (500, 375)
+BATCH = 100
+SHARDS = 4
+VARIANTS = {
+    "a": "(a) ImageDataGenerator.flow_from_directory",
+    "b": "(b) tf.data, seed=42 (Trainer default)",
+    "c": "(c) tf.data, seed=None",
+    "d": "(d) tf.data, no augmentation",
+    "e": "(e) tf.data, one fused affine (reference)",
+}
+NOTEBOOK_AUGMENTATION = {
+    "rotation_range": 40,
+    "width_shift_range": 0.2,
+    "height_shift_range": 0.2,
+    "shear_range": 0.2,
+    "zoom_range": 0.2,
+    "horizontal_flip": True,
+}
+
+
+def make_data(num_images: int) -> tuple[str, str]:
+    """(image folder root with train/<class>/, ExampleGen-style examples dir), cached."""
+    from pipeline_components import sample_data
+
+    root = os.path.join(common.cache_dir(NAME), f"photos-{num_images}")
+    images, records = os.path.join(root, "images"), os.path.join(root, "examples")
+    done = os.path.join(root, ".complete")
+    if not os.path.exists(done):
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"generating {num_images} {PHOTO[0]}x{PHOTO[1]} JPEGs in {images} ...")
+        sample_data.generate(
+            images,
+            per_split=(num_images // 2, 0, 0),
+            size=PHOTO,
+            photo_like=True,
+            seed=3,
+            splits=("train", "validation", "test"),
+        )
+        write_records(images, records)
+        open(done, "w").close()
+    return images, records
+
+
+def write_records(images: str, out: str) -> None:
+    """The train folder as GZIP shards with the ExampleGen schema (same bytes, same labels)."""
+    import tensorflow as tf
+
+    from pipeline_components import examples
+
+    train = os.path.join(images, "train")
+    labels = sorted(os.listdir(train))
+    files = [
+        (c, os.path.join(train, c, f))
+        for c in labels
+        for f in sorted(os.listdir(os.path.join(train, c)))
+    ]
+    os.makedirs(os.path.join(out, "train"))
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    writers = [
+        tf.io.TFRecordWriter(
+            os.path.join(out, "train", f"examples-{i:05d}-of-{SHARDS:05d}.tfrecord.gz"), options
+        )
+        for i in range(SHARDS)
+    ]
+    for i, (cls, path) in enumerate(files):
+        with open(path, "rb") as f:
+            data = f.read()
+        example = examples.make_example(
+            encoded=data,
+            fmt="jpeg",
+            height=PHOTO[1],
+            width=PHOTO[0],
+            channels=3,
+            label=labels.index(cls),
+            text=cls,
+            filename=os.path.relpath(path, images),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        writers[i % SHARDS].write(example.SerializeToString())
+    for w in writers:
+        w.close()
+    with open(os.path.join(out, "labels.txt"), "w") as f:
+        f.write("\n".join(labels) + "\n")
+
+
+def image_data_generator_pass(images: str, size: int) -> int:
+    """(a): one epoch of the notebook's generator; returns the number of images produced."""
+    from tf_keras.preprocessing.image import ImageDataGenerator
+
+    gen = ImageDataGenerator(**NOTEBOOK_AUGMENTATION, fill_mode="nearest")
+    it = gen.flow_from_directory(
+        os.path.join(images, "train"),
+        target_size=(size, size),
+        batch_size=BATCH,
+        class_mode="binary",
+        seed=42,
+    )
+    return sum(len(next(it)[0]) for _ in range(len(it)))
+
+
+def tf_data_pass(records: str, size: int, augment: bool, seed: int | None) -> int:
+    from pipeline_components import inputs
+    from pipeline_components.config import AugmentationConfig
+
+    ds = inputs.make_dataset(
+        records,
+        "train",
+        image_size=(size, size),
+        batch_size=BATCH,
+        num_classes=2,
+        training=True,
+        augmentation=AugmentationConfig(**NOTEBOOK_AUGMENTATION) if augment else None,
+        seed=seed,
+    )
+    return sum(int(x.shape[0]) for x, _ in ds)
+
+
+def fused_affine(images, seed: int = 42):
+    """A batch through one bilinear resampling with a random ImageDataGenerator-style matrix per
+    image (about the centre): input = c + Z S R (output - c) + t, x mirrored half the time."""
+    import math
+
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    h, w = float(images.shape[1]), float(images.shape[2])
+
+    def u(lo, hi, i):
+        return tf.random.stateless_uniform([n], [seed, i], lo, hi)
+
+    theta = u(-40.0, 40.0, 0) * math.pi / 180
+    shear = u(-0.2, 0.2, 1) * math.pi / 180
+    tx, ty = u(-0.2, 0.2, 2) * w, u(-0.2, 0.2, 3) * h
+    zx, zy = u(0.8, 1.2, 4), u(0.8, 1.2, 5)
+    flip = tf.where(u(0.0, 1.0, 6) < 0.5, -1.0, 1.0)
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    # rows of Z S R (2x2), with x mirrored by `flip`
+    a0, a1 = zx * cos * flip, -zx * sin
+    b0, b1 = zy * (sin + -tf.sin(shear) * cos) * flip, zy * (cos * tf.cos(shear))
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    a2 = cx - a0 * cx - a1 * cy + tx
+    b2 = cy - b0 * cx - b1 * cy + ty
+    zeros = tf.zeros([n])
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )
+
+
+def fused_pass(records: str, size: int) -> int:
+    import tensorflow as tf
+
+    from pipeline_components import inputs
+
+    ds = inputs.make_dataset(
+        records,
+        "train",
+        image_size=(size, size),
+        batch_size=BATCH,
+        num_classes=2,
+        training=True,
+        seed=42,
+    )
+    ds = ds.map(lambda x, y: (fused_affine(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return sum(int(x.shape[0]) for x, _ in ds)
+
+
+def run(
+    quick: bool = False,
+    num_images: int | None = None,
+    repeats: int | None = None,
+    size: int = 224,
+) -> dict:
+    try:
+        import scipy  # noqa: F401  (ImageDataGenerator's transforms need it)
+    except ImportError:
+        raise SystemExit(
+            "benchmarks.input_pipeline: the ImageDataGenerator baseline needs scipy "
+            "(pip install scipy)"
+        ) from None
+    num_images = num_images or (200 if quick else 2000)
+    repeats = repeats or (2 if quick else 3)
+    images, records = make_data(num_images)
+
+    def check(n):
+        assert n == num_images, (n, num_images)
+
+    variants = {
+        VARIANTS["a"]: lambda: check(image_data_generator_pass(images, size)),
+        VARIANTS["b"]: lambda: check(tf_data_pass(records, size, True, 42)),
+        VARIANTS["c"]: lambda: check(tf_data_pass(records, size, True, None)),
+        VARIANTS["d"]: lambda: check(tf_data_pass(records, size, False, 42)),
+        VARIANTS["e"]: lambda: check(fused_pass(records, size)),
+    }
+    print(
+        f"{num_images} JPEGs {PHOTO[0]}x{PHOTO[1]} -> {size}x{size}, batch {BATCH},"
+        f" {repeats} alternating rounds after a warm-up round"
+    )
+    cpu: dict[str, list[float]] = {}
+    seconds = common.alternate(variants, repeats, warmup=True, cpu=cpu)
+    summary = common.summarize(seconds, num_images, "images")
+    for name, runs in cpu.items():
+        summary[name]["cpu_median_s"] = round(statistics.median(runs), 4)
+    a, b, c, d, e = (VARIANTS[k] for k in "abcde")
+    ratios = {
+        "a_over_b": common.ratio(summary, a, b),
+        "a_over_c": common.ratio(summary, a, c),
+        "a_over_d": common.ratio(summary, a, d),
+        "a_over_e": common.ratio(summary, a, e),
+        "b_over_d": common.ratio(summary, b, d),
+        "a_over_b_paired": common.paired_ratio(seconds, a, b),
+        "a_over_b_cpu": round(summary[a]["cpu_median_s"] / summary[b]["cpu_median_s"], 3),
+    }
+    return {
+        "benchmark": NAME,
+        "num_images": num_images,
+        "photo_size": list(PHOTO),
+        "image_size": [size, size],
+        "batch_size": BATCH,
+        "repeats": repeats,
+        "quick": quick,
+        "variants": summary,
+        "ratios": ratios,
+        "goals": {"a_over_b_at_least_5": ratios["a_over_b"] >= 5},
+        "environment": common.environment(),
+    }
+
+
+def report(results: dict) -> tuple[str, str]:
+    header = ["variant", "median s", "cpu s", "images/s"]
+    rows = [
+        [k, v["median_s"], v["cpu_median_s"], v["images_per_s"]]
+        for k, v in results["variants"].items()
+    ]
+    r = results["ratios"]
+    met = "met" if results["goals"]["a_over_b_at_least_5"] else "MISSED"
+    notes = [
+        f"(a)/(b) = {r['a_over_b']}x  (goal >= 5: {met}); paired per round {r['a_over_b_paired']}x,"
+        f" CPU time {r['a_over_b_cpu']}x",
+        f"(a)/(c) = {r['a_over_c']}x;  augmentation cost (b)/(d) = {r['b_over_d']}x",
+        f"without augmentation (a)/(d) = {r['a_over_d']}x;  one fused affine (a)/(e) ="
+        f" {r['a_over_e']}x",
+    ]
+    s = results["image_size"][0]
+    title = f"Input pipeline, {results['num_images']} JPEGs 500x375 -> {s}x{s}, batch 100"
+    text = "\n".join([title, common.text_table(header, rows), *notes])
+    markdown = "\n".join(
+        [f"### {title}", "", common.markdown_table(header, rows), "", *(f"- {n}" for n in notes)]
+    )
+    return text, markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="~200 images, 2 rounds")
+    p.add_argument("--num-images", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--size", type=int, default=224, help="output image side (default 224)")
+    p.add_argument("--output-dir", default=None, help="where to write input_pipeline.json/.md")
+    args = p.parse_args(argv)
+    results = run(args.quick, args.num_images, args.repeats, args.size)
+    text, markdown = report(results)
+    print(text)
+    print("results:", common.write_results(NAME, results, markdown, args.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""tf.data input pipeline over ExampleGen's GZIP TFRecords, with train-only augmentation.
+
+    shards -> parallel interleave -> [train: shuffle] -> [repeat] -> parse + decode_and_resize
+        -> batch -> [train: augmentation layers] -> prefetch
+
+Pixels are float32 RGB 0..255 from `export.decode_and_resize`, the function the exported
+`serving_default` signature also uses, so training and serving see the same pixels.
+Labels: float32 [1] for two classes (sigmoid head), int32 class indices for more (softmax head).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from pipeline_components import examples
+from pipeline_components.errors import PipelineError
+from pipeline_components.export import decode_and_resize
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# ImageDataGenerator parameter -> the largest value that keeps its meaning
+_AUG_LIMITS = {
+    "rotation_range": (180.0, "degrees in [0, 180]"),
+    "width_shift_range": (1.0, "a fraction of the width in [0, 1]"),
+    "height_shift_range": (1.0, "a fraction of the height in [0, 1]"),
+    "shear_range": (89.0, "degrees in [0, 89]"),
+    "zoom_range": (0.99, "a fraction in [0, 0.99]"),
+}
+
+
+def validate_augmentation(aug) -> None:
+    if aug is None:
+        return
+    for key, (limit, what) in _AUG_LIMITS.items():
+        value = getattr(aug, key)
+        if not 0 <= value <= limit:
+            raise PipelineError(f"trainer.augmentation.{key}: must be {what}, got {value!r}")
+
+
+def augmentation_layers(aug, seed: int | None = None) -> list[keras.layers.Layer]:
+    """Keras 3 preprocessing layers with tf.keras ImageDataGenerator's meaning of each parameter
+    (fill_mode='nearest', bilinear, as ImageDataGenerator's defaults); [] when all are off.
+
+    rotation_range (degrees, +-)  -> RandomRotation(factor=deg/360)  (factor is a fraction of 2pi)
+    width/height_shift_range      -> RandomTranslation (fractions of the size, +-)
+    shear_range (degrees, +-)     -> RandomShear(y_factor=sin(deg)): ImageDataGenerator's shear
+                                     moves rows in proportion to the column, by sin(angle)
+    zoom_range z                  -> RandomZoom(z, z): independent height/width zoom in [1-z, 1+z]
+    horizontal_flip               -> RandomFlip("horizontal")
+    """
+    if aug is None:
+        return []
+    validate_augmentation(aug)
+    common = {"fill_mode": "nearest", "interpolation": "bilinear", "dtype": "float32"}
+    layers = []
+
+    def next_seed():
+        return None if seed is None else seed + len(layers)
+
+    if aug.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=next_seed(), dtype="float32"))
+    if aug.rotation_range:
+        layers.append(
+            keras.layers.RandomRotation(aug.rotation_range / 360.0, seed=next_seed(), **common)
+        )
+    if aug.width_shift_range or aug.height_shift_range:
+        layers.append(
+            keras.layers.RandomTranslation(
+                aug.height_shift_range, aug.width_shift_range, seed=next_seed(), **common
+            )
+        )
+    if aug.shear_range:
+        shear = math.sin(math.radians(aug.shear_range))
+        layers.append(keras.layers.RandomShear(0.0, shear, seed=next_seed(), **common))
+    if aug.zoom_range:
+        layers.append(
+            keras.layers.RandomZoom(aug.zoom_range, aug.zoom_range, seed=next_seed(), **common)
+        )
+    return layers
+
+
+def make_augmenter(aug, seed: int | None = None):
+    """A callable batch -> augmented batch, or None when augmentation is off."""
+    layers = augmentation_layers(aug, seed)
+    if not layers:
+        return None
+    pipeline = keras.Sequential(layers, name="augmentation")
+    return lambda images: pipeline(images, training=True)
+
+
+def read_records(files: list[str], *, shuffle_files: bool, seed: int | None, deterministic: bool):
+    """Serialized tf.train.Examples from GZIP shards, read in parallel (interleave)."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # A fixed cycle_length (not AUTOTUNE = #cores) keeps the order the same on every machine.
+    return ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(len(files), 16),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+def decode_example(serialized, image_size, num_classes: int):
+    """One serialized Example -> (float32 [H, W, 3] pixels 0..255, label)."""
+    features = examples.parse(serialized)
+    pixels = decode_and_resize(features[examples.ENCODED], image_size)
+    label = features[examples.LABEL]
+    if num_classes == 2:
+        label = tf.reshape(tf.cast(label, tf.float32), [1])
+    else:
+        label = tf.cast(label, tf.int32)
+    return pixels, label
+
+
+def make_dataset(
+    examples_dir: str,
+    split: str,
+    *,
+    image_size,
+    batch_size: int,
+    num_classes: int,
+    training: bool = False,
+    augmentation=None,
+    shuffle_buffer: int = 1000,
+    seed: int | None = None,
+    repeat: bool = False,
+    num_examples: int | None = None,
+) -> tf.data.Dataset:
+    """Batched (pixels, labels) of one split. `training` shuffles (and augments when
+    `augmentation` is given); other splits keep the shard order and are never augmented.
+    With a seed the order and the augmentation are the same on every run. `num_examples` (the
+    split's size, when known) lets Keras know the number of batches of a finite dataset."""
+    files = examples.split_files(examples_dir, split)
+    deterministic = seed is not None or not training
+    ds = read_records(files, shuffle_files=training, seed=seed, deterministic=deterministic)
+    if num_examples is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
+    if training:
+        # shuffle the small serialized records, not decoded float images
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    size = (int(image_size[0]), int(image_size[1]))
+    ds = ds.map(
+        lambda s: decode_example(s, size, num_classes),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    augment = make_augmenter(augmentation, seed) if training else None
+    if augment is not None:
+        # Batched (vectorized) augmentation. Sequential when seeded: the layers' seed generators
+        # are stateful, and parallel calls would hand out their draws in a racy order.
+        ds = ds.map(
+            lambda x, y: (augment(x), y),
+            num_parallel_calls=None if seed is not None else AUTOTUNE,
+        )
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def encoded_images(examples_dir: str, split: str, n: int) -> list[bytes]:
+    """The first `n` encoded images of a split, as stored (e.g. TF Serving warmup requests)."""
+    files = examples.split_files(examples_dir, split)
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(n)
+    return [examples.parse(s)[examples.ENCODED].numpy() for s in ds]
+
+
+def split_labels(examples_dir: str, split: str) -> list[int]:
+    """All labels of a split in the order `make_dataset(training=False)` yields them
+    (cheap: no image decoding)."""
+    files = examples.split_files(examples_dir, split)
+    spec = {examples.LABEL: examples.feature_spec()[examples.LABEL]}
+    ds = read_records(files, shuffle_files=False, seed=None, deterministic=True).map(
+        lambda s: tf.io.parse_single_example(s, spec)[examples.LABEL]
+    )
+    return [int(v) for v in ds.as_numpy_iterator()]

@@ -1,0 +1,240 @@
+"""The transfer-learning model: a frozen keras.applications backbone, its own `preprocess_input`
+inside the model, and a small classification head.
+
+    pixels float32 [N, H, W, 3] RGB 0..255 -> BackbonePreprocess -> backbone(training=False)
+        -> head: Flatten | GlobalAveragePooling2D, optional Dropout,
+                 Dense(1, sigmoid) for two classes | Dense(C, softmax) for more
+
+The head is its own sub-model (layer "head"), so it can be trained alone on cached backbone
+features and then used unchanged inside the full model that is exported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+import warnings
+
+import keras
+
+from pipeline_components import fsutil
+from pipeline_components.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+BACKBONE = "backbone"  # layer names inside the full model
+HEAD = "head"
+PREPROCESS = "preprocess"
+
+# name: (keras.applications constructor, module holding its preprocess_input, default size)
+BACKBONES = {
+    "vgg16": ("VGG16", "vgg16", 224),
+    "vgg19": ("VGG19", "vgg19", 224),
+    "resnet50": ("ResNet50", "resnet50", 224),
+    "resnet101": ("ResNet101", "resnet", 224),
+    "resnet152": ("ResNet152", "resnet", 224),
+    "resnet50_v2": ("ResNet50V2", "resnet_v2", 224),
+    "mobilenet_v2": ("MobileNetV2", "mobilenet_v2", 224),
+    "efficientnet_b0": ("EfficientNetB0", "efficientnet", 224),
+    "densenet121": ("DenseNet121", "densenet", 224),
+    "inception_v3": ("InceptionV3", "inception_v3", 299),
+    "xception": ("Xception", "xception", 299),
+}
+
+
+def backbone_spec(name: str) -> tuple[str, str, int]:
+    spec = BACKBONES.get(name.lower())
+    if spec is None:
+        raise PipelineError(
+            f"trainer.backbone: unknown backbone {name!r} (known: {', '.join(BACKBONES)})"
+        )
+    return spec
+
+
+def image_size_for(backbone: str, image_size) -> tuple[int, int]:
+    """The configured [height, width], or the backbone's default size when it is null."""
+    if image_size:
+        return int(image_size[0]), int(image_size[1])
+    size = backbone_spec(backbone)[2]
+    return size, size
+
+
+def preprocess_input(backbone: str):
+    return importlib.import_module(
+        f"keras.applications.{backbone_spec(backbone)[1]}"
+    ).preprocess_input
+
+
+@keras.saving.register_keras_serializable(package="transfer_pipeline")
+class BackbonePreprocess(keras.layers.Layer):
+    """The backbone's `preprocess_input` (e.g. RGB->BGR and ImageNet mean subtraction for VGG)
+    as a serializable layer, so the exported model takes plain 0..255 RGB pixels."""
+
+    def __init__(self, backbone: str, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # stay float32 under a mixed_float16 policy
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self._fn = preprocess_input(backbone)
+
+    def call(self, pixels):
+        return self._fn(pixels)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def build_backbone(name: str, weights: str, image_size) -> keras.Model:
+    """keras.applications `name`, include_top=False, frozen; weights: imagenet | none | path."""
+    constructor = getattr(keras.applications, backbone_spec(name)[0])
+    height, width = image_size
+    kind = weights.strip().lower()
+    try:
+        backbone = constructor(
+            include_top=False,
+            weights="imagenet" if kind == "imagenet" else None,
+            input_shape=(height, width, 3),
+            name=BACKBONE,
+        )
+    except ValueError as e:  # e.g. "Input size must be at least 32x32"
+        raise PipelineError(
+            f"trainer.image_size: {list(image_size)} does not suit backbone {name}: {e}"
+        ) from None
+    except Exception as e:  # keras.utils.get_file: "URL fetch failure on ..."
+        if kind != "imagenet":
+            raise
+        raise PipelineError(
+            f"trainer.weights: cannot download the ImageNet weights of {name}"
+            f" ({str(e).splitlines()[0][:200]}); put the file in ~/.keras/models/, or set"
+            " weights to a weights file path or none"
+        ) from None
+    if kind not in ("imagenet", "none"):
+        load_backbone_weights(backbone, weights.strip(), name)
+    backbone.trainable = False
+    return backbone
+
+
+def load_backbone_weights(backbone: keras.Model, path: str, name: str = "") -> None:
+    """Load a weights file (Keras `.weights.h5` or a legacy `.h5` such as the keras.applications
+    download) into the backbone; a missing or mismatched file is a one-line PipelineError."""
+    if not fsutil.exists(path):
+        raise PipelineError(f"trainer.weights: weights file {path} does not exist")
+    local, tmp = path, None
+    if fsutil.is_remote(path):  # h5py reads local files only
+        tmp = tempfile.TemporaryDirectory()
+        local = os.path.join(tmp.name, fsutil.basename(path))
+        fsutil.gfile().copy(path, local)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backbone.load_weights(local)
+        # Keras only warns when parts of a .weights.h5 file match nothing; that is a mismatch too.
+        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+        if skipped:
+            raise ValueError(skipped[0])
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PipelineError(
+            f"trainer.weights: weights file {path} does not fit backbone {name or backbone.name}"
+            f" at input {tuple(backbone.input_shape[1:3])}: {detail[:300]}"
+        ) from None
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def build_head(feature_shape, num_classes: int, head: str, dropout: float) -> keras.Sequential:
+    if head not in ("flatten", "global_average"):
+        raise PipelineError(f"trainer.head: must be flatten or global_average, got {head!r}")
+    layers = [keras.Input(tuple(feature_shape))]
+    layers.append(
+        keras.layers.Flatten() if head == "flatten" else keras.layers.GlobalAveragePooling2D()
+    )
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout))
+    # float32 outputs also under mixed_float16 (a float16 sigmoid/softmax loses precision)
+    if num_classes == 2:
+        layers.append(keras.layers.Dense(1, activation="sigmoid", dtype="float32"))
+    else:
+        layers.append(keras.layers.Dense(num_classes, activation="softmax", dtype="float32"))
+    return keras.Sequential(layers, name=HEAD)
+
+
+def create_model(config, num_classes: int) -> keras.Model:
+    """The full model for a TrainerConfig: pixels 0..255 -> probabilities, backbone frozen."""
+    if num_classes < 2:
+        raise PipelineError(f"need at least 2 classes, got {num_classes}")
+    size = image_size_for(config.backbone, config.image_size)
+    backbone = build_backbone(config.backbone, config.weights, size)
+    head = build_head(backbone.output.shape[1:], num_classes, config.head, config.dropout)
+    pixels = keras.Input((*size, 3), name="pixels")
+    x = BackbonePreprocess(config.backbone.lower(), name=PREPROCESS)(pixels)
+    x = backbone(x, training=False)  # BatchNorm stays in inference mode even when fine-tuning
+    return keras.Model(pixels, head(x), name=f"{config.backbone.lower()}_transfer")
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """pixels -> backbone features, sharing the full model's layers (for cache_features)."""
+    return keras.Model(model.input, model.get_layer(HEAD).input, name="features")
+
+
+def check_layer_name(model: keras.Model, layer_name: str) -> int:
+    """Index of `layer_name` among the backbone's layers; else a one-line error listing some."""
+    backbone = model.get_layer(BACKBONE)
+    names = [layer.name for layer in backbone.layers]
+    if layer_name not in names:
+        weighted = [layer.name for layer in backbone.layers if layer.weights]
+        few = weighted[:2] + ["..."] + weighted[-4:] if len(weighted) > 6 else weighted
+        raise PipelineError(
+            f"trainer.fine_tune_from: no layer {layer_name!r} in backbone "
+            f"(layers with weights: {', '.join(few)})"
+        )
+    return names.index(layer_name)
+
+
+def unfreeze_from(model: keras.Model, layer_name: str) -> list[str]:
+    """Make `layer_name` and every backbone layer after it trainable; returns their names."""
+    start = check_layer_name(model, layer_name)
+    backbone = model.get_layer(BACKBONE)
+    names = [layer.name for layer in backbone.layers]
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start
+    return names[start:]
+
+
+def make_optimizer(name: str, learning_rate: float):
+    optimizers = {
+        "rmsprop": keras.optimizers.RMSprop,
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+    }
+    if name not in optimizers:
+        raise PipelineError(f"trainer.optimizer: must be one of {list(optimizers)}, got {name!r}")
+    return optimizers[name](learning_rate=learning_rate)
+
+
+def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning_rate: float):
+    if num_classes == 2:
+        loss = keras.losses.BinaryCrossentropy()
+        accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    # jit_compile="auto": XLA on GPU, plain graphs on CPU
+    model.compile(
+        optimizer=make_optimizer(optimizer, learning_rate),
+        loss=loss,
+        metrics=[accuracy],
+        jit_compile="auto",
+    )
+    return model
+
+
+def count_params(weights) -> int:
+    return int(sum(int(w.numpy().size) for w in weights))
+
+
+def head_type(num_classes: int) -> str:
+    return "sigmoid" if num_classes == 2 else "softmax"

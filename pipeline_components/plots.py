@@ -1,0 +1,56 @@
+"""Small plotting functions (matplotlib, Agg backend: no display needed) that write PNGs.
+
+Each function returns the path it wrote; files are written atomically through fsutil, so the
+path may be local, gs:// or s3://.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline_components import fsutil  # noqa: E402
+
+
+def save_figure(fig, path: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fsutil.write_atomic(path, buf.getvalue())
+    return path
+
+
+def plot_curve(history: dict, metric: str, path: str, title: str | None = None) -> str:
+    """Training (dots) vs validation (line) of one metric per epoch, like the notebook's graphs."""
+    train = history.get(metric) or []
+    val = history.get(f"val_{metric}") or []
+    epochs = history.get("epoch") or list(range(1, len(train) + 1))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if train:
+        ax.plot(epochs[: len(train)], train, "bo", markersize=3, label=f"Training {metric}")
+    if val:
+        ax.plot(epochs[: len(val)], val, "b", label=f"Validation {metric}")
+    phases = history.get("phase") or []
+    if "fine_tune" in phases:
+        ax.axvline(
+            epochs[phases.index("fine_tune")] - 0.5, color="gray", ls=":", label="fine-tuning"
+        )
+    ax.set_title(title or f"Training and validation {metric}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_training_curves(history: dict, out_dir: str) -> dict[str, str]:
+    """`<out_dir>/accuracy.png` and `<out_dir>/loss.png`; returns {name: path}."""
+    fsutil.makedirs(out_dir)
+    return {
+        metric: plot_curve(history, metric, fsutil.join(out_dir, f"{metric}.png"))
+        for metric in ("accuracy", "loss")
+    }
