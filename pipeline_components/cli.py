@@ -50,8 +50,21 @@ def quiet_tensorflow() -> None:
 
 
 def _drop_import_noise(record: logging.LogRecord) -> bool:
-    # Beam warns at import time that optional GCP clients are missing; irrelevant off GCP.
-    return not str(record.msg).startswith("apitools not found")
+    # Beam says at import time that optional GCP clients are missing; irrelevant off GCP.
+    return not (
+        str(record.msg).startswith("apitools not found")
+        or (record.name == "apache_beam.io.gcp.bigquery" and record.levelno <= logging.INFO)
+    )
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOGLEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_import_noise)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     quiet_tensorflow()
-    logging.basicConfig(
-        level=os.environ.get("LOGLEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_drop_import_noise)
+    setup_logging()
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(rest) or 0)
