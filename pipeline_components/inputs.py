@@ -1,7 +1,7 @@
 """tf.data input pipeline over ExampleGen's GZIP TFRecords, with train-only augmentation.
 
     shards -> parallel interleave -> [train: shuffle] -> [repeat] -> parse + decode_and_resize
-        -> batch -> [train: augmentation layers] -> prefetch
+        -> batch -> [train: RandomAffine, one resampling per batch] -> prefetch
 
 Pixels are float32 RGB 0..255 from `export.decode_and_resize`, the function the exported
 `serving_default` signature also uses, so training and serving see the same pixels.
@@ -10,12 +10,11 @@ Labels: float32 [1] for two classes (sigmoid head), int32 class indices for more
 
 from __future__ import annotations
 
-import math
-
 import keras
 import tensorflow as tf
 
 from pipeline_components import examples
+from pipeline_components.augment import RandomAffine
 from pipeline_components.errors import PipelineError
 from pipeline_components.export import decode_and_resize
 
@@ -41,54 +40,37 @@ def validate_augmentation(aug) -> None:
 
 
 def augmentation_layers(aug, seed: int | None = None) -> list[keras.layers.Layer]:
-    """Keras 3 preprocessing layers with tf.keras ImageDataGenerator's meaning of each parameter
-    (fill_mode='nearest', bilinear, as ImageDataGenerator's defaults); [] when all are off.
-
-    rotation_range (degrees, +-)  -> RandomRotation(factor=deg/360)  (factor is a fraction of 2pi)
-    width/height_shift_range      -> RandomTranslation (fractions of the size, +-)
-    shear_range (degrees, +-)     -> RandomShear(y_factor=sin(deg)): ImageDataGenerator's shear
-                                     moves rows in proportion to the column, by sin(angle)
-    zoom_range z                  -> RandomZoom(z, z): independent height/width zoom in [1-z, 1+z]
-    horizontal_flip               -> RandomFlip("horizontal")
-    """
+    """[RandomAffine] with ImageDataGenerator's meaning of each parameter (rotation and shear in
+    degrees, shifts and zoom as fractions, fill 'nearest', bilinear), all composed into one
+    matrix per image and one resampling per batch; [] when augmentation is off."""
     if aug is None:
         return []
     validate_augmentation(aug)
-    common = {"fill_mode": "nearest", "interpolation": "bilinear", "dtype": "float32"}
-    layers = []
-
-    def next_seed():
-        return None if seed is None else seed + len(layers)
-
-    if aug.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=next_seed(), dtype="float32"))
-    if aug.rotation_range:
-        layers.append(
-            keras.layers.RandomRotation(aug.rotation_range / 360.0, seed=next_seed(), **common)
+    if not aug.enabled():
+        return []
+    return [
+        RandomAffine(
+            rotation_range=aug.rotation_range,
+            width_shift_range=aug.width_shift_range,
+            height_shift_range=aug.height_shift_range,
+            shear_range=aug.shear_range,
+            zoom_range=aug.zoom_range,
+            horizontal_flip=aug.horizontal_flip,
+            seed=seed,
+            dtype="float32",  # augment in float32 also under a mixed_float16 policy
+            name="augmentation",
         )
-    if aug.width_shift_range or aug.height_shift_range:
-        layers.append(
-            keras.layers.RandomTranslation(
-                aug.height_shift_range, aug.width_shift_range, seed=next_seed(), **common
-            )
-        )
-    if aug.shear_range:
-        shear = math.sin(math.radians(aug.shear_range))
-        layers.append(keras.layers.RandomShear(0.0, shear, seed=next_seed(), **common))
-    if aug.zoom_range:
-        layers.append(
-            keras.layers.RandomZoom(aug.zoom_range, aug.zoom_range, seed=next_seed(), **common)
-        )
-    return layers
+    ]
 
 
 def make_augmenter(aug, seed: int | None = None):
-    """A callable batch -> augmented batch, or None when augmentation is off."""
+    """A callable (batch, key) -> augmented batch, or None when augmentation is off. `key` ([2]
+    integers) picks the batch's random draws, so the same key gives the same augmentation."""
     layers = augmentation_layers(aug, seed)
     if not layers:
         return None
-    pipeline = keras.Sequential(layers, name="augmentation")
-    return lambda images: pipeline(images, training=True)
+    (layer,) = layers
+    return lambda images, key: layer(images, training=True, seed=key)
 
 
 def read_records(files: list[str], *, shuffle_files: bool, seed: int | None, deterministic: bool):
@@ -154,11 +136,13 @@ def make_dataset(
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     augment = make_augmenter(augmentation, seed) if training else None
     if augment is not None:
-        # Batched (vectorized) augmentation. Sequential when seeded: the layers' seed generators
-        # are stateful, and parallel calls would hand out their draws in a racy order.
-        ds = ds.map(
-            lambda x, y: (augment(x), y),
-            num_parallel_calls=None if seed is not None else AUTOTUNE,
+        # One random key per batch, from a seeded stream that differs every epoch: the draws do
+        # not depend on which parallel call runs first, so seeded runs stay deterministic.
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, keys).map(
+            lambda batch, key: (augment(batch[0], key), batch[1]),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=deterministic,
         )
     options = tf.data.Options()
     options.deterministic = deterministic
