@@ -134,3 +134,73 @@ def write_results(name: str, results: dict, markdown: str, out_dir: str | None =
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(markdown.rstrip() + "\n")
     return path
+
+
+# One pool of photo-like JPEGs, shared by every benchmark that converts or reads photos, so that
+# ExampleGen and the input pipeline are measured on the very same files.
+PHOTO_POOL = "photo_pool"  # cache_dir(PHOTO_POOL)/<W>x<H>-<fmt>/<class>/NNNNN.<fmt>
+PHOTO_POOL_SEED = 20240
+
+
+def _pool_image(pool: str, cls: str, index: int, size: tuple[int, int], fmt: str) -> str:
+    """pool/<cls>/<index>.<fmt>, drawn now if missing; each image has its own seed, so the pool
+    is the same however it grows."""
+    import zlib
+
+    import numpy as np
+
+    from pipeline_components import sample_data
+
+    path = os.path.join(pool, cls, f"{index:05d}.{fmt}")
+    if not os.path.exists(path):
+        rng = np.random.default_rng([PHOTO_POOL_SEED, zlib.crc32(cls.encode()), index])
+        data = sample_data.encode(sample_data.draw_shape(cls, rng, size, photo_like=True), fmt)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # a killed run never leaves half an image in the pool
+    return path
+
+
+def _link(source: str, target: str) -> None:
+    import contextlib
+    import shutil
+
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(target)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or no hard links there
+        shutil.copyfile(source, target)
+
+
+def photo_dataset(
+    output: str,
+    per_split: tuple[int, ...],
+    size: tuple[int, int] = (500, 375),
+    classes: tuple[str, ...] = ("circles", "squares"),
+    fmt: str = "jpg",
+    splits: tuple[str, ...] = ("train", "validation", "test"),
+) -> dict:
+    """`<output>/<split>/<class>/NNNN.<fmt>` photo-like images hard-linked from the shared pool:
+    per class, split after split, the pool's images 0, 1, 2, ... (no image is in two splits).
+    Returns {split: {class: count}} like sample_data.generate."""
+    size = (int(size[0]), int(size[1]))
+    pool = cache_dir(os.path.join(PHOTO_POOL, f"{size[0]}x{size[1]}-{fmt}"))
+    used = dict.fromkeys(classes, 0)
+    counts: dict = {}
+    for split, n in zip(splits, per_split, strict=True):
+        if n <= 0:
+            continue
+        for cls in classes:
+            folder = os.path.join(output, split, cls)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                _link(
+                    _pool_image(pool, cls, used[cls] + i, size, fmt),
+                    os.path.join(folder, f"{i:04d}.{fmt}"),
+                )
+            used[cls] += n
+            counts.setdefault(split, {})[cls] = n
+    return counts

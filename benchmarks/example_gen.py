@@ -42,7 +42,6 @@ VARIANTS = {
 
 def make_dataset(num_images: int) -> str:
     """~num_images photo-like JPEGs split 70/15/15 over two classes, cached between runs."""
-    from pipeline_components import sample_data
 
     per_class = num_images // 2
     per_split = (
@@ -55,7 +54,7 @@ def make_dataset(num_images: int) -> str:
     if not os.path.exists(done):
         shutil.rmtree(root, ignore_errors=True)
         print(f"generating {2 * sum(per_split)} {SIZE[0]}x{SIZE[1]} JPEGs in {root} ...")
-        sample_data.generate(root, per_split=per_split, size=SIZE, photo_like=True, seed=1)
+        common.photo_dataset(root, per_split=per_split, size=SIZE)
         open(done, "w").close()
     return root
 

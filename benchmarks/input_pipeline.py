@@ -56,7 +56,6 @@ NOTEBOOK_AUGMENTATION = {
 
 def make_data(num_images: int) -> tuple[str, str]:
     """(image folder root with train/<class>/, ExampleGen-style examples dir), cached."""
-    from pipeline_components import sample_data
 
     root = os.path.join(common.cache_dir(NAME), f"photos-{num_images}")
     images, records = os.path.join(root, "images"), os.path.join(root, "examples")
@@ -64,14 +63,7 @@ def make_data(num_images: int) -> tuple[str, str]:
     if not os.path.exists(done):
         shutil.rmtree(root, ignore_errors=True)
         print(f"generating {num_images} {PHOTO[0]}x{PHOTO[1]} JPEGs in {images} ...")
-        sample_data.generate(
-            images,
-            per_split=(num_images // 2, 0, 0),
-            size=PHOTO,
-            photo_like=True,
-            seed=3,
-            splits=("train", "validation", "test"),
-        )
+        common.photo_dataset(images, per_split=(num_images // 2, 0, 0), size=PHOTO)
         write_records(images, records)
         open(done, "w").close()
     return images, records

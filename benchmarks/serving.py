@@ -74,12 +74,12 @@ def build_model(name: str):
     return keras.Model(inputs, outputs)
 
 
-def export_models(root: str) -> str:
-    """Export both models under root/<name>/1 and write root/models.config; returns its path."""
+def export_models(root: str, names=tuple(MODELS)) -> str:
+    """Export the models under root/<name>/1 and write root/models.config; returns its path."""
     from pipeline_components.export import export_saved_model
 
     entries = []
-    for name, size in MODELS.items():
+    for name, size in ((n, MODELS[n]) for n in names):
         export_saved_model(build_model(name), f"{root}/{name}/1", ["cat", "dog"], (size, size))
         entries.append(f'  config {{ name: "{name}" base_path: "{root}/{name}" }}')
     path = os.path.join(root, "models.config")
@@ -244,8 +244,18 @@ def throughput(target: str, model: str, images: list[bytes], seconds: float) -> 
     return sum(counts) / elapsed
 
 
-def run(quick: bool = False) -> dict:
-    """Measure; returns the results dict (main() also writes it as JSON and Markdown)."""
+def run(
+    quick: bool = False,
+    rounds: int | None = None,
+    requests: int | None = None,
+    throughput_rounds: int | None = None,
+    throughput_seconds: float | None = None,
+    models: tuple[str, ...] | None = None,
+) -> dict:
+    """Measure; returns the results dict (main() also writes it as JSON and Markdown).
+    Sizes: latency `rounds` x `requests` per model, `throughput_rounds` x `throughput_seconds`
+    per batching mode; quick (3 x 40, 2 x 2 s) unless given, else 5 x 150, 3 x 6 s.
+    `models`: a subset of MODELS (default all; the primary is always measured)."""
     import logging
 
     logging.getLogger("pipeline_components").setLevel(logging.WARNING)
@@ -256,12 +266,15 @@ def run(quick: bool = False) -> dict:
     # so the in-process baseline is not handicapped by spinning threads on busy cores.
     configure_tensorflow()
 
-    rounds, requests = (3, 40) if quick else (5, 150)
-    tp_rounds, tp_seconds = (2, 2.0) if quick else (3, 6.0)
+    rounds = rounds or (3 if quick else 5)
+    requests = requests or (40 if quick else 150)
+    tp_rounds = throughput_rounds or (2 if quick else 3)
+    tp_seconds = throughput_seconds or (2.0 if quick else 6.0)
+    names = [n for n in MODELS if n in (models or MODELS) or n == PRIMARY]
     work = tempfile.mkdtemp(prefix="bench-serving-")
     servers = {}
     try:
-        config = export_models(work)
+        config = export_models(work, names)
         images = make_images(16)
         servers = {
             "off": ServerProcess(work, config, None),
@@ -269,7 +282,7 @@ def run(quick: bool = False) -> dict:
         }
         targets = {mode: server.wait() for mode, server in servers.items()}
         latency = {}
-        for model in MODELS:
+        for model in names:
             with PredictionClient(targets["off"], model) as client:
                 samples = latency_rounds(f"{work}/{model}/1", client, images, rounds, requests)
                 floor = noop_rpc_p50_ms(client, 4 * requests)
@@ -288,7 +301,7 @@ def run(quick: bool = False) -> dict:
     return {
         "environment": common.environment(),
         "quick": quick,
-        "models": {"primary": PRIMARY, "sizes": MODELS},
+        "models": {"primary": PRIMARY, "sizes": {n: MODELS[n] for n in names}},
         "tensorflow_thread_spinning": False,
         "latency": latency,
         "throughput": {
