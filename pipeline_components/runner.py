@@ -30,6 +30,7 @@ import re
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 
 from pipeline_components import __version__, fsutil
 from pipeline_components import config as config_lib
@@ -107,7 +108,7 @@ class Step:
 
     name: str
     key_inputs: dict
-    execute: callable  # (output_dir) -> result dict
+    execute: Callable[[str], dict]  # output_dir -> result
     cacheable: bool = True
 
 
