@@ -427,12 +427,11 @@ def _result_text(name: str, c: dict) -> str:
 
 
 def _trainer_text(r: dict) -> str:
+    """The exported (best) epoch's validation accuracy, not the last epoch's."""
     parts = []
-    final = r.get("final") or {}
-    for k in ("val_accuracy", "accuracy"):
-        if k in final:
-            parts.append(f"{k} {final[k]:.4f}")
-            break
+    best = r.get("best") or {}
+    if "val_accuracy" in best:
+        parts.append(f"val_accuracy {best['val_accuracy']:.4f} (best epoch {r.get('best_epoch')})")
     if "epochs_run" in r:
         parts.append(f"{r['epochs_run']} epochs")
     if r.get("cached_features"):
