@@ -123,6 +123,15 @@ def text_table(header: list[str], rows: list[list]) -> str:
     )
 
 
+def render(title: str, header: list[str], rows: list[list], notes: list[str]) -> tuple[str, str]:
+    """(console text, Markdown) of one benchmark's table and its notes."""
+    text = "\n".join([title, text_table(header, rows), *notes])
+    markdown = "\n".join(
+        [f"### {title}", "", markdown_table(header, rows), "", *(f"- {n}" for n in notes)]
+    )
+    return text, markdown
+
+
 def write_results(name: str, results: dict, markdown: str, out_dir: str | None = None) -> str:
     """Write <out_dir>/<name>.json and <name>.md; returns the JSON path."""
     out_dir = out_dir or DEFAULT_RESULTS_DIR

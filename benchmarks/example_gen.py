@@ -216,11 +216,7 @@ def report(results: dict) -> tuple[str, str]:
         f"ExampleGen, {results['num_images']} JPEGs {results['image_size'][0]}x"
         f"{results['image_size'][1]}, {env['cpus']} CPUs (load {env['load_avg_1m']})"
     )
-    text = "\n".join([title, common.text_table(header, rows), *notes])
-    markdown = "\n".join(
-        [f"### {title}", "", common.markdown_table(header, rows), "", *(f"- {n}" for n in notes)]
-    )
-    return text, markdown
+    return common.render(title, header, rows, notes)
 
 
 def main(argv: list[str] | None = None) -> int:

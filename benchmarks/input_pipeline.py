@@ -232,11 +232,7 @@ def report(results: dict) -> tuple[str, str]:
     ]
     s = results["image_size"][0]
     title = f"Input pipeline, {results['num_images']} JPEGs 500x375 -> {s}x{s}, batch 100"
-    text = "\n".join([title, common.text_table(header, rows), *notes])
-    markdown = "\n".join(
-        [f"### {title}", "", common.markdown_table(header, rows), "", *(f"- {n}" for n in notes)]
-    )
-    return text, markdown
+    return common.render(title, header, rows, notes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,11 +158,7 @@ def report(results: dict) -> tuple[str, str]:
     title = (
         f"Head training, VGG19, {results['num_images']} images {s}x{s}, {results['epochs']} epochs"
     )
-    text = "\n".join([title, common.text_table(header, rows), *notes])
-    markdown = "\n".join(
-        [f"### {title}", "", common.markdown_table(header, rows), "", *(f"- {n}" for n in notes)]
-    )
-    return text, markdown
+    return common.render(title, header, rows, notes)
 
 
 def main(argv: list[str] | None = None) -> int:
