@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/python -m pipeline_components.demo
+	$(BIN)/python -m pipeline_components.tools.demo
 
 lint: venv
 	$(BIN)/ruff check .

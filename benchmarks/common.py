@@ -158,7 +158,7 @@ def _pool_image(pool: str, cls: str, index: int, size: tuple[int, int], fmt: str
 
     import numpy as np
 
-    from pipeline_components import sample_data
+    from pipeline_components.tools import sample_data
 
     path = os.path.join(pool, cls, f"{index:05d}.{fmt}")
     if not os.path.exists(path):

@@ -69,7 +69,9 @@ def plain_loop(paths: list[str], root: str, out_dir: str) -> None:
     """(a): what one would write without Beam."""
     import tensorflow as tf
 
-    from pipeline_components import example_gen, examples, image_check
+    from pipeline_components.core import examples
+    from pipeline_components.example_gen import executor as example_gen
+    from pipeline_components.example_gen import image_check
 
     labels = sorted(os.listdir(os.path.join(root, "train")))
     options = tf.io.TFRecordOptions(
@@ -124,7 +126,7 @@ def decode_floor(paths: list[str], pool=None) -> None:
 
 
 def example_gen(root: str, out_dir: str, beam_args: list[str]) -> None:
-    from pipeline_components.example_gen import run_example_gen
+    from pipeline_components.example_gen.executor import run_example_gen
 
     out = os.path.join(out_dir, "examples")
     with contextlib.redirect_stdout(io.StringIO()):  # the per-run summary table

@@ -73,7 +73,7 @@ def write_records(images: str, out: str) -> None:
     """The train folder as GZIP shards with the ExampleGen schema (same bytes, same labels)."""
     import tensorflow as tf
 
-    from pipeline_components import examples
+    from pipeline_components.core import examples
 
     train = os.path.join(images, "train")
     labels = sorted(os.listdir(train))
@@ -131,9 +131,9 @@ def tf_data_pass(
 ) -> int:
     from unittest import mock
 
-    from pipeline_components import augment as augment_module
-    from pipeline_components import inputs
-    from pipeline_components.config import AugmentationConfig
+    from pipeline_components.core.config import AugmentationConfig
+    from pipeline_components.trainer import augment as augment_module
+    from pipeline_components.trainer import inputs
 
     layer = functools.partial(augment_module.RandomAffine, resampler=resampler)
     with mock.patch.object(inputs, "RandomAffine", layer):  # (e): the Trainer's path, other op

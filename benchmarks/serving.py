@@ -76,7 +76,7 @@ def build_model(name: str):
 
 def export_models(root: str, names=tuple(MODELS)) -> str:
     """Export the models under root/<name>/1 and write root/models.config; returns its path."""
-    from pipeline_components.export import export_saved_model
+    from pipeline_components.trainer.export import export_saved_model
 
     entries = []
     for name, size in ((n, MODELS[n]) for n in names):
@@ -90,7 +90,7 @@ def export_models(root: str, names=tuple(MODELS)) -> str:
 
 def make_images(count: int) -> list[bytes]:
     """Photo-like 160x120 JPEGs (~8 KB), as a camera thumbnail would send."""
-    from pipeline_components.sample_data import draw_shape
+    from pipeline_components.tools.sample_data import draw_shape
 
     rng = np.random.default_rng(0)
     images = []

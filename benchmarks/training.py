@@ -37,8 +37,8 @@ VARIANTS = {
 
 def make_examples(num_images: int, size: int) -> str:
     """ExampleGen output of `num_images` SxS shape JPEGs (80% train, 20% validation), cached."""
-    from pipeline_components import sample_data
-    from pipeline_components.example_gen import run_example_gen
+    from pipeline_components.example_gen.executor import run_example_gen
+    from pipeline_components.tools import sample_data
 
     root = os.path.join(common.cache_dir(NAME), f"shapes-{num_images}-{size}")
     out, done = os.path.join(root, "examples"), os.path.join(root, ".complete")
@@ -55,7 +55,7 @@ def make_examples(num_images: int, size: int) -> str:
 
 
 def config(size: int, epochs: int, cache: str):
-    from pipeline_components.config import TrainerConfig
+    from pipeline_components.core.config import TrainerConfig
 
     return TrainerConfig(
         weights="none",
@@ -69,7 +69,7 @@ def config(size: int, epochs: int, cache: str):
 
 
 def train(examples: str, size: int, epochs: int, cache: str, expect_cached: bool) -> None:
-    from pipeline_components import trainer
+    from pipeline_components.trainer import executor as trainer
 
     out = tempfile.mkdtemp(prefix="bench-training-")
     try:
@@ -81,7 +81,8 @@ def train(examples: str, size: int, epochs: int, cache: str, expect_cached: bool
 
 def backbone_pass(examples: str, size: int) -> None:
     """(c): build the model, then one forward pass of the backbone over train + validation."""
-    from pipeline_components import model, trainer
+    from pipeline_components.trainer import executor as trainer
+    from pipeline_components.trainer import model
 
     net = model.create_model(config(size, 1, "true"), 2)
     data = {"image_size": (size, size), "batch_size": BATCH, "num_classes": 2}

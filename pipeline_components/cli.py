@@ -12,24 +12,36 @@ import logging
 import os
 import sys
 
-from pipeline_components.errors import PipelineError
+from pipeline_components.core.errors import PipelineError
 
 # command -> (module, help)
 COMMANDS = {
-    "example-gen": ("pipeline_components.example_gen", "image folders -> TFRecords (Apache Beam)"),
+    "example-gen": (
+        "pipeline_components.example_gen.executor",
+        "image folders -> TFRecords (Apache Beam)",
+    ),
     "train": (
-        "pipeline_components.trainer",
+        "pipeline_components.trainer.executor",
         "train the transfer-learning model, export a SavedModel",
     ),
     "evaluate": (
-        "pipeline_components.evaluator",
+        "pipeline_components.evaluator.executor",
         "score the SavedModel on the test split, write the blessing",
     ),
-    "push": ("pipeline_components.pusher", "copy a blessed model to the serving directory"),
-    "run": ("pipeline_components.runner", "run the whole pipeline from pipeline.yaml (cached)"),
+    "push": (
+        "pipeline_components.pusher.executor",
+        "copy a blessed model to the serving directory",
+    ),
+    "run": (
+        "pipeline_components.orchestration.runner",
+        "run the whole pipeline from pipeline.yaml (cached)",
+    ),
     "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
     "predict": ("serving.client", "send images to a TF Serving gRPC endpoint"),
-    "sample-data": ("pipeline_components.sample_data", "generate a small learnable image dataset"),
+    "sample-data": (
+        "pipeline_components.tools.sample_data",
+        "generate a small learnable image dataset",
+    ),
 }
 
 

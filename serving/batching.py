@@ -32,8 +32,8 @@ from concurrent.futures import Future
 import grpc
 import numpy as np
 
-from pipeline_components import fsutil
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import fsutil
+from pipeline_components.core.errors import PipelineError
 from serving.errors import StatusError, invalid
 
 log = logging.getLogger(__name__)

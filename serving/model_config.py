@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline_components import fsutil
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import fsutil
+from pipeline_components.core.errors import PipelineError
 
 POLICIES = ("latest", "all", "specific")
 

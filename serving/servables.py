@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
-from pipeline_components import fsutil
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import fsutil
+from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchScheduler
 from serving.errors import StatusError, clean_tf_message, from_tf_error, invalid
 from serving.model_config import ModelConfig

@@ -32,8 +32,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from pipeline_components import fsutil
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import fsutil
+from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchingParameters, BatchScheduler, load_batching_parameters
 from serving.errors import StatusError, invalid
 from serving.model_config import ModelConfig, load_model_config_file

@@ -9,7 +9,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import pytest  # noqa: E402
 
-from pipeline_components import sample_data  # noqa: E402
+from pipeline_components.tools import sample_data  # noqa: E402
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline_components import examples, export
+from pipeline_components.core import examples
+from pipeline_components.trainer import export
 
 
 def solid_png(red: float, size=(16, 16)) -> bytes:

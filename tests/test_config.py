@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline_components import config
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import config
+from pipeline_components.core.errors import PipelineError
 
 
 def test_defaults_reproduce_the_notebook():

@@ -28,7 +28,8 @@ from kubernetes_validate.utils import latest_version
 from packaging.specifiers import SpecifierSet
 from tensorflow_serving.config import model_server_config_pb2
 
-from pipeline_components import cli, config
+from pipeline_components import cli
+from pipeline_components.core import config
 
 try:
     import tomllib

@@ -14,8 +14,10 @@ from evalfixtures import (
     solid_png,
     write_split,
 )
-from pipeline_components import cli, evaluator, metrics
-from pipeline_components.config import EvaluatorConfig
+from pipeline_components import cli
+from pipeline_components.core.config import EvaluatorConfig
+from pipeline_components.evaluator import executor as evaluator
+from pipeline_components.evaluator import metrics
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 from test_example_gen_units import KEPT_KINDS, image_bytes
 
-from pipeline_components import cli, example_gen, examples
+from pipeline_components import cli
+from pipeline_components.core import examples
+from pipeline_components.example_gen import executor as example_gen
 
 MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 

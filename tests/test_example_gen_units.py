@@ -13,10 +13,11 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from pipeline_components import example_gen, image_check
-from pipeline_components.errors import PipelineError
-from pipeline_components.example_gen import FileResult, SourceFile
-from pipeline_components.examples import SPLITS
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.core.examples import SPLITS
+from pipeline_components.example_gen import executor as example_gen
+from pipeline_components.example_gen import image_check
+from pipeline_components.example_gen.executor import FileResult, SourceFile
 
 # kind -> (stored image/format, channels as tf.io.decode_image(channels=0) reports them)
 KEPT_KINDS = {

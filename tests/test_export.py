@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline_components import export
+from pipeline_components.trainer import export
 
 
 def _encoded(fmt, size=(20, 30), seed=0):

@@ -8,8 +8,12 @@ import tempfile
 import pytest
 import yaml
 
-from pipeline_components import cli, config, evaluator, runner, trainer
-from pipeline_components.infra_validator import serve_in_subprocess
+from pipeline_components import cli
+from pipeline_components.core import config
+from pipeline_components.evaluator import executor as evaluator
+from pipeline_components.infra_validator.executor import serve_in_subprocess
+from pipeline_components.orchestration import runner
+from pipeline_components.trainer import executor as trainer
 from serving.client import PredictionClient
 
 TRAINER = {

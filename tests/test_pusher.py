@@ -8,7 +8,9 @@ import os
 import pytest
 
 from evalfixtures import export_threshold_model
-from pipeline_components import cli, fsutil, pusher
+from pipeline_components import cli
+from pipeline_components.core import fsutil
+from pipeline_components.pusher import executor as pusher
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving_models import encode_image, export_tiny_model
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -25,11 +26,10 @@ from tensorflow_serving.apis import (
 )
 
 from pipeline_components import cli
-from pipeline_components.errors import PipelineError
+from pipeline_components.core.errors import PipelineError
 from serving.client import PredictionClient, ServingError
 from serving.servables import read_signature_defs
 from serving.server import start_server
-from serving.testing import encode_image, export_tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,12 +13,12 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_models import encode_image, export_tiny_model
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from serving.batching import BatchingParameters
 from serving.client import PredictionClient
 from serving.server import start_server
-from serving.testing import encode_image, export_tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 

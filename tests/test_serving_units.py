@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from pipeline_components.errors import PipelineError
+from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchingParameters, BatchScheduler, parse_batching_parameters
 from serving.errors import StatusError, clean_tf_message
 from serving.model_config import ModelConfig, parse_model_server_config

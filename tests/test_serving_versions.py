@@ -11,13 +11,13 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving_models import encode_image, export_tiny_model, push_version
 
 from pipeline_components import cli
-from pipeline_components.errors import PipelineError
+from pipeline_components.core.errors import PipelineError
 from serving.client import PredictionClient, ServingError
 from serving.model_config import ModelConfig
 from serving.server import start_server
-from serving.testing import encode_image, export_tiny_model, push_version
 
 pytestmark = pytest.mark.timeout(120)
 

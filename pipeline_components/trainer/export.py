@@ -18,7 +18,7 @@ import logging
 
 import tensorflow as tf
 
-from pipeline_components import fsutil
+from pipeline_components.core import fsutil
 
 log = logging.getLogger(__name__)
 

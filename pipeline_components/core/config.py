@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from pipeline_components.errors import PipelineError
+from pipeline_components.core.errors import PipelineError
 
 
 @dataclass
@@ -245,7 +245,7 @@ def section_from_dict(cls, data: dict | None, prefix: str, source: str = "config
 
 
 def load_yaml(path: str) -> dict:
-    from pipeline_components import fsutil
+    from pipeline_components.core import fsutil
 
     try:
         text = fsutil.read_text(path)

@@ -20,7 +20,7 @@ DEMO_CLASSES = ("circles", "stripes")
 
 
 def predict_with_local_server(serving_dir: str, model_name: str, images: list[str]) -> str:
-    from pipeline_components.infra_validator import serve_in_subprocess
+    from pipeline_components.infra_validator.executor import serve_in_subprocess
     from serving.client import PredictionClient, format_table
 
     base = os.path.join(serving_dir, model_name)
@@ -40,9 +40,12 @@ def predict_with_local_server(serving_dir: str, model_name: str, images: list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline_components import cli, config, runner, sample_data
+    from pipeline_components import cli
+    from pipeline_components.core import config
+    from pipeline_components.orchestration import runner
+    from pipeline_components.tools import sample_data
 
-    p = argparse.ArgumentParser(prog="python -m pipeline_components.demo")
+    p = argparse.ArgumentParser(prog="python -m pipeline_components.tools.demo")
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--per-class", nargs=3, type=int, default=[150, 50, 50])
     args = p.parse_args(argv)
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline_components.errors import PipelineError
+    from pipeline_components.core.errors import PipelineError
 
     try:
         sys.exit(main())

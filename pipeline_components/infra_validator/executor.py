@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from pipeline_components import examples, fsutil
-from pipeline_components.config import InfraValidatorConfig
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import examples, fsutil
+from pipeline_components.core.config import InfraValidatorConfig
+from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

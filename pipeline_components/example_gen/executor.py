@@ -28,9 +28,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline_components import examples, fsutil, image_check
-from pipeline_components.errors import PipelineError
-from pipeline_components.examples import SPLITS
+from pipeline_components.core import examples, fsutil
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.core.examples import SPLITS
+from pipeline_components.example_gen import image_check
 
 log = logging.getLogger(__name__)
 

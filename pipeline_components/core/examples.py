@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-from pipeline_components import fsutil
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import fsutil
+from pipeline_components.core.errors import PipelineError
 
 SPLITS = ("train", "validation", "test")
 SHARD_PREFIX = "examples"

@@ -32,10 +32,11 @@ import traceback
 import uuid
 from collections.abc import Callable
 
-from pipeline_components import __version__, fsutil
-from pipeline_components import config as config_lib
-from pipeline_components.config import PipelineConfig
-from pipeline_components.errors import PipelineError
+from pipeline_components import __version__
+from pipeline_components.core import config as config_lib
+from pipeline_components.core import fsutil
+from pipeline_components.core.config import PipelineConfig
+from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,11 @@ def run_pipeline(
     cfg: PipelineConfig, force: bool = False, resume: str | None = None, config_path: str = ""
 ) -> dict:
     """Execute the pipeline; returns the run record (also in runs/<run_id>/run.json)."""
-    from pipeline_components import evaluator, example_gen, infra_validator, pusher, trainer
+    from pipeline_components.evaluator import executor as evaluator
+    from pipeline_components.example_gen import executor as example_gen
+    from pipeline_components.infra_validator import executor as infra_validator
+    from pipeline_components.pusher import executor as pusher
+    from pipeline_components.trainer import executor as trainer
 
     run = Run(cfg, force, resume, config_path)
     log.info("run %s of pipeline %s (record: %s)", run.run_id, cfg.pipeline_name, run.record_path)
@@ -359,7 +364,7 @@ def _example_gen_summary(stats: dict) -> dict:
 
 
 def _finish(run: Run) -> None:
-    from pipeline_components import report
+    from pipeline_components.orchestration import report
 
     rec = run.record
     rec["finished"] = now()

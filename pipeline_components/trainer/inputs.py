@@ -13,10 +13,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pipeline_components import examples
-from pipeline_components.augment import RandomAffine
-from pipeline_components.errors import PipelineError
-from pipeline_components.export import decode_and_resize
+from pipeline_components.core import examples
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.trainer.augment import RandomAffine
+from pipeline_components.trainer.export import decode_and_resize
 
 AUTOTUNE = tf.data.AUTOTUNE
 

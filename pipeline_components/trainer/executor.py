@@ -26,11 +26,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline_components import __version__, examples, export, fsutil, inputs, plots
-from pipeline_components import config as config_lib
-from pipeline_components import model as model_lib
-from pipeline_components.config import TrainerConfig
-from pipeline_components.errors import PipelineError
+from pipeline_components import __version__
+from pipeline_components.core import config as config_lib
+from pipeline_components.core import examples, fsutil
+from pipeline_components.core.config import TrainerConfig
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.trainer import export, inputs, plots
+from pipeline_components.trainer import model as model_lib
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline_components import fsutil  # noqa: E402
+from pipeline_components.core import fsutil  # noqa: E402
 
 
 def save_figure(fig, path: str) -> str:

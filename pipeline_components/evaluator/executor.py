@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline_components import examples, fsutil, metrics
-from pipeline_components.config import EvaluatorConfig
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import examples, fsutil
+from pipeline_components.core.config import EvaluatorConfig
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.evaluator import metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def load_serving_model(model_dir: str):
     """(serving_default signature, class names) of a SavedModel; one-line errors."""
     import tensorflow as tf
 
-    from pipeline_components import export
+    from pipeline_components.trainer import export
 
     if not fsutil.exists(fsutil.join(model_dir, "saved_model.pb")):
         raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
@@ -260,7 +261,7 @@ def _predictions_csv(preds: Predictions, labels: list[str]) -> str:
 
 
 def _write_plots(out_dir: str, result: dict, preds: Predictions, labels: list[str]) -> None:
-    from pipeline_components import eval_plots as plots
+    from pipeline_components.evaluator import plots
 
     fsutil.write_atomic(
         fsutil.join(out_dir, "confusion_matrix.png"),
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serving-dir", help="with --model-name: baseline = newest pushed version")
     p.add_argument("--model-name")
     args = p.parse_args(argv)
-    from pipeline_components.config import section_from_dict
+    from pipeline_components.core.config import section_from_dict
 
     cfg = section_from_dict(
         EvaluatorConfig,

@@ -47,7 +47,7 @@ def export_tiny_model(
     warmup: bool = True,
 ) -> list[str]:
     """Export a tiny classifier to export_dir; returns its labels."""
-    from pipeline_components.export import export_saved_model
+    from pipeline_components.trainer.export import export_saved_model
 
     labels = [f"class_{i}" for i in range(num_classes)]
     model = tiny_classifier(num_classes, image_size, favourite, seed)

@@ -18,8 +18,8 @@ import os
 import re
 import uuid
 
-from pipeline_components import fsutil
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import fsutil
+from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 
-from pipeline_components import fsutil
+from pipeline_components.core import fsutil
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
@@ -147,7 +147,7 @@ def _data_section(record: dict) -> str:
 
 
 def _lineage_section(record: dict) -> str:
-    from pipeline_components.runner import COMPONENTS, _result_text
+    from pipeline_components.orchestration.runner import COMPONENTS, _result_text
 
     rows = ""
     for name in COMPONENTS:

@@ -19,8 +19,8 @@ import warnings
 
 import keras
 
-from pipeline_components import fsutil
-from pipeline_components.errors import PipelineError
+from pipeline_components.core import fsutil
+from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

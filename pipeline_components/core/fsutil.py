@@ -12,7 +12,7 @@ import logging
 import posixpath
 import uuid
 
-from pipeline_components.errors import PipelineError
+from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
