@@ -131,9 +131,9 @@ def tf_data_pass(
 ) -> int:
     from unittest import mock
 
-    from pipeline_components.core.config import AugmentationConfig
     from pipeline_components.trainer import augment as augment_module
     from pipeline_components.trainer import inputs
+    from pipeline_components.trainer.component import AugmentationConfig
 
     layer = functools.partial(augment_module.RandomAffine, resampler=resampler)
     with mock.patch.object(inputs, "RandomAffine", layer):  # (e): the Trainer's path, other op

@@ -8,7 +8,7 @@ bytes -> decode, resize, model; random weights: no download here, same compute a
   MobileNetV2 alpha 0.35 at 96x96 + GlobalAveragePooling + Dense(1, sigmoid), the smallest
   realistic transfer-learning backbone, ~5 ms per image in-process on 2 cores;
 - mobilenet_v2_100_224: MobileNetV2 alpha 1.0 at 224x224, the standard backbone at the input
-  size of the DESIGN's default (VGG19 at 224 costs ~10x more again);
+  size of the default config's model (VGG19 at 224 costs ~10x more again);
 - small_cnn_64: 3 conv layers at 64x64 (~1 ms), which shows the fixed per-request cost.
 
 1. Latency, one client, single-image requests: `PredictionClient.predict` against

@@ -1,8 +1,9 @@
-"""`transfer-pipeline <command> ...`: one console script, a dispatcher over each component's main.
+"""`transfer-pipeline <command> ...`: one console script, a dispatcher over every registered
+component's subcommand (core/registry.py) and the tools below.
 
-Each component module owns its flags (`main(argv) -> int`, Beam-wordcount style), so a component
-runs alone exactly as the pipeline runs it. Modules are imported lazily: TensorFlow and Beam take
-seconds to import and `--help` should not.
+Each component owns its flags (`Component.main(argv)`), so a component runs alone exactly as the
+pipeline runs it (the same `run(ctx)`). Heavy modules are imported lazily: TensorFlow and Beam
+take seconds to import and `--help` should not.
 """
 
 from __future__ import annotations
@@ -14,28 +15,9 @@ import sys
 
 from pipeline_components.core.errors import PipelineError
 
-# command -> (module, help)
-COMMANDS = {
-    "example-gen": (
-        "pipeline_components.example_gen.executor",
-        "image folders -> TFRecords (Apache Beam)",
-    ),
-    "train": (
-        "pipeline_components.trainer.executor",
-        "train the transfer-learning model, export a SavedModel",
-    ),
-    "evaluate": (
-        "pipeline_components.evaluator.executor",
-        "score the SavedModel on the test split, write the blessing",
-    ),
-    "push": (
-        "pipeline_components.pusher.executor",
-        "copy a blessed model to the serving directory",
-    ),
-    "run": (
-        "pipeline_components.orchestration.runner",
-        "run the whole pipeline from pipeline.yaml (cached)",
-    ),
+# Commands that are not pipeline components: command -> (module with main(argv), help)
+TOOLS = {
+    "run": ("pipeline_components.orchestration.runner", "run the whole pipeline (cached)"),
     "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
     "predict": ("serving.client", "send images to a TF Serving gRPC endpoint"),
     "sample-data": (
@@ -45,13 +27,23 @@ COMMANDS = {
 }
 
 
+def commands() -> dict[str, str]:
+    """Every command with its one-line help: the components' (in pipeline order), then TOOLS."""
+    from pipeline_components.core import registry
+
+    found = {c.command: c.description for c in registry.pipeline_order() if c.command}
+    found.update({name: help_ for name, (_, help_) in TOOLS.items()})
+    return found
+
+
 def usage() -> str:
-    width = max(map(len, COMMANDS))
+    listed = commands()
+    width = max(map(len, listed))
     lines = [
         "usage: transfer-pipeline <command> [options]   (transfer-pipeline <command> --help)",
         "",
     ]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {help_}" for name, help_ in listed.items()]
     return "\n".join(lines)
 
 
@@ -79,6 +71,17 @@ def setup_logging() -> None:
         handler.addFilter(_drop_import_noise)
 
 
+def dispatch(command: str, argv: list[str]) -> int:
+    """Run one command's main(argv)."""
+    from pipeline_components.core import registry
+
+    component = registry.by_command(command)
+    if component is not None:
+        return int(component.main(argv) or 0)
+    module = importlib.import_module(TOOLS[command][0])
+    return int(module.main(argv) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -90,16 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
+    if command not in commands():
         print(
             f"transfer-pipeline: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr
         )
         return 2
     quiet_tensorflow()
     setup_logging()
-    module = importlib.import_module(COMMANDS[command][0])
     try:
-        return int(module.main(rest) or 0)
+        return dispatch(command, rest)
     except PipelineError as e:
         print(f"transfer-pipeline {command}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -1,7 +1,8 @@
 """Loaded model versions and the manager that follows a base path like TF Serving does.
 
 - A version is a subdirectory of the base path named by digits only that holds
-  `saved_model.pb` (or `.pbtxt`). Anything else — `.5.tmp-x` (the Pusher's hidden temporary
+  `saved_model.pb` (or `.pbtxt`): `core.artifacts.served_versions`, the definition the Pusher and
+  the Evaluator use too. Anything else — `.5.tmp-x` (the Pusher's hidden temporary
   sibling), `latest`, a numeric directory whose `saved_model.pb` is not written yet (object
   stores have no atomic rename; the Pusher copies that file last) — is ignored.
 - Which versions are wanted follows the model's version policy (latest N / all / specific).
@@ -19,7 +20,6 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
-from pipeline_components.core import fsutil
+from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchScheduler
 from serving.errors import StatusError, clean_tf_message, from_tf_error, invalid
@@ -39,10 +39,7 @@ from serving.tensors import dtype_name, to_ndarray
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-WARMUP_FILE = ("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-VERSION_DIR = re.compile(r"[0-9]{1,18}")
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -117,11 +114,13 @@ def read_signature_defs(path: str) -> dict:
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
-    pb = fsutil.join(path, "saved_model.pb")
+    pb = fsutil.join(path, artifacts.SAVED_MODEL_PB)
     if fsutil.exists(pb):
         saved_model.ParseFromString(fsutil.read_bytes(pb))
     else:
-        text_format.Parse(fsutil.read_text(fsutil.join(path, "saved_model.pbtxt")), saved_model)
+        text_format.Parse(
+            fsutil.read_text(fsutil.join(path, artifacts.SAVED_MODEL_FILES[1])), saved_model
+        )
     for meta_graph in saved_model.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
             return dict(meta_graph.signature_def)
@@ -182,7 +181,7 @@ class Servable:
         """Replay TF Serving warmup records (PredictLog only); returns how many ran."""
         from tensorflow_serving.apis import prediction_log_pb2
 
-        path = fsutil.join(self.path, *WARMUP_FILE)
+        path = artifacts.warmup_file(self.path)
         if not fsutil.exists(path):
             return 0
         count = 0
@@ -230,18 +229,6 @@ def configure_tensorflow(intra_op: int = 0, inter_op: int = 0, spinning: bool = 
     return True
 
 
-def ready_versions(base_path: str) -> dict[int, str]:
-    """{version: path} of the complete version directories under base_path."""
-    versions = {}
-    for name in fsutil.listdir(base_path):
-        if not VERSION_DIR.fullmatch(name):
-            continue
-        path = fsutil.join(base_path, name)
-        if any(fsutil.exists(fsutil.join(path, f)) for f in SAVED_MODEL_FILES):
-            versions.setdefault(int(name), path)
-    return versions
-
-
 def versions_to_unload(
     loaded: set[int], aspired: set[int], keep: set[int] = frozenset()
 ) -> set[int]:
@@ -256,7 +243,7 @@ def versions_to_unload(
 
 def _fingerprint(path: str):
     stats = []
-    for name in SAVED_MODEL_FILES:
+    for name in artifacts.SAVED_MODEL_FILES:
         file = fsutil.join(path, name)
         if fsutil.exists(file):
             stat = tf.io.gfile.stat(file)
@@ -392,7 +379,7 @@ class ModelManager:
 
     def _sync(self, config: ModelConfig) -> None:
         try:
-            on_disk = ready_versions(config.base_path)
+            on_disk = artifacts.served_versions(config.base_path)
         except Exception as e:
             self._warn_once(config.name, f"cannot list {config.base_path}: {_one_line(e)}")
             return

@@ -26,7 +26,7 @@ def solid_png(red: float, size=(16, 16)) -> bytes:
 
 
 def write_split(examples_dir, split, items, labels, shards=2):
-    """items: [(encoded, label)] -> GZIP shards with the DESIGN keys; writes labels.txt."""
+    """items: [(encoded, label)] -> GZIP shards (core/examples.py keys); writes labels.txt."""
     import tensorflow as tf
 
     (examples_dir / split).mkdir(parents=True, exist_ok=True)

@@ -446,7 +446,7 @@ def test_cronjob_runs_a_real_subcommand_on_the_mounted_config(target):
     (container,) = pod["spec"]["containers"]
     args = argv(container)
     assert args[0] == SCRIPT and SCRIPT in PYPROJECT["project"]["scripts"]
-    assert args[1] in cli.COMMANDS and args[1] == "run", args
+    assert args[1] in cli.commands() and args[1] == "run", args
     config_path = args[args.index("--config") + 1]
     mounted = configmap_file(docs, pod, container, config_path)
     assert mounted == configmap_data(docs, "pipeline-config")["pipeline.yaml"], (

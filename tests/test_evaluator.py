@@ -15,9 +15,9 @@ from evalfixtures import (
     write_split,
 )
 from pipeline_components import cli
-from pipeline_components.core.config import EvaluatorConfig
 from pipeline_components.evaluator import executor as evaluator
 from pipeline_components.evaluator import metrics
+from pipeline_components.evaluator.component import EvaluatorConfig
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import tensorflow as tf
 from test_example_gen_units import KEPT_KINDS, image_bytes
 
 from pipeline_components import cli
-from pipeline_components.core import examples
+from pipeline_components.core import artifacts, examples
 from pipeline_components.example_gen import executor as example_gen
 
 MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
@@ -25,7 +25,7 @@ def _plain(key, value):
 def read_records(out) -> list[dict]:
     """Every record of every shard, parsed with the shared feature spec."""
     records = []
-    for split in examples.SPLITS:
+    for split in artifacts.SPLITS:
         for path in examples.split_files(str(out), split) if (out / split).exists() else []:
             for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
                 rec = {k: _plain(k, v.numpy()) for k, v in examples.parse(raw).items()}

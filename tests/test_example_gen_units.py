@@ -13,8 +13,9 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.core.examples import SPLITS
+from pipeline_components.example_gen import component as example_gen_spec
 from pipeline_components.example_gen import executor as example_gen
 from pipeline_components.example_gen import image_check
 from pipeline_components.example_gen.executor import FileResult, SourceFile
@@ -32,7 +33,7 @@ KEPT_KINDS = {
     "gif": ("gif", 3),
     "gif-animated": ("gif", 3),
     "bmp": ("bmp", 3),
-    "webp": ("png", 3),  # re-encoded: DESIGN's formats and the serving input check exclude WebP
+    "webp": ("png", 3),  # re-encoded: the serving input check excludes WebP
 }
 
 
@@ -168,7 +169,7 @@ def test_hashes_are_stable_across_versions_and_machines():
 
 
 def test_parse_args_passes_beam_args_through():
-    args, beam_args = example_gen.parse_args(
+    args, beam_args = example_gen_spec.parse_args(
         [
             "--data-root",
             "d",
@@ -189,9 +190,9 @@ def test_parse_args_passes_beam_args_through():
         "--direct_num_workers=2",
     ]
     with pytest.raises(PipelineError, match="unknown option --num-shardz"):
-        example_gen.parse_args(["--data-root", "d", "--output", "o", "--num-shardz", "2"])
+        example_gen_spec.parse_args(["--data-root", "d", "--output", "o", "--num-shardz", "2"])
     with pytest.raises(PipelineError, match="did you mean --validation-fraction"):
-        example_gen.parse_args(
+        example_gen_spec.parse_args(
             ["--data-root", "d", "--output", "o", "--validation-fractoin", "0.1"]
         )
 

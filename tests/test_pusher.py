@@ -11,6 +11,7 @@ from evalfixtures import export_threshold_model
 from pipeline_components import cli
 from pipeline_components.core import fsutil
 from pipeline_components.pusher import executor as pusher
+from pipeline_components.pusher.component import PusherConfig
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,19 @@ def _same_tree(a, b):
     return all(_same_tree(os.path.join(a, d), os.path.join(b, d)) for d in cmp.common_dirs)
 
 
+def push(model, blessing, serving, keep=3, output_dir=None, infra=None):
+    """The Pusher's executor as the pipeline calls it, model name "m"."""
+    return pusher.run_pusher(
+        str(model),
+        str(blessing),
+        str(output_dir) if output_dir else None,
+        PusherConfig(keep_versions=keep),
+        serving_dir=str(serving),
+        model_name="m",
+        infra_blessing_path=str(infra) if infra else None,
+    )
+
+
 def _entries(path):
     return sorted(os.listdir(path))
 
@@ -48,17 +62,15 @@ def _entries(path):
 def test_push_creates_version_1_then_2_with_identical_contents(models, tmp_path):
     a, b = models[:2]
     serving = tmp_path / "serving"
-    first = pusher.run_pusher(
-        str(a), str(_blessing(tmp_path, a)), str(serving), "m", output_dir=str(tmp_path)
-    )
-    second = pusher.run_pusher(str(b), str(_blessing(tmp_path, b)), str(serving), "m")
+    first = push(a, _blessing(tmp_path, a), serving, output_dir=tmp_path)
+    second = push(b, _blessing(tmp_path, b), serving)
     assert (first["version"], second["version"]) == (1, 2)
     assert first["pushed"] and first["path"] == str(serving / "m" / "1")
     assert _entries(serving / "m") == ["1", "2"]  # no claims or temporaries left
     assert _same_tree(a, serving / "m" / "1") and _same_tree(b, serving / "m" / "2")
     assert json.loads((tmp_path / "push.json").read_text())["version"] == 1
     # pushing the model already served (a re-run on unchanged data) adds nothing
-    again = pusher.run_pusher(str(b), str(_blessing(tmp_path, b)), str(serving), "m")
+    again = push(b, _blessing(tmp_path, b), serving)
     assert not again["pushed"] and again["version"] == 2
     assert "already being served" in again["reason"]
     assert _entries(serving / "m") == ["1", "2"]
@@ -82,13 +94,7 @@ def test_unblessed_pushes_nothing_and_says_why(model, tmp_path, capsys):
 def test_infra_validation_failure_blocks_the_push(model, tmp_path):
     infra = tmp_path / "infra_blessing.json"
     infra.write_text(json.dumps({"blessed": False, "reasons": ["model failed to serve: boom"]}))
-    result = pusher.run_pusher(
-        str(model),
-        str(_blessing(tmp_path, model)),
-        str(tmp_path / "s"),
-        "m",
-        infra_blessing_path=str(infra),
-    )
+    result = push(model, _blessing(tmp_path, model), tmp_path / "s", infra=infra)
     assert not result["pushed"]
     assert result["reason"] == "infra validation failed: model failed to serve: boom"
     assert not (tmp_path / "s" / "m").exists()
@@ -98,13 +104,13 @@ def test_retention_keeps_newest_and_never_the_new_one(models, tmp_path):
     serving = tmp_path / "serving"
     for m in models[:4]:
         bless = _blessing(tmp_path, m)
-        result = pusher.run_pusher(str(m), str(bless), str(serving), "m", keep_versions=2)
+        result = push(str(m), str(bless), str(serving), keep=2)
     assert result["version"] == 4 and result["removed_versions"] == [2]
     assert _entries(serving / "m") == ["3", "4"]
     # a stray high version someone copied by hand still counts: the new push goes above it
     (serving / "m" / "10").mkdir()
     bless = _blessing(tmp_path, models[5])
-    result = pusher.run_pusher(str(models[5]), str(bless), str(serving), "m", keep_versions=1)
+    result = push(str(models[5]), str(bless), str(serving), keep=1)
     assert result["version"] == 11 and _entries(serving / "m") == ["11"]
 
 
@@ -112,7 +118,7 @@ def test_failure_mid_copy_leaves_no_numeric_dir_and_previous_untouched(
     models, model, tmp_path, monkeypatch
 ):
     serving = tmp_path / "serving"
-    pusher.run_pusher(str(models[0]), str(_blessing(tmp_path, models[0])), str(serving), "m")
+    push(models[0], _blessing(tmp_path, models[0]), serving)
     bless = _blessing(tmp_path, model)
     before = fsutil.tree_fingerprint(str(serving / "m" / "1"))
     gf = fsutil.gfile()
@@ -126,17 +132,17 @@ def test_failure_mid_copy_leaves_no_numeric_dir_and_previous_untouched(
 
     monkeypatch.setattr(gf, "copy", flaky_copy)
     with pytest.raises(OSError, match="injected"):
-        pusher.run_pusher(str(model), str(bless), str(serving), "m")
+        push(str(model), str(bless), str(serving))
     monkeypatch.undo()
     assert _entries(serving / "m") == ["1"]
     assert fsutil.tree_fingerprint(str(serving / "m" / "1")) == before
     # the next push still works and takes the next number
-    assert pusher.run_pusher(str(model), str(bless), str(serving), "m")["version"] == 2
+    assert push(str(model), str(bless), str(serving))["version"] == 2
 
 
 def _push_all(jobs):
     return [
-        (model, pusher.run_pusher(model, bless, serving, "m", keep_versions=100)["version"])
+        (model, push(model, bless, serving, keep=100)["version"])
         for model, bless, serving in jobs
     ]
 

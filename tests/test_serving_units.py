@@ -10,11 +10,12 @@ import grpc
 import numpy as np
 import pytest
 
+from pipeline_components.core.artifacts import served_versions
 from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchingParameters, BatchScheduler, parse_batching_parameters
 from serving.errors import StatusError, clean_tf_message
 from serving.model_config import ModelConfig, parse_model_server_config
-from serving.servables import ready_versions, versions_to_unload
+from serving.servables import versions_to_unload
 from serving.tensors import to_ndarray, to_tensor_proto
 
 pytestmark = pytest.mark.timeout(60)
@@ -264,7 +265,7 @@ def test_ready_versions_ignores_hidden_partial_and_non_numeric(tmp_path):
     make("latest")
     make("v15")
     (tmp_path / "16").write_text("a file, not a directory")
-    assert sorted(ready_versions(str(tmp_path))) == [1, 12]
+    assert sorted(served_versions(str(tmp_path))) == [1, 12]
 
 
 # -- tensors and messages -------------------------------------------------------------------

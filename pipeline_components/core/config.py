@@ -1,7 +1,11 @@
 """One config object for the whole pipeline (`pipeline.yaml`), validated strictly.
 
-An unknown key or a value of the wrong type is a one-line PipelineError naming the key, e.g.
-`pipeline.yaml: trainer.learning_rate: expected a number, got 'fast'`.
+The top level holds what every component shares (names and roots); each registered component
+owns one section (`example_gen:`, `trainer:`, ...), a dataclass declared next to the component
+with `option(...)` fields. An unknown key, a value of the wrong type or out of range is a
+one-line PipelineError naming the key, e.g.
+`pipeline.yaml: trainer.learning_rate: expected a number, got 'fast'` or
+`pipeline.yaml: trainer.epochs: must be >= 1, got 0`.
 Defaults reproduce the reference notebook (frozen VGG19, 224x224, batch 100, 20 x 100 epochs).
 """
 
@@ -11,120 +15,62 @@ import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import yaml
 
 from pipeline_components.core.errors import PipelineError
 
-
-@dataclass
-class ExampleGenConfig:
-    num_shards: int = 4
-    max_bad_fraction: float = 0.01
-    resize_max_side: int | None = None  # re-encode larger images to JPEG with this longest side
-    validation_fraction: float = (
-        0.1  # carved from train by a stable hash when validation/ is absent
-    )
-    beam_args: list[str] = field(default_factory=lambda: ["--runner=DirectRunner"])
+CORE_FIELDS = ("pipeline_name", "pipeline_root", "data_root", "serving_dir", "model_name")
 
 
-@dataclass
-class AugmentationConfig:
-    # ImageDataGenerator semantics: rotation and shear in degrees, shifts and zoom as fractions.
-    rotation_range: float = 40.0
-    width_shift_range: float = 0.2
-    height_shift_range: float = 0.2
-    shear_range: float = 0.2
-    zoom_range: float = 0.2
-    horizontal_flip: bool = True
-
-    def enabled(self) -> bool:
-        return any(
-            [
-                self.rotation_range,
-                self.width_shift_range,
-                self.height_shift_range,
-                self.shear_range,
-                self.zoom_range,
-                self.horizontal_flip,
-            ]
-        )
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+    key: bool = True,
+    doc: str = "",
+) -> Any:
+    """A config field with its checks: a range (ge/gt/le/lt) for numbers, `choices` for
+    strings, and whether it belongs in the component's cache key (`key=False` for settings
+    that change how it runs, not what it computes, such as Beam runner options)."""
+    metadata = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "key": key, "doc": doc}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-@dataclass
-class TrainerConfig:
-    backbone: str = "vgg19"  # keras.applications name: vgg19, vgg16, resnet50, ...
-    weights: str = "imagenet"  # imagenet | none | path to a weights file
-    image_size: list[int] | None = field(default_factory=lambda: [224, 224])  # None: backbone's
-    head: str = "flatten"  # flatten | global_average
-    dropout: float = 0.0
-    fine_tune_from: str | None = None  # layer name to unfreeze from, e.g. block5_conv1
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 1e-5
-    batch_size: int = 100
-    epochs: int = 100
-    steps_per_epoch: int | None = 20  # None = whole split
-    validation_steps: int | None = None  # None = whole split
-    optimizer: str = "rmsprop"  # rmsprop | adam | sgd
-    learning_rate: float = 0.001
-    augmentation: AugmentationConfig | None = field(default_factory=AugmentationConfig)
-    cache_features: str = "auto"  # auto | true | false
-    early_stopping_patience: int | None = None
-    shuffle_buffer: int = 1000
-    mixed_precision: str = "auto"  # auto (on GPU) | true | false
-    seed: int | None = 42
-
-
-@dataclass
-class EvaluatorConfig:
-    min_accuracy: float = 0.9
-    max_regression: float = 0.01
-    batch_size: int = 32
-    num_error_examples: int = 12
-
-
-@dataclass
-class InfraValidatorConfig:
-    num_examples: int = 8  # test images sent through the real gRPC server
-    timeout_seconds: float = 120.0
-    tolerance: float = 1e-4  # max |probability difference| vs the Evaluator's predictions
-
-
-@dataclass
-class PusherConfig:
-    keep_versions: int = 3
-
-
-@dataclass
+@dataclasses.dataclass
 class PipelineConfig:
+    """The top-level keys, plus one section object per registered component."""
+
     pipeline_name: str = "transfer-pipeline"
     pipeline_root: str = "./pipeline_root"
     data_root: str = "./data"
     serving_dir: str = "./serving_models"
     model_name: str = "model"
-    example_gen: ExampleGenConfig = field(default_factory=ExampleGenConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
-    infra_validator: InfraValidatorConfig = field(default_factory=InfraValidatorConfig)
-    pusher: PusherConfig = field(default_factory=PusherConfig)
+    sections: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:  # cfg.trainer, cfg.evaluator, ...
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"PipelineConfig has no section or field {name!r}")
+
+    def section(self, name: str) -> Any:
+        return self.sections[name]
 
 
-CHOICES = {
-    "trainer.head": ("flatten", "global_average"),
-    "trainer.optimizer": ("rmsprop", "adam", "sgd"),
-    "trainer.cache_features": ("auto", "true", "false"),
-    "trainer.mixed_precision": ("auto", "true", "false"),
-}
+# ------------------------------------------------------------------------ type conversion
 
 
-def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-def _convert(value, tp, where: str, source: str):
+def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -142,6 +88,13 @@ def _convert(value, tp, where: str, source: str):
         if not isinstance(value, list):
             raise PipelineError(f"{source}: {where}: expected a list, got {value!r}")
         return [_convert(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PipelineError(f"{source}: {where}: expected a mapping, got {value!r}")
+        return {
+            _convert(k, args[0], where, source): _convert(v, args[1], f"{where}.{k}", source)
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise PipelineError(f"{source}: {where}: expected true or false, got {value!r}")
@@ -160,10 +113,12 @@ def _convert(value, tp, where: str, source: str):
         if value is None or isinstance(value, dict | list):
             raise PipelineError(f"{source}: {where}: expected a string, got {value!r}")
         return str(value)
+    if tp is Any:
+        return value
     raise TypeError(f"unsupported config type {tp} at {where}")
 
 
-def _from_dict(cls, data: dict, prefix: str, source: str):
+def _from_dict(cls: type, data: dict, prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -174,74 +129,118 @@ def _from_dict(cls, data: dict, prefix: str, source: str):
                 f"{source}: unknown key '{where}' (known: {', '.join(sorted(names))})"
             )
         kwargs[key] = _convert(value, hints[key], where, source)
-    obj = cls(**kwargs)
-    return obj
+    return cls(**kwargs)
 
 
-def validate(cfg: PipelineConfig, source: str = "config") -> PipelineConfig:
-    """Range and choice checks the types alone cannot express."""
-    for where, allowed in CHOICES.items():
-        section, key = where.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value not in allowed:
-            raise PipelineError(f"{source}: {where}: must be one of {list(allowed)}, got {value!r}")
-    t, e, eg = cfg.trainer, cfg.evaluator, cfg.example_gen
+# ------------------------------------------------------------------------------ checks
 
-    def check(ok: bool, where: str, what: str, value):
-        if not ok:
-            raise PipelineError(f"{source}: {where}: must be {what}, got {value!r}")
 
-    if t.image_size is not None:
-        check(
-            len(t.image_size) == 2 and all(s >= 8 for s in t.image_size),
-            "trainer.image_size",
-            "[height, width] of at least 8",
-            t.image_size,
-        )
-    check(t.batch_size >= 1, "trainer.batch_size", ">= 1", t.batch_size)
-    check(t.epochs >= 1, "trainer.epochs", ">= 1", t.epochs)
-    check(t.fine_tune_epochs >= 0, "trainer.fine_tune_epochs", ">= 0", t.fine_tune_epochs)
-    check(
-        t.steps_per_epoch is None or t.steps_per_epoch >= 1,
-        "trainer.steps_per_epoch",
-        ">= 1 or null",
-        t.steps_per_epoch,
+def range_text(meta: dict) -> str:
+    """'>= 1', '> 0', 'in [0, 1]', 'in (0, 1)', 'in [0, 1)', ... from an option's bounds."""
+    low = ("[", meta["ge"]) if meta.get("ge") is not None else ("(", meta.get("gt"))
+    high = ("]", meta["le"]) if meta.get("le") is not None else (")", meta.get("lt"))
+    if low[1] is not None and high[1] is not None:
+        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    if low[1] is not None:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]:g}"
+    return f"{'<=' if high[0] == ']' else '<'} {high[1]:g}"
+
+
+def _in_range(value: float, meta: dict) -> bool:
+    return not (
+        (meta.get("ge") is not None and value < meta["ge"])
+        or (meta.get("gt") is not None and value <= meta["gt"])
+        or (meta.get("le") is not None and value > meta["le"])
+        or (meta.get("lt") is not None and value >= meta["lt"])
     )
-    check(t.learning_rate > 0, "trainer.learning_rate", "> 0", t.learning_rate)
-    check(0 <= t.dropout < 1, "trainer.dropout", "in [0, 1)", t.dropout)
-    check(0 <= e.min_accuracy <= 1, "evaluator.min_accuracy", "in [0, 1]", e.min_accuracy)
-    check(0 <= e.max_regression <= 1, "evaluator.max_regression", "in [0, 1]", e.max_regression)
-    check(eg.num_shards >= 1, "example_gen.num_shards", ">= 1", eg.num_shards)
-    check(
-        0 <= eg.max_bad_fraction <= 1,
-        "example_gen.max_bad_fraction",
-        "in [0, 1]",
-        eg.max_bad_fraction,
-    )
-    check(
-        0 < eg.validation_fraction < 1,
-        "example_gen.validation_fraction",
-        "in (0, 1)",
-        eg.validation_fraction,
-    )
-    check(cfg.pusher.keep_versions >= 1, "pusher.keep_versions", ">= 1", cfg.pusher.keep_versions)
-    return cfg
+
+
+def has_range(meta: Any) -> bool:
+    return any(meta.get(k) is not None for k in ("ge", "gt", "le", "lt"))
+
+
+def check_section(obj: Any, prefix: str, source: str) -> None:
+    """Every option's range and choices, recursively; then the section's own `validate(fail)`
+    hook for checks a range cannot express."""
+
+    def fail(key: str, what: str, value: Any) -> None:
+        raise PipelineError(f"{source}: {prefix}.{key}: must be {what}, got {value!r}")
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(value):
+            check_section(value, f"{prefix}.{f.name}", source)
+            continue
+        meta = f.metadata
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            fail(f.name, f"one of {list(choices)}", value)
+        if has_range(meta) and isinstance(value, int | float) and not _in_range(value, meta):
+            nullable = type(None) in typing.get_args(typing.get_type_hints(type(obj))[f.name])
+            fail(f.name, range_text(meta) + (" or null" if nullable else ""), value)
+    hook = getattr(obj, "validate", None)
+    if callable(hook):
+        hook(fail)
+
+
+def key_fields(section: Any) -> dict:
+    """A section as a dict without the fields marked `key=False` (not part of cache keys)."""
+    return {
+        f.name: _plain(getattr(section, f.name))
+        for f in dataclasses.fields(section)
+        if f.metadata.get("key", True)
+    }
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def _section_classes() -> dict[str, type]:
+    from pipeline_components.core import registry
+
+    return {
+        c.config_section: c.config_class
+        for c in registry.components()
+        if c.config_section and c.config_class
+    }
 
 
 def from_dict(data: dict | None, source: str = "config") -> PipelineConfig:
+    """A validated PipelineConfig from a pipeline.yaml-shaped dict (defaults for what is absent)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PipelineError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
-    return validate(_from_dict(PipelineConfig, data, "", source), source)
+    classes = _section_classes()
+    hints = typing.get_type_hints(PipelineConfig)
+    core, sections = {}, {}
+    for key, value in data.items():
+        if key in CORE_FIELDS:
+            core[key] = _convert(value, hints[key], str(key), source)
+        elif key in classes:
+            sections[key] = _convert(value, classes[key], str(key), source)
+        else:
+            known = ", ".join(sorted([*CORE_FIELDS, *classes]))
+            raise PipelineError(f"{source}: unknown key '{key}' (known: {known})")
+    for name, cls in classes.items():
+        sections.setdefault(name, cls())
+        check_section(sections[name], name, source)
+    return PipelineConfig(**core, sections=sections)
 
 
-def section_from_dict(cls, data: dict | None, prefix: str, source: str = "config"):
-    """Build one section (e.g. TrainerConfig) alone, e.g. for `transfer-pipeline train`."""
-    full = from_dict({prefix: data or {}}, source)
-    return getattr(full, prefix)
+def section_from_dict(cls: type, data: dict | None, prefix: str, source: str = "config") -> Any:
+    """Build one section (e.g. EvaluatorConfig) alone, e.g. from a component's own flags."""
+    obj = _convert(data or {}, cls, prefix, source)
+    check_section(obj, prefix, source)
+    return obj
 
 
 def load_yaml(path: str) -> dict:
@@ -285,11 +284,26 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "override") 
     return data
 
 
+def qualify(override: str, section: str | None) -> str:
+    """`epochs=2` means `<section>.epochs=2`; keys naming a top-level key stay as they are."""
+    if section is None or "=" not in override:
+        return override
+    head = override.split("=", 1)[0].strip().split(".")[0]
+    if head in CORE_FIELDS or head in _section_classes():
+        return override
+    return f"{section}.{override}"
+
+
 def load(path: str | None, overrides: list[str] | None = None) -> PipelineConfig:
     data = load_yaml(path) if path else {}
     apply_overrides(data, overrides or [])
     return from_dict(data, source=path or "config")
 
 
-def to_dict(cfg) -> dict:
+def to_dict(cfg: Any) -> dict:
+    """A PipelineConfig (sections inlined at the top level, as in pipeline.yaml) or a section."""
+    if isinstance(cfg, PipelineConfig):
+        out = {name: getattr(cfg, name) for name in CORE_FIELDS}
+        out.update({name: dataclasses.asdict(s) for name, s in cfg.sections.items()})
+        return out
     return dataclasses.asdict(cfg)

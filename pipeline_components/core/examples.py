@@ -1,19 +1,16 @@
-"""The TFRecord contract between ExampleGen and everything that reads its output (DESIGN.md).
+"""The TFRecord contract between ExampleGen and everything that reads its output
+(docs/ARCHITECTURE.md "Examples").
 
 `<examples>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz` (GZIP tf.train.Example), `labels.txt`,
-`stats.json`. Writers build records with `make_example`; tf.data readers use `parse`.
+`stats.json` (file names in core/artifacts.py). Writers build records with `make_example`;
+tf.data readers use `parse`.
 """
 
 from __future__ import annotations
 
 from pipeline_components.core import fsutil
+from pipeline_components.core.artifacts import LABELS_FILE, STATS_FILE, shard_pattern
 from pipeline_components.core.errors import PipelineError
-
-SPLITS = ("train", "validation", "test")
-SHARD_PREFIX = "examples"
-SHARD_SUFFIX = ".tfrecord.gz"
-LABELS_FILE = "labels.txt"
-STATS_FILE = "stats.json"
 
 ENCODED = "image/encoded"
 FORMAT = "image/format"
@@ -41,7 +38,7 @@ def make_example(
     filename: str,
     sha256: str,
 ):
-    """A tf.train.Example with exactly the DESIGN keys."""
+    """A tf.train.Example with exactly the keys listed above."""
     import tensorflow as tf
 
     def b(v):
@@ -82,10 +79,6 @@ def parse(serialized):
     if serialized.shape.rank == 0:
         return tf.io.parse_single_example(serialized, feature_spec())
     return tf.io.parse_example(serialized, feature_spec())
-
-
-def shard_pattern(examples_dir: str, split: str) -> str:
-    return fsutil.join(examples_dir, split, f"{SHARD_PREFIX}-*-of-*{SHARD_SUFFIX}")
 
 
 def split_files(examples_dir: str, split: str) -> list[str]:

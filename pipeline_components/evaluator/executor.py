@@ -1,4 +1,4 @@
-"""Evaluator: score the exported SavedModel on the test split and decide the blessing.
+"""The Evaluator's executor: score the exported SavedModel on the test split, decide the blessing.
 
 It calls `serving_default` on the raw `image/encoded` bytes — the artifact and preprocessing
 that will be served — so training/serving skew shows up here, not in production.
@@ -12,25 +12,23 @@ confusion_matrix.png, errors.png, and baseline_metrics.json when a baseline was 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline_components.core import examples, fsutil
-from pipeline_components.core.config import EvaluatorConfig
+from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.evaluator import metrics
+from pipeline_components.evaluator.component import EvaluatorConfig
 
 log = logging.getLogger(__name__)
 
-BLESSING_FILE = "blessing.json"
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
+BLESSING_FILE = artifacts.BLESSING_FILE
+METRICS_FILE = artifacts.METRICS_FILE
+PREDICTIONS_FILE = artifacts.PREDICTIONS_FILE
 
 
 @dataclass
@@ -47,7 +45,7 @@ def load_serving_model(model_dir: str):
 
     from pipeline_components.trainer import export
 
-    if not fsutil.exists(fsutil.join(model_dir, "saved_model.pb")):
+    if not artifacts.is_saved_model(model_dir):
         raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
     try:
         loaded = tf.saved_model.load(model_dir)
@@ -132,17 +130,9 @@ def gate(
     return ok_threshold and ok_baseline, reasons
 
 
-def pushed_versions(model_base_path: str) -> list[str]:
-    """Complete numeric version directories under a serving model path, newest first."""
-    if not fsutil.isdir(model_base_path):
-        return []
-    versions = [
-        int(name)
-        for name in fsutil.listdir(model_base_path)
-        if re.fullmatch(r"\d+", name)
-        and fsutil.exists(fsutil.join(model_base_path, name, "saved_model.pb"))
-    ]
-    return [fsutil.join(model_base_path, str(v)) for v in sorted(versions, reverse=True)]
+def newest_first(model_base_path: str) -> list[str]:
+    """The complete served versions under a model base path, newest first."""
+    return list(reversed(artifacts.served_versions(model_base_path).values()))
 
 
 def resolve_baseline(
@@ -154,16 +144,16 @@ def resolve_baseline(
     """--baseline PATH (a SavedModel, or a versioned dir: its newest version), else the newest
     pushed version. A version identical to the candidate is passed over: comparing a model
     with itself says nothing, and a re-run on unchanged inputs must see the same baseline."""
-    if baseline and fsutil.exists(fsutil.join(baseline, "saved_model.pb")):
+    if baseline and artifacts.is_saved_model(baseline):
         return baseline
     if baseline:
-        candidates = pushed_versions(baseline)
+        candidates = newest_first(baseline)
         if not candidates:
             raise PipelineError(
                 f"baseline {baseline} is neither a SavedModel nor a versioned model dir"
             )
     elif serving_dir and model_name:
-        candidates = pushed_versions(fsutil.join(serving_dir, model_name))
+        candidates = newest_first(artifacts.model_base_path(serving_dir, model_name))
     else:
         return None
     for path in candidates:
@@ -241,7 +231,7 @@ def run_evaluator(
     with fsutil.atomic_dir(output_dir) as tmp:
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
         if baseline_metrics:
-            fsutil.write_json(fsutil.join(tmp, "baseline_metrics.json"), baseline_metrics)
+            fsutil.write_json(fsutil.join(tmp, artifacts.BASELINE_METRICS_FILE), baseline_metrics)
         fsutil.write_atomic(fsutil.join(tmp, PREDICTIONS_FILE), _predictions_csv(preds, labels))
         _write_plots(tmp, result, preds, labels)
         fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
@@ -264,51 +254,11 @@ def _write_plots(out_dir: str, result: dict, preds: Predictions, labels: list[st
     from pipeline_components.evaluator import plots
 
     fsutil.write_atomic(
-        fsutil.join(out_dir, "confusion_matrix.png"),
+        fsutil.join(out_dir, artifacts.CONFUSION_MATRIX_PNG),
         plots.confusion_matrix_png(
             np.array(result["confusion_matrix"]), labels, result["accuracy"]
         ),
     )
-    fsutil.write_atomic(fsutil.join(out_dir, "errors.png"), plots.errors_png(preds.errors, labels))
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline evaluate", description="Score a SavedModel, write the blessing."
+    fsutil.write_atomic(
+        fsutil.join(out_dir, artifacts.ERRORS_PNG), plots.errors_png(preds.errors, labels)
     )
-    p.add_argument("--model", required=True, help="the exported saved_model/ directory")
-    p.add_argument("--examples", required=True, help="ExampleGen output directory")
-    p.add_argument("--output", required=True, help="directory for metrics.json, blessing.json, ...")
-    p.add_argument("--min-accuracy", type=float, default=EvaluatorConfig.min_accuracy)
-    p.add_argument("--max-regression", type=float, default=EvaluatorConfig.max_regression)
-    p.add_argument("--batch-size", type=int, default=EvaluatorConfig.batch_size)
-    p.add_argument("--baseline", help="baseline SavedModel, or a versioned dir (newest is used)")
-    p.add_argument("--serving-dir", help="with --model-name: baseline = newest pushed version")
-    p.add_argument("--model-name")
-    args = p.parse_args(argv)
-    from pipeline_components.core.config import section_from_dict
-
-    cfg = section_from_dict(
-        EvaluatorConfig,
-        {
-            "min_accuracy": args.min_accuracy,
-            "max_regression": args.max_regression,
-            "batch_size": args.batch_size,
-        },
-        "evaluator",
-        source="command line",
-    )
-    blessing = run_evaluator(
-        args.model,
-        args.examples,
-        args.output,
-        cfg,
-        args.baseline,
-        args.serving_dir,
-        args.model_name,
-    )
-    print(
-        ("BLESSED: " if blessing["blessed"] else "NOT BLESSED: ") + "; ".join(blessing["reasons"])
-    )
-    print(f"wrote {fsutil.join(args.output, BLESSING_FILE)}")
-    return 0

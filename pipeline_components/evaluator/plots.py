@@ -5,31 +5,13 @@ Each function returns PNG bytes (matplotlib Agg, no display needed).
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-
-def _figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from pipeline_components.core.plotting import figure_png, pyplot
 
 
 def confusion_matrix_png(cm: np.ndarray, labels: list[str], accuracy: float | None = None) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     n = len(labels)
     size = max(4.0, 0.6 * n + 2.5)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -49,19 +31,19 @@ def confusion_matrix_png(cm: np.ndarray, labels: list[str], accuracy: float | No
         for j in range(n):
             color = "white" if peak and cm[i, j] > peak / 2 else "black"
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=color)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def errors_png(errors: list[dict], labels: list[str], columns: int = 4) -> bytes:
     """Grid of misclassified images titled 'true → predicted (score)'."""
     import tensorflow as tf
 
-    plt = _pyplot()
+    plt = pyplot()
     if not errors:
         fig, ax = plt.subplots(figsize=(4, 1.2))
         ax.axis("off")
         ax.text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-        return _figure_png(fig)
+        return figure_png(fig)
     rows = (len(errors) + columns - 1) // columns
     cols = min(columns, len(errors))
     fig, axes = plt.subplots(
@@ -79,4 +61,4 @@ def errors_png(errors: list[dict], labels: list[str], columns: int = 4) -> bytes
             color="firebrick",
         )
     fig.suptitle("Misclassified test images (true → predicted)")
-    return _figure_png(fig)
+    return figure_png(fig)

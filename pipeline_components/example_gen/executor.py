@@ -1,23 +1,18 @@
-"""ExampleGen: `<data_root>/<split>/<class>/<image>` folders to GZIP TFRecord shards (Apache Beam).
+"""ExampleGen's executor: `<data_root>/<split>/<class>/<image>` folders to GZIP TFRecord shards
+with Apache Beam (the spec and CLI are in component.py).
 
-    transfer-pipeline example-gen --data-root D --output O [--num-shards 4]
-        [--max-bad-fraction 0.01] [--resize-max-side N] [--validation-fraction 0.1] [-- BEAM_ARGS]
-
-Files are listed and read through Beam's FileSystems (local, gs://, s3://), checked with the decoder
-training uses, and written as `<O>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz` plus `labels.txt`
-and `stats.json` (DESIGN.md). The output appears only when the whole job succeeded. The same input
-gives the same records in the same shards on every runner.
+Files are listed and read through Beam's FileSystems (local, gs://, s3://), checked with the
+decoder training uses, and written as `<O>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz` plus
+`labels.txt` and `stats.json` (docs/ARCHITECTURE.md). The output appears only when the whole job
+succeeded. The same input gives the same records in the same shards on every runner.
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from typing import NamedTuple
 
@@ -28,9 +23,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline_components.core import examples, fsutil
+from pipeline_components.core import artifacts, examples, fsutil
+from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.core.examples import SPLITS
 from pipeline_components.example_gen import image_check
 
 log = logging.getLogger(__name__)
@@ -85,8 +80,7 @@ def shard_index(relpath: str, num_shards: int) -> int:
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
-    name = f"{examples.SHARD_PREFIX}-{index:05d}-of-{num_shards:05d}{examples.SHARD_SUFFIX}"
-    return f"{split}/{name}"
+    return artifacts.shard_path(split, index, num_shards)
 
 
 # ---------------------------------------------------------------- listing (driver side)
@@ -161,6 +155,21 @@ def list_sources(data_root: str) -> Layout:
         for rel in found[split]
     ]
     return Layout(root, labels, splits, sources)
+
+
+def data_fingerprint(data_root: str) -> dict:
+    """(path, size, mtime) of every file under <data_root>/<split>/<class>/: one listing call per
+    scheme via Beam's FileSystems (cheap on gs://), not a read of every image."""
+    pattern = fsutil.join(data_root, "*", "*", "*")
+    try:
+        files = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:
+        raise PipelineError(
+            f"cannot list data_root {data_root}: {str(e).splitlines()[0]}"
+        ) from None
+    listing = sorted((m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in files)
+    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    return {"num_files": len(listing), "sha256": digest}
 
 
 def _warn_unknown_folders(root: str) -> None:
@@ -570,9 +579,9 @@ def run_example_gen(
             carve_fraction=carve,
         )
         fsutil.write_atomic(
-            fsutil.join(work, examples.LABELS_FILE), "\n".join(layout.labels) + "\n"
+            fsutil.join(work, artifacts.LABELS_FILE), "\n".join(layout.labels) + "\n"
         )
-        fsutil.write_json(fsutil.join(work, examples.STATS_FILE), stats)
+        fsutil.write_json(fsutil.join(work, artifacts.STATS_FILE), stats)
     _report(stats, output, time.monotonic() - started)
     return stats
 
@@ -586,7 +595,7 @@ def _report(stats: dict, output: str, seconds: float) -> None:
         log.warning(
             "%d image(s) appear in more than one split (train/test leakage); see %s duplicates",
             len(stats["duplicates"]),
-            fsutil.join(output, examples.STATS_FILE),
+            fsutil.join(output, artifacts.STATS_FILE),
         )
     total = sum(s["num_examples"] for s in stats["splits"].values())
     print(format_summary(stats))
@@ -594,69 +603,3 @@ def _report(stats: dict, output: str, seconds: float) -> None:
         f"wrote {total} examples to {output} in {seconds:.1f}s; "
         f"skipped {len(stats['skipped'])} file(s) (reasons in stats.json)"
     )
-
-
-def _reject_own_flag_typo(arg: str, own_flags: list[str]) -> None:
-    """Beam options are snake_case; a kebab-case or near-miss flag is a typo of one of ours."""
-    name = arg.split("=")[0]
-    if not name.startswith("--"):
-        return
-    close = difflib.get_close_matches(name, own_flags, n=1, cutoff=0.75)
-    if close or "-" in name[2:]:
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise PipelineError(f"unknown option {name} ({hint}Beam options go after --)")
-
-
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Own flags before `--`, Beam's after it (unknown snake_case flags before it go to Beam too,
-    as in Beam's wordcount)."""
-    argv = list(argv)
-    beam_args = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline example-gen",
-        description="Image folders <data-root>/<split>/<class>/<image> -> TFRecord shards.",
-        epilog="Beam options go after --, e.g. -- --direct_running_mode=multi_processing "
-        "--direct_num_workers=2",
-    )
-    p.add_argument(
-        "--data-root", required=True, help="root with train/, test/, optional validation/"
-    )
-    p.add_argument("--output", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--num-shards", type=int, default=4, help="TFRecord files per split")
-    p.add_argument(
-        "--max-bad-fraction",
-        type=float,
-        default=0.01,
-        help="fail when more than this share of a split's files are not usable images",
-    )
-    p.add_argument(
-        "--resize-max-side",
-        type=int,
-        default=None,
-        help="re-encode larger images to JPEG with this longest side (default: keep bytes)",
-    )
-    p.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=0.1,
-        help="share of train carved into validation when there is no validation/ folder",
-    )
-    args, unknown = p.parse_known_args(own)
-    for arg in unknown:
-        _reject_own_flag_typo(arg, [o for a in p._actions for o in a.option_strings])
-    return args, unknown + beam_args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    run_example_gen(
-        args.data_root,
-        args.output,
-        num_shards=args.num_shards,
-        max_bad_fraction=args.max_bad_fraction,
-        resize_max_side=args.resize_max_side,
-        validation_fraction=args.validation_fraction,
-        beam_args=beam_args or None,
-    )
-    return 0

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 # Formats tf.io.decode_image reads and we keep. WebP is stored re-encoded as lossless PNG of the
-# pixels tf.io.decode_image gives: DESIGN's image/format is jpeg|png|gif|bmp, and the serving
+# pixels tf.io.decode_image gives: the documented image/format is jpeg|png|gif|bmp, and the serving
 # signature's input check accepts only those four.
 KEPT_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
 SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", "__macosx"}

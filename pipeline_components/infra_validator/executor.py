@@ -1,4 +1,5 @@
-"""InfraValidator: prove the candidate SavedModel loads and answers in a real model server.
+"""The InfraValidator's executor: prove the candidate SavedModel loads and answers in a real
+model server.
 
 Starts the TF-Serving-compatible server (`transfer-pipeline serve`) in a separate process on a
 free loopback port, waits for the model to be AVAILABLE, sends real test images through the
@@ -20,13 +21,13 @@ import time
 
 import numpy as np
 
-from pipeline_components.core import examples, fsutil
-from pipeline_components.core.config import InfraValidatorConfig
+from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.errors import PipelineError
+from pipeline_components.infra_validator.component import InfraValidatorConfig
 
 log = logging.getLogger(__name__)
 
-INFRA_BLESSING_FILE = "infra_blessing.json"
+INFRA_BLESSING_FILE = artifacts.INFRA_BLESSING_FILE
 
 
 def first_test_examples(examples_dir: str, n: int) -> list[tuple[str, bytes]]:
@@ -157,13 +158,15 @@ def validate(
 def run_infra_validator(
     model_dir: str,
     examples_dir: str,
-    evaluator_dir: str,
+    evaluation_dir: str,
     output_dir: str,
-    model_name: str,
     config: InfraValidatorConfig | None = None,
+    *,
+    model_name: str,
 ) -> dict:
+    """Validate in a real server; writes infra_blessing.json into output_dir atomically."""
     config = config or InfraValidatorConfig()
-    predictions = fsutil.join(evaluator_dir, "predictions.csv")
+    predictions = fsutil.join(evaluation_dir, artifacts.PREDICTIONS_FILE)
     result = validate(model_dir, examples_dir, predictions, model_name, config)
     with fsutil.atomic_dir(output_dir) as tmp:
         fsutil.write_json(fsutil.join(tmp, INFRA_BLESSING_FILE), result)

@@ -1,18 +1,19 @@
-"""`transfer-pipeline run --config pipeline.yaml`: ExampleGen -> Trainer -> Evaluator ->
-InfraValidator -> Pusher, cached like TFX, with a lineage record and a report per run.
+"""`transfer-pipeline run --config pipeline.yaml`: every registered component in pipeline order
+(ExampleGen -> Trainer -> Evaluator -> InfraValidator -> Pusher, plus any added through
+core/registry.py), cached like TFX, with a lineage record and a report per run.
 
-Layout under `pipeline_root`:
+Layout under `pipeline_root` (core/artifacts.py):
 
     <Component>/<n>/          the execution's output artifact (n = 1, 2, ...)
     <Component>/<n>.json      the execution record: cache key, status, run id, inputs, result
     runs/<run_id>/run.json    the run's lineage record; report.html; error.log on failure
 
-A component whose cache key (its config, its input fingerprints, the code version) matches a
-completed execution reuses that output instead of running (`--force` disables this). A Trainer
-execution with the same key that did not complete (killed, preempted) is resumed in place from
-its checkpoints. `--resume RUN_ID` continues a failed run's record from its first incomplete
-component. The Pusher always runs: it pushes nothing when not blessed or when the model is
-already the newest served version, so a re-run on unchanged data pushes nothing.
+A component whose cache key (its config section, its input artifacts' fingerprints, its external
+inputs, the code version) matches a completed execution reuses that output instead of running
+(`--force` disables this). A resumable component's execution with the same key that did not
+complete (killed, preempted) is resumed in place. `--resume RUN_ID` continues a failed run's
+record from its first incomplete component. A component that is not cacheable (the Pusher)
+always runs.
 
 Exit codes: 0 run completed (model pushed, or rightly not pushed); 1 a component or the config
 failed (one line on stderr, details in run.json and error.log); 2 bad command line.
@@ -33,15 +34,16 @@ import uuid
 from collections.abc import Callable
 
 from pipeline_components import __version__
+from pipeline_components.core import artifacts, fsutil, registry
 from pipeline_components.core import config as config_lib
-from pipeline_components.core import fsutil
+from pipeline_components.core.artifacts import Artifact
+from pipeline_components.core.component import Component, ExecutionContext, output_uri
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
+from pipeline_components.orchestration import report
+from pipeline_components.orchestration.summary import summary_table
 
 log = logging.getLogger(__name__)
-
-COMPONENTS = ("ExampleGen", "Trainer", "Evaluator", "InfraValidator", "Pusher")
-RESUMABLE = ("Trainer",)  # executors that continue from their own checkpoints
 
 
 def now() -> str:
@@ -54,22 +56,6 @@ def new_run_id() -> str:
 
 def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def data_fingerprint(data_root: str) -> dict:
-    """(path, size, mtime) of every file under <data_root>/<split>/<class>/: one listing call per
-    scheme via Beam's FileSystems (cheap on gs://), not a read of every image."""
-    from apache_beam.io.filesystems import FileSystems
-
-    pattern = fsutil.join(data_root, "*", "*", "*")
-    try:
-        files = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:
-        raise PipelineError(
-            f"cannot list data_root {data_root}: {str(e).splitlines()[0]}"
-        ) from None
-    listing = sorted((m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in files)
-    return {"num_files": len(listing), "sha256": digest(listing)}
 
 
 # ------------------------------------------------------------------------ executions
@@ -111,6 +97,7 @@ class Step:
     key_inputs: dict
     execute: Callable[[str], dict]  # output_dir -> result
     cacheable: bool = True
+    resumable: bool = False
 
 
 class Run:
@@ -118,8 +105,8 @@ class Run:
         self.cfg, self.force = cfg, force
         self.root = cfg.pipeline_root
         self.run_id = resume or new_run_id()
-        self.run_dir = fsutil.join(self.root, "runs", self.run_id)
-        self.record_path = fsutil.join(self.run_dir, "run.json")
+        self.run_dir = artifacts.run_dir(self.root, self.run_id)
+        self.record_path = fsutil.join(self.run_dir, artifacts.RUN_RECORD)
         if resume:
             if not fsutil.exists(self.record_path):
                 raise PipelineError(f"no run {resume} to resume ({self.record_path} not found)")
@@ -144,7 +131,7 @@ class Run:
 
     def component(self, step: Step) -> dict:
         """Run or reuse one component; returns its entry in run.json."""
-        component_dir = fsutil.join(self.root, step.name)
+        component_dir = artifacts.component_dir(self.root, step.name)
         key = digest({"component": step.name, "code": __version__, **step.key_inputs})
         previous = self.record["components"].get(step.name)
         if (
@@ -164,7 +151,7 @@ class Run:
                 log.info("%s: cached (execution %s)", step.name, hit["execution_id"])
                 return entry
         resumable = None
-        if step.name in RESUMABLE:
+        if step.resumable:
             resumable = find_execution(component_dir, key, ("running", "failed"))
         if resumable:
             execution_id = resumable["execution_id"]
@@ -179,7 +166,7 @@ class Run:
             "cached": False,
             "run_id": self.run_id,
             "inputs": step.key_inputs,
-            "output_dir": fsutil.join(component_dir, str(execution_id)),
+            "output_dir": artifacts.execution_dir(self.root, step.name, execution_id),
             "started": now(),
         }
         self._write_execution(component_dir, entry)
@@ -226,102 +213,77 @@ def _one_line(e: BaseException) -> str:
 # --------------------------------------------------------------------------- the DAG
 
 
+class Pipeline:
+    """Runs the registered components in pipeline order over one Run, handing each the
+    artifacts its inputs name."""
+
+    def __init__(self, cfg: PipelineConfig, run: Run):
+        self.cfg, self.run = cfg, run
+        self.artifacts: dict[str, Artifact] = {}  # artifact type name -> this run's artifact
+        self.skipped: dict[str, str] = {}  # artifact type name -> why it was not produced
+
+    def execute(self) -> None:
+        for component in registry.pipeline_order():
+            self.step(component)
+
+    def step(self, component: Component) -> None:
+        inputs, missing = self._inputs(component)
+        if missing:
+            self.run.skip(component.name, missing)
+            self._mark_skipped(component, f"{component.name} was skipped")
+            return
+        config = self.cfg.section(component.config_section) if component.config_section else None
+        ctx = ExecutionContext(self.cfg, config, inputs, "", run_id=self.run.run_id)
+        reason = component.skip_reason(ctx)
+        if reason:
+            self.run.skip(component.name, reason)
+            self._mark_skipped(component, f"{component.name} was skipped")
+            return
+        ctx.external = component.external_inputs(ctx)
+        key_inputs = {
+            "config": component.key_config(config),
+            "inputs": {name: a.fingerprint() for name, a in inputs.items() if a is not None},
+            **ctx.external,
+        }
+
+        def execute(output_dir: str) -> dict:
+            ctx.output_dir = output_dir
+            return component.run(ctx)
+
+        entry = self.run.component(
+            Step(component.name, key_inputs, execute, component.cacheable, component.resumable)
+        )
+        for name, artifact_type in component.outputs.items():
+            uri = output_uri(artifact_type, entry["output_dir"])
+            self.artifacts[artifact_type.name] = Artifact(
+                artifact_type, uri, component.name, entry["execution_id"]
+            )
+            entry.setdefault("outputs", {})[name] = uri
+        self.run.save()
+
+    def _inputs(self, component: Component) -> tuple[dict[str, Artifact | None], str]:
+        inputs: dict[str, Artifact | None] = {}
+        for name, spec in component.inputs.items():
+            artifact = self.artifacts.get(spec.type.name)
+            if artifact is None and not spec.optional:
+                why = self.skipped.get(spec.type.name, "no component produces it")
+                return {}, f"no {spec.type.name} input ({why})"
+            inputs[name] = artifact
+        return inputs, ""
+
+    def _mark_skipped(self, component: Component, why: str) -> None:
+        for artifact_type in component.outputs.values():
+            self.skipped[artifact_type.name] = why
+
+
 def run_pipeline(
     cfg: PipelineConfig, force: bool = False, resume: str | None = None, config_path: str = ""
 ) -> dict:
     """Execute the pipeline; returns the run record (also in runs/<run_id>/run.json)."""
-    from pipeline_components.evaluator import executor as evaluator
-    from pipeline_components.example_gen import executor as example_gen
-    from pipeline_components.infra_validator import executor as infra_validator
-    from pipeline_components.pusher import executor as pusher
-    from pipeline_components.trainer import executor as trainer
-
     run = Run(cfg, force, resume, config_path)
     log.info("run %s of pipeline %s (record: %s)", run.run_id, cfg.pipeline_name, run.record_path)
-    eg_cfg = dataclasses.asdict(cfg.example_gen)
-    beam_args = eg_cfg.pop("beam_args")  # how it runs, not what it computes: not in the key
     try:
-        eg = run.component(
-            Step(
-                "ExampleGen",
-                {
-                    "data_root": cfg.data_root,
-                    "data": data_fingerprint(cfg.data_root),
-                    "config": eg_cfg,
-                },
-                lambda out: _example_gen_summary(
-                    example_gen.run_example_gen(cfg.data_root, out, beam_args=beam_args, **eg_cfg)
-                ),
-            )
-        )
-        examples_dir = eg["output_dir"]
-        tr = run.component(
-            Step(
-                "Trainer",
-                {
-                    "examples": eg["result"]["fingerprint"],
-                    "config": config_lib.to_dict(cfg.trainer),
-                },
-                lambda out: trainer.run_trainer(examples_dir, out, cfg.trainer),
-            )
-        )
-        model_dir = fsutil.join(tr["output_dir"], "saved_model")
-        model_fp = fsutil.tree_fingerprint(model_dir)
-        baseline = evaluator.resolve_baseline(None, cfg.serving_dir, cfg.model_name, model_fp)
-        ev = run.component(
-            Step(
-                "Evaluator",
-                {
-                    "model": model_fp,
-                    "examples": eg["result"]["fingerprint"],
-                    "baseline": {"path": baseline, "fingerprint": _fp(baseline)},
-                    "config": dataclasses.asdict(cfg.evaluator),
-                },
-                lambda out: evaluator.run_evaluator(
-                    model_dir, examples_dir, out, cfg.evaluator, baseline=baseline
-                ),
-            )
-        )
-        blessing_path = fsutil.join(ev["output_dir"], evaluator.BLESSING_FILE)
-        infra_path = None
-        if ev["result"]["blessed"]:
-            iv = run.component(
-                Step(
-                    "InfraValidator",
-                    {
-                        "model": model_fp,
-                        "evaluation": ev["execution_id"],
-                        "config": dataclasses.asdict(cfg.infra_validator),
-                    },
-                    lambda out: infra_validator.run_infra_validator(
-                        model_dir,
-                        examples_dir,
-                        ev["output_dir"],
-                        out,
-                        cfg.model_name,
-                        cfg.infra_validator,
-                    ),
-                )
-            )
-            infra_path = fsutil.join(iv["output_dir"], infra_validator.INFRA_BLESSING_FILE)
-        else:
-            run.skip("InfraValidator", "model not blessed by the Evaluator")
-        run.component(
-            Step(
-                "Pusher",
-                {"model": model_fp, "serving_dir": cfg.serving_dir, "model_name": cfg.model_name},
-                lambda out: pusher.run_pusher(
-                    model_dir,
-                    blessing_path,
-                    cfg.serving_dir,
-                    cfg.model_name,
-                    cfg.pusher.keep_versions,
-                    out,
-                    infra_blessing_path=infra_path,
-                ),
-                cacheable=False,
-            )
-        )
+        Pipeline(cfg, run).execute()
         run.record["status"] = "completed"
     except BaseException as e:
         run.record["status"] = "failed"
@@ -332,7 +294,7 @@ def run_pipeline(
             run.record["error"] = "interrupted"
             raise
         if not isinstance(e, PipelineError):
-            log_path = fsutil.join(run.run_dir, "error.log")
+            log_path = fsutil.join(run.run_dir, artifacts.ERROR_LOG)
             fsutil.write_atomic(log_path, traceback.format_exc())
             run.record["error"] += f" (traceback in {log_path})"
         raise RunFailed(run.record) from e
@@ -349,105 +311,26 @@ class RunFailed(PipelineError):
         self.record = record
 
 
-def _fp(path: str | None) -> str | None:
-    return fsutil.tree_fingerprint(path) if path else None
-
-
-def _example_gen_summary(stats: dict) -> dict:
-    return {
-        "fingerprint": stats["fingerprint"],
-        "labels": stats["labels"],
-        "splits": {s: v["num_examples"] for s, v in stats["splits"].items()},
-        "skipped": len(stats.get("skipped", [])),
-        "duplicates": len(stats.get("duplicates", [])),
-    }
-
-
 def _finish(run: Run) -> None:
-    from pipeline_components.orchestration import report
-
     rec = run.record
     rec["finished"] = now()
-    comps = rec["components"]
-    if "Evaluator" in comps and comps["Evaluator"].get("result"):
-        rec["blessing"] = comps["Evaluator"]["result"]
-        metrics_path = fsutil.join(comps["Evaluator"]["output_dir"], "metrics.json")
-        if fsutil.exists(metrics_path):
-            m = fsutil.read_json(metrics_path)
-            rec["metrics"] = {k: m.get(k) for k in ("accuracy", "loss", "auc", "num_examples")}
-    if comps.get("InfraValidator", {}).get("result"):
-        rec["infra_blessing"] = comps["InfraValidator"]["result"]
-    if comps.get("Pusher", {}).get("result"):
-        rec["push"] = comps["Pusher"]["result"]
+    for component in registry.pipeline_order():
+        entry = rec["components"].get(component.name)
+        if entry and entry.get("status") in ("completed", "cached"):
+            rec.update(component.record_fields(entry))
     try:
-        rec["report"] = report.write_report(rec, fsutil.join(run.run_dir, "report.html"))
+        path = fsutil.join(run.run_dir, artifacts.REPORT_FILE)
+        rec["report"] = report.write_report(rec, path)
     except Exception as e:  # a report must never hide the run's own outcome
         log.warning("could not write report.html: %s", _one_line(e))
     run.save()
 
 
-def summary_table(record: dict) -> str:
-    rows = [("component", "status", "time", "result")]
-    for name in COMPONENTS:
-        c = record["components"].get(name)
-        if not c:
-            rows.append((name, "not run", "", ""))
-            continue
-        took = f"{c.get('duration_s', 0):.1f}s" if c.get("status") != "skipped" else ""
-        rows.append((name, c["status"], took, _result_text(name, c)))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
-    lines.insert(1, "-" * min(100, max(len(line) for line in lines)))
-    head = f"run {record['run_id']}: {record['status'].upper()}"
-    if record.get("error"):
-        head += f" — {record['error']}"
-    return "\n".join([head, *lines])
-
-
-def _result_text(name: str, c: dict) -> str:
-    r = c.get("result") or {}
-    if c.get("status") == "failed":
-        return c.get("error", "")
-    if c.get("status") == "skipped":
-        return c.get("reason", "")
-    if name == "ExampleGen":
-        splits = " ".join(f"{s}={n}" for s, n in r.get("splits", {}).items())
-        return f"{splits} classes={len(r.get('labels', []))} skipped={r.get('skipped', 0)}"
-    if name == "Trainer":
-        return _trainer_text(r)
-    if name == "Evaluator":
-        verdict = "BLESSED" if r.get("blessed") else "not blessed"
-        base = r.get("baseline_accuracy")
-        extra = f", baseline {base:.4f}" if base is not None else ""
-        return f"accuracy {r.get('accuracy', 0):.4f} (min {r.get('threshold')}{extra}) {verdict}"
-    if name == "InfraValidator":
-        return ("blessed: " if r.get("blessed") else "NOT blessed: ") + "; ".join(
-            r.get("reasons", [])
-        )
-    if name == "Pusher":
-        if r.get("pushed"):
-            return f"pushed version {r['version']} -> {r['path']}"
-        return f"not pushed: {r.get('reason', '')}"
-    return ""
-
-
-def _trainer_text(r: dict) -> str:
-    """The exported (best) epoch's validation accuracy, not the last epoch's."""
-    parts = []
-    best = r.get("best") or {}
-    if "val_accuracy" in best:
-        parts.append(f"val_accuracy {best['val_accuracy']:.4f} (best epoch {r.get('best_epoch')})")
-    if "epochs_run" in r:
-        parts.append(f"{r['epochs_run']} epochs")
-    if r.get("cached_features"):
-        parts.append("cached features")
-    return ", ".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="transfer-pipeline run",
-        description="Run ExampleGen -> Trainer -> Evaluator -> InfraValidator -> Pusher.",
+        description="Run every pipeline component in order (cached): "
+        + " -> ".join(c.name for c in registry.pipeline_order()),
     )
     p.add_argument("--config", required=True, help="pipeline.yaml")
     p.add_argument("--force", action="store_true", help="ignore the cache, run every component")
@@ -459,9 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         record = run_pipeline(cfg, args.force, args.resume, args.config)
     except RunFailed as e:
         print(summary_table(e.record))
-        print(
-            f"run record: {fsutil.join(cfg.pipeline_root, 'runs', e.record['run_id'], 'run.json')}"
-        )
+        run_dir = artifacts.run_dir(cfg.pipeline_root, e.record["run_id"])
+        print(f"run record: {fsutil.join(run_dir, artifacts.RUN_RECORD)}")
         raise
     print(summary_table(record))
     if record.get("report"):

@@ -1,7 +1,5 @@
-"""Pusher: copy a blessed SavedModel to `<serving_dir>/<model_name>/<version>/` for TF Serving.
-
-    transfer-pipeline push --model T/saved_model --blessing E/blessing.json \
-        --serving-dir S --model-name M [--keep-versions 3] [--output P]
+"""The Pusher's executor: copy a blessed SavedModel to `<serving_dir>/<model_name>/<version>/`
+for TF Serving (the spec and CLI are in component.py).
 
 TF Serving polls the model directory and loads any new numeric subdirectory, so a version
 must appear complete or not at all: locally the copy goes to a hidden temporary sibling that
@@ -11,27 +9,20 @@ is renamed into place; on object stores (no atomic rename) it is copied in place
 
 from __future__ import annotations
 
-import argparse
-import errno
 import logging
 import os
 import re
 import uuid
 
-from pipeline_components.core import fsutil
+from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core.errors import PipelineError
+from pipeline_components.pusher.component import PusherConfig
 
 log = logging.getLogger(__name__)
 
-PUSH_FILE = "push.json"
+PUSH_FILE = artifacts.PUSH_FILE
 CLAIM_PREFIX = ".claim-"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def numeric_versions(model_path: str) -> list[int]:
-    if not fsutil.isdir(model_path):
-        return []
-    return sorted(int(n) for n in fsutil.listdir(model_path) if re.fullmatch(r"\d+", n))
 
 
 def _claimed_versions(model_path: str) -> list[int]:
@@ -65,7 +56,8 @@ def _try_claim(model_path: str, version: int) -> bool:
 
 def claim_next_version(model_path: str) -> int:
     fsutil.makedirs(model_path)
-    version = max(numeric_versions(model_path) + _claimed_versions(model_path), default=0) + 1
+    taken = artifacts.version_numbers(model_path) + _claimed_versions(model_path)
+    version = max(taken, default=0) + 1
     while not _try_claim(model_path, version):
         version += 1
     return version
@@ -82,7 +74,7 @@ def copy_version(model_dir: str, model_path: str, version: int) -> str:
     final = fsutil.join(model_path, str(version))
     if fsutil.is_remote(model_path):
         try:
-            fsutil.copy_tree(model_dir, final, last=("saved_model.pb",))
+            fsutil.copy_tree(model_dir, final, last=artifacts.SAVED_MODEL_FILES)
         except BaseException:
             fsutil.rmtree(final)
             raise
@@ -98,8 +90,9 @@ def copy_version(model_dir: str, model_path: str, version: int) -> str:
 
 
 def apply_retention(model_path: str, keep_versions: int, protect: int) -> list[int]:
-    """Delete the oldest numeric versions beyond `keep_versions`, never `protect`."""
-    versions = numeric_versions(model_path)
+    """Delete the oldest version directories beyond `keep_versions`, never `protect` (an
+    incomplete one left behind counts too, so it is cleaned up in turn)."""
+    versions = artifacts.version_numbers(model_path)
     doomed = [v for v in versions[: max(0, len(versions) - keep_versions)] if v != protect]
     for v in doomed:
         fsutil.rmtree(fsutil.join(model_path, str(v)))
@@ -109,12 +102,12 @@ def apply_retention(model_path: str, keep_versions: int, protect: int) -> list[i
 
 def _serving_identical(model_path: str, model_dir: str) -> int | None:
     """The newest version if it holds exactly this model (re-runs must not push duplicates)."""
-    versions = numeric_versions(model_path)
+    versions = artifacts.served_versions(model_path)
     if not versions:
         return None
-    newest = fsutil.join(model_path, str(versions[-1]))
-    if fsutil.tree_fingerprint(newest) == fsutil.tree_fingerprint(model_dir):
-        return versions[-1]
+    newest = max(versions)
+    if fsutil.tree_fingerprint(versions[newest]) == fsutil.tree_fingerprint(model_dir):
+        return newest
     return None
 
 
@@ -128,23 +121,26 @@ def read_blessing(path: str) -> dict:
 def run_pusher(
     model_dir: str,
     blessing_path: str,
+    output_dir: str | None,
+    config: PusherConfig | None = None,
+    *,
     serving_dir: str,
     model_name: str,
-    keep_versions: int = 3,
-    output_dir: str | None = None,
     infra_blessing_path: str | None = None,
 ) -> dict:
     """Push when blessed (and, given an InfraValidator verdict, infra-blessed); returns and
     (with output_dir) writes push.json."""
+    config = config or PusherConfig()
+    keep_versions = config.keep_versions
     if not _MODEL_NAME.fullmatch(model_name):
         raise PipelineError(f"model name {model_name!r} must be letters, digits, '_', '.', '-'")
     if keep_versions < 1:
         raise PipelineError(f"keep_versions must be >= 1, got {keep_versions}")
     blessing = read_blessing(blessing_path)
     infra = read_blessing(infra_blessing_path) if infra_blessing_path else {"blessed": True}
-    if not fsutil.exists(fsutil.join(model_dir, "saved_model.pb")):
+    if not artifacts.is_saved_model(model_dir):
         raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
-    model_path = fsutil.join(serving_dir, model_name)
+    model_path = artifacts.model_base_path(serving_dir, model_name)
     result = {"pushed": False, "version": None, "path": None, "model": model_dir}
     if not blessing["blessed"]:
         result["reason"] = "model not blessed: " + "; ".join(blessing.get("reasons", []))
@@ -173,36 +169,3 @@ def run_pusher(
         fsutil.makedirs(output_dir)
         fsutil.write_json(fsutil.join(output_dir, PUSH_FILE), result)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline push", description="Copy a blessed model to the serving directory."
-    )
-    p.add_argument("--model", required=True, help="the exported saved_model/ directory")
-    p.add_argument("--blessing", required=True, help="the Evaluator's blessing.json")
-    p.add_argument("--serving-dir", required=True, help="TF Serving's model root (local or gs://)")
-    p.add_argument("--model-name", required=True)
-    p.add_argument("--infra-blessing", help="the InfraValidator's infra_blessing.json (optional)")
-    p.add_argument("--keep-versions", type=int, default=3)
-    p.add_argument("--output", default=".", help="where push.json is written (default: .)")
-    args = p.parse_args(argv)
-    try:
-        result = run_pusher(
-            args.model,
-            args.blessing,
-            args.serving_dir,
-            args.model_name,
-            args.keep_versions,
-            args.output,
-            args.infra_blessing,
-        )
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):
-            raise PipelineError(f"cannot write to {args.serving_dir}: {e.strerror}") from None
-        raise
-    if result["pushed"]:
-        print(f"pushed version {result['version']} to {result['path']}")
-    else:
-        print(f"not pushed: {result['reason']}")
-    return 0

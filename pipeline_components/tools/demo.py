@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline_components import cli
     from pipeline_components.core import config
     from pipeline_components.orchestration import runner
+    from pipeline_components.orchestration.summary import summary_table
     from pipeline_components.tools import sample_data
 
     p = argparse.ArgumentParser(prog="python -m pipeline_components.tools.demo")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated sample dataset in {cfg.data_root}: {counts}")
     record = runner.run_pipeline(cfg, config_path=args.config)
     print()
-    print(runner.summary_table(record))
+    print(summary_table(record))
     test_dir = os.path.join(cfg.data_root, "test")
     images = [
         os.path.join(test_dir, cls, sorted(os.listdir(os.path.join(test_dir, cls)))[0])

@@ -1,4 +1,5 @@
-"""Export a trained classifier as the SavedModel TF Serving loads (DESIGN.md "Trainer output").
+"""Export a trained classifier as the SavedModel TF Serving loads
+(docs/ARCHITECTURE.md "Signatures").
 
 The Keras `model` given here maps float32 RGB pixels [N, H, W, 3] in 0..255 (the backbone's
 `preprocess_input` lives inside the model) to probabilities: [N, 1] from a sigmoid head or
@@ -18,7 +19,7 @@ import logging
 
 import tensorflow as tf
 
-from pipeline_components.core import fsutil
+from pipeline_components.core import artifacts, fsutil
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ PIXELS_SIGNATURE = "predict_pixels"
 IMAGES_INPUT = "images"
 PIXELS_INPUT = "pixels"
 OUTPUT_KEYS = ("probabilities", "scores", "class_ids", "classes")
-LABELS_ASSET = "labels.txt"
-WARMUP_FILE = "tf_serving_warmup_requests"
 
 # Magic numbers of the formats tf.io.decode_image reads: JPEG, PNG, GIF, BMP.
 _MAGIC = ((b"\xff\xd8\xff", 3), (b"\x89PNG", 4), (b"GIF8", 4), (b"BM", 2))
@@ -50,7 +49,7 @@ def decode_and_resize(encoded: tf.Tensor, image_size) -> tf.Tensor:
 
 
 def outputs_from_probabilities(probs: tf.Tensor, labels: list[str]) -> dict:
-    """[N, 1] sigmoid or [N, C] softmax probabilities -> the four DESIGN outputs."""
+    """[N, 1] sigmoid or [N, C] softmax probabilities -> the four outputs of both signatures."""
     probs = tf.cast(probs, tf.float32)
     if probs.shape[-1] == 1:
         probs = tf.concat([1.0 - probs, probs], axis=-1)
@@ -116,12 +115,11 @@ def export_saved_model(
         archive = _archive(model, serving_default, predict_pixels, height, width)
         archive.write_out(tmp, verbose=False)
         # Class names are constants in the graph; the file is for people and tools.
-        fsutil.makedirs(fsutil.join(tmp, "assets"))
-        fsutil.write_atomic(fsutil.join(tmp, "assets", LABELS_ASSET), "\n".join(labels) + "\n")
+        fsutil.makedirs(fsutil.join(tmp, artifacts.ASSETS_DIR))
+        fsutil.write_atomic(artifacts.labels_asset(tmp), "\n".join(labels) + "\n")
         if warmup_images:
-            extra = fsutil.join(tmp, "assets.extra")
-            fsutil.makedirs(extra)
-            with tf.io.TFRecordWriter(fsutil.join(extra, WARMUP_FILE)) as writer:
+            fsutil.makedirs(fsutil.join(tmp, artifacts.ASSETS_EXTRA_DIR))
+            with tf.io.TFRecordWriter(artifacts.warmup_file(tmp)) as writer:
                 for record in warmup_records(warmup_images):
                     writer.write(record)
     log.info("exported SavedModel to %s (classes: %s)", export_dir, ", ".join(labels))
@@ -147,5 +145,5 @@ def _archive(model, serving_default, predict_pixels, height, width):
 
 
 def load_labels(saved_model_dir: str) -> list[str]:
-    path = fsutil.join(saved_model_dir, "assets", LABELS_ASSET)
+    path = artifacts.labels_asset(saved_model_dir)
     return [line for line in fsutil.read_text(path).splitlines() if line]

@@ -14,29 +14,18 @@ import keras
 import tensorflow as tf
 
 from pipeline_components.core import examples
-from pipeline_components.core.errors import PipelineError
+from pipeline_components.core.config import check_section
 from pipeline_components.trainer.augment import RandomAffine
 from pipeline_components.trainer.export import decode_and_resize
 
 AUTOTUNE = tf.data.AUTOTUNE
 
-# ImageDataGenerator parameter -> the largest value that keeps its meaning
-_AUG_LIMITS = {
-    "rotation_range": (180.0, "degrees in [0, 180]"),
-    "width_shift_range": (1.0, "a fraction of the width in [0, 1]"),
-    "height_shift_range": (1.0, "a fraction of the height in [0, 1]"),
-    "shear_range": (89.0, "degrees in [0, 89]"),
-    "zoom_range": (0.99, "a fraction in [0, 0.99]"),
-}
-
 
 def validate_augmentation(aug) -> None:
-    if aug is None:
-        return
-    for key, (limit, what) in _AUG_LIMITS.items():
-        value = getattr(aug, key)
-        if not 0 <= value <= limit:
-            raise PipelineError(f"trainer.augmentation.{key}: must be {what}, got {value!r}")
+    """The augmentation section's ranges (AugmentationConfig's options), for callers that build
+    it in code rather than from pipeline.yaml."""
+    if aug is not None:
+        check_section(aug, "trainer.augmentation", "config")
 
 
 def augmentation_layers(aug, seed: int | None = None) -> list[keras.layers.Layer]:

@@ -1,27 +1,9 @@
-"""Small plotting functions (matplotlib, Agg backend: no display needed) that write PNGs.
-
-Each function returns the path it wrote; files are written atomically through fsutil, so the
-path may be local, gs:// or s3://.
-"""
+"""Training curves (training vs validation per epoch, like the notebook's graphs) as PNG files."""
 
 from __future__ import annotations
 
-import io
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from pipeline_components.core import fsutil  # noqa: E402
-
-
-def save_figure(fig, path: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    fsutil.write_atomic(path, buf.getvalue())
-    return path
+from pipeline_components.core import fsutil
+from pipeline_components.core.plotting import pyplot, save_figure
 
 
 def plot_curve(history: dict, metric: str, path: str, title: str | None = None) -> str:
@@ -29,7 +11,7 @@ def plot_curve(history: dict, metric: str, path: str, title: str | None = None) 
     train = history.get(metric) or []
     val = history.get(f"val_{metric}") or []
     epochs = history.get("epoch") or list(range(1, len(train) + 1))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     if train:
         ax.plot(epochs[: len(train)], train, "bo", markersize=3, label=f"Training {metric}")
     if val:

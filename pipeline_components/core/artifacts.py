@@ -1,0 +1,216 @@
+"""Every artifact's file names and directory layout, in one place (docs/ARCHITECTURE.md).
+
+Components, the runner, the report and the model server read and write artifacts only through
+the names and functions here, so a layout changes in one file. The layouts:
+
+    <examples>/                     Examples (ExampleGen)
+        <split>/examples-SSSSS-of-NNNNN.tfrecord.gz
+        labels.txt   stats.json
+    <trainer>/                      Model (Trainer)
+        saved_model/                the SavedModel TF Serving loads (see below)
+        history.json  history.csv  plots/  logs/  checkpoints/  training_config.json
+    <evaluator>/                    ModelBlessing (Evaluator)
+        blessing.json  metrics.json  predictions.csv  confusion_matrix.png  errors.png
+        baseline_metrics.json (when a baseline was scored)
+    <infra_validator>/infra_blessing.json   InfraBlessing (InfraValidator)
+    <pusher>/push.json                      PushedModel (Pusher)
+
+    <saved_model>/saved_model.pb  variables/  assets/labels.txt
+                  assets.extra/tf_serving_warmup_requests
+
+    <serving_dir>/<model_name>/<version>/   a served version: digits only, complete once
+                                            saved_model.pb (or .pbtxt) exists in it
+
+    <pipeline_root>/<Component>/<n>/        execution n's output directory
+    <pipeline_root>/<Component>/<n>.json    execution n's record
+    <pipeline_root>/runs/<run_id>/run.json  report.html  error.log
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Callable
+
+from pipeline_components.core import fsutil
+
+# -------------------------------------------------------------------------------- Examples
+SPLITS = ("train", "validation", "test")
+SHARD_PREFIX = "examples"
+SHARD_SUFFIX = ".tfrecord.gz"
+LABELS_FILE = "labels.txt"
+STATS_FILE = "stats.json"
+
+# ----------------------------------------------------------------------------------- Model
+SAVED_MODEL_DIR = "saved_model"
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+PLOTS_DIR = "plots"
+LOGS_DIR = "logs"
+CHECKPOINTS_DIR = "checkpoints"
+TRAINING_CONFIG = "training_config.json"
+
+# ------------------------------------------------------------------- inside a SavedModel
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+SAVED_MODEL_PB = SAVED_MODEL_FILES[0]
+ASSETS_DIR = "assets"
+ASSETS_EXTRA_DIR = "assets.extra"
+LABELS_ASSET = LABELS_FILE  # assets/labels.txt
+WARMUP_FILE = "tf_serving_warmup_requests"  # assets.extra/tf_serving_warmup_requests
+
+# --------------------------------------------------------------------------- Evaluation
+BLESSING_FILE = "blessing.json"
+METRICS_FILE = "metrics.json"
+BASELINE_METRICS_FILE = "baseline_metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+ERRORS_PNG = "errors.png"
+
+# --------------------------------------------------------------------- InfraValidator, Pusher
+INFRA_BLESSING_FILE = "infra_blessing.json"
+PUSH_FILE = "push.json"
+
+# ----------------------------------------------------------------------------------- runs
+RUNS_DIR = "runs"
+RUN_RECORD = "run.json"
+REPORT_FILE = "report.html"
+ERROR_LOG = "error.log"
+
+VERSION_DIR = re.compile(r"[0-9]{1,18}")
+
+
+def shard_pattern(examples_dir: str, split: str) -> str:
+    """Glob of one split's TFRecord shards."""
+    return fsutil.join(examples_dir, split, f"{SHARD_PREFIX}-*-of-*{SHARD_SUFFIX}")
+
+
+def shard_path(split: str, index: int, num_shards: int) -> str:
+    """`<split>/examples-SSSSS-of-NNNNN.tfrecord.gz`, relative to the examples directory."""
+    return f"{split}/{SHARD_PREFIX}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def saved_model_dir(trainer_dir: str) -> str:
+    return fsutil.join(trainer_dir, SAVED_MODEL_DIR)
+
+
+def labels_asset(saved_model: str) -> str:
+    return fsutil.join(saved_model, ASSETS_DIR, LABELS_ASSET)
+
+
+def warmup_file(saved_model: str) -> str:
+    return fsutil.join(saved_model, ASSETS_EXTRA_DIR, WARMUP_FILE)
+
+
+def is_saved_model(path: str) -> bool:
+    """True when `path` holds a SavedModel's graph file (the last file a push writes)."""
+    return any(fsutil.exists(fsutil.join(path, name)) for name in SAVED_MODEL_FILES)
+
+
+def model_base_path(serving_dir: str, model_name: str) -> str:
+    return fsutil.join(serving_dir, model_name)
+
+
+def version_path(base_path: str, version: int) -> str:
+    return fsutil.join(base_path, str(version))
+
+
+def version_numbers(base_path: str) -> list[int]:
+    """Every version-named directory under a model base path, complete or not, ascending."""
+    if not fsutil.isdir(base_path):
+        return []
+    return sorted({int(n) for n in fsutil.listdir(base_path) if VERSION_DIR.fullmatch(n)})
+
+
+def served_versions(base_path: str) -> dict[int, str]:
+    """{version: path} of the *complete* versions under a model base path, ascending.
+
+    The one definition of a servable version, shared by the Pusher, the Evaluator (its baseline)
+    and the model server: a directory named by digits only that holds `saved_model.pb` (or
+    `.pbtxt`). The Pusher writes that file last, so a version being copied is not complete;
+    `.5.tmp-x` and other names are never versions.
+    """
+    return {
+        v: path
+        for v in version_numbers(base_path)
+        if is_saved_model(path := version_path(base_path, v))
+    }
+
+
+def run_dir(pipeline_root: str, run_id: str) -> str:
+    return fsutil.join(pipeline_root, RUNS_DIR, run_id)
+
+
+def component_dir(pipeline_root: str, component: str) -> str:
+    return fsutil.join(pipeline_root, component)
+
+
+def execution_dir(pipeline_root: str, component: str, execution_id: int) -> str:
+    return fsutil.join(pipeline_root, component, str(execution_id))
+
+
+def execution_record(pipeline_root: str, component: str, execution_id: int) -> str:
+    return fsutil.join(pipeline_root, component, f"{execution_id}.json")
+
+
+# ------------------------------------------------------------------------ artifact kinds
+
+
+def content_fingerprint(uri: str) -> str:
+    """sha256 of a file's bytes, or of every file under a directory (tree_fingerprint)."""
+    if fsutil.isdir(uri):
+        return fsutil.tree_fingerprint(uri)
+    return hashlib.sha256(fsutil.read_bytes(uri)).hexdigest()
+
+
+def examples_fingerprint(uri: str) -> str:
+    """ExampleGen's own fingerprint of what the examples hold (stats.json), cheap to read."""
+    stats = fsutil.read_json(fsutil.join(uri, STATS_FILE), "ExampleGen statistics")
+    return str(stats["fingerprint"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactType:
+    """A kind of artifact a component produces or consumes.
+
+    `path` is where the artifact lives inside its producer's execution directory ("" for the
+    directory itself); `fingerprint` identifies its content for cache keys.
+    """
+
+    name: str
+    path: str = ""
+    fingerprint: Callable[[str], str] = content_fingerprint
+    description: str = ""
+
+
+EXAMPLES = ArtifactType(
+    "Examples", "", examples_fingerprint, "TFRecord shards per split, labels.txt, stats.json"
+)
+MODEL = ArtifactType("Model", SAVED_MODEL_DIR, fsutil.tree_fingerprint, "the exported SavedModel")
+MODEL_EVALUATION = ArtifactType(
+    "ModelEvaluation", "", description="metrics.json, predictions.csv, confusion matrix, errors"
+)
+MODEL_BLESSING = ArtifactType(
+    "ModelBlessing", BLESSING_FILE, description="the Evaluator's verdict (blessing.json)"
+)
+INFRA_BLESSING = ArtifactType(
+    "InfraBlessing", INFRA_BLESSING_FILE, description="the InfraValidator's verdict"
+)
+PUSHED_MODEL = ArtifactType("PushedModel", PUSH_FILE, description="what the Pusher did (push.json)")
+
+
+@dataclasses.dataclass
+class Artifact:
+    """One artifact of one execution: its kind, where it is, and who produced it."""
+
+    type: ArtifactType
+    uri: str
+    producer: str = ""
+    execution_id: int | None = None
+    _fingerprint: str | None = dataclasses.field(default=None, repr=False)
+
+    def fingerprint(self) -> str:
+        """Content fingerprint (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.type.fingerprint(self.uri)
+        return self._fingerprint

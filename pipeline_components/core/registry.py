@@ -1,0 +1,133 @@
+"""Which components exist, and in which order the pipeline runs them.
+
+Built-in components are listed here by the module that defines their spec (`COMPONENT`);
+adding one is a new sub-package plus one line in BUILTIN. Components from other installed
+packages register through the `transfer_pipeline.components` entry-point group (each entry
+point names a Component instance), and tests register toy components with `registered(...)`.
+
+The pipeline order is derived, not written down: a component runs after the producers of every
+artifact type it consumes (a stable topological sort; ties keep registration order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import logging
+from collections.abc import Iterator
+
+from pipeline_components.core.component import Component
+from pipeline_components.core.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+BUILTIN = (
+    "pipeline_components.example_gen.component",
+    "pipeline_components.trainer.component",
+    "pipeline_components.evaluator.component",
+    "pipeline_components.infra_validator.component",
+    "pipeline_components.pusher.component",
+)
+ENTRY_POINT_GROUP = "transfer_pipeline.components"
+
+_components: list[Component] | None = None
+
+
+def _load() -> list[Component]:
+    global _components
+    if _components is None:
+        loaded = [importlib.import_module(name).COMPONENT for name in BUILTIN]
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                loaded.append(entry.load())
+            except Exception as e:  # a broken plugin must not take the CLI down
+                log.warning("component plugin %s could not be loaded: %s", entry.name, e)
+        _components = []
+        for component in loaded:
+            _add(_components, component)
+    return _components
+
+
+def _add(into: list[Component], component: Component) -> None:
+    for other in into:
+        if other.name == component.name:
+            raise PipelineError(f"two components are named {component.name}")
+        if component.command and other.command == component.command:
+            raise PipelineError(f"components {other.name} and {component.name} share a command")
+        if component.config_section and other.config_section == component.config_section:
+            raise PipelineError(
+                f"components {other.name} and {component.name} share config section "
+                f"{component.config_section}"
+            )
+    into.append(component)
+
+
+def components() -> list[Component]:
+    """Every registered component, in registration order."""
+    return list(_load())
+
+
+def register(component: Component) -> None:
+    _add(_load(), component)
+
+
+def unregister(name: str) -> None:
+    _load()[:] = [c for c in _load() if c.name != name]
+
+
+@contextlib.contextmanager
+def registered(component: Component) -> Iterator[Component]:
+    """Register a component for the duration of a `with` block (tests, notebooks)."""
+    register(component)
+    try:
+        yield component
+    finally:
+        unregister(component.name)
+
+
+def get(name: str) -> Component:
+    for component in _load():
+        if component.name == name:
+            return component
+    raise KeyError(name)
+
+
+def by_command(command: str) -> Component | None:
+    return next((c for c in _load() if c.command == command), None)
+
+
+def by_section(section: str) -> Component | None:
+    return next((c for c in _load() if c.config_section == section), None)
+
+
+def pipeline_order() -> list[Component]:
+    """Components in run order: producers before consumers, otherwise registration order."""
+    pending = components()
+    producers: dict[str, str] = {}
+    for component in pending:
+        for artifact_type in component.outputs.values():
+            if artifact_type.name in producers:
+                raise PipelineError(
+                    f"artifact type {artifact_type.name} is produced by both "
+                    f"{producers[artifact_type.name]} and {component.name}"
+                )
+            producers[artifact_type.name] = component.name
+    order: list[Component] = []
+    done: set[str] = set()
+    while pending:
+        for component in pending:
+            needs = {
+                producers[spec.type.name]
+                for spec in component.inputs.values()
+                if spec.type.name in producers
+            }
+            if needs <= done:
+                break
+        else:
+            names = ", ".join(c.name for c in pending)
+            raise PipelineError(f"components depend on each other in a cycle: {names}")
+        order.append(component)
+        done.add(component.name)
+        pending.remove(component)
+    return order

@@ -1,0 +1,143 @@
+"""Keras callbacks of the Trainer: per-epoch log and images/s, TensorBoard scalars, and the best
+epoch's weights (the ones that are exported)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline_components.core import fsutil
+
+log = logging.getLogger(__name__)
+
+
+def weights_to_bytes(weights: list[np.ndarray]) -> bytes:
+    """A model's get_weights() as .npz bytes (checkpoints/*.weights.npz)."""
+    buf = io.BytesIO()
+    np.savez(buf, *weights)
+    return buf.getvalue()
+
+
+def weights_from_bytes(data: bytes) -> list[np.ndarray]:
+    with np.load(io.BytesIO(data)) as npz:
+        return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Adds `images_per_sec` (training part of the epoch) to the logs, logs one line per epoch and
+    persists every finished epoch to a JSON file, so a resumed run's history has all epochs.
+    Must come before the callbacks that record logs (CSVLogger, TensorBoard)."""
+
+    def __init__(self, path: str, images_per_epoch: int, phase: str, total_epochs: int):
+        super().__init__()
+        self.path, self.images, self.phase, self.total = path, images_per_epoch, phase, total_epochs
+        self.records = read_epoch_records(path)
+        self._t0 = self._train_seconds = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0, self._train_seconds = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):  # validation starts: the training part is over
+        if self._t0 is not None and self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._t0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        seconds = time.perf_counter() - self._t0
+        logs["images_per_sec"] = self.images / max(self._train_seconds or seconds, 1e-9)
+        record = {"epoch": epoch + 1, "phase": self.phase, "seconds": round(seconds, 3)}
+        record.update({k: float(v) for k, v in logs.items() if np.ndim(v) == 0})
+        self.records[epoch + 1] = record
+        fsutil.write_json(self.path, [self.records[k] for k in sorted(self.records)])
+        log.info(
+            "epoch %d/%d (%s): %s, %.0f images/s",
+            epoch + 1,
+            self.total,
+            self.phase,
+            ", ".join(f"{k}={logs[k]:.4f}" for k in METRICS if k in logs),
+            logs["images_per_sec"],
+        )
+
+
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class ScalarLogger(keras.callbacks.Callback):
+    """Per-epoch scalars as TensorBoard event files, in keras.callbacks.TensorBoard's layout
+    (`logs/train`, `logs/validation`, tags `epoch_<metric>`). Written with TensorFlow's own
+    summary ops, because TensorFlow 2.21 no longer installs the `tensorboard` package that
+    keras.callbacks.TensorBoard needs; viewing still needs `tensorboard --logdir logs`."""
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers = {}
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            path = fsutil.join(self.log_dir, name)
+            self._writers[name] = tf.summary.create_file_writer(path)
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tensorflow.core.framework import summary_pb2
+
+        meta = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+        for key, value in (logs or {}).items():
+            if np.ndim(value) != 0:
+                continue
+            split, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writer(split).as_default():
+                tf.summary.write(
+                    f"epoch_{tag}", tf.constant(float(value)), step=epoch, metadata=meta
+                )
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+def read_epoch_records(path: str) -> dict[int, dict]:
+    if not fsutil.exists(path):
+        return {}
+    return {int(r["epoch"]): r for r in fsutil.read_json(path, "epoch log")}
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of `target` from the epoch with the best val_accuracy (ties: lower
+    val_loss; tiny validation sets tie often). Unlike ModelCheckpoint it remembers the best value
+    across a resume, and it saves only `target` (the head, when the backbone stays frozen)."""
+
+    def __init__(self, weights_path: str, state_path: str, target: keras.Model):
+        super().__init__()
+        self.weights_path, self.state_path, self.target = weights_path, state_path, target
+        self.best = fsutil.read_json(state_path) if fsutil.exists(state_path) else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "val_accuracy" not in logs:
+            return
+        acc, loss = float(logs["val_accuracy"]), float(logs.get("val_loss", np.inf))
+        if self.best is not None and (acc, -loss) <= (
+            self.best["val_accuracy"],
+            -self.best["val_loss"],
+        ):
+            return
+        fsutil.write_atomic(self.weights_path, weights_to_bytes(self.target.get_weights()))
+        self.best = {"epoch": epoch + 1, "val_accuracy": acc, "val_loss": loss}
+        fsutil.write_json(self.state_path, self.best)
+
+    def restore(self) -> dict | None:
+        """Load the best weights into `target`; returns {epoch, val_accuracy, val_loss}."""
+        if self.best is None or not fsutil.exists(self.weights_path):
+            return None
+        self.target.set_weights(weights_from_bytes(fsutil.read_bytes(self.weights_path)))
+        return self.best

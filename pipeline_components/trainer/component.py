@@ -1,0 +1,164 @@
+"""The Trainer's spec: Examples -> Model (a SavedModel that carries its own preprocessing).
+
+    transfer-pipeline train --examples O --output T [--config pipeline.yaml] [key=value ...]
+
+The package: executor.py (the training run, step by step), model.py (backbone + head), inputs.py
+and augment.py (tf.data input pipeline), export.py (the serving signatures), callbacks.py,
+checkpoints.py (resume), plots.py (training curves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline_components.core import artifacts, fsutil
+from pipeline_components.core.component import Component, ExecutionContext, Input, load_for_cli
+from pipeline_components.core.config import option
+from pipeline_components.core.reporting import e, fmt, img
+
+
+@dataclasses.dataclass
+class AugmentationConfig:
+    """ImageDataGenerator semantics: rotation and shear in degrees, shifts and zoom as fractions.
+    The upper bounds are the largest values that keep each parameter's meaning."""
+
+    rotation_range: float = option(40.0, ge=0, le=180)
+    width_shift_range: float = option(0.2, ge=0, le=1)
+    height_shift_range: float = option(0.2, ge=0, le=1)
+    shear_range: float = option(0.2, ge=0, le=89)
+    zoom_range: float = option(0.2, ge=0, le=0.99)
+    horizontal_flip: bool = True
+
+    def enabled(self) -> bool:
+        return any(
+            [
+                self.rotation_range,
+                self.width_shift_range,
+                self.height_shift_range,
+                self.shear_range,
+                self.zoom_range,
+                self.horizontal_flip,
+            ]
+        )
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    backbone: str = "vgg19"  # keras.applications name: vgg19, vgg16, resnet50, ...
+    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    image_size: list[int] | None = option(factory=lambda: [224, 224])  # None: the backbone's
+    head: str = option("flatten", choices=("flatten", "global_average"))
+    dropout: float = option(0.0, ge=0, lt=1)
+    fine_tune_from: str | None = None  # layer name to unfreeze from, e.g. block5_conv1
+    fine_tune_epochs: int = option(10, ge=0)
+    fine_tune_learning_rate: float = 1e-5
+    batch_size: int = option(100, ge=1)
+    epochs: int = option(100, ge=1)
+    steps_per_epoch: int | None = option(20, ge=1)  # None = whole split
+    validation_steps: int | None = None  # None = whole split
+    optimizer: str = option("rmsprop", choices=("rmsprop", "adam", "sgd"))
+    learning_rate: float = option(0.001, gt=0)
+    augmentation: AugmentationConfig | None = option(factory=AugmentationConfig)
+    cache_features: str = option("auto", choices=("auto", "true", "false"))
+    early_stopping_patience: int | None = None
+    shuffle_buffer: int = 1000
+    mixed_precision: str = option("auto", choices=("auto", "true", "false"))  # auto: on GPU
+    seed: int | None = 42
+
+    def validate(self, fail: Any) -> None:
+        if self.image_size is not None and not (
+            len(self.image_size) == 2 and all(s >= 8 for s in self.image_size)
+        ):
+            fail("image_size", "[height, width] of at least 8", self.image_size)
+
+
+class Trainer(Component):
+    name = "Trainer"
+    description = "train the transfer-learning model, export a SavedModel"
+    command = "train"
+    config_section = "trainer"
+    config_class = TrainerConfig
+    inputs = {"examples": Input(artifacts.EXAMPLES)}
+    outputs = {"model": artifacts.MODEL}
+    resumable = True  # a killed execution continues from checkpoints/
+
+    def run(self, ctx: ExecutionContext) -> dict:
+        from pipeline_components.trainer import executor
+
+        return executor.run_trainer(ctx.input_uri("examples"), ctx.output_dir, ctx.config)
+
+    def summary(self, entry: dict) -> str:
+        """The exported (best) epoch's validation accuracy, not the last epoch's."""
+        r = entry.get("result") or {}
+        parts = []
+        best = r.get("best") or {}
+        if "val_accuracy" in best:
+            parts.append(
+                f"val_accuracy {best['val_accuracy']:.4f} (best epoch {r.get('best_epoch')})"
+            )
+        if "epochs_run" in r:
+            parts.append(f"{r['epochs_run']} epochs")
+        if r.get("cached_features"):
+            parts.append("cached features")
+        return ", ".join(parts)
+
+    def report_html(self, entry: dict, record: dict) -> str:
+        out_dir = entry.get("output_dir")
+        if not out_dir:
+            return ""
+        plots = fsutil.join(out_dir, artifacts.PLOTS_DIR)
+        figures = img(fsutil.join(plots, "accuracy.png"), "Training and validation accuracy")
+        figures += img(fsutil.join(plots, "loss.png"), "Training and validation loss")
+        t = record.get("config", {}).get(self.config_section, {})
+        keys = ("backbone", "weights", "image_size", "head", "fine_tune_from", "epochs")
+        cfg_rows = "".join(
+            f"<tr><th>{e(k)}</th><td>{e(t.get(k))}</td></tr>" for k in (*keys, "batch_size")
+        )
+        r = entry.get("result") or {}
+        facts = {
+            "epochs run": r.get("epochs_run"),
+            "best epoch": r.get("best_epoch"),
+            "cached features": r.get("cached_features"),
+            "training images/s": r.get("images_per_sec"),
+        }
+        fact_rows = "".join(
+            f"<tr><th>{e(k)}</th><td>{fmt(v, 1)}</td></tr>"
+            for k, v in facts.items()
+            if v is not None
+        )
+        return (
+            f"<h2>Training</h2><table>{cfg_rows}{fact_rows}</table><div class=imgs>{figures}</div>"
+        )
+
+    def main(self, argv: list[str]) -> int:
+        import argparse
+
+        from pipeline_components.trainer.executor import check_config
+
+        parser = argparse.ArgumentParser(
+            prog="transfer-pipeline train",
+            description="Train the transfer-learning model on ExampleGen output; export a "
+            "SavedModel.",
+            epilog="overrides: key=value, YAML values; bare keys mean trainer.*, e.g. "
+            "epochs=2 image_size=[32,32] weights=none augmentation=null",
+        )
+        parser.add_argument("--examples", required=True, help="ExampleGen output directory")
+        parser.add_argument("--output", required=True, help="Trainer output directory")
+        parser.add_argument("--config", help="pipeline.yaml (its trainer: section is used)")
+        parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        args = parser.parse_args(argv)
+        pipeline = load_for_cli(args.config, args.overrides, self.config_section)
+        config = pipeline.trainer
+        check_config(config)  # before anything is written
+        examples = artifacts.Artifact(artifacts.EXAMPLES, args.examples)
+        summary = self.run(ExecutionContext(pipeline, config, {"examples": examples}, args.output))
+        final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
+        print(
+            f"trained {summary['epochs_run']} epochs ({final}; best epoch "
+            f"{summary['best_epoch']}); SavedModel at {summary['paths']['saved_model']}"
+        )
+        return 0
+
+
+COMPONENT = Trainer()
