@@ -142,8 +142,7 @@ def test_failure_mid_copy_leaves_no_numeric_dir_and_previous_untouched(
 
 def _push_all(jobs):
     return [
-        (model, push(model, bless, serving, keep=100)["version"])
-        for model, bless, serving in jobs
+        (model, push(model, bless, serving, keep=100)["version"]) for model, bless, serving in jobs
     ]
 
 

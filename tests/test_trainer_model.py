@@ -181,7 +181,9 @@ def test_no_augmentation_and_bad_values():
     assert inputs.augmentation_layers(None) == [] and inputs.make_augmenter(None) is None
     off = AugmentationConfig(0, 0, 0, 0, 0, False)
     assert inputs.augmentation_layers(off) == [] and inputs.make_augmenter(off) is None
-    with pytest.raises(PipelineError, match=r"trainer.augmentation.width_shift_range: must be in \[0, 1\]"):
+    with pytest.raises(
+        PipelineError, match=r"trainer.augmentation.width_shift_range: must be in \[0, 1\]"
+    ):
         inputs.augmentation_layers(AugmentationConfig(width_shift_range=3))
 
 

@@ -142,7 +142,7 @@ class Component:
         parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
         args = parser.parse_args(argv)
         pipeline = load_for_cli(args.config, args.overrides, self.config_section)
-        inputs = {
+        inputs: dict[str, Artifact | None] = {
             name: Artifact(spec.type, value)
             for name, spec in self.inputs.items()
             if (value := getattr(args, name)) is not None

@@ -15,7 +15,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -118,7 +118,7 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     raise TypeError(f"unsupported config type {tp} at {where}")
 
 
-def _from_dict(cls: type, data: dict, prefix: str, source: str) -> Any:
+def _from_dict(cls: Any, data: dict, prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -135,7 +135,7 @@ def _from_dict(cls: type, data: dict, prefix: str, source: str) -> Any:
 # ------------------------------------------------------------------------------ checks
 
 
-def range_text(meta: dict) -> str:
+def range_text(meta: Mapping[str, Any]) -> str:
     """'>= 1', '> 0', 'in [0, 1]', 'in (0, 1)', 'in [0, 1)', ... from an option's bounds."""
     low = ("[", meta["ge"]) if meta.get("ge") is not None else ("(", meta.get("gt"))
     high = ("]", meta["le"]) if meta.get("le") is not None else (")", meta.get("lt"))
@@ -146,7 +146,7 @@ def range_text(meta: dict) -> str:
     return f"{'<=' if high[0] == ']' else '<'} {high[1]:g}"
 
 
-def _in_range(value: float, meta: dict) -> bool:
+def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
     return not (
         (meta.get("ge") is not None and value < meta["ge"])
         or (meta.get("gt") is not None and value <= meta["gt"])
@@ -195,7 +195,9 @@ def key_fields(section: Any) -> dict:
 
 
 def _plain(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 # ------------------------------------------------------------------------------- loading

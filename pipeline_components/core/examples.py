@@ -8,6 +8,8 @@ tf.data readers use `parse`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline_components.core import fsutil
 from pipeline_components.core.artifacts import LABELS_FILE, STATS_FILE, shard_pattern
 from pipeline_components.core.errors import PipelineError
@@ -37,14 +39,14 @@ def make_example(
     text: str,
     filename: str,
     sha256: str,
-):
+) -> Any:
     """A tf.train.Example with exactly the keys listed above."""
     import tensorflow as tf
 
-    def b(v):
+    def b(v: bytes) -> Any:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
-    def i(v):
+    def i(v: int) -> Any:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
 
     return tf.train.Example(
@@ -64,7 +66,7 @@ def make_example(
     )
 
 
-def feature_spec() -> dict:
+def feature_spec() -> dict[str, Any]:
     import tensorflow as tf
 
     spec = {k: tf.io.FixedLenFeature([], tf.string) for k in BYTES_KEYS}
@@ -72,7 +74,7 @@ def feature_spec() -> dict:
     return spec
 
 
-def parse(serialized):
+def parse(serialized: Any) -> dict[str, Any]:
     """Parse one serialized Example (or a batch of them) into a dict of tensors."""
     import tensorflow as tf
 

@@ -11,13 +11,15 @@ import json
 import logging
 import posixpath
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 
-def gfile():
+def gfile() -> Any:
     # Imported lazily: tensorflow takes seconds to import and the CLI's --help should not.
     import tensorflow as tf
 
@@ -29,12 +31,12 @@ def is_remote(path: str) -> bool:
 
 
 def join(*parts: str) -> str:
-    parts = [str(p) for p in parts]
-    if is_remote(parts[0]):
-        return posixpath.join(*parts)
+    strs = [str(p) for p in parts]
+    if is_remote(strs[0]):
+        return posixpath.join(*strs)
     import os
 
-    return os.path.join(*parts)
+    return os.path.join(*strs)
 
 
 def parent(path: str) -> str:
@@ -92,11 +94,11 @@ def write_atomic(path: str, data: bytes | str) -> None:
     gfile().rename(tmp, path, overwrite=True)
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json(path: str, what: str = "file"):
+def read_json(path: str, what: str = "file") -> Any:
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
@@ -107,7 +109,7 @@ def read_json(path: str, what: str = "file"):
         raise PipelineError(f"cannot read {what} {path}: {e}") from None
 
 
-def _json_default(o):
+def _json_default(o: Any) -> Any:
     import numpy as np
 
     if isinstance(o, np.integer):
@@ -140,7 +142,7 @@ def copy_tree(src: str, dst: str, last: tuple[str, ...] = ()) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str, replace: bool = True):
+def atomic_dir(final: str, replace: bool = True) -> Iterator[str]:
     """Yield a hidden temporary directory next to `final`; rename it to `final` on success.
 
     On any exception the temporary directory is removed and `final` is left as it was.

@@ -32,6 +32,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from pipeline_components import __version__
 from pipeline_components.core import artifacts, fsutil, registry
@@ -54,7 +55,7 @@ def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
 
-def digest(obj) -> str:
+def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 

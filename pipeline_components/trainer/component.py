@@ -52,19 +52,19 @@ class TrainerConfig:
     dropout: float = option(0.0, ge=0, lt=1)
     fine_tune_from: str | None = None  # layer name to unfreeze from, e.g. block5_conv1
     fine_tune_epochs: int = option(10, ge=0)
-    fine_tune_learning_rate: float = 1e-5
+    fine_tune_learning_rate: float = option(1e-5, gt=0)
     batch_size: int = option(100, ge=1)
     epochs: int = option(100, ge=1)
     steps_per_epoch: int | None = option(20, ge=1)  # None = whole split
-    validation_steps: int | None = None  # None = whole split
+    validation_steps: int | None = option(None, ge=1)  # None = whole split
     optimizer: str = option("rmsprop", choices=("rmsprop", "adam", "sgd"))
     learning_rate: float = option(0.001, gt=0)
     augmentation: AugmentationConfig | None = option(factory=AugmentationConfig)
     cache_features: str = option("auto", choices=("auto", "true", "false"))
-    early_stopping_patience: int | None = None
-    shuffle_buffer: int = 1000
+    early_stopping_patience: int | None = option(None, ge=0)  # None or 0: off
+    shuffle_buffer: int = option(1000, ge=1)
     mixed_precision: str = option("auto", choices=("auto", "true", "false"))  # auto: on GPU
-    seed: int | None = 42
+    seed: int | None = option(42, ge=0, le=2**32 - 1)
 
     def validate(self, fail: Any) -> None:
         if self.image_size is not None and not (

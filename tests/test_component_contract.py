@@ -1,0 +1,247 @@
+"""The component contract: a component registered through it alone is run, cached, shown in the
+run table, run.json and report.html, and gets a CLI subcommand, with no edit to the runner, the
+CLI or the report. Also: the registry's derived order and the layering of the packages."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+from test_pipeline import newest_record, run_cli, write_config
+
+from pipeline_components import cli
+from pipeline_components.core import artifacts, config, examples, fsutil, registry
+from pipeline_components.core.artifacts import ArtifactType
+from pipeline_components.core.component import Component, ExecutionContext, Input
+from pipeline_components.core.config import option
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.core.reporting import e
+
+CLASS_COUNTS = ArtifactType("ClassCounts", "counts.json", description="examples per class")
+
+
+@dataclasses.dataclass
+class ClassCounterConfig:
+    min_per_class: int = option(1, ge=0, doc="fail when a class has fewer examples in a split")
+
+
+class ClassCounter(Component):
+    """Counts the examples of each class in every split by reading the TFRecords."""
+
+    name = "ClassCounter"
+    description = "count the examples per class in each split"
+    command = "count-classes"
+    config_section = "class_counter"
+    config_class = ClassCounterConfig
+    inputs = {"examples": Input(artifacts.EXAMPLES)}
+    outputs = {"counts": CLASS_COUNTS}
+    runs = 0  # how often run() executed (the cache must keep this at 1)
+
+    def run(self, ctx: ExecutionContext) -> dict:
+        import tensorflow as tf
+
+        type(self).runs += 1
+        examples_dir = ctx.input_uri("examples")
+        labels = examples.read_labels(examples_dir)
+        counts = {}
+        for split in artifacts.SPLITS:
+            files = examples.split_files(examples_dir, split)
+            ds = tf.data.TFRecordDataset(files, compression_type="GZIP").map(examples.parse)
+            per = collections.Counter(int(r[examples.LABEL]) for r in ds)
+            counts[split] = {name: per.get(i, 0) for i, name in enumerate(labels)}
+            low = [n for n, c in counts[split].items() if c < ctx.config.min_per_class]
+            if low:
+                raise PipelineError(f"{split}: class {low[0]} has < {ctx.config.min_per_class}")
+        fsutil.makedirs(ctx.output_dir)
+        fsutil.write_json(ctx.output_uri(self, "counts"), counts)
+        return {"counts": counts}
+
+    def summary(self, entry: dict) -> str:
+        counts = (entry.get("result") or {}).get("counts", {})
+        return "; ".join(
+            f"{split}: " + " ".join(f"{c}={n}" for c, n in per.items())
+            for split, per in counts.items()
+        )
+
+    def report_html(self, entry: dict, record: dict) -> str:
+        return f"<h2>Class counts</h2><p>{e(self.summary(entry))}</p>"
+
+
+@pytest.fixture
+def counter():
+    ClassCounter.runs = 0
+    with registry.registered(ClassCounter()) as component:
+        yield component
+
+
+@pytest.mark.slow
+def test_a_registered_component_runs_caches_and_shows_everywhere(
+    counter, make_dataset, tmp_path, capsys
+):
+    data = make_dataset(per_split=(8, 3, 3))
+    path = write_config(tmp_path, data, class_counter={"min_per_class": 2})
+    code, out, _ = run_cli(path, capsys)
+    assert code == 0, out
+    record = newest_record(tmp_path)
+    entry = record["components"]["ClassCounter"]
+    assert entry["status"] == "completed" and ClassCounter.runs == 1
+    expected = {"train": {"circles": 8, "squares": 8}, "test": {"circles": 3, "squares": 3}}
+    for split, per in expected.items():
+        assert entry["result"]["counts"][split] == per
+    stats = fsutil.read_json(
+        fsutil.join(record["components"]["ExampleGen"]["output_dir"], "stats.json")
+    )
+    for split, s in stats["splits"].items():
+        assert entry["result"]["counts"][split] == s["per_class"]
+    assert entry["outputs"]["counts"].endswith("counts.json")
+    assert fsutil.read_json(entry["outputs"]["counts"]) == entry["result"]["counts"]
+    assert record["config"]["class_counter"] == {"min_per_class": 2}
+    # the run table and the report show it
+    row = next(line for line in out.splitlines() if line.startswith("ClassCounter"))
+    assert "completed" in row and "train: circles=8 squares=8" in row
+    html = fsutil.read_text(record["report"])
+    assert "<h2>Class counts</h2>" in html and "train: circles=8 squares=8" in html
+    assert html.count("ClassCounter") >= 2  # its section and its lineage row
+
+    # unchanged inputs: cached, not run again
+    code, out, _ = run_cli(path, capsys)
+    again = newest_record(tmp_path)["components"]["ClassCounter"]
+    assert code == 0 and again["status"] == "cached" and ClassCounter.runs == 1
+    # its own config is part of its key: a change re-runs it (and only it)
+    path = write_config(tmp_path, data, name="q.yaml", class_counter={"min_per_class": 3})
+    code, out, _ = run_cli(path, capsys)
+    record = newest_record(tmp_path)
+    assert code == 0 and record["components"]["ClassCounter"]["status"] == "completed"
+    assert record["components"]["Trainer"]["status"] == "cached"
+    assert ClassCounter.runs == 2
+    # a failure inside it fails the run with its one-line message
+    path = write_config(tmp_path, data, name="r.yaml", class_counter={"min_per_class": 50})
+    code, out, err = run_cli(path, capsys)
+    assert code == 1 and "ClassCounter failed: train: class circles has < 50" in err
+
+
+def test_generic_cli_subcommand_and_config_section(counter, tmp_path, capsys):
+    from evalfixtures import solid_png
+    from evalfixtures import write_split as write  # tiny TFRecords without Beam
+
+    ex = tmp_path / "ex"
+    for split in artifacts.SPLITS:
+        write(
+            ex, split, [(solid_png(0.1), 0), (solid_png(0.9), 1), (solid_png(0.8), 1)], ["a", "b"]
+        )
+    assert "count-classes" in cli.usage()
+
+    def count(out: str, *overrides: str) -> int:
+        args = ["--examples", str(ex), "--output", str(tmp_path / out), *overrides]
+        return cli.main(["count-classes", *args])
+
+    code = count("o")
+    assert code == 0
+    assert "test: a=1 b=2" in capsys.readouterr().out
+    counts = json.loads((tmp_path / "o" / "counts.json").read_text())
+    assert counts["validation"] == {"a": 1, "b": 2}
+    # bare key=value overrides mean its own section, and its ranges are checked
+    code = cli.main(
+        [
+            "count-classes",
+            "--examples",
+            str(ex),
+            "--output",
+            str(tmp_path / "p"),
+            "min_per_class=-1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "class_counter.min_per_class: must be >= 0, got -1" in err
+    code = cli.main(
+        ["count-classes", "--examples", str(ex), "--output", str(tmp_path / "q"), "min_per_class=2"]
+    )
+    assert code == 1 and "class a has < 2" in capsys.readouterr().err
+    assert (
+        config.from_dict({"class_counter": {"min_per_class": 4}}).class_counter.min_per_class == 4
+    )
+
+
+def test_unregistered_section_is_an_unknown_key():
+    with pytest.raises(PipelineError, match="unknown key 'class_counter'"):
+        config.from_dict({"class_counter": {}}, source="p.yaml")
+
+
+def test_pipeline_order_is_derived_from_artifact_types(counter):
+    names = [c.name for c in registry.pipeline_order()]
+    assert names[:5] == ["ExampleGen", "Trainer", "Evaluator", "InfraValidator", "Pusher"]
+    assert names.index("ClassCounter") > names.index("ExampleGen")
+
+
+def test_registry_refuses_clashes_and_cycles():
+    class Twin(ClassCounter):
+        name = "Trainer"
+
+    with pytest.raises(PipelineError, match="two components are named Trainer"):
+        registry.register(Twin())
+
+    a_type, b_type = ArtifactType("A"), ArtifactType("B")
+
+    class A(Component):
+        name, inputs, outputs = "A", {"b": Input(b_type)}, {"a": a_type}
+
+    class B(Component):
+        name, inputs, outputs = "B", {"a": Input(a_type)}, {"b": b_type}
+
+    with (
+        registry.registered(A()),
+        registry.registered(B()),
+        pytest.raises(PipelineError, match="cycle: A, B"),
+    ):
+        registry.pipeline_order()
+    assert "A" not in [c.name for c in registry.components()]
+
+
+def test_every_numeric_option_declares_a_range():
+    """Every numeric key of every section is range-checked (a declared `option` range)."""
+    import typing
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            if dataclasses.is_dataclass(inner[0]):
+                yield from walk(inner[0], f"{prefix}.{f.name}")
+            elif inner[0] in (int, float):
+                yield f"{prefix}.{f.name}", config.has_range(f.metadata)
+
+    unchecked = [
+        where
+        for c in registry.components()
+        if c.config_class
+        for where, ok in walk(c.config_class, c.config_section)
+        if not ok
+    ]
+    assert unchecked == []
+
+
+def test_serving_does_not_import_the_orchestration_or_the_components():
+    code = (
+        "import sys, serving.server, serving.client\n"
+        "bad = [m for m in sys.modules if m.startswith(('pipeline_components.orchestration',"
+        " 'pipeline_components.trainer', 'pipeline_components.evaluator',"
+        " 'pipeline_components.example_gen', 'pipeline_components.pusher',"
+        " 'pipeline_components.infra_validator', 'apache_beam'))]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_imports_neither_tensorflow_nor_beam():
+    code = (
+        "import sys\nfrom pipeline_components import cli\ncli.usage()\n"
+        "print([m for m in ('tensorflow', 'apache_beam', 'keras') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
