@@ -7,6 +7,7 @@ medians, and the claims are ratios between variants measured in the same session
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -132,6 +133,27 @@ def render(title: str, header: list[str], rows: list[list], notes: list[str]) ->
     return text, markdown
 
 
+def parser(name: str, description: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """A benchmark script's argument parser with the options every script has."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--output-dir", default=None, help=f"where to write {name}.json/.md")
+    return p
+
+
+def finish(
+    name: str,
+    results: dict,
+    report: Callable[[dict], tuple[str, str]],
+    out_dir: str | None,
+) -> int:
+    """Print a script's report and write its results (the end of every script's main)."""
+    text, markdown = report(results)
+    print(text)
+    print("results:", write_results(name, results, markdown, out_dir))
+    return 0
+
+
 def write_results(name: str, results: dict, markdown: str, out_dir: str | None = None) -> str:
     """Write <out_dir>/<name>.json and <name>.md; returns the JSON path."""
     out_dir = out_dir or DEFAULT_RESULTS_DIR
@@ -195,21 +217,12 @@ def photo_dataset(
     """`<output>/<split>/<class>/NNNN.<fmt>` photo-like images hard-linked from the shared pool:
     per class, split after split, the pool's images 0, 1, 2, ... (no image is in two splits).
     Returns {split: {class: count}} like sample_data.generate."""
+    from pipeline_components.tools.sample_data import write_tree
+
     size = (int(size[0]), int(size[1]))
     pool = cache_dir(os.path.join(PHOTO_POOL, f"{size[0]}x{size[1]}-{fmt}"))
-    used = dict.fromkeys(classes, 0)
-    counts: dict = {}
-    for split, n in zip(splits, per_split, strict=True):
-        if n <= 0:
-            continue
-        for cls in classes:
-            folder = os.path.join(output, split, cls)
-            os.makedirs(folder, exist_ok=True)
-            for i in range(n):
-                _link(
-                    _pool_image(pool, cls, used[cls] + i, size, fmt),
-                    os.path.join(folder, f"{i:04d}.{fmt}"),
-                )
-            used[cls] += n
-            counts.setdefault(split, {})[cls] = n
-    return counts
+
+    def link(cls: str, index: int, path: str) -> None:
+        _link(_pool_image(pool, cls, index, size, fmt), path)
+
+    return write_tree(output, classes, per_split, fmt, splits, link)

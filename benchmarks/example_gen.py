@@ -15,7 +15,6 @@ Goal (issue 2): (c) within 1.5x of (d), and faster than (a).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import multiprocessing
@@ -222,17 +221,13 @@ def report(results: dict) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.example_gen", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="~200 images, 2 rounds")
+    p = common.parser(NAME, __doc__, "~200 images, 2 rounds")
     p.add_argument("--num-images", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--output-dir", default=None, help="where to write example_gen.json/.md")
     args = p.parse_args(argv)
-    results = run(args.quick, args.num_images, args.repeats)
-    text, markdown = report(results)
-    print(text)
-    print("results:", common.write_results(NAME, results, markdown, args.output_dir))
-    return 0
+    return common.finish(
+        NAME, run(args.quick, args.num_images, args.repeats), report, args.output_dir
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Goal (issue 3): (a)/(b) >= 5.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import os
@@ -237,18 +236,14 @@ def report(results: dict) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    p = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="~200 images, 2 rounds")
+    p = common.parser(NAME, __doc__, "~200 images, 2 rounds")
     p.add_argument("--num-images", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--size", type=int, default=224, help="output image side (default 224)")
-    p.add_argument("--output-dir", default=None, help="where to write input_pipeline.json/.md")
     args = p.parse_args(argv)
-    results = run(args.quick, args.num_images, args.repeats, args.size)
-    text, markdown = report(results)
-    print(text)
-    print("results:", common.write_results(NAME, results, markdown, args.output_dir))
-    return 0
+    return common.finish(
+        NAME, run(args.quick, args.num_images, args.repeats, args.size), report, args.output_dir
+    )
 
 
 if __name__ == "__main__":

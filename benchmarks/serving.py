@@ -23,7 +23,6 @@ bytes -> decode, resize, model; random weights: no download here, same compute a
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import shutil
@@ -353,15 +352,9 @@ def report(results: dict) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="fewer rounds and requests")
-    p.add_argument("--output-dir", default=None, help="where to write serving.json/.md")
+    p = common.parser(NAME, __doc__, "fewer rounds and requests")
     args = p.parse_args(argv)
-    results = run(args.quick)
-    text, markdown = report(results)
-    print(text)
-    print("results:", common.write_results(NAME, results, markdown, args.output_dir))
-    return 0
+    return common.finish(NAME, run(args.quick), report, args.output_dir)
 
 
 if __name__ == "__main__":

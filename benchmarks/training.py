@@ -16,7 +16,6 @@ Goal (issue 3): (a)/(b) >= 10 for 20 epochs.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -164,19 +163,18 @@ def report(results: dict) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    p = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="64 images, 1 round")
+    p = common.parser(NAME, __doc__, "64 images, 1 round")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--num-images", type=int, default=None)
     p.add_argument("--size", type=int, default=None, help="image side (default 64; quick 32)")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--output-dir", default=None, help="where to write training.json/.md")
     args = p.parse_args(argv)
-    results = run(args.quick, args.epochs, args.num_images, args.size, args.repeats)
-    text, markdown = report(results)
-    print(text)
-    print("results:", common.write_results(NAME, results, markdown, args.output_dir))
-    return 0
+    return common.finish(
+        NAME,
+        run(args.quick, args.epochs, args.num_images, args.size, args.repeats),
+        report,
+        args.output_dir,
+    )
 
 
 if __name__ == "__main__":

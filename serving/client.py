@@ -33,6 +33,7 @@ from tensorflow_serving.apis import (
 )
 
 from pipeline_components.core import fsutil
+from pipeline_components.core.artifacts import IMAGES_INPUT
 from pipeline_components.core.errors import PipelineError
 from serving.errors import code_from_number
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # gRPC's default is 4 MiB
-IMAGES_INPUT = "images"
+
 _UNREACHABLE = ("connect", "dns", "socket closed", "connection reset", "unreachable")
 
 

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from pipeline_components.core import artifacts
 from pipeline_components.trainer import export
 
 
@@ -53,7 +54,7 @@ def test_binary_sigmoid_export_signatures_and_parity(tmp_path, images):
     px = loaded.signatures["predict_pixels"](pixels=pixels)
     np.testing.assert_allclose(px["probabilities"].numpy(), outputs["probabilities"], atol=1e-6)
     assert (out / "assets" / "labels.txt").read_text() == "cat\ndog\n"
-    assert export.load_labels(str(out)) == ["cat", "dog"]
+    assert artifacts.read_labels_asset(str(out)) == ["cat", "dog"]
     # nothing but the final directory is left next to it
     assert [p.name for p in tmp_path.iterdir()] == ["sm"]
 

@@ -77,6 +77,14 @@ RUN_RECORD = "run.json"
 REPORT_FILE = "report.html"
 ERROR_LOG = "error.log"
 
+# The SavedModel's serving contract (trainer/export.py writes it; clients, the Evaluator and the
+# InfraValidator call it): two signatures with the same four outputs.
+SERVING_SIGNATURE = "serving_default"  # images: DT_STRING [-1], encoded JPEG/PNG/GIF/BMP
+PIXELS_SIGNATURE = "predict_pixels"  # pixels: DT_FLOAT [-1, H, W, 3], RGB 0..255
+IMAGES_INPUT = "images"
+PIXELS_INPUT = "pixels"
+OUTPUT_KEYS = ("probabilities", "scores", "class_ids", "classes")
+
 VERSION_DIR = re.compile(r"[0-9]{1,18}")
 
 
@@ -96,6 +104,11 @@ def saved_model_dir(trainer_dir: str) -> str:
 
 def labels_asset(saved_model: str) -> str:
     return fsutil.join(saved_model, ASSETS_DIR, LABELS_ASSET)
+
+
+def read_labels_asset(saved_model: str) -> list[str]:
+    """The class names a SavedModel was exported with (assets/labels.txt), in label order."""
+    return [line for line in fsutil.read_text(labels_asset(saved_model)).splitlines() if line]
 
 
 def warmup_file(saved_model: str) -> str:

@@ -43,13 +43,11 @@ def load_serving_model(model_dir: str):
     """(serving_default signature, class names) of a SavedModel; one-line errors."""
     import tensorflow as tf
 
-    from pipeline_components.trainer import export
-
     if not artifacts.is_saved_model(model_dir):
         raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
     try:
         loaded = tf.saved_model.load(model_dir)
-        signature = loaded.signatures[export.SERVING_SIGNATURE]
+        signature = loaded.signatures[artifacts.SERVING_SIGNATURE]
     except KeyError:
         raise PipelineError(f"SavedModel {model_dir} has no 'serving_default' signature") from None
     except Exception as e:
@@ -57,7 +55,7 @@ def load_serving_model(model_dir: str):
             f"cannot load SavedModel {model_dir}: {str(e).splitlines()[0]}"
         ) from None
     try:
-        labels = export.load_labels(model_dir)
+        labels = artifacts.read_labels_asset(model_dir)
     except Exception:
         raise PipelineError(f"SavedModel {model_dir} has no assets/labels.txt") from None
     return loaded, signature, labels

@@ -11,6 +11,7 @@ import argparse
 import io
 import math
 import os
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -109,6 +110,26 @@ def generate(
 ) -> dict:
     """Write the dataset; returns {split: {class: count}}. Splits with count 0 are not created."""
     rng = np.random.default_rng(seed)
+
+    def write(cls: str, _index: int, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(encode(draw_shape(cls, rng, size, photo_like), fmt))
+
+    return write_tree(output, classes, per_split, fmt, splits, write)
+
+
+def write_tree(
+    output: str,
+    classes: Sequence[str],
+    per_split: Sequence[int],
+    fmt: str,
+    splits: Sequence[str],
+    write: Callable[[str, int, str], None],
+) -> dict:
+    """Lay out `<output>/<split>/<class>/NNNN.<fmt>`, calling write(class, index, path) for
+    each file; `index` counts a class's files across splits (0, 1, 2, ...), so no two files
+    of a class share one. Returns {split: {class: count}}; splits with count 0 are skipped."""
+    used = dict.fromkeys(classes, 0)
     counts: dict = {}
     for split, n in zip(splits, per_split, strict=True):
         if n <= 0:
@@ -117,9 +138,8 @@ def generate(
             folder = os.path.join(output, split, cls)
             os.makedirs(folder, exist_ok=True)
             for i in range(n):
-                data = encode(draw_shape(cls, rng, size, photo_like), fmt)
-                with open(os.path.join(folder, f"{i:04d}.{fmt}"), "wb") as f:
-                    f.write(data)
+                write(cls, used[cls] + i, os.path.join(folder, f"{i:04d}.{fmt}"))
+            used[cls] += n
             counts.setdefault(split, {})[cls] = n
     return counts
 

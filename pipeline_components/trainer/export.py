@@ -20,14 +20,14 @@ import logging
 import tensorflow as tf
 
 from pipeline_components.core import artifacts, fsutil
+from pipeline_components.core.artifacts import (
+    IMAGES_INPUT,
+    PIXELS_INPUT,
+    PIXELS_SIGNATURE,
+    SERVING_SIGNATURE,
+)
 
 log = logging.getLogger(__name__)
-
-SERVING_SIGNATURE = "serving_default"
-PIXELS_SIGNATURE = "predict_pixels"
-IMAGES_INPUT = "images"
-PIXELS_INPUT = "pixels"
-OUTPUT_KEYS = ("probabilities", "scores", "class_ids", "classes")
 
 # Magic numbers of the formats tf.io.decode_image reads: JPEG, PNG, GIF, BMP.
 _MAGIC = ((b"\xff\xd8\xff", 3), (b"\x89PNG", 4), (b"GIF8", 4), (b"BM", 2))
@@ -142,8 +142,3 @@ def _archive(model, serving_default, predict_pixels, height, width):
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=PIXELS_INPUT)],
     )
     return archive
-
-
-def load_labels(saved_model_dir: str) -> list[str]:
-    path = artifacts.labels_asset(saved_model_dir)
-    return [line for line in fsutil.read_text(path).splitlines() if line]
