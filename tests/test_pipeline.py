@@ -137,6 +137,19 @@ def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
     assert not second["push"]["pushed"] and "already being served" in second["push"]["reason"]
     assert sorted(os.listdir(tmp_path / "serving" / "shapes")) == ["1"]
 
+    # the InfraValidator alone, on the same artifacts, through its own subcommand
+    comps = record["components"]
+    out_dir = tmp_path / "infra-alone"
+    code = cli.main(
+        ["infra-validate", "--model", comps["Trainer"]["outputs"]["model"]]
+        + ["--examples", comps["ExampleGen"]["output_dir"]]
+        + ["--evaluation", comps["Evaluator"]["outputs"]["evaluation"]]
+        + ["--blessing", comps["Evaluator"]["outputs"]["blessing"]]
+        + ["--output", str(out_dir), "model_name=shapes", "num_examples=2"]
+    )
+    alone = json.loads((out_dir / "infra_blessing.json").read_text())
+    assert code == 0 and alone["blessed"] and alone["num_examples"] == 2
+
 
 @pytest.mark.slow
 def test_model_missing_the_gate_is_not_pushed(make_dataset, tmp_path, capsys):
