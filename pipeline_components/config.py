@@ -73,6 +73,7 @@ class TrainerConfig:
     early_stopping_patience: int | None = None
     shuffle_buffer: int = 1000
     mixed_precision: str = "auto"  # auto (on GPU) | true | false
+    require_gpu: bool = False  # fail at the start when TensorFlow sees no GPU
     seed: int | None = 42
 
 
