@@ -1101,13 +1101,16 @@ def test_gpus_exactly_where_asked_and_schedulable(target):
             assert "tolerations" not in spec and "nodeSelector" not in spec, name
 
 
-def test_platform_overlays_select_their_platforms_gpu_nodes():
-    for target, label in (
-        ("overlays/gke", "cloud.google.com/gke-nodepool"),
-        ("overlays/eks", "eks.amazonaws.com/nodegroup"),
+def test_platform_overlays_use_their_platforms_gpu_nodes_and_registry():
+    for target, label, registry in (
+        ("overlays/gke", "cloud.google.com/gke-nodepool", r"[a-z0-9-]+-docker\.pkg\.dev/"),
+        ("overlays/eks", "eks.amazonaws.com/nodegroup", r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\."),
     ):
-        for name, pod in workloads(render(target)).items():
+        docs = render(target)
+        for name, pod in workloads(docs).items():
             assert list(pod["spec"]["nodeSelector"]) == [label], f"{target}: {name}"
+        (pipeline,) = cron_pod(docs)["spec"]["containers"]
+        assert re.match(registry, pipeline["image"]), f"{target}: {pipeline['image']}"
 
 
 # --- the load-data Job -------------------------------------------------------------------------
