@@ -92,9 +92,9 @@ CREDENTIALS = {
 #  - per image: its 224x224x3 float32 input, plus the activations alive at the worst point of the
 #    forward pass: for a chain of layers, one layer's input and output together (the executor
 #    frees a tensor once its consumer has run), times ACTIVATION_HEADROOM for what the CPU kernels
-#    add (oneDNN layout copies, scratch). Measured on this machine, VGG19 at 224x224, batches of
-#    4-32 on CPU: 1.0-1.31x the layer-pair estimate (test_activation_estimate_covers_a_measured_
-#    batch runs the measurement).
+#    add (oneDNN layout copies, scratch). Measured on this machine, VGG19 at 224x224 on CPU,
+#    batches of 8 and 32: 28.8-29.5 MiB per image with its input, 1.18-1.20x the layer-pair
+#    estimate of 24.5 MiB (test_activation_estimate_covers_a_measured_batch measures it again).
 #  - per server: the weights twice (TF Serving loads a new version before it unloads the old one)
 #    and the server itself (RUNTIME).
 ACTIVATION_HEADROOM = 1.5
@@ -888,18 +888,24 @@ def test_memory_check_rejects_the_batching_that_was_shipped_before():
 @pytest.mark.slow
 def test_activation_estimate_covers_a_measured_batch():
     """Runs VGG19 (random weights) on a batch of 8 224x224 images in a fresh process and
-    compares the resident-memory growth with the per-image estimate the limits are sized by."""
+    compares its peak resident-memory growth (the kernel's high-water mark, reset just before)
+    with the per-image estimate the limits are sized by."""
     batch = 8
     code = textwrap.dedent(
         f"""
-        import resource, tensorflow as tf, keras
+        import re, tensorflow as tf, keras
+        def status(field):
+            with open("/proc/self/status") as f:
+                return int(re.search(rf"^{{field}}:\\s+(\\d+) kB", f.read(), re.M)[1]) * 1024
         net = keras.applications.VGG19(weights=None, include_top=False, input_shape=(224, 224, 3))
         run = tf.function(lambda x: net(x, training=False)).get_concrete_function(
             tf.TensorSpec([None, 224, 224, 3], tf.float32))
         run(tf.zeros([1, 224, 224, 3]))
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        before = status("VmRSS")
         run(tf.random.uniform([{batch}, 224, 224, 3]))[0].numpy()
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+        print(status("VmHWM") - before)
         """
     )
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -910,7 +916,7 @@ def test_activation_estimate_covers_a_measured_batch():
     measured = int(out.stdout.split()[-1]) / batch
     activations, _ = model_footprint("vgg19", (224, 224))
     estimate = 224 * 224 * 3 * 4 + ACTIVATION_HEADROOM * activations
-    assert activations * 0.5 < measured < estimate, (
+    assert 0.8 * activations < measured < estimate, (
         f"measured {measured / MiB:.1f} MiB per image; estimate {estimate / MiB:.1f} MiB"
     )
 
