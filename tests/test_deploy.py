@@ -1,35 +1,52 @@
 """Dockerfile and k8s/: what renders, validates, and fits together.
 
-Every kustomization (base and overlays) is rendered with `kubectl kustomize` and each object is
-validated strictly against the newest Kubernetes schema kubernetes-validate ships. The cross-checks
+Every kustomization (base, the overlays, the load-data Job, each overlay with the optional
+Prometheus Operator component) is rendered with `kubectl kustomize` and each object is validated
+strictly against Kubernetes 1.33 and the newest schema kubernetes-validate ships. The cross-checks
 are the misconfigurations a schema cannot see: TF Serving must read the directory the Pusher
-writes, the CronJob must run a real subcommand on the config it mounts, files named in flags must
-be mounted, ports must line up, images must be pinned, containers hardened, GPUs only where asked.
+writes, on storage both can reach (one node, a shared file system, or Cloud Storage with the
+credentials to use it); the CronJob must run a real subcommand on the config it mounts; files
+named in flags must be mounted, ports must line up, images must be pinned, containers hardened,
+GPUs only where asked; TF Serving's memory limit must hold what its batching lets the model
+hold in flight; no probe may kill TF Serving while it waits for its first model version.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import importlib.metadata
+import io
 import json
+import math
+import os
 import posixpath
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
+import textwrap
+import time
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import tensorflow as tf
 import yaml
 from google.protobuf import text_format
 from kubernetes_validate.utils import latest_version
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline_components import cli
 from pipeline_components.core import config
+from pipeline_components.example_gen.executor import run_example_gen
+from pipeline_components.trainer import model as model_lib
+from serving.batching import BatchingParameters, parse_batching_parameters
 
 try:
     import tomllib
@@ -38,23 +55,51 @@ except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-TARGETS = ("base", "overlays/local", "overlays/gpu")
-K8S_VERSION = latest_version()
+TARGETS = ("base", "overlays/local", "overlays/gpu", "overlays/gke", "overlays/eks")
+LOAD_DATA = "jobs/load-data"
+PROMETHEUS_OPERATOR = "components/prometheus-operator"
+# The oldest Kubernetes the manifests support (GKE and EKS still run it) and the newest schema.
+K8S_VERSIONS = ("1.33.0", latest_version())
+# Custom resources kubernetes-validate has no schema for, checked by the cross-checks instead.
+CUSTOM_KINDS = {"PodMonitor"}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPT = "transfer-pipeline"
 VGG19_NOTOP = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"  # keras.applications.vgg19
-# serving-models must be ReadWriteMany where the pipeline pod and TF Serving pods can land on
-# different nodes; the local overlay is a single-node cluster.
-SERVING_PVC_MODES = {
-    "base": "ReadWriteMany",
-    "overlays/local": "ReadWriteOnce",
-    "overlays/gpu": "ReadWriteMany",
-}
+MiB = 2**20
+# Where the pipeline pod and TF Serving pods can land on different nodes, a volume they share must
+# be ReadWriteMany from a named StorageClass; base and local are one node (ReadWriteOnce).
+MULTI_NODE = {"overlays/gpu", "overlays/gke", "overlays/eks"}
 GPU_WORKLOADS = {
     "base": {"transfer-pipeline"},
     "overlays/local": set(),
     "overlays/gpu": {"transfer-pipeline", "tf-serving"},
+    "overlays/gke": {"transfer-pipeline", "tf-serving"},
+    "overlays/eks": {"transfer-pipeline", "tf-serving"},
 }
+PVC_COUNT = {
+    "base": 3,
+    "overlays/local": 3,
+    "overlays/gpu": 3,
+    "overlays/gke": 0,
+    "overlays/eks": 2,
+}
+CLUSTER_SCOPED = {"Namespace", "StorageClass"}
+# ServiceAccount annotations that give a pod cloud credentials for a scheme.
+CREDENTIALS = {
+    "gs": "iam.gke.io/gcp-service-account",  # GKE Workload Identity
+    "s3": "eks.amazonaws.com/role-arn",  # EKS IAM roles for service accounts
+}
+# TF Serving memory: what a full batch in flight holds, estimated from the model's layers.
+#  - per image: its 224x224x3 float32 input, plus the activations alive at the worst point of the
+#    forward pass: for a chain of layers, one layer's input and output together (the executor
+#    frees a tensor once its consumer has run), times ACTIVATION_HEADROOM for what the CPU kernels
+#    add (oneDNN layout copies, scratch). Measured on this machine, VGG19 at 224x224 on CPU,
+#    batches of 8 and 32: 28.8-29.5 MiB per image with its input, 1.18-1.20x the layer-pair
+#    estimate of 24.5 MiB (test_activation_estimate_covers_a_measured_batch measures it again).
+#  - per server: the weights twice (TF Serving loads a new version before it unloads the old one)
+#    and the server itself (RUNTIME).
+ACTIVATION_HEADROOM = 1.5
+RUNTIME = 512 * MiB
 
 
 def tool(name: str) -> str:
@@ -67,20 +112,36 @@ def tool(name: str) -> str:
 # --- rendering and lookup --------------------------------------------------------------------
 
 
+def kustomize(path: Path) -> str:
+    out = subprocess.run(
+        [tool("kubectl"), "kustomize", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, f"kubectl kustomize {path}:\n{out.stderr}"
+    return out.stdout
+
+
 @functools.cache
 def rendered_text(target: str) -> str:
-    out = subprocess.run(
-        [tool("kubectl"), "kustomize", str(K8S / target)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, f"kubectl kustomize k8s/{target}:\n{out.stderr}"
-    return out.stdout
+    return kustomize(K8S / target)
 
 
 def render(target: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(rendered_text(target)) if d]
+
+
+def with_component(target: str, component: str, tmp_path: Path) -> list[dict]:
+    """`target` built with `component` added, as a user's kustomization.yaml would."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / target, tmp_path)],
+                "components": [os.path.relpath(K8S / component, tmp_path)],
+            }
+        )
+    )
+    return [d for d in yaml.safe_load_all(kustomize(tmp_path)) if d]
 
 
 def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
@@ -94,10 +155,10 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
 
 
 def workloads(docs: list[dict]) -> dict[str, dict]:
-    """Workload name -> pod spec, for the Deployment and the CronJob."""
+    """Workload name -> pod template, for Deployments, CronJobs and Jobs."""
     specs = {}
     for d in docs:
-        if d["kind"] == "Deployment":
+        if d["kind"] in ("Deployment", "Job"):
             specs[d["metadata"]["name"]] = d["spec"]["template"]
         elif d["kind"] == "CronJob":
             specs[d["metadata"]["name"]] = d["spec"]["jobTemplate"]["spec"]["template"]
@@ -128,6 +189,10 @@ def configmap_data(docs, name: str) -> dict[str, str]:
 def pipeline_config(docs) -> config.PipelineConfig:
     raw = yaml.safe_load(configmap_data(docs, "pipeline-config")["pipeline.yaml"])
     return config.from_dict(raw, source="pipeline-config ConfigMap")
+
+
+def service_account(docs, pod: dict) -> dict:
+    return one(docs, "ServiceAccount", pod["spec"]["serviceAccountName"])
 
 
 def argv(container: dict) -> list[str]:
@@ -167,6 +232,15 @@ def configmap_file(docs, pod: dict, container: dict, path: str) -> str | None:
     return cm["data"].get(key)
 
 
+def claims(pod: dict) -> dict[str, dict]:
+    """Volume name -> its persistentVolumeClaim source."""
+    return {
+        v["name"]: v["persistentVolumeClaim"]
+        for v in pod["spec"].get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+
+
 def cpu(q) -> float:
     q = str(q)
     return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
@@ -186,13 +260,55 @@ def beam_flag(beam_args: list[str], name: str) -> str | None:
     return None
 
 
+def scheme(path: str) -> str:
+    return path.split("://", 1)[0] if "://" in path else ""
+
+
+def constraint_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return pins
+
+
 def tensorflow_pin() -> str:
-    (line,) = [
-        line
-        for line in (ROOT / "constraints.txt").read_text().splitlines()
-        if line.startswith("tensorflow==")
-    ]
-    return line.split("==")[1]
+    return constraint_pins()["tensorflow"]
+
+
+def selector_matches(selector: dict, labels: dict) -> bool:
+    """metav1.LabelSelector semantics: matchLabels and every matchExpression must hold."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def admitted_ports(policy: dict, namespace: dict, pod_labels: dict) -> set[int]:
+    """Ports of the selected pods that a NetworkPolicy's ingress rules open to a pod with
+    `pod_labels` in the namespace whose labels are `namespace`."""
+    own_namespace = policy["metadata"]["namespace"]
+    ports = set()
+    for rule in policy["spec"].get("ingress", []):
+        for peer in rule.get("from", []):
+            ns_sel, pod_sel = peer.get("namespaceSelector"), peer.get("podSelector")
+            if ns_sel is None:
+                in_ns = namespace["kubernetes.io/metadata.name"] == own_namespace
+            else:
+                in_ns = selector_matches(ns_sel, namespace)
+            if in_ns and (pod_sel is None or selector_matches(pod_sel, pod_labels)):
+                ports |= {p["port"] for p in rule["ports"]}
+    return ports
 
 
 # --- Dockerfile --------------------------------------------------------------------------------
@@ -224,10 +340,16 @@ def dockerfile_env() -> dict[str, str]:
     return args | env
 
 
+def expand(text: str) -> str:
+    """${NAME} and $NAME replaced by the Dockerfile's ARG defaults / ENV values."""
+    env = dockerfile_env()
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m[1], m[0]), text)
+
+
 def image_uid() -> int:
     users = [rest for keyword, rest in dockerfile() if keyword == "USER"]
     assert users, "the Dockerfile never leaves root"
-    uid = users[-1].split(":")[0]
+    uid = expand(users[-1]).split(":")[0]
     assert uid.isdigit(), f"USER {users[-1]}: numeric, so the kubelet can verify runAsNonRoot"
     return int(uid)
 
@@ -272,22 +394,51 @@ def test_hadolint_passes_with_explained_ignores():
         assert explained, f".hadolint.yaml ignores {rule} without a comment saying why"
 
 
-def test_base_image_is_the_tensorflow_gpu_image_of_the_pinned_version():
-    froms = [rest.split()[0] for keyword, rest in dockerfile() if keyword == "FROM"]
-    tf = tensorflow_pin()
-    assert froms[-1] == f"tensorflow/tensorflow:{tf}-gpu"
-    (dep,) = [d for d in PYPROJECT["project"]["dependencies"] if d.startswith("tensorflow==")]
-    assert SpecifierSet(dep.removeprefix("tensorflow")).contains(tf), (dep, tf)
+def test_base_image_is_a_pinned_python_the_project_supports():
+    (base,) = [rest.split()[0] for keyword, rest in dockerfile() if keyword == "FROM"]
+    repo, _, tag = base.partition(":")
+    assert repo == "python", "CUDA comes from pip wheels, not from a CUDA base image"
+    minor = re.match(r"(3\.\d+)-slim-\w+$", tag)
+    assert minor, f"FROM {base}: a Python minor version and a Debian release, both pinned"
+    assert SpecifierSet(PYPROJECT["project"]["requires-python"]).contains(f"{minor[1]}.0")
+
+
+def test_gpu_image_installs_tensorflows_own_cuda_set_at_pinned_versions():
+    """The `gpu` extra is tensorflow[and-cuda]; every nvidia-* wheel it asks for is pinned
+    exactly in constraints.txt, inside the range TensorFlow's own metadata declares."""
+    assert "gpu" in dockerfile_env()["EXTRAS"].split(","), "the default image is the GPU image"
+    (gpu,) = PYPROJECT["project"]["optional-dependencies"]["gpu"]
+    gpu = Requirement(gpu)
+    assert gpu.name == "tensorflow" and gpu.extras == {"and-cuda"}
+    assert gpu.specifier.contains(tensorflow_pin())
+    assert importlib.metadata.version("tensorflow") == tensorflow_pin()
+    cuda = [
+        Requirement(r)
+        for r in importlib.metadata.requires("tensorflow")
+        if re.search(r"""extra\s*==\s*['"]and-cuda['"]""", r)
+    ]
+    names = {r.name for r in cuda}
+    assert {"nvidia-cublas-cu12", "nvidia-cudnn-cu12", "nvidia-cufft-cu12"} <= names
+    assert {"nvidia-cusolver-cu12", "nvidia-cusparse-cu12", "nvidia-nvjitlink-cu12"} <= names
+    pins = constraint_pins()
+    for r in cuda:
+        assert r.name in pins, f"{r.name} (tensorflow[and-cuda]: {r.specifier}) is not pinned"
+        assert r.specifier.contains(pins[r.name]), f"{r.name}=={pins[r.name]} outside {r}"
+    stray = {n for n in pins if n.startswith("nvidia-")} - names
+    assert not stray, f"nvidia pins TensorFlow does not ask for: {stray}"
 
 
 def test_image_runs_as_non_root_the_user_the_manifests_run_as():
     uid = image_uid()
     assert uid != 0
+    (user,) = [rest for keyword, rest in dockerfile() if keyword == "USER"]
+    assert "APP_UID" in user, "USER follows ARG APP_UID, so --build-arg APP_UID changes both"
     useradd = [r for k, r in dockerfile() if k == "RUN" and "useradd" in r]
-    assert useradd and dockerfile_env()["APP_UID"] == str(uid), "USER is the user created"
+    assert useradd and "APP_UID" in useradd[0] and dockerfile_env()["APP_UID"] == str(uid)
     for target in TARGETS:
-        sc = cron_pod(render(target))["spec"]["securityContext"]
-        assert sc["runAsUser"] == uid, f"k8s/{target}: the CronJob runs as the image's user"
+        for name, pod in workloads(render(target)).items():
+            sc = pod["spec"]["securityContext"]
+            assert sc["runAsUser"] == sc["runAsGroup"] == uid, f"k8s/{target}: {name}"
 
 
 def test_entrypoint_is_the_console_script():
@@ -296,12 +447,43 @@ def test_entrypoint_is_the_console_script():
     assert PYPROJECT["project"]["scripts"][SCRIPT] == "pipeline_components.cli:main"
 
 
-def test_project_is_installed_with_the_pinned_constraints():
-    copied = " ".join(rest for keyword, rest in dockerfile() if keyword == "COPY")
-    assert "constraints.txt" in copied
-    installs = [r for k, r in dockerfile() if k == "RUN" and "pip install" in r]
-    assert installs and all("--no-cache-dir" in r for r in installs)
-    assert any("-c constraints.txt" in r for r in installs)
+def test_layers_put_dependencies_and_weights_before_the_sources():
+    """Editing a source file must not reinstall TensorFlow and CUDA or download the weights."""
+    steps = dockerfile()
+    copies = [(i, shlex.split(r)[:-1]) for i, (k, r) in enumerate(steps) if k == "COPY"]
+    sources = [
+        i
+        for i, srcs in copies
+        if any(s.rstrip("/") in ("pipeline_components", "serving") for s in srcs)
+    ]
+    (deps,) = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "-c constraints.txt" in r]
+    (weights,) = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "BAKE_IMAGENET" in r]
+    (project,) = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "pip wheel" in r]
+    assert deps < weights < min(sources) < project
+    before_deps = {s for i, srcs in copies if i < deps for s in srcs}
+    assert before_deps == {"pyproject.toml", "constraints.txt"}, before_deps
+    assert "--no-deps" in steps[project][1] and "pip check" in steps[project][1]
+    for k, r in steps:
+        if k == "RUN" and "pip install" in r:
+            assert "--no-cache-dir" in r
+
+
+def test_dependency_layer_installs_exactly_what_pyproject_lists(tmp_path):
+    """Runs the Dockerfile's requirement step on this pyproject.toml: the project's
+    dependencies plus the chosen extras, each name pinned in constraints.txt."""
+    (deps,) = [r for k, r in dockerfile() if k == "RUN" and "-c constraints.txt" in r]
+    command = deps.split("&&")[0].strip().replace("/tmp/requirements.txt", "requirements.txt")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    env = {**os.environ, **{k: v for k, v in dockerfile_env().items() if k == "EXTRAS"}}
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, check=True, timeout=60)
+    wanted = [Requirement(r) for r in (tmp_path / "requirements.txt").read_text().splitlines()]
+    project = PYPROJECT["project"]
+    assert [str(r) for r in wanted[: len(project["dependencies"])]] == [
+        str(Requirement(r)) for r in project["dependencies"]
+    ]
+    assert any(r.name == "tensorflow" and "and-cuda" in r.extras for r in wanted)
+    pins = constraint_pins()
+    assert all(re.sub(r"[-_.]+", "-", r.name).lower() in pins for r in wanted)
 
 
 def test_vgg19_weights_are_baked_where_the_configs_read_them():
@@ -311,7 +493,8 @@ def test_vgg19_weights_are_baked_where_the_configs_read_them():
     assert 'VGG19(weights="imagenet", include_top=False)' in bake
     assert VGG19_NOTOP in bake, "the build fails if the weights file did not land"
     # Keras uses its cache only when KERAS_HOME is writable by the runtime user.
-    assert re.search(r'chown -R pipeline:pipeline "?\$\{?KERAS_HOME', bake)
+    owner = re.search(r'chown -R "?([^ "]+)"? "?\$\{?KERAS_HOME', bake)
+    assert owner and expand(owner[1]) == f"{image_uid()}:{image_uid()}"
 
 
 def test_dockerignore_keeps_out_data_venvs_and_artifacts_but_not_the_sources():
@@ -337,57 +520,86 @@ def test_dockerignore_keeps_out_data_venvs_and_artifacts_but_not_the_sources():
     assert not dockerignore_excludes("serving/config/models.config")
 
 
-# --- manifests -------------------------------------------------------------------------------
+# --- manifests: rendering and schemas ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_kustomization_builds_the_whole_deployment(target):
     docs = render(target)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(
-        ["Namespace", "ServiceAccount", "ServiceAccount"]
-        + ["PersistentVolumeClaim"] * 3
-        + ["ConfigMap"] * 2
-        + ["CronJob", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"]
-    )
+    expected = ["Namespace", "ServiceAccount", "ServiceAccount", "ConfigMap", "ConfigMap"]
+    expected += ["CronJob", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"]
+    expected += ["PersistentVolumeClaim"] * PVC_COUNT[target]
+    expected += ["StorageClass"] if target == "overlays/eks" else []
+    assert kinds == sorted(expected)
     ns = one(docs, "Namespace")["metadata"]["name"]
-    assert all(d["metadata"].get("namespace") == ns for d in docs if d["kind"] != "Namespace")
+    for d in docs:
+        if d["kind"] not in CLUSTER_SCOPED:
+            assert d["metadata"].get("namespace") == ns, f"{d['kind']}/{d['metadata']['name']}"
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_every_object_validates_strictly(target):
+def validation_errors(docs: list[dict], version: str) -> list[str]:
     errors = []
-    for doc in render(target):
+    for doc in docs:
         where = f"{doc['kind']}/{doc['metadata']['name']}"
         try:
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as e:
             errors.append(f"{where}: {'.'.join(map(str, e.path))}: {e.message}")
         except kubernetes_validate.SchemaNotFoundError as e:
-            errors.append(f"{where}: {e.message}")
-    assert not errors, f"k8s/{target} against Kubernetes {K8S_VERSION}:\n" + "\n".join(errors)
+            if doc["kind"] not in CUSTOM_KINDS:
+                errors.append(f"{where}: {e.message}")
+    return errors
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
+def test_every_object_validates_strictly(target, version):
+    errors = validation_errors(render(target), version)
+    assert not errors, f"k8s/{target} against Kubernetes {version}:\n" + "\n".join(errors)
+
+
+def test_validation_at_1_33_catches_what_newer_schemas_accept():
+    """Kubernetes <= 1.34 requires `status` in a podFailurePolicy onPodConditions entry
+    (kubernetes#131512): a CronJob without it validates at the newest schema only."""
+    doc = copy.deepcopy(cronjob(render("base")))
+    rules = doc["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    conditions = [c for r in rules for c in r.get("onPodConditions", [])]
+    assert conditions and all(c["status"] == "True" for c in conditions)
+    for c in conditions:
+        del c["status"]
+    assert validation_errors([doc], "1.33.0"), "1.33 accepted a condition without status"
+    assert not validation_errors([doc], latest_version())
 
 
 def test_strict_validation_catches_a_misspelt_field():
     doc = copy.deepcopy(cronjob(render("base")))
     doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicyy"] = "Never"
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    for version in K8S_VERSIONS:
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(doc, version, strict=True)
 
 
-def pipeline_config_problems(cfg: config.PipelineConfig, pod: dict, container: dict) -> list[str]:
-    """Where the pipeline reads and writes must exist in the pod that runs it."""
+# --- the pipeline's paths and the storage behind them -------------------------------------------
+
+
+def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> list[str]:
+    """Where the pipeline reads and writes must exist in the pod that runs it, with the
+    credentials a remote file system needs and a client that can use it."""
+    pod = cron_pod(docs)
+    container = pod["spec"]["containers"][0]
     problems = []
     beam_args = cfg.example_gen.beam_args
     runner = beam_flag(beam_args, "runner") or "DirectRunner"
-    remote = {"data_root": cfg.data_root, "pipeline_root": cfg.pipeline_root}
     if runner == "DataflowRunner":
         # Dataflow workers read data_root and write under pipeline_root: no pod volumes there.
-        problems += [f"{k}={v} is not on gs://" for k, v in remote.items() if "gs://" not in v]
+        for key in ("data_root", "pipeline_root"):
+            if scheme(getattr(cfg, key)) != "gs":
+                problems.append(f"{key}={getattr(cfg, key)} is not on gs://")
         for flag in ("project", "region"):
             if not beam_flag(beam_args, flag):
                 problems.append(f"DataflowRunner without --{flag}")
-        if not (beam_flag(beam_args, "temp_location") or "").startswith("gs://"):
+        if scheme(beam_flag(beam_args, "temp_location") or "") != "gs":
             problems.append("DataflowRunner needs --temp_location=gs://...")
     else:
         assert runner == "DirectRunner", f"no check written for {runner}"
@@ -395,14 +607,27 @@ def pipeline_config_problems(cfg: config.PipelineConfig, pod: dict, container: d
         limit = cpu(container["resources"]["limits"]["cpu"])
         if workers is not None and not 0 < int(workers) <= limit:
             problems.append(f"--direct_num_workers={workers} with a CPU limit of {limit}")
-    paths = {"serving_dir": (cfg.serving_dir, True)}
-    paths.update({k: (v, k == "pipeline_root") for k, v in remote.items() if "://" not in v})
-    for key, (path, writes) in paths.items():
-        found = volume_at(pod, container, path)
-        if found is None or "persistentVolumeClaim" not in found[1]:
-            problems.append(f"{key}={path} is not on a PersistentVolumeClaim mount")
-        elif writes and found[0].get("readOnly"):
-            problems.append(f"{key}={path} is mounted read-only")
+    annotations = service_account(docs, pod)["metadata"].get("annotations", {})
+    tf_schemes = set(tf.io.gfile.get_registered_schemes())
+    for key, writes in (("data_root", False), ("pipeline_root", True), ("serving_dir", True)):
+        path = getattr(cfg, key)
+        if scheme(path) == "":
+            found = volume_at(pod, container, path)
+            if found is None or "persistentVolumeClaim" not in found[1]:
+                problems.append(f"{key}={path} is not on a PersistentVolumeClaim mount")
+            elif writes and found[0].get("readOnly"):
+                problems.append(f"{key}={path} is mounted read-only")
+            continue
+        if scheme(path) not in CREDENTIALS:
+            problems.append(f"{key}={path}: no credentials story for {scheme(path)}://")
+        elif CREDENTIALS[scheme(path)] not in annotations:
+            problems.append(f"{key}={path} without {CREDENTIALS[scheme(path)]} on the account")
+        # Beam reads data_root; TensorFlow reads and writes the other two (TFRecords,
+        # checkpoints, SavedModels) and TF Serving reads serving_dir.
+        if key != "data_root" and scheme(path) not in tf_schemes:
+            problems.append(f"{key}={path}: TensorFlow has no {scheme(path)}:// file system")
+    if scheme(cfg.data_root) == "s3" and not beam_flag(beam_args, "s3_region_name"):
+        problems.append("s3:// data without --s3_region_name")
     weights = cfg.trainer.weights
     read_only_root = container["securityContext"].get("readOnlyRootFilesystem")
     if weights == "imagenet" and read_only_root:
@@ -411,24 +636,45 @@ def pipeline_config_problems(cfg: config.PipelineConfig, pod: dict, container: d
         problems.append(f"trainer.weights={weights} is not the file the image bakes")
     if cfg.trainer.backbone != "vgg19":
         problems.append("the image bakes VGG19 weights only")
+    gpu = "nvidia.com/gpu" in container["resources"]["limits"]
+    if cfg.trainer.require_gpu != gpu:
+        problems.append(f"trainer.require_gpu={cfg.trainer.require_gpu} with a GPU limit: {gpu}")
     return problems
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_pipeline_config_is_valid_and_its_paths_are_mounted(target):
+def test_pipeline_config_is_valid_and_its_paths_are_reachable(target):
     docs = render(target)
     cfg = pipeline_config(docs)  # from_dict raises on an unknown key or a bad value
-    pod = cron_pod(docs)
-    assert pipeline_config_problems(cfg, pod, pod["spec"]["containers"][0]) == []
+    assert pipeline_config_problems(cfg, docs) == []
+
+
+def test_path_checks_catch_what_the_platforms_cannot_do():
+    gke, eks = render("overlays/gke"), render("overlays/eks")
+    cfg = pipeline_config(eks)
+    # TF 2.21 has no s3:// (tf.io.gfile raises UnimplementedError): only Beam's data may be there.
+    with pytest.raises(tf.errors.UnimplementedError):
+        tf.io.gfile.exists(cfg.data_root)
+    s3_root = dataclasses.replace(cfg, pipeline_root="s3://my-bucket/pipeline_root")
+    assert any("no s3:// file system" in p for p in pipeline_config_problems(s3_root, eks))
+    # gs:// without Workload Identity on the pipeline's account.
+    for sa in (d for d in gke if d["kind"] == "ServiceAccount"):
+        del sa["metadata"]["annotations"]
+    assert any("iam.gke.io" in p for p in pipeline_config_problems(pipeline_config(gke), gke))
+    # A GPU CronJob that would train on the CPU without a word.
+    sections = {**cfg.sections, "trainer": dataclasses.replace(cfg.trainer, require_gpu=False)}
+    quiet = dataclasses.replace(cfg, sections=sections)
+    assert any("require_gpu" in p for p in pipeline_config_problems(quiet, eks))
 
 
 def test_dataflow_example_config_is_coherent():
-    """overlays/gpu/pipeline.dataflow.yaml, the Dataflow variant, is not rendered by default."""
-    raw = yaml.safe_load((K8S / "overlays/gpu/pipeline.dataflow.yaml").read_text())
+    """overlays/gke/pipeline.dataflow.yaml, the Dataflow variant, is not rendered by default."""
+    raw = yaml.safe_load((K8S / "overlays/gke/pipeline.dataflow.yaml").read_text())
     cfg = config.from_dict(raw, source="pipeline.dataflow.yaml")
-    pod = cron_pod(render("overlays/gpu"))
+    docs = render("overlays/gke")
     assert beam_flag(cfg.example_gen.beam_args, "runner") == "DataflowRunner"
-    assert pipeline_config_problems(cfg, pod, pod["spec"]["containers"][0]) == []
+    assert pipeline_config_problems(cfg, docs) == []
+    assert cfg.serving_dir == pipeline_config(docs).serving_dir, "TF Serving reads this one"
     # Workers install the wheel the Dockerfile builds into <WORKDIR>/dist.
     steps = dockerfile()
     (i,) = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "pip wheel" in r]
@@ -437,6 +683,90 @@ def test_dataflow_example_config_is_coherent():
     name = PYPROJECT["project"]["name"].replace("-", "_")
     wheel = f"{workdir}/dist/{name}-{PYPROJECT['project']['version']}-py3-none-any.whl"
     assert beam_flag(cfg.example_gen.beam_args, "extra_package") == wheel
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tf_serving_reads_the_directory_the_pusher_writes(target):
+    docs = render(target)
+    cfg = pipeline_config(docs)
+    pusher_dir = posixpath.join(cfg.serving_dir, cfg.model_name)
+    cron = cron_pod(docs)
+    (cron_c,) = cron["spec"]["containers"]
+    serving = serving_pod(docs)
+    (tfs,) = serving["spec"]["containers"]
+    models_path = flags(tfs)["model_config_file"]
+    models = text_format.Parse(
+        configmap_file(docs, serving, tfs, models_path),
+        model_server_config_pb2.ModelServerConfig(),
+    )
+    (model,) = models.model_config_list.config
+    assert model.name == cfg.model_name
+    assert model.base_path == pusher_dir, "models.config base_path != <serving_dir>/<model_name>"
+
+    if scheme(pusher_dir) == "gs":
+        # Both read the bucket with their own Google identity; nothing is mounted there.
+        assert volume_at(serving, tfs, "/serving_models") is None
+        for pod in (cron, serving):
+            sa = service_account(docs, pod)["metadata"]
+            assert sa["annotations"][CREDENTIALS["gs"]].endswith(".iam.gserviceaccount.com")
+        identities = {
+            service_account(docs, p)["metadata"]["annotations"][CREDENTIALS["gs"]]
+            for p in (cron, serving)
+        }
+        assert len(identities) == 2, "TF Serving only reads: its own, read-only identity"
+        return
+    assert scheme(pusher_dir) == "", f"TF Serving cannot read {pusher_dir}"
+    cron_mount, cron_vol = volume_at(cron, cron_c, pusher_dir)
+    assert not cron_mount.get("readOnly"), "the Pusher must be able to write"
+    serving_mount, serving_vol = volume_at(serving, tfs, model.base_path)
+    assert serving_mount.get("readOnly"), "TF Serving mounts the models read-only"
+    claim = serving_vol["persistentVolumeClaim"]["claimName"]
+    assert claim == cron_vol["persistentVolumeClaim"]["claimName"], "different volumes"
+    assert posixpath.relpath(model.base_path, serving_mount["mountPath"]) == posixpath.relpath(
+        pusher_dir, cron_mount["mountPath"]
+    )
+
+
+@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
+def test_no_claim_is_attached_read_only(target):
+    """A read-only attachment cannot format a new disk: the pod would wait until its deadline.
+    Containers that only read mount read-only; the claims themselves are attached read-write."""
+    for name, pod in workloads(render(target)).items():
+        for volume, source in claims(pod).items():
+            assert not source.get("readOnly"), f"{name}: volume {volume} attached read-only"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_claims_provision_where_their_pods_run(target):
+    docs = render(target)
+    pvcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    used = {}  # claim -> workloads that mount it
+    for name, pod in workloads(docs).items():
+        for source in claims(pod).values():
+            used.setdefault(source["claimName"], set()).add(name)
+    assert set(pvcs) == set(used), f"claims {set(pvcs)} vs mounted {set(used)}"
+    classes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StorageClass"}
+    for claim, pvc in pvcs.items():
+        modes, cls = pvc["spec"]["accessModes"], pvc["spec"].get("storageClassName")
+        if target in MULTI_NODE and len(used[claim]) > 1:
+            # The default class of a managed cluster is block storage: Pending as ReadWriteMany.
+            assert modes == ["ReadWriteMany"] and cls, f"{claim}: shared across nodes"
+        elif target not in MULTI_NODE:
+            assert modes == ["ReadWriteOnce"] and cls is None, f"{claim}: the default class"
+        if cls in classes:
+            parameters = classes[cls]["parameters"]
+            assert classes[cls]["provisioner"] == "efs.csi.aws.com"
+            assert parameters["provisioningMode"] == "efs-ap"
+            # fsGroup does not reach EFS volumes; the access point writes as the pods' user.
+            for name in used[claim]:
+                sc = workloads(docs)[name]["spec"]["securityContext"]
+                assert (parameters["uid"], parameters["gid"]) == (
+                    str(sc["runAsUser"]),
+                    str(sc["runAsGroup"]),
+                ), f"{claim}: access point identity != {name}'s user"
+
+
+# --- the CronJob -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -469,9 +799,11 @@ def test_cronjob_schedule_and_failure_policy(target):
     for rule in job.get("podFailurePolicy", {}).get("rules", []):
         if "onExitCodes" in rule:
             assert rule["onExitCodes"]["containerName"] in names
+        for condition in rule.get("onPodConditions", []):
+            assert condition.get("status") == "True", "required up to Kubernetes 1.34"
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
 def test_writable_locations_are_scratch_volumes(target):
     """A read-only root filesystem: HOME, TMPDIR and caches must point at an emptyDir."""
     for name, pod in workloads(render(target)).items():
@@ -484,37 +816,7 @@ def test_writable_locations_are_scratch_volumes(target):
                     assert found and "emptyDir" in found[1], f"{name}: {var} is not writable"
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_tf_serving_reads_the_directory_the_pusher_writes(target):
-    docs = render(target)
-    cfg = pipeline_config(docs)
-    pusher_dir = posixpath.join(cfg.serving_dir, cfg.model_name)
-
-    cron = cron_pod(docs)
-    (cron_c,) = cron["spec"]["containers"]
-    cron_mount, cron_vol = volume_at(cron, cron_c, pusher_dir)
-    assert not cron_mount.get("readOnly"), "the Pusher must be able to write"
-
-    serving = serving_pod(docs)
-    (tfs,) = serving["spec"]["containers"]
-    models_path = flags(tfs)["model_config_file"]
-    models = text_format.Parse(
-        configmap_file(docs, serving, tfs, models_path),
-        model_server_config_pb2.ModelServerConfig(),
-    )
-    (model,) = models.model_config_list.config
-    assert model.name == cfg.model_name
-    assert model.base_path == pusher_dir, "models.config base_path != <serving_dir>/<model_name>"
-
-    serving_mount, serving_vol = volume_at(serving, tfs, model.base_path)
-    assert serving_mount.get("readOnly") and serving_vol["persistentVolumeClaim"].get("readOnly")
-    claim = serving_vol["persistentVolumeClaim"]["claimName"]
-    assert claim == cron_vol["persistentVolumeClaim"]["claimName"], "different volumes"
-    assert posixpath.relpath(model.base_path, serving_mount["mountPath"]) == posixpath.relpath(
-        pusher_dir, cron_mount["mountPath"]
-    )
-    pvc = one(docs, "PersistentVolumeClaim", claim)
-    assert pvc["spec"]["accessModes"] == [SERVING_PVC_MODES[target]]
+# --- TF Serving --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -534,24 +836,116 @@ def test_tf_serving_flags_name_mounted_files_and_declared_ports(target):
     assert int(f["file_system_poll_wait_seconds"]) > 0
 
 
+@functools.cache
+def model_footprint(backbone: str, image_size: tuple[int, int]) -> tuple[int, int]:
+    """(bytes of the activations alive at the worst point of one image's forward pass, bytes
+    of the weights), from the backbone's layers as model.py builds it."""
+    net = model_lib.build_backbone(backbone, "none", image_size)
+    sizes = [math.prod(layer.output.shape[1:]) for layer in net.layers]
+    assert [type(layer).__name__ for layer in net.layers][0] == "InputLayer"
+    pairs = zip(sizes, sizes[1:], strict=False)
+    return 4 * max(a + b for a, b in pairs), 4 * net.count_params()
+
+
+def serving_memory_needed(cfg: config.PipelineConfig, params: BatchingParameters) -> float:
+    """Bytes TF Serving needs with every batch thread running a full batch (see ACTIVATION_
+    HEADROOM and RUNTIME for what is measured and what is assumed)."""
+    size = model_lib.image_size_for(cfg.trainer.backbone, cfg.trainer.image_size)
+    activations, weights = model_footprint(cfg.trainer.backbone, tuple(size))
+    per_image = size[0] * size[1] * 3 * 4 + ACTIVATION_HEADROOM * activations
+    return RUNTIME + 2 * weights + params.num_batch_threads * params.max_batch_size * per_image
+
+
+def batching(docs) -> BatchingParameters:
+    pod = serving_pod(docs)
+    (tfs,) = pod["spec"]["containers"]
+    path = flags(tfs)["batching_parameters_file"]
+    return parse_batching_parameters(configmap_file(docs, pod, tfs, path), path)
+
+
 @pytest.mark.parametrize("target", TARGETS)
-def test_probes_and_prometheus_scrape_match_the_server(target):
+def test_serving_memory_limit_holds_a_full_batch_in_flight_on_every_thread(target):
+    docs = render(target)
+    (tfs,) = serving_pod(docs)["spec"]["containers"]
+    params = batching(docs)
+    need = serving_memory_needed(pipeline_config(docs), params)
+    limit = memory(tfs["resources"]["limits"]["memory"])
+    assert limit >= need, (
+        f"k8s/{target}: tf-serving limit {limit / MiB:.0f} MiB < {need / MiB:.0f} MiB for"
+        f" {params.num_batch_threads} x {params.max_batch_size} images in flight"
+    )
+
+
+def test_memory_check_rejects_the_batching_that_was_shipped_before():
+    """4 batch threads x 32 images at 224x224 (the earlier batching_parameters.txt) need more
+    than the base's 4 Gi and the local overlay's 2 Gi; VGG19 holds ~1 GiB per batch."""
+    cfg = pipeline_config(render("base"))
+    old = BatchingParameters(max_batch_size=32, num_batch_threads=4)
+    need = serving_memory_needed(cfg, old)
+    assert need > memory("4Gi") and need > memory("2Gi")
+    per_batch = need - serving_memory_needed(cfg, dataclasses.replace(old, num_batch_threads=3))
+    assert 0.8 * 2**30 < per_batch < 1.6 * 2**30, f"{per_batch / MiB:.0f} MiB per batch"
+
+
+@pytest.mark.slow
+def test_activation_estimate_covers_a_measured_batch():
+    """Runs VGG19 (random weights) on a batch of 8 224x224 images in a fresh process and
+    compares its peak resident-memory growth (the kernel's high-water mark, reset just before)
+    with the per-image estimate the limits are sized by."""
+    batch = 8
+    code = textwrap.dedent(
+        f"""
+        import re, tensorflow as tf, keras
+        def status(field):
+            with open("/proc/self/status") as f:
+                return int(re.search(rf"^{{field}}:\\s+(\\d+) kB", f.read(), re.M)[1]) * 1024
+        net = keras.applications.VGG19(weights=None, include_top=False, input_shape=(224, 224, 3))
+        run = tf.function(lambda x: net(x, training=False)).get_concrete_function(
+            tf.TensorSpec([None, 224, 224, 3], tf.float32))
+        run(tf.zeros([1, 224, 224, 3]))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        before = status("VmRSS")
+        run(tf.random.uniform([{batch}, 224, 224, 3]))[0].numpy()
+        print(status("VmHWM") - before)
+        """
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    measured = int(out.stdout.split()[-1]) / batch
+    activations, _ = model_footprint("vgg19", (224, 224))
+    estimate = 224 * 224 * 3 * 4 + ACTIVATION_HEADROOM * activations
+    assert 0.8 * activations < measured < estimate, (
+        f"measured {measured / MiB:.1f} MiB per image; estimate {estimate / MiB:.1f} MiB"
+    )
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_probe_kills_tf_serving_while_it_waits_for_its_first_version(target):
+    """tensorflow_model_server opens its ports only once a version of every configured model is
+    AVAILABLE; before the first push none exists. A startup or liveness probe on its ports would
+    restart it in a loop; readiness keeps the waiting pod out of the Service instead."""
     docs = render(target)
     cfg = pipeline_config(docs)
+    (tfs,) = serving_pod(docs)["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in tfs["ports"]}
+    for probe in ("startupProbe", "livenessProbe"):
+        spec = tfs.get(probe) or {}
+        assert not {"tcpSocket", "httpGet", "grpc"} & set(spec), f"{probe} on a server port"
+    ready = tfs["readinessProbe"]["httpGet"]
+    assert ready["path"] == f"/v1/models/{cfg.model_name}/metadata"
+    assert ports.get(ready["port"], ready["port"]) == int(flags(tfs)["rest_api_port"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_prometheus_scrape_annotations_match_the_server(target):
+    docs = render(target)
     pod = serving_pod(docs)
     (tfs,) = pod["spec"]["containers"]
     f = flags(tfs)
-    ports = {p["name"]: p["containerPort"] for p in tfs["ports"]}
-
-    def port(probe_port):
-        return ports.get(probe_port, probe_port)
-
-    ready = tfs["readinessProbe"]["httpGet"]
-    assert ready["path"] == f"/v1/models/{cfg.model_name}/metadata"
-    assert port(ready["port"]) == int(f["rest_api_port"])
-    for probe in ("livenessProbe", "startupProbe"):
-        assert port(tfs[probe]["tcpSocket"]["port"]) == int(f["port"])
-
     monitoring = configmap_file(docs, pod, tfs, f["monitoring_config_file"])
     (metrics_path,) = re.findall(r'^\s*path:\s*"([^"]+)"', monitoring, re.M)
     ann = pod["metadata"]["annotations"]
@@ -561,7 +955,39 @@ def test_probes_and_prometheus_scrape_match_the_server(target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_service_pdb_and_network_policy_select_serving_and_its_ports(target):
+def test_prometheus_operator_component_scrapes_every_serving_pod(target, tmp_path):
+    docs = render(target)
+    with_monitor = with_component(target, PROMETHEUS_OPERATOR, tmp_path)
+    added = [d for d in with_monitor if d not in docs]
+    assert [d["kind"] for d in added] == ["PodMonitor"] and len(with_monitor) == len(docs) + 1
+    (monitor,) = added
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    ns = one(docs, "Namespace")["metadata"]["name"]
+    assert monitor["metadata"]["namespace"] == ns, "a component's objects get no namespace"
+    assert "namespaceSelector" not in monitor["spec"], "its own namespace: the serving pods'"
+    pod = serving_pod(docs)
+    assert selector_matches(monitor["spec"]["selector"], pod["metadata"]["labels"])
+    (tfs,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in tfs["ports"]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert ports[endpoint["port"]] == int(flags(tfs)["rest_api_port"])
+    assert endpoint["path"] == pod["metadata"]["annotations"]["prometheus.io/path"]
+    # The Operator's Prometheus pods may reach that port (labels it sets on every Prometheus pod).
+    policy = one(docs, "NetworkPolicy")
+    operator_pod = {
+        "app.kubernetes.io/name": "prometheus",
+        "app.kubernetes.io/managed-by": "prometheus-operator",
+        "app.kubernetes.io/instance": "k8s",
+        "operator.prometheus.io/name": "k8s",
+    }
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert ports[endpoint["port"]] in admitted_ports(policy, monitoring, operator_pod)
+    for version in K8S_VERSIONS:
+        assert validation_errors(with_monitor, version) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_service_and_pdb_select_serving_and_drain_unready_pods(target):
     docs = render(target)
     pod = serving_pod(docs)
     labels = pod["metadata"]["labels"]
@@ -578,27 +1004,48 @@ def test_service_pdb_and_network_policy_select_serving_and_its_ports(target):
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
     replicas = one(docs, "Deployment")["spec"]["replicas"]
     assert pdb.get("maxUnavailable", 0) >= 1 or pdb["minAvailable"] < replicas, "undrainable"
-
-    np_ = one(docs, "NetworkPolicy")["spec"]
-    assert np_["podSelector"]["matchLabels"].items() <= labels.items()
-    assert np_["policyTypes"] == ["Ingress"]
-    for rule in np_["ingress"]:
-        assert rule.get("from"), "an ingress rule without `from` admits every pod"
-        assert {p["port"] for p in rule["ports"]} <= set(ports.values())
-    client_rules = [
-        r
-        for r in np_["ingress"]
-        if any(
-            peer.get("podSelector", {}).get("matchLabels") == {"transfer-pipeline/client": "true"}
-            and "namespaceSelector" not in peer
-            for peer in r["from"]
-        )
-    ]
-    assert len(client_rules) == 1
-    assert {p["port"] for p in client_rules[0]["ports"]} == set(ports.values())
+    # Until the first push every replica is unready; IfHealthyBudget would block every drain.
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_network_policy_admits_clients_and_prometheus_only(target):
+    docs = render(target)
+    policy = one(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    pod = serving_pod(docs)
+    assert selector_matches(spec["podSelector"], pod["metadata"]["labels"])
+    assert spec["policyTypes"] == ["Ingress"]
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "an ingress rule without `from` admits every pod"
+    (tfs,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in tfs["ports"]}
+    grpc, http = ports["grpc"], ports["http"]
+    ns = one(docs, "Namespace")["metadata"]["name"]
+    own = {"kubernetes.io/metadata.name": ns}
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    other = {"kubernetes.io/metadata.name": "default"}
+    client = {"transfer-pipeline/client": "true"}
+    operator = {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}
+    agent = {"app.kubernetes.io/name": "prometheus-agent", "operator.prometheus.io/name": "a"}
+    cases = [
+        (own, client, {grpc, http}),
+        (own, {"app": "something-else"}, set()),
+        (other, client, set()),  # the client label counts in this namespace only
+        (monitoring, operator, {http}),  # metrics, not predictions over gRPC
+        (monitoring, agent, {http}),
+        (monitoring, {"app.kubernetes.io/name": "grafana"}, set()),
+        (other, operator, set()),
+    ]
+    for namespace, labels, expected in cases:
+        got = admitted_ports(policy, namespace, labels)
+        assert got == expected, f"{namespace} {labels}: {got} != {expected}"
+
+
+# --- images, hardening, GPUs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
 def test_images_are_pinned(target):
     docs = render(target)
     tf_minor = ".".join(tensorflow_pin().split(".")[:2])
@@ -617,11 +1064,12 @@ def test_images_are_pinned(target):
                 pytest.fail(f"{name}: unexpected image {image}")
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
 def test_every_container_is_non_root_hardened_and_limited(target):
     docs = render(target)
-    ns = one(docs, "Namespace")["metadata"]["labels"]
-    assert ns["pod-security.kubernetes.io/enforce"] == "restricted"
+    if target in TARGETS:
+        ns = one(docs, "Namespace")["metadata"]["labels"]
+        assert ns["pod-security.kubernetes.io/enforce"] == "restricted"
     for name, pod in workloads(docs).items():
         spec = pod["spec"]
         psc = spec["securityContext"]
@@ -656,6 +1104,159 @@ def test_gpus_exactly_where_asked_and_schedulable(target):
                 t["key"] == "nvidia.com/gpu" and t.get("effect", "NoSchedule") == "NoSchedule"
                 for t in tolerations
             ), f"{name} requests a GPU without tolerating GPU nodes' taint"
-            assert spec.get("nodeSelector"), f"{name} requests a GPU without a nodeSelector"
+            assert len(spec.get("nodeSelector", {})) == 1, f"{name}: one GPU pool label"
         else:
             assert "tolerations" not in spec and "nodeSelector" not in spec, name
+
+
+def test_platform_overlays_use_their_platforms_gpu_nodes_and_registry():
+    for target, label, registry in (
+        ("overlays/gke", "cloud.google.com/gke-nodepool", r"[a-z0-9-]+-docker\.pkg\.dev/"),
+        ("overlays/eks", "eks.amazonaws.com/nodegroup", r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\."),
+    ):
+        docs = render(target)
+        for name, pod in workloads(docs).items():
+            assert list(pod["spec"]["nodeSelector"]) == [label], f"{target}: {name}"
+        (pipeline,) = cron_pod(docs)["spec"]["containers"]
+        assert re.match(registry, pipeline["image"]), f"{target}: {pipeline['image']}"
+
+
+# --- the load-data Job -------------------------------------------------------------------------
+
+
+def load_data_script(tmp_path: Path) -> tuple[Path, dict]:
+    """The script as the Job mounts it (from the rendered ConfigMap), and the Job's env."""
+    docs = render(LOAD_DATA)
+    pod = one(docs, "Job", "load-data")["spec"]["template"]
+    (c,) = pod["spec"]["containers"]
+    assert c["command"][0] == "sh"
+    text = configmap_file(docs, pod, c, c["command"][1])
+    assert text, f"{c['command'][1]} is not the mounted script"
+    script = tmp_path / "load-data.sh"
+    script.write_text(text)
+    return script, {e["name"]: e["value"] for e in c["env"]}
+
+
+def test_load_data_job_fills_the_claim_the_pipeline_reads():
+    docs = render(LOAD_DATA)
+    job = one(docs, "Job", "load-data")
+    pod = job["spec"]["template"]
+    (c,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    mount, volume = volume_at(pod, c, env["DATA_DIR"])
+    assert not mount.get("readOnly"), "the Job writes the images (and formats a new disk)"
+    job_claim = volume["persistentVolumeClaim"]["claimName"]
+    assert job["metadata"]["namespace"] == "transfer-pipeline"
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["ttlSecondsAfterFinished"] > 0
+    timeout = int(env["LOAD_DATA_TIMEOUT_SECONDS"])
+    assert 0 < timeout < job["spec"]["activeDeadlineSeconds"]
+    for target in TARGETS:
+        targets_docs = render(target)
+        cfg = pipeline_config(targets_docs)
+        if scheme(cfg.data_root):
+            continue  # gs:// or s3://: loaded with gcloud storage / aws s3, no Job
+        cron = cron_pod(targets_docs)
+        cron_mount, cron_volume = volume_at(cron, cron["spec"]["containers"][0], cfg.data_root)
+        assert cron_volume["persistentVolumeClaim"]["claimName"] == job_claim, target
+        assert cron_mount.get("readOnly"), f"{target}: the pipeline only reads its images"
+        # The folder the Job installs (DATA_DIR/NAME) is data_root in the CronJob's mount.
+        relative = posixpath.relpath(cfg.data_root, cron_mount["mountPath"])
+        assert "/" not in relative, f"{target}: data_root is one folder below the mount"
+
+
+def tar_stream(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(folder, arcname=folder.name)
+    return buf.getvalue()
+
+
+def test_load_data_script_installs_a_folder_whole_then_lets_the_job_finish(tmp_path, make_dataset):
+    script, job_env = load_data_script(tmp_path)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    env = {**os.environ, **job_env, "DATA_DIR": str(volume), "LOAD_DATA_TIMEOUT_SECONDS": "60"}
+    source = make_dataset(per_split=(6, 2, 2))
+    images = source.rename(source.with_name("cats_dogs"))
+
+    waiting = subprocess.Popen(
+        ["sh", str(script), "wait"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)
+    assert waiting.poll() is None, "the Job's process waits for an upload"
+    received = subprocess.run(
+        ["sh", str(script), "receive", "cats_dogs"],
+        input=tar_stream(images),
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert received.returncode == 0, received.stderr
+    out, _ = waiting.communicate(timeout=30)
+    files = [p for p in images.rglob("*") if p.is_file()]
+    assert waiting.returncode == 0 and f"{len(files)} files in" in out
+    loaded = volume / "cats_dogs"
+    assert sorted(p.relative_to(loaded) for p in loaded.rglob("*")) == sorted(
+        p.relative_to(images) for p in images.rglob("*")
+    )
+    assert sorted(os.listdir(volume)) == ["cats_dogs"], "no staging or marker left behind"
+    # The pipeline reads what was loaded.
+    stats = run_example_gen(str(loaded), str(tmp_path / "examples"), num_shards=1)
+    train = [p for p in (images / "train").rglob("*") if p.is_file()]
+    assert stats["splits"]["train"]["num_examples"] == len(train) > 0
+
+
+@pytest.mark.parametrize(
+    "stream, name, message",
+    [
+        (b"not a tar stream", "cats_dogs", "stdin is not a tar stream"),
+        (None, "dogs", "the tar stream has no folder dogs/"),
+        (b"", "../etc", "receive NAME: a plain folder name"),
+    ],
+)
+def test_load_data_script_refuses_bad_input_and_keeps_the_old_copy(tmp_path, stream, name, message):
+    script, job_env = load_data_script(tmp_path)
+    volume = tmp_path / "volume"
+    (volume / "cats_dogs" / "train" / "cats").mkdir(parents=True)
+    (volume / "cats_dogs" / "train" / "cats" / "old.jpg").write_bytes(b"old")
+    empty = tmp_path / "cats_dogs"
+    empty.mkdir()
+    env = {**os.environ, **job_env, "DATA_DIR": str(volume)}
+    result = subprocess.run(
+        ["sh", str(script), "receive", name],
+        input=tar_stream(empty) if stream is None else stream,
+        env=env,
+        capture_output=True,
+        text=False,
+        timeout=60,
+    )
+    err = result.stderr.decode()
+    assert result.returncode != 0 and f"load-data: {message}" in err, err
+    assert sorted(os.listdir(volume)) == ["cats_dogs"]
+    assert (volume / "cats_dogs" / "train" / "cats" / "old.jpg").read_bytes() == b"old"
+
+
+def test_load_data_script_refuses_a_folder_without_images(tmp_path):
+    script, job_env = load_data_script(tmp_path)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    empty = tmp_path / "cats_dogs" / "train" / "cats"
+    empty.mkdir(parents=True)
+    result = subprocess.run(
+        ["sh", str(script), "receive", "cats_dogs"],
+        input=tar_stream(tmp_path / "cats_dogs"),
+        env={**os.environ, **job_env, "DATA_DIR": str(volume)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and b"no <split>/<class>/<image> files" in result.stderr
+    assert os.listdir(volume) == []
+
+
+def test_load_data_job_gives_up_when_nothing_arrives(tmp_path):
+    script, job_env = load_data_script(tmp_path)
+    env = {**os.environ, **job_env, "DATA_DIR": str(tmp_path), "LOAD_DATA_TIMEOUT_SECONDS": "2"}
+    result = subprocess.run(
+        ["sh", str(script), "wait"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1 and "nothing received in 2s" in result.stderr

@@ -9,6 +9,7 @@ A component is a subclass of `Component`, instantiated once in its package's `co
   use `core.config.option` for defaults, ranges and cache-key membership);
 - `inputs` ({name: Input(artifact type)}) and `outputs` ({name: artifact type}): the runner
   orders components by these and hands each the upstream artifacts;
+- `preflight(config)`: cheap config checks the runner makes before any component runs;
 - what goes into its cache key: its config section (`key_config`), the fingerprints of its input
   artifacts, and `external_inputs` (anything read from outside pipeline_root, e.g. the data
   folder's listing or the served baseline);
@@ -97,6 +98,11 @@ class Component:
         """Key material from outside pipeline_root (data listings, served models). It is also
         handed to `run` as `ctx.external`."""
         return {}
+
+    def preflight(self, config: Any) -> None:
+        """Cheap checks of this component's config section (a weights file that is missing, a
+        GPU that is required but absent), run for every component before the first one runs:
+        a run that cannot finish should fail in seconds, not after hours of earlier steps."""
 
     def skip_reason(self, ctx: ExecutionContext) -> str | None:
         """A reason not to run in this pipeline run (e.g. the model is not blessed), or None."""

@@ -224,7 +224,11 @@ class Pipeline:
         self.skipped: dict[str, str] = {}  # artifact type name -> why it was not produced
 
     def execute(self) -> None:
-        for component in registry.pipeline_order():
+        order = registry.pipeline_order()
+        for component in order:  # fail in seconds, not after the components before it
+            if component.config_section:
+                component.preflight(self.cfg.section(component.config_section))
+        for component in order:
             self.step(component)
 
     def step(self, component: Component) -> None:

@@ -64,6 +64,9 @@ class TrainerConfig:
     early_stopping_patience: int | None = option(None, ge=0)  # None or 0: off
     shuffle_buffer: int = option(1000, ge=1)
     mixed_precision: str = option("auto", choices=("auto", "true", "false"))  # auto: on GPU
+    # fail at the start when TensorFlow sees no GPU (how it runs, not what it computes: not in
+    # the cache key)
+    require_gpu: bool = option(False, key=False)
     seed: int | None = option(42, ge=0, le=2**32 - 1)
 
     def validate(self, fail: Any) -> None:
@@ -82,6 +85,11 @@ class Trainer(Component):
     inputs = {"examples": Input(artifacts.EXAMPLES)}
     outputs = {"model": artifacts.MODEL}
     resumable = True  # a killed execution continues from checkpoints/
+
+    def preflight(self, config: Any) -> None:
+        from pipeline_components.trainer.executor import check_config
+
+        check_config(config)
 
     def run(self, ctx: ExecutionContext) -> dict:
         from pipeline_components.trainer import executor

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import platform
 import statistics
 import time
@@ -95,6 +96,13 @@ def check_config(config: TrainerConfig) -> None:
     weights = config.weights.strip()
     if weights.lower() not in ("imagenet", "none") and not fsutil.exists(weights):
         raise PipelineError(f"trainer.weights: weights file {weights} does not exist")
+    if config.require_gpu and not tf.config.list_physical_devices("GPU"):
+        raise PipelineError(
+            "trainer.require_gpu: TensorFlow sees no GPU (built with CUDA:"
+            f" {tf.test.is_built_with_cuda()}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); check the node's driver, the"
+            " nvidia.com/gpu limit and the image's CUDA libraries, or set require_gpu: false"
+        )
 
 
 # ---------------------------------------------------------------------------- training
