@@ -27,6 +27,7 @@ class ExampleGenConfig:
         0.1  # carved from train by a stable hash when validation/ is absent
     )
     beam_args: list[str] = field(default_factory=lambda: ["--runner=DirectRunner"])
+    max_image_pixels: int = 40_000_000  # skip larger images (decompression bombs)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainerConfig:
     shuffle_buffer: int = 1000
     mixed_precision: str = "auto"  # auto (on GPU) | true | false
     seed: int | None = 42
+    max_image_pixels: int = 40_000_000  # serving_default rejects larger images (INVALID_ARGUMENT)
 
 
 @dataclass
@@ -224,6 +226,11 @@ def validate(cfg: PipelineConfig, source: str = "config") -> PipelineConfig:
         "in (0, 1)",
         eg.validation_fraction,
     )
+    for where, value in (
+        ("example_gen.max_image_pixels", eg.max_image_pixels),
+        ("trainer.max_image_pixels", t.max_image_pixels),
+    ):
+        check(1 <= value <= 2**40, where, "in [1, 2**40]", value)
     check(cfg.pusher.keep_versions >= 1, "pusher.keep_versions", ">= 1", cfg.pusher.keep_versions)
     return cfg
 
