@@ -31,8 +31,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
-from pipeline_components import fsutil
+from pipeline_components import fsutil, image_header
 from pipeline_components.errors import PipelineError
+from pipeline_components.export import read_max_image_pixels
 from serving.batching import BatchScheduler
 from serving.errors import StatusError, clean_tf_message, clip, from_tf_error, invalid
 from serving.model_config import ModelConfig
@@ -148,6 +149,9 @@ class Servable:
         self._model = tf.saved_model.load(path, tags=["serve"])
         self.signature_defs = read_signature_defs(path)
         self.signatures = {k: Signature(k, fn) for k, fn in self._model.signatures.items()}
+        # Recorded by this project's export (None for other SavedModels): its string inputs are
+        # encoded images, checked against this limit in the graph.
+        self.max_image_pixels = read_max_image_pixels(path)
         self._calls = itertools.count()
         self.num_calls = 0  # signature executions (a merged batch counts once)
 
@@ -172,8 +176,10 @@ class Servable:
         scheduler: BatchScheduler | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run directly, or through the batch scheduler (merged with concurrent requests)."""
-        if scheduler is None:
+        """Run directly, or through the batch scheduler (merged with concurrent requests). A
+        request whose images look broken or too large from their headers runs unmerged, so the
+        model's error reaches that client only and its would-be batch-mates are not re-run."""
+        if scheduler is None or not self.mergeable(arrays):
             return self.call(signature, arrays)
         layout = tuple(sorted((k, a.dtype.str, a.shape[1:]) for k, a in arrays.items()))
         future = scheduler.submit(
@@ -187,6 +193,27 @@ class Servable:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "deadline exceeded while waiting in the batch queue",
             ) from None
+
+    def mergeable(self, arrays: dict) -> bool:
+        """False when a string input of a model exported here holds an element that is not a
+        complete JPEG/PNG/GIF/BMP within the model's pixel limit, judged from headers alone."""
+        if self.max_image_pixels is None:
+            return True
+        for array in arrays.values():
+            if array.dtype != object:
+                continue
+            for item in array.ravel():
+                try:
+                    header = image_header.read_header(bytes(item))
+                except (image_header.HeaderError, TypeError):
+                    return False
+                if (
+                    header.fmt == "webp"
+                    or not header.complete
+                    or header.pixels > self.max_image_pixels
+                ):
+                    return False
+        return True
 
     def warmup(self) -> int:
         """Replay TF Serving warmup records (PredictLog only); returns how many ran."""
