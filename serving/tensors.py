@@ -56,7 +56,10 @@ _TYPED_FIELDS = {
 
 
 def dtype_name(dtype_enum: int) -> str:
-    return types_pb2.DataType.Name(dtype_enum)
+    try:
+        return types_pb2.DataType.Name(dtype_enum)
+    except ValueError:  # a number no DataType has (a client can send any)
+        return f"DataType {int(dtype_enum)}"
 
 
 def shape_proto(shape) -> tensor_shape_pb2.TensorShapeProto:

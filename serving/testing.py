@@ -133,3 +133,20 @@ def jpeg_claiming(width: int, height: int, seed: int = 0) -> bytes:
             return bytes(data)
         pos += 2 + length
     raise ValueError("no SOF marker found")
+
+
+def export_slow_model(export_dir: str) -> None:
+    """A SavedModel whose serving_default busy-waits max(`seconds`) seconds inside TensorFlow
+    (one op loop that Python cannot interrupt) and returns `waited` [-1]."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="seconds")])
+        def serve(self, seconds):
+            start = tf.timestamp()
+            wait = tf.cast(tf.reduce_max(tf.concat([seconds, [0.0]], 0)), tf.float64)
+            tf.while_loop(lambda i: tf.timestamp() - start < wait, lambda i: i + 1, [0])
+            return {"waited": tf.zeros_like(seconds) + tf.cast(tf.timestamp() - start, tf.float32)}
+
+    module = Slow()
+    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
