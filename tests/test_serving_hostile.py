@@ -435,7 +435,6 @@ def test_a_bad_request_fails_alone_without_n_plus_1_runs(model_dir, bad):
 # -- shutdown -------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_sigterm_ends_the_process_within_drain_plus_5_s_during_an_endless_request(tmp_path):
     base = tmp_path / "slow"
     testing.export_slow_model(str(base / "1"))
@@ -464,7 +463,7 @@ def readme_statuses() -> set[str]:
     """The gRPC statuses in the README's table of request problems."""
     text = README.read_text()
     table = text[text.index("| request problem | gRPC status |") :].split("\n\n")[0]
-    return set(re.findall(r"\|\s*([A-Z_]{4,})\s*\|", table))
+    return set(re.findall(r"\|\s*([A-Z_]{2,})\s*\|", table))
 
 
 def real_images(rng) -> list[bytes]:
@@ -563,6 +562,7 @@ def test_seeded_fuzz_gets_only_readme_statuses_and_the_server_stays_up(live):
         t.start()
     for t in threads:
         t.join(240)
+    print("fuzz statuses:", codes)
     assert sum(codes.values()) == 2000, codes
     assert set(codes) <= allowed, codes
     assert codes.get("OK", 0) > 100 and codes.get("INVALID_ARGUMENT", 0) > 500, codes
