@@ -517,11 +517,13 @@ def start_server(
         if scheduler is not None:
             scheduler.stop()
         raise
-    server.call(server.server.start())
     handle = ServerHandle(server, host, bound, manager)
     try:
+        # Like tensorflow_model_server: the port answers once the versions present at startup
+        # are loaded (a client connecting earlier is UNAVAILABLE and retries, not NOT_FOUND).
         manager.poll()
         manager.check_initial_load()
+        server.call(server.server.start())
     except BaseException:
         handle.stop(grace=0)
         raise

@@ -531,7 +531,6 @@ def fuzz_request(rng, images: list[bytes]) -> predict_pb2.PredictRequest:
 BOMB_CACHE: list[bytes] = []
 
 
-@pytest.mark.slow
 def test_seeded_fuzz_gets_only_readme_statuses_and_the_server_stays_up(live):
     proc, stub = live
     allowed = readme_statuses()
@@ -569,3 +568,13 @@ def test_seeded_fuzz_gets_only_readme_statuses_and_the_server_stays_up(live):
     assert proc.poll() is None
     assert stub.Predict(images_request([IMAGE]), timeout=10).outputs["scores"]
     assert status_kb(proc.pid, "VmRSS") / 1024 - rss < 300
+
+
+def test_bad_limit_flags_are_one_line_errors(model_dir, capsys):
+    from pipeline_components import cli
+
+    argv = ["serve", "--model-base-path", str(model_dir), "--model-name", "m", "--port", "0"]
+    assert cli.main([*argv, "--request-timeout-seconds", "0"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "transfer-pipeline serve: error: --request-timeout-seconds must be > 0"
+    )
