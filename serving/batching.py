@@ -14,8 +14,14 @@ Semantics follow TF Serving's BasicBatchScheduler / BatchingSession:
   with UNAVAILABLE ("The batch scheduling queue to which this task was submitted is full");
 - `allowed_batch_sizes` pads a batch (repeating its first row) up to the next allowed size.
 
-One difference, on purpose: when a merged batch fails with INVALID_ARGUMENT (one request held a
-bad image), its tasks are re-run one by one, so only the bad request fails, not its batch-mates.
+Differences, on purpose, so that one client's bad request never fails its batch-mates:
+
+- a merged batch that fails (whatever the error) is split in two halves that run separately,
+  recursively: the failing task is found in about 2 log2(N) extra runs, not N, and every other
+  task gets its answer. The server also runs a request whose images look broken or too large
+  from their headers alone, unmerged (`Servable.run`), so junk rarely reaches a merged batch;
+- an empty task (0 rows) is merged like any other and gets its outputs' 0-row slice; padding
+  repeats the first row of the first non-empty task.
 """
 
 from __future__ import annotations
@@ -246,13 +252,16 @@ class BatchScheduler:
             self._flushing = True
             self._cond.notify_all()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Reject new tasks, run what is queued without waiting for timeouts, end the threads."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Reject new tasks, run what is queued without waiting for timeouts, end the threads;
+        waits at most `timeout` s in all (the threads are daemons: a batch still running then
+        does not keep the process alive)."""
         with self._cond:
             self._flushing = self._closed = True
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
     def _worker(self) -> None:
         while True:
@@ -303,12 +312,13 @@ def _padded_size(size: int, allowed: tuple[int, ...]) -> int:
 
 def _merge(tasks: list[_Task], allowed: tuple[int, ...]) -> tuple[dict, int]:
     total = sum(t.size for t in tasks)
-    padding = _padded_size(total, allowed) - total
+    padding = _padded_size(total, allowed) - total if total else 0
+    source = next((t for t in tasks if t.size), tasks[0])  # a task with a row to repeat
     merged = {}
     for name in tasks[0].inputs:
         parts = [t.inputs[name] for t in tasks]
         if padding:
-            parts.append(np.repeat(parts[0][:1], padding, axis=0))
+            parts.append(np.repeat(source.inputs[name][:1], padding, axis=0))
         merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return merged, total + padding
 
@@ -328,28 +338,24 @@ def _split(outputs: dict, tasks: list[_Task], batch_size: int) -> None:
         start = end
 
 
-def run_batch(fn: Callable[[dict], dict], batch: _Batch, allowed: tuple[int, ...] = ()) -> None:
+def run_batch(fn: Callable[[dict], dict], batch: _Batch, allowed: tuple[int, ...] = ()) -> int:
+    """Run a batch's (not cancelled) tasks merged; returns how many times fn ran."""
     tasks = [t for t in batch.tasks if t.future.set_running_or_notify_cancel()]
-    if not tasks:
-        return
+    return _run_tasks(fn, tasks, allowed) if tasks else 0
+
+
+def _run_tasks(fn, tasks: list[_Task], allowed: tuple[int, ...]) -> int:
+    """Merged; on failure bisect, so only the task(s) at fault fail. Never raises."""
     try:
         merged, size = _merge(tasks, allowed)
         _split(fn(merged), tasks, size)
-    except StatusError as e:
-        if e.code == grpc.StatusCode.INVALID_ARGUMENT and len(tasks) > 1:
-            _run_alone(fn, tasks)  # only the bad request should fail
-        else:
-            _fail(tasks, e)
+        return 1
     except Exception as e:  # never leave a client waiting
-        _fail(tasks, e)
-
-
-def _run_alone(fn, tasks: list[_Task]) -> None:
-    for task in tasks:
-        try:
-            task.future.set_result(fn(task.inputs))
-        except Exception as e:
-            task.future.set_exception(e)
+        if len(tasks) == 1:
+            _fail(tasks, e)
+            return 1
+    half = len(tasks) // 2
+    return 1 + _run_tasks(fn, tasks[:half], allowed) + _run_tasks(fn, tasks[half:], allowed)
 
 
 def _fail(tasks: list[_Task], error: Exception) -> None:

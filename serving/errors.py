@@ -21,6 +21,17 @@ class StatusError(Exception):
         super().__init__(f"{code.name}: {self.message}")
 
 
+MAX_ECHO = 64  # characters of a client-supplied string echoed in a message or a log line
+
+
+def clip(text: object, limit: int = MAX_ECHO) -> str:
+    """A client-supplied string, cut to `limit` characters (with the full length) for echoing."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} chars)"
+
+
 def invalid(message: str) -> StatusError:
     return StatusError(grpc.StatusCode.INVALID_ARGUMENT, message)
 

@@ -8,8 +8,10 @@
 - Which versions are wanted follows the model's version policy (latest N / all / specific).
 - Loading and unloading follow TF Serving's AvailabilityPreservingPolicy: new versions are
   loaded before old ones are unloaded, and an old version keeps serving while no wanted version
-  has loaded (e.g. when the new one fails to load). A failed version is not retried until its
-  `saved_model.pb` changes.
+  has loaded (e.g. when the new one fails to load). A failed load is retried like TF Serving's
+  `--max_num_load_retries` (default 5) every `--load_retry_interval_micros` (default 60 s), and
+  again from the start whenever its `saved_model.pb` changes. At startup a model whose versions
+  all fail is fatal at once (the server exits; TF Serving would retry first).
 - On load, `assets.extra/tf_serving_warmup_requests` is replayed (TF Serving's warmup format);
   a failing warmup fails the load.
 """
@@ -29,23 +31,26 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
-from pipeline_components.core import artifacts, fsutil
+from pipeline_components.core import artifacts, fsutil, image_header
 from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchScheduler
-from serving.errors import StatusError, clean_tf_message, from_tf_error, invalid
+from serving.errors import StatusError, clean_tf_message, clip, from_tf_error, invalid
 from serving.model_config import ModelConfig
-from serving.tensors import dtype_name, to_ndarray
+from serving.tensors import RequestBudget, check_request_tensor, dtype_name, to_ndarray
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+DEFAULT_MAX_NUM_LOAD_RETRIES = 5  # TF Serving's --max_num_load_retries
+DEFAULT_LOAD_RETRY_INTERVAL_S = 60.0  # TF Serving's --load_retry_interval_micros
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
 def _shape_text(shape) -> str:
-    return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
+    dims = ["-1" if d is None else str(d) for d in shape]
+    return "[" + ", ".join(dims[:8] + (["..."] if len(dims) > 8 else [])) + "]"
 
 
 class Signature:
@@ -57,33 +62,37 @@ class Signature:
         self.inputs: dict[str, tf.TensorSpec] = dict(fn.structured_input_signature[1])
         self.outputs: tuple[str, ...] = tuple(sorted(fn.structured_outputs))
 
-    def decode(self, protos: Mapping) -> dict[str, np.ndarray]:
-        """Request TensorProtos -> numpy arrays, or INVALID_ARGUMENT naming the input at fault."""
+    def decode(self, protos: Mapping, budget: RequestBudget | None = None) -> dict[str, np.ndarray]:
+        """Request TensorProtos -> numpy arrays, or INVALID_ARGUMENT naming the input at fault.
+        Every input's dtype, shape and size is checked (against `budget`, the request's limits)
+        before any of them is materialised."""
         expected = ",".join(sorted(self.inputs))
         for name in protos:
             if name not in self.inputs:
                 raise invalid(
-                    f"input tensor alias not found in signature: {name}. "
+                    f"input tensor alias not found in signature: {clip(name)}. "
                     f"Inputs expected to be in the set {{{expected}}}."
                 )
         if missing := sorted(set(self.inputs) - set(protos)):
             raise invalid(f"missing input(s) {{{','.join(missing)}}} of signature {self.name}")
-        return {name: self._decode_one(name, proto) for name, proto in protos.items()}
+        budget = budget if budget is not None else RequestBudget()
+        for name, proto in protos.items():
+            self._check_one(name, proto, budget)
+        return {name: to_ndarray(proto, name) for name, proto in protos.items()}
 
-    def _decode_one(self, name: str, proto) -> np.ndarray:
+    def _check_one(self, name: str, proto, budget: RequestBudget) -> None:
         spec = self.inputs[name]
         if proto.dtype != spec.dtype.as_datatype_enum:
             raise invalid(
                 f"input '{name}' has dtype {dtype_name(proto.dtype)} but signature "
                 f"{self.name} expects {dtype_name(spec.dtype.as_datatype_enum)}"
             )
-        array = to_ndarray(proto, name)
-        if not spec.shape.is_compatible_with(array.shape):
+        shape = check_request_tensor(proto, name, budget)
+        if not spec.shape.is_compatible_with(shape):
             raise invalid(
-                f"input '{name}' has shape {_shape_text(array.shape)} but signature "
+                f"input '{name}' has shape {_shape_text(shape)} but signature "
                 f"{self.name} expects {_shape_text(spec.shape.as_list())}"
             )
-        return array
 
     def output_filter(self, names) -> tuple[str, ...]:
         if not names:
@@ -91,11 +100,11 @@ class Signature:
         for name in names:
             if name not in self.outputs:
                 raise invalid(
-                    f"output tensor alias not found in signature: {name} Outputs expected to "
+                    f"output tensor alias not found in signature: {clip(name)} Outputs expected to "
                     f"be in the set {{{','.join(self.outputs)}}}."
                 )
         if len(set(names)) != len(names):
-            raise invalid(f"duplicate output tensor alias in output_filter: {list(names)}")
+            raise invalid(f"duplicate output tensor alias in output_filter: {clip(list(names))}")
         return tuple(names)
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -138,6 +147,9 @@ class Servable:
         self._model = tf.saved_model.load(path, tags=["serve"])
         self.signature_defs = read_signature_defs(path)
         self.signatures = {k: Signature(k, fn) for k, fn in self._model.signatures.items()}
+        # Recorded by this project's export (None for other SavedModels): its string inputs are
+        # encoded images, checked against this limit in the graph.
+        self.max_image_pixels = artifacts.read_max_image_pixels(path)
         self._calls = itertools.count()
         self.num_calls = 0  # signature executions (a merged batch counts once)
 
@@ -146,7 +158,8 @@ class Servable:
         if name not in self.signatures:
             # TF Serving: FAILED_PRECONDITION, 'Serving signature key "x" not found.'
             raise StatusError(
-                grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.'
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f'Serving signature key "{clip(name)}" not found.',
             )
         return self.signatures[name]
 
@@ -161,8 +174,10 @@ class Servable:
         scheduler: BatchScheduler | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run directly, or through the batch scheduler (merged with concurrent requests)."""
-        if scheduler is None:
+        """Run directly, or through the batch scheduler (merged with concurrent requests). A
+        request whose images look broken or too large from their headers runs unmerged, so the
+        model's error reaches that client only and its would-be batch-mates are not re-run."""
+        if scheduler is None or not self.mergeable(arrays):
             return self.call(signature, arrays)
         layout = tuple(sorted((k, a.dtype.str, a.shape[1:]) for k, a in arrays.items()))
         future = scheduler.submit(
@@ -176,6 +191,27 @@ class Servable:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "deadline exceeded while waiting in the batch queue",
             ) from None
+
+    def mergeable(self, arrays: dict) -> bool:
+        """False when a string input of a model exported here holds an element that is not a
+        complete JPEG/PNG/GIF/BMP within the model's pixel limit, judged from headers alone."""
+        if self.max_image_pixels is None:
+            return True
+        for array in arrays.values():
+            if array.dtype != object:
+                continue
+            for item in array.ravel():
+                try:
+                    header = image_header.read_header(bytes(item))
+                except (image_header.HeaderError, TypeError):
+                    return False
+                if (
+                    header.fmt == "webp"
+                    or not header.complete
+                    or header.pixels > self.max_image_pixels
+                ):
+                    return False
+        return True
 
     def warmup(self) -> int:
         """Replay TF Serving warmup records (PredictLog only); returns how many ran."""
@@ -268,12 +304,23 @@ class VersionState:
 class ModelManager:
     """Keeps the wanted versions of each configured model loaded; answers lookups by ModelSpec."""
 
-    def __init__(self, models: list[ModelConfig], scheduler: BatchScheduler | None = None):
+    def __init__(
+        self,
+        models: list[ModelConfig],
+        scheduler: BatchScheduler | None = None,
+        max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
+        load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
+    ):
+        if max_num_load_retries < 0 or load_retry_interval_s < 0:
+            raise PipelineError("--max-num-load-retries and the retry interval must be >= 0")
         self.models = {m.name: m for m in models}
         self.scheduler = scheduler
+        self.max_num_load_retries = max_num_load_retries
+        self.load_retry_interval_s = load_retry_interval_s
         self._servables: dict[str, dict[int, Servable]] = {n: {} for n in self.models}
         self._states: dict[str, dict[int, VersionState]] = {n: {} for n in self.models}
-        self._failed: dict[tuple[str, int], tuple] = {}
+        # (name, version) -> (saved_model.pb fingerprint, failed attempts, next retry time)
+        self._failed: dict[tuple[str, int], tuple[tuple, int, float]] = {}
         self._warned: dict[str, str] = {}
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
@@ -291,21 +338,22 @@ class ModelManager:
         if choice == "version_label":
             labels = self.models[name].labels if name in self.models else {}
             if spec.version_label not in labels:
-                raise invalid(f"Unrecognized servable version label: {spec.version_label}")
+                raise invalid(f"Unrecognized servable version label: {clip(spec.version_label)}")
             version = labels[spec.version_label]
         elif choice == "version":
             version = spec.version.value
         else:
             if not versions:
                 raise StatusError(
-                    grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})"
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Servable not found for request: Latest({clip(name)})",
                 )
             return versions[max(versions)]
         servable = (versions or {}).get(version)
         if servable is None:
             raise StatusError(
                 grpc.StatusCode.NOT_FOUND,
-                f"Servable not found for request: Specific({name}, {version})",
+                f"Servable not found for request: Specific({clip(name)}, {version})",
             )
         return servable
 
@@ -316,12 +364,13 @@ class ModelManager:
         if version is not None:
             if version not in states:
                 raise StatusError(
-                    grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}"
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Could not find version {version} of model {clip(name)}",
                 )
             return [(version, states[version])]
         if not states:
             raise StatusError(
-                grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}"
+                grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {clip(name)}"
             )
         return sorted(states.items())
 
@@ -352,13 +401,28 @@ class ModelManager:
                     f"model {name} version {version} failed to load: {state.error_message}"
                 )
 
+    def _next_retry(self) -> float | None:
+        """When the earliest pending load retry is due (time.monotonic), None if none is."""
+        due = [
+            at
+            for _, attempts, at in list(self._failed.values())
+            if attempts <= self.max_num_load_retries
+        ]
+        return min(due, default=None)
+
     def start_polling(self, interval_s: float) -> None:
-        """Poll every interval_s seconds in a thread; <= 0 polls only the once at startup."""
-        if interval_s <= 0 or self._thread is not None:
+        """Poll every interval_s seconds in a thread (<= 0: only the once at startup), and
+        whenever a failed load's retry is due."""
+        if self._thread is not None or (interval_s <= 0 and self._next_retry() is None):
             return
 
         def loop():
-            while not self._stopping.wait(interval_s):
+            while True:
+                waits = [interval_s] if interval_s > 0 else []
+                if (due := self._next_retry()) is not None:
+                    waits.append(max(due - time.monotonic(), 0.0))
+                if self._stopping.wait(min(waits) if waits else None):
+                    return
                 try:
                     self.poll()
                 except Exception as e:  # keep polling whatever one pass hit
@@ -367,7 +431,9 @@ class ModelManager:
         self._thread = threading.Thread(target=loop, name="version-poller", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling; waits at most `timeout` s for a load in progress (the thread is a
+        daemon: a load that takes longer does not keep the process alive)."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -405,8 +471,14 @@ class ModelManager:
 
     def _load(self, name: str, version: int, path: str) -> None:
         fingerprint = _fingerprint(path)
-        if self._failed.get((name, version)) == fingerprint:
-            return  # failed before and unchanged since
+        key = (name, version)
+        attempts = 0
+        if key in self._failed:
+            failed_fingerprint, attempts, due = self._failed[key]
+            if failed_fingerprint != fingerprint:
+                attempts = 0  # changed since: a new version of the files, a fresh start
+            elif attempts > self.max_num_load_retries or time.monotonic() < due:
+                return  # retries used up (until the files change), or not due yet
         self._set_state(name, version, VersionState(State.LOADING))
         start = time.monotonic()
         try:
@@ -418,13 +490,27 @@ class ModelManager:
                 if isinstance(e, tf.errors.OpError)
                 else grpc.StatusCode.UNKNOWN.value[0]
             )
-            self._failed[(name, version)] = fingerprint
-            self._set_state(name, version, VersionState(State.END, code, _one_line(e)))
-            log.error(
-                "failed to load model %s version %d from %s: %s", name, version, path, _one_line(e)
+            attempts += 1
+            retry = attempts <= self.max_num_load_retries
+            self._failed[key] = (
+                fingerprint,
+                attempts,
+                time.monotonic() + self.load_retry_interval_s,
             )
+            state = State.LOADING if retry else State.END
+            self._set_state(name, version, VersionState(state, code, _one_line(e)))
+            interval = self.load_retry_interval_s
+            then = (
+                f"retry {attempts} of {self.max_num_load_retries} in {interval:g} s"
+                if retry
+                else "not retried until its saved_model.pb changes"
+            )
+            log.error(
+                "failed to load model %s version %d from %s: %s (%s)",
+                name, version, path, _one_line(e), then,
+            )  # fmt: skip
             return
-        self._failed.pop((name, version), None)
+        self._failed.pop(key, None)
         with self._lock:
             self._servables[name] = {**self._servables[name], version: servable}
             self._states[name] = {**self._states[name], version: VersionState(State.AVAILABLE)}

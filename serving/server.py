@@ -6,39 +6,60 @@ grpc.health.v1.Health over `<base_path>/<version>/` SavedModels, with TF Serving
 Flags mirror tensorflow_model_server's (`--model_base_path` -> `--model-base-path`, ...).
 
     transfer-pipeline serve --model-base-path serving_models/cats_dogs --model-name cats_dogs
+
+Hostile clients: the server runs on gRPC's asyncio stack, so a request is read without holding
+a thread: a client that sends headers and never the body costs no worker. Every RPC has a
+server-side deadline (`--request-timeout-seconds`, or the client's if sooner) that covers
+reading the request, waiting for a worker and running the model; status, metadata and health
+answer on the event loop and never wait for a worker. gRPC limits concurrent RPCs, streams per
+connection, idle and old connections, and pings dead peers (keepalive). Request tensors are
+checked before they are materialised (serving.tensors). Shutdown ends within the drain time
+plus a few seconds whatever is running.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
 import signal
+import sys
 import threading
 import time
-from concurrent import futures
+from collections.abc import Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
-    model_service_pb2_grpc,
+    model_management_pb2,
     predict_pb2,
-    prediction_service_pb2_grpc,
     regression_pb2,
 )
 
 from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchingParameters, BatchScheduler, load_batching_parameters
-from serving.errors import StatusError, invalid
+from serving.errors import StatusError, clip, invalid
 from serving.model_config import ModelConfig, load_model_config_file
-from serving.servables import ModelManager, configure_tensorflow
-from serving.tensors import to_tensor_proto
+from serving.servables import (
+    DEFAULT_LOAD_RETRY_INTERVAL_S,
+    DEFAULT_MAX_NUM_LOAD_RETRIES,
+    ModelManager,
+    configure_tensorflow,
+)
+from serving.tensors import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_STRING_ELEMENTS,
+    RequestBudget,
+    to_tensor_proto,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +70,45 @@ SIGNATURE_DEF = "signature_def"
 SERVICE_NAMES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
-def _answer(context, method: str, model: str, response_cls, fn):
-    """Run fn; a StatusError becomes that gRPC status, anything else INTERNAL. Never raises."""
-    try:
-        return fn()
-    except StatusError as e:
-        code, message = e.code, e.message
-        log.warning("%s model=%r: %s: %s", method, model, code.name, message)
-    except Exception as e:
-        code = grpc.StatusCode.INTERNAL
-        message = f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:500]}"
-        log.error("%s model=%r: INTERNAL: %s", method, model, message)
-    context.set_code(code)
-    context.set_details(message)
-    return response_cls()
+@dataclasses.dataclass(frozen=True)
+class ServerLimits:
+    """What one client may take from the server; each is a `transfer-pipeline serve` flag."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # --max-message-bytes
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # --max-request-bytes
+    max_string_elements: int = DEFAULT_MAX_STRING_ELEMENTS  # --max-string-elements
+    request_timeout_s: float = 30.0  # --request-timeout-seconds
+    max_concurrent_rpcs: int = 256  # --max-concurrent-rpcs
+    max_concurrent_streams: int = 100  # --max-concurrent-streams (per connection)
+    keepalive_time_s: float = 60.0  # --keepalive-time-seconds
+    keepalive_timeout_s: float = 20.0  # --keepalive-timeout-seconds
+    max_connection_idle_s: float = 300.0  # --max-connection-idle-seconds
+    max_connection_age_s: float = 1800.0  # --max-connection-age-seconds
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if not getattr(self, field.name) > 0:
+                flag = (
+                    field.name.replace("_s", "_seconds")
+                    if field.name.endswith("_s")
+                    else field.name
+                )
+                raise PipelineError(f"--{flag.replace('_', '-')} must be > 0")
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s)),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", ms(self.request_timeout_s)),
+        ]
 
 
 def _model_spec(target, name: str, version: int, signature_name: str | None = None) -> None:
@@ -72,24 +118,20 @@ def _model_spec(target, name: str, version: int, signature_name: str | None = No
         target.signature_name = signature_name
 
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+class PredictionService:
+    """tensorflow.serving.PredictionService as plain methods: request -> response, or
+    StatusError. `Server` calls them (Predict in a worker thread, the others on the loop)."""
 
-    def Predict(self, request, context):
-        return _answer(
-            context,
-            "Predict",
-            request.model_spec.name,
-            predict_pb2.PredictResponse,
-            lambda: self.predict(request, context.time_remaining()),
-        )
+    def __init__(self, manager: ModelManager, limits: ServerLimits | None = None):
+        self.manager = manager
+        self.limits = limits or ServerLimits()
 
     def predict(self, request, timeout: float | None = None) -> predict_pb2.PredictResponse:
         servable = self.manager.resolve(request.model_spec)
         signature = servable.signature(request.model_spec.signature_name)
         wanted = signature.output_filter(list(request.output_filter))
-        arrays = signature.decode(request.inputs)
+        budget = RequestBudget(self.limits.max_request_bytes, self.limits.max_string_elements)
+        arrays = signature.decode(request.inputs, budget)
         outputs = servable.run(signature, arrays, self.manager.scheduler, timeout)
         response = predict_pb2.PredictResponse()
         _model_spec(response.model_spec, servable.name, servable.version, signature.name)
@@ -97,21 +139,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[name].CopyFrom(to_tensor_proto(outputs[name]))
         return response
 
-    def GetModelMetadata(self, request, context):
-        return _answer(
-            context,
-            "GetModelMetadata",
-            request.model_spec.name,
-            get_model_metadata_pb2.GetModelMetadataResponse,
-            lambda: self.metadata(request),
-        )
-
-    def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    def metadata(self, request, timeout=None) -> get_model_metadata_pb2.GetModelMetadataResponse:
         if not request.metadata_field:
             raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
             if field != SIGNATURE_DEF:
-                raise invalid(f"Metadata field {field} is not supported")
+                raise invalid(f"Metadata field {clip(field)} is not supported")
         servable = self.manager.resolve(request.model_spec)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, signature_def in servable.signature_defs.items():
@@ -121,47 +154,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.metadata[SIGNATURE_DEF].Pack(signature_map)
         return response
 
-    def _unimplemented(self, method: str, model: str, context, response_cls):
-        def fail():
+    @staticmethod
+    def unimplemented(method: str):
+        def fail(request, timeout=None):
             raise StatusError(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"{method} is not implemented by this server: the models export predict "
                 "signatures only; use Predict",
             )
 
-        return _answer(context, method, model, response_cls, fail)
-
-    def Classify(self, request, context):
-        return self._unimplemented(
-            "Classify", request.model_spec.name, context, classification_pb2.ClassificationResponse
-        )
-
-    def Regress(self, request, context):
-        return self._unimplemented(
-            "Regress", request.model_spec.name, context, regression_pb2.RegressionResponse
-        )
-
-    def MultiInference(self, request, context):
-        model = request.tasks[0].model_spec.name if request.tasks else ""
-        return self._unimplemented(
-            "MultiInference", model, context, inference_pb2.MultiInferenceResponse
-        )
+        return fail
 
 
-class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+class ModelService:
+    """tensorflow.serving.ModelService as plain methods (see PredictionService)."""
+
     def __init__(self, manager: ModelManager):
         self.manager = manager
 
-    def GetModelStatus(self, request, context):
-        return _answer(
-            context,
-            "GetModelStatus",
-            request.model_spec.name,
-            get_model_status_pb2.GetModelStatusResponse,
-            lambda: self.status(request),
-        )
-
-    def status(self, request) -> get_model_status_pb2.GetModelStatusResponse:
+    def status(self, request, timeout=None) -> get_model_status_pb2.GetModelStatusResponse:
         if not request.HasField("model_spec"):
             raise invalid("Missing ModelSpec")
         spec = request.model_spec
@@ -173,48 +184,223 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             entry.status.error_message = state.error_message
         return response
 
-    def HandleReloadConfigRequest(self, request, context):
-        from tensorflow_serving.apis import model_management_pb2
-
-        def fail():
-            raise StatusError(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "HandleReloadConfigRequest is not implemented by this server; restart it with "
-                "the new --model-config-file",
-            )
-
-        return _answer(
-            context,
-            "HandleReloadConfigRequest",
-            "",
-            model_management_pb2.ReloadConfigResponse,
-            fail,
+    @staticmethod
+    def reload_config(request, timeout=None):
+        raise StatusError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "HandleReloadConfigRequest is not implemented by this server; restart it with "
+            "the new --model-config-file",
         )
 
 
-def _update_health(servicer: health.HealthServicer, manager: ModelManager) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Method:
+    request: type
+    fn: Callable  # (request, timeout) -> response; raises StatusError
+    blocking: bool  # runs TensorFlow: in a worker thread, not on the event loop
+    model: Callable = lambda request: request.model_spec.name  # for log lines
+
+
+class _Server:
+    """The grpc.aio server, its event loop thread and the worker threads for Predict."""
+
+    def __init__(self, manager: ModelManager, limits: ServerLimits, max_threads: int):
+        self.manager = manager
+        self.limits = limits
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_threads, "grpc")
+        self.busy = 0  # worker threads running a request now
+        self._busy_lock = threading.Lock()
+        self.prediction = PredictionService(manager, limits)
+        self.models = ModelService(manager)
+        self.health = self.call(self._make_health())
+        self.server = self.call(self._make_server())
+
+    def call(self, coro, timeout: float | None = 30.0):
+        """Run a coroutine on the loop from another thread; its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _make_health(self):
+        return health.aio.HealthServicer()
+
+    async def _make_server(self) -> grpc.aio.Server:
+        server = grpc.aio.server(
+            options=self.limits.grpc_options(),
+            maximum_concurrent_rpcs=self.limits.max_concurrent_rpcs,
+        )
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(*h) for h in self._handlers()]
+        )
+        return server
+
+    def _handlers(self):
+        p, m = self.prediction, self.models
+        services = {
+            "tensorflow.serving.PredictionService": {
+                "Predict": _Method(predict_pb2.PredictRequest, p.predict, True),
+                "GetModelMetadata": _Method(
+                    get_model_metadata_pb2.GetModelMetadataRequest, p.metadata, False
+                ),
+                "Classify": _Method(
+                    classification_pb2.ClassificationRequest, p.unimplemented("Classify"), False
+                ),
+                "Regress": _Method(
+                    regression_pb2.RegressionRequest, p.unimplemented("Regress"), False
+                ),
+                "MultiInference": _Method(
+                    inference_pb2.MultiInferenceRequest,
+                    p.unimplemented("MultiInference"),
+                    False,
+                    lambda r: r.tasks[0].model_spec.name if r.tasks else "",
+                ),
+            },
+            "tensorflow.serving.ModelService": {
+                "GetModelStatus": _Method(
+                    get_model_status_pb2.GetModelStatusRequest, m.status, False
+                ),
+                "HandleReloadConfigRequest": _Method(
+                    model_management_pb2.ReloadConfigRequest, m.reload_config, False, lambda r: ""
+                ),
+            },
+        }
+        for service, methods in services.items():
+            yield (
+                service,
+                {
+                    name: grpc.stream_unary_rpc_method_handler(
+                        self._unary(f"{service.rsplit('.', 1)[-1]}.{name}", method),
+                        request_deserializer=method.request.FromString,
+                        response_serializer=lambda response: response.SerializeToString(),
+                    )
+                    for name, method in methods.items()
+                },
+            )
+        check = _Method(health_pb2.HealthCheckRequest, None, False, lambda r: r.service)
+        yield (
+            "grpc.health.v1.Health",
+            {
+                "Check": grpc.stream_unary_rpc_method_handler(
+                    self._unary("Health.Check", check, self.health.Check),
+                    request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                    response_serializer=lambda response: response.SerializeToString(),
+                ),
+                "Watch": grpc.unary_stream_rpc_method_handler(
+                    self.health.Watch,
+                    request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                    response_serializer=lambda response: response.SerializeToString(),
+                ),
+            },
+        )
+
+    def _deadline(self, context) -> float:
+        """Seconds this RPC may take in all: the server's limit or the client's, if sooner."""
+        remaining = context.time_remaining()
+        limit = self.limits.request_timeout_s
+        return limit if remaining is None else min(limit, remaining)
+
+    def _unary(self, method: str, spec: _Method, handler=None):
+        """A unary RPC, registered as client-streaming so that reading the request happens
+        under the server-side deadline (a unary handler only starts once the body is in)."""
+
+        async def rpc(request_iterator, context):
+            started = time.monotonic()
+            budget = self._deadline(context)
+            read = asyncio.ensure_future(context.read())
+            done, _ = await asyncio.wait({read}, timeout=budget)
+            if not done:
+                read.add_done_callback(_consume)
+                await self._fail(context, method, "", _timeout(budget, "the request to arrive"))
+            request = read.result()
+            if request is grpc.aio.EOF:
+                await self._fail(context, method, "", invalid("no request message"))
+            if handler is not None:  # health: the library's async servicer
+                return await handler(request, context)
+            try:
+                if not spec.blocking:
+                    return spec.fn(request, None)
+                left = budget - (time.monotonic() - started)
+                return await asyncio.wait_for(self._in_worker(spec.fn, request, left), left)
+            except StatusError as e:
+                error = e
+            except (asyncio.TimeoutError, TimeoutError):
+                error = _timeout(budget, "the answer")
+            except Exception as e:  # a bug: say what, once, in one line
+                error = StatusError(
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error: {type(e).__name__}: {clip(' '.join(str(e).split()), 500)}",
+                )
+            await self._fail(context, method, spec.model(request), error)
+
+        return rpc
+
+    async def _in_worker(self, fn, request, timeout: float):
+        def run():
+            with self._busy_lock:
+                self.busy += 1
+            try:
+                return fn(request, timeout)
+            finally:
+                with self._busy_lock:
+                    self.busy -= 1
+
+        return await self.loop.run_in_executor(self.executor, run)
+
+    @staticmethod
+    async def _fail(context, method: str, model: str, error: StatusError):
+        level = logging.ERROR if error.code == grpc.StatusCode.INTERNAL else logging.WARNING
+        log.log(level, "%s model=%r: %s: %s", method, clip(model), error.code.name, error.message)
+        await context.abort(error.code, error.message)
+
+    async def _stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def _timeout(seconds: float, what: str) -> StatusError:
+    return StatusError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"deadline of {seconds:g} s exceeded waiting for {what} "
+        "(the client's deadline or --request-timeout-seconds)",
+    )
+
+
+def _consume(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" noise
+
+
+def _update_health(server: _Server, manager: ModelManager) -> None:
     """Each model name SERVING once one of its versions is loaded; the server once all are."""
+    if not server.loop.is_running():  # stopped: a load that finished after shutdown
+        return
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     everything = True
+    statuses = {}
     for name in manager.models:
         ok = manager.available(name)
         everything &= ok
-        servicer.set(name, serving if ok else not_serving)
+        statuses[name] = serving if ok else not_serving
     for name in SERVICE_NAMES:
-        servicer.set(name, serving if everything else not_serving)
+        statuses[name] = serving if everything else not_serving
+
+    async def apply():
+        for name, status in statuses.items():
+            await server.health.set(name, status)
+
+    server.call(apply(), timeout=10)
 
 
 @dataclasses.dataclass
 class ServerHandle:
     """A running server: `.port`, `.target`, `.stop(grace)`; a context manager."""
 
-    server: grpc.Server
+    server: _Server
     host: str
     port: int
     manager: ModelManager
-    health: health.HealthServicer
-    prediction_service: PredictionService
 
     @property
     def target(self) -> str:
@@ -223,6 +409,11 @@ class ServerHandle:
     @property
     def serving(self) -> bool:
         return all(self.manager.available(name) for name in self.manager.models)
+
+    @property
+    def busy(self) -> int:
+        """Requests running in worker threads now (after stop: the ones that outlived it)."""
+        return self.server.busy
 
     def wait_until_serving(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -233,15 +424,22 @@ class ServerHandle:
         return True
 
     def stop(self, grace: float | None = 10.0) -> None:
-        """Refuse new requests, let in-flight ones finish (up to `grace` s), then shut down."""
-        self.health.enter_graceful_shutdown()
-        self.manager.stop()
+        """Refuse new requests, let in-flight ones finish (up to `grace` s), then shut down.
+        Returns within about grace + 3 s whatever is running: a request still running in
+        TensorFlow then is abandoned (see `busy`)."""
+        grace = 0.0 if grace is None else max(grace, 0.0)
+        self.manager.stop(timeout=1.0)
         scheduler = self.manager.scheduler
         if scheduler is not None:
             scheduler.flush()  # queued batches run now instead of waiting for their timeout
-        self.server.stop(grace).wait()
+        try:
+            self.server.call(self.server._stop(grace), timeout=grace + 2.0)
+        except (concurrent.futures.TimeoutError, TimeoutError):
+            log.warning("gRPC server did not stop within %g s", grace + 2.0)
         if scheduler is not None:
-            scheduler.stop()
+            scheduler.stop(timeout=0.5)
+        self.server.executor.shutdown(wait=False, cancel_futures=True)
+        self.server.loop.call_soon_threadsafe(self.server.loop.stop)
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -286,40 +484,46 @@ def start_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_threads: int = DEFAULT_MAX_THREADS,
     server_credentials: grpc.ServerCredentials | None = None,
+    limits: ServerLimits | None = None,
+    max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
+    load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
 ) -> ServerHandle:
     """Start serving; returns once the versions present at startup are loaded.
 
     Raises PipelineError for a bad configuration, a port that cannot be bound, or (like
     tensorflow_model_server at startup) a model whose versions all failed to load. A model with
     no version yet is not an error: the server waits for one (health NOT_SERVING until then).
-    server_credentials (grpc.ssl_server_credentials) serves TLS instead of plaintext.
+    server_credentials (grpc.ssl_server_credentials) serves TLS instead of plaintext. `limits`
+    bounds what a client may take (its max_message_bytes wins over the argument when given).
     """
     configs = _models(model_base_path, model_name, model_config_file, models)
-    server = _grpc_server(max_threads, max_message_bytes)
+    if max_threads < 1 or max_message_bytes < 1:
+        raise PipelineError("--grpc-max-threads and --max-message-bytes must be >= 1")
+    limits = limits or ServerLimits(max_message_bytes=max_message_bytes)
     scheduler = None
     if enable_batching:
         if isinstance(batching_parameters, str | os.PathLike):
             batching_parameters = load_batching_parameters(str(batching_parameters))
         scheduler = BatchScheduler(batching_parameters or BatchingParameters())
-    manager = ModelManager(configs, scheduler)
-    health_servicer = health.HealthServicer()
-    _update_health(health_servicer, manager)
-    manager.listeners.append(lambda: _update_health(health_servicer, manager))
-    prediction_service = PredictionService(manager)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction_service, server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    manager = ModelManager(configs, scheduler, max_num_load_retries, load_retry_interval_s)
+    server = _Server(manager, limits, max_threads)
+    _update_health(server, manager)
+    manager.listeners.append(lambda: _update_health(server, manager))
     try:
         bound = _bind(server, f"{_host_for_url(host)}:{port}", server_credentials)
     except PipelineError:
+        server.call(server.server.stop(None))
+        server.loop.call_soon_threadsafe(server.loop.stop)
         if scheduler is not None:
             scheduler.stop()
         raise
-    server.start()
-    handle = ServerHandle(server, host, bound, manager, health_servicer, prediction_service)
+    handle = ServerHandle(server, host, bound, manager)
     try:
+        # Like tensorflow_model_server: the port answers once the versions present at startup
+        # are loaded (a client connecting earlier is UNAVAILABLE and retries, not NOT_FOUND).
         manager.poll()
         manager.check_initial_load()
+        server.call(server.server.start())
     except BaseException:
         handle.stop(grace=0)
         raise
@@ -327,25 +531,12 @@ def start_server(
     return handle
 
 
-def _grpc_server(max_threads: int, max_message_bytes: int) -> grpc.Server:
-    if max_threads < 1 or max_message_bytes < 1:
-        raise PipelineError("--grpc-max-threads and --max-message-bytes must be >= 1")
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
-        ],
-    )
-
-
-def _bind(server: grpc.Server, address: str, credentials) -> int:
+def _bind(server: _Server, address: str, credentials) -> int:
     try:
         if credentials is None:
-            bound = server.add_insecure_port(address)
+            bound = server.server.add_insecure_port(address)
         else:
-            bound = server.add_secure_port(address, credentials)
+            bound = server.server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if not bound:
@@ -380,15 +571,71 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let idle TensorFlow threads spin (lower latency only on otherwise idle cores)",
     )
-    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
-    p.add_argument("--grpc-max-threads", type=int, default=DEFAULT_MAX_THREADS)
+    p.add_argument(
+        "--grpc-max-threads",
+        type=int,
+        default=DEFAULT_MAX_THREADS,
+        help="worker threads running Predict requests",
+    )
     p.add_argument(
         "--drain-seconds",
         type=float,
         default=30.0,
-        help="on SIGTERM/SIGINT, how long in-flight requests may take to finish",
+        help="on SIGTERM/SIGINT, how long in-flight requests may take to finish; the process "
+        "exits within this + 5 s",
+    )
+    d = ServerLimits()
+    limits = p.add_argument_group("limits on what one client may take (see README)")
+    for flag, kind, default, text in (
+        ("--max-message-bytes", int, d.max_message_bytes, "largest request (RESOURCE_EXHAUSTED)"),
+        ("--max-request-bytes", int, d.max_request_bytes,
+         "bytes a request's input tensors may declare, as materialised (INVALID_ARGUMENT)"),
+        ("--max-string-elements", int, d.max_string_elements,
+         "string elements (encoded images) in one request (INVALID_ARGUMENT)"),
+        ("--request-timeout-seconds", float, d.request_timeout_s,
+         "server-side deadline of every RPC: reading, queueing, running (DEADLINE_EXCEEDED)"),
+        ("--max-concurrent-rpcs", int, d.max_concurrent_rpcs,
+         "RPCs in progress at once, stalled ones included (RESOURCE_EXHAUSTED)"),
+        ("--max-concurrent-streams", int, d.max_concurrent_streams,
+         "RPCs in progress on one connection (HTTP/2 flow control: the client waits)"),
+        ("--keepalive-time-seconds", float, d.keepalive_time_s,
+         "ping a connection after this long without traffic"),
+        ("--keepalive-timeout-seconds", float, d.keepalive_timeout_s,
+         "close a connection whose peer does not answer a ping within this"),
+        ("--max-connection-idle-seconds", float, d.max_connection_idle_s,
+         "close a connection without RPCs after this long"),
+        ("--max-connection-age-seconds", float, d.max_connection_age_s,
+         "close any connection after this long (+ --request-timeout-seconds for its RPCs)"),
+    ):  # fmt: skip
+        limits.add_argument(flag, type=kind, default=default, help=text)
+    p.add_argument(
+        "--max-num-load-retries",
+        type=int,
+        default=DEFAULT_MAX_NUM_LOAD_RETRIES,
+        help="retries of a failed model load (TF Serving's --max_num_load_retries)",
+    )
+    p.add_argument(
+        "--load-retry-interval-micros",
+        type=int,
+        default=int(DEFAULT_LOAD_RETRY_INTERVAL_S * 1e6),
+        help="between load retries (TF Serving's --load_retry_interval_micros)",
     )
     return p
+
+
+def limits_from_args(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(
+        max_message_bytes=args.max_message_bytes,
+        max_request_bytes=args.max_request_bytes,
+        max_string_elements=args.max_string_elements,
+        request_timeout_s=args.request_timeout_seconds,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_concurrent_streams=args.max_concurrent_streams,
+        keepalive_time_s=args.keepalive_time_seconds,
+        keepalive_timeout_s=args.keepalive_timeout_seconds,
+        max_connection_idle_s=args.max_connection_idle_seconds,
+        max_connection_age_s=args.max_connection_age_seconds,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,10 +650,19 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _serve_until_signalled(args, stop)
+        handle = _serve_until_signalled(args, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if handle is not None and handle.busy:
+        # TensorFlow cannot be interrupted, and Python waits for worker threads at exit: leave
+        # now so that shutdown never outlasts the drain time.
+        log.warning("exiting with %d request(s) still running past the drain time", handle.busy)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
 
 
 def _write_port_file(path: str, port: int) -> None:
@@ -416,7 +672,7 @@ def _write_port_file(path: str, port: int) -> None:
         raise PipelineError(f"cannot write the port file {path}: {e}") from None
 
 
-def _serve_until_signalled(args, stop: threading.Event) -> int:
+def _serve_until_signalled(args, stop: threading.Event) -> ServerHandle | None:
     configure_tensorflow(
         args.tensorflow_intra_op_parallelism,
         args.tensorflow_inter_op_parallelism,
@@ -433,6 +689,9 @@ def _serve_until_signalled(args, stop: threading.Event) -> int:
         poll_wait_seconds=args.file_system_poll_wait_seconds,
         max_message_bytes=args.max_message_bytes,
         max_threads=args.grpc_max_threads,
+        limits=limits_from_args(args),
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_s=args.load_retry_interval_micros / 1e6,
     )
     try:
         while not stop.is_set() and not handle.wait_until_serving(0.2):
@@ -454,4 +713,4 @@ def _serve_until_signalled(args, stop: threading.Event) -> int:
     finally:
         handle.stop(grace=args.drain_seconds)
     log.info("stopped")
-    return 0
+    return handle

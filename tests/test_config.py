@@ -66,6 +66,11 @@ pusher: {keep_versions: 3}
         ({"example_gen": {"beam_args": "--runner=X"}}, "example_gen.beam_args: expected a list"),
         ({"trainer": {"augmentation": {"horizontal_flip": "yes"}}}, "horizontal_flip"),
         ({"trainer": []}, "trainer: expected a mapping"),
+        (
+            {"trainer": {"max_image_pixels": 0}},
+            "trainer.max_image_pixels: must be in [1, 1099511627776]",
+        ),
+        ({"example_gen": {"max_image_pixels": -5}}, "example_gen.max_image_pixels: must be in"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_key(data, message):

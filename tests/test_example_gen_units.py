@@ -200,6 +200,10 @@ def test_parse_args_passes_beam_args_through():
 def test_parameters_are_validated():
     with pytest.raises(PipelineError, match="--num-shards must be >= 1"):
         example_gen.run_example_gen("d", "o", num_shards=0)
+    with pytest.raises(PipelineError, match="--max-image-pixels must be >= 1"):
+        example_gen.run_example_gen("d", "o", max_image_pixels=0)
+    args, _ = example_gen_spec.parse_args(["--data-root", "d", "--output", "o"])
+    assert args.max_image_pixels == 40_000_000
     with pytest.raises(PipelineError, match="--validation-fraction must be in"):
         example_gen.run_example_gen("d", "o", validation_fraction=1.0)
 
@@ -326,3 +330,33 @@ def test_assign_splits_transform_carves_by_path_hash():
     with test_pipeline.TestPipeline() as p:
         out = p | beam.Create(sources[:10]) | example_gen.AssignSplits(None)
         assert_that(out | beam.Map(lambda s: s.split), equal_to(["train"] * 10))
+
+
+def test_decompression_bombs_are_skipped_as_too_large_before_decoding(tmp_path):
+    import serving_models as testing
+
+    bombs = {
+        "png.png": (testing.png_bomb(23_000), "too large: 23000x23000 > 40000000 pixels"),
+        "jpeg.jpg": (
+            testing.jpeg_claiming(60_000, 60_000),
+            "too large: 60000x60000 > 40000000 pixels",
+        ),
+        "gif.gif": (
+            testing.gif_image((65_535, 65_535)),
+            "too large: 65535x65535 > 40000000 pixels",
+        ),
+        "frames.gif": (
+            testing.gif_image((4000, 4000), [(4000, 4000)] * 3),
+            "too large: 3 frames of up to 4000x4000 (48000000 pixels) > 40000000 pixels",
+        ),
+    }
+    for name, (data, reason) in bombs.items():
+        _write(tmp_path / "train/dogs" / name, data)
+        src = SourceFile(f"train/dogs/{name}", "train", "train", 1)
+        result, example = example_gen.convert_file(str(tmp_path), ["cats", "dogs"], src)
+        assert example is None and result.bad and result.reason == reason, name
+    # the limit is a parameter: a 32x32 image is "too large" for 1023 pixels, not for 1024
+    small = image_bytes("png-gray")
+    with pytest.raises(image_check.SkipFile, match="too large: 32x32 > 1023 pixels"):
+        image_check.check_image("a/b.png", small, max_image_pixels=1023)
+    assert image_check.check_image("a/b.png", small, max_image_pixels=1024).width == 32

@@ -99,3 +99,62 @@ def test_failed_export_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         export.export_saved_model(model, str(tmp_path / "sm"), ["x", "y"], (16, 16))
     assert list(tmp_path.iterdir()) == []
+
+
+def _animated_gif(frames: int, size=(12, 10)) -> bytes:
+    rng = np.random.default_rng(frames)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+        for _ in range(frames)
+    ]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:])
+    return buf.getvalue()
+
+
+def test_graph_header_sizes_equal_the_python_reader(images):
+    """export.image_header (in the SavedModel) and image_header.read_header (ExampleGen, the
+    server's batching) read the same sizes, bombs included, without decoding."""
+    import serving_models as testing
+
+    from pipeline_components.core import image_header
+
+    header = tf.function(export.image_header)
+    cases = [
+        *images,
+        _animated_gif(5),
+        testing.png_bomb(23_000),
+        testing.gif_image((65_535, 65_535)),
+        testing.gif_image((1, 1), [(65_535, 65_535), (300, 200)]),
+        testing.jpeg_claiming(60_000, 60_000),
+    ]
+    for data in cases:
+        fmt, height, width, pixels = header(tf.constant(data)).numpy().tolist()
+        expected = image_header.read_header(data)
+        assert ["jpeg", "png", "gif", "bmp"][fmt] == expected.fmt
+        assert (height, width, pixels) == (expected.height, expected.width, expected.pixels)
+    assert header(tf.constant(b"plain text")).numpy().tolist() == [-1, 0, 0, 0]
+
+
+def test_pixel_limit_is_configurable_and_recorded_in_the_saved_model(tmp_path, images):
+    out = tmp_path / "sm"
+    model = _tiny_model(1, "sigmoid")
+    export.export_saved_model(model, str(out), ["x", "y"], (16, 16), max_image_pixels=600)
+    assert artifacts.read_max_image_pixels(str(out)) == 600
+    sig = tf.saved_model.load(str(out)).signatures["serving_default"]
+    assert sig(images=tf.constant(images))["scores"].shape == (4,)  # 20x30 = 600 pixels each
+    gif = _animated_gif(6)  # 6 frames of 12x10 = 720 pixels decoded
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
+        sig(images=tf.constant([images[0], gif]))
+    assert "element 1 is 12x10 pixels (720 to decode), over the limit of 600 pixels" in str(
+        err.value
+    )
+    assert sig(images=tf.constant([], tf.string))["scores"].shape == (0,)
+
+    default = tmp_path / "default"
+    export.export_saved_model(model, str(default), ["x", "y"], (16, 16))
+    assert artifacts.read_max_image_pixels(str(default)) == 40_000_000
+    with pytest.raises(ValueError, match="max_image_pixels must be an integer >= 1"):
+        export.export_saved_model(
+            model, str(tmp_path / "bad"), ["x", "y"], (16, 16), None, max_image_pixels=0
+        )

@@ -111,7 +111,9 @@ def test_half_written_and_hidden_version_dirs_are_ignored_until_complete(base, e
 
 
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(base, exported, caplog):
-    handle = start_server(str(base), "m", poll_wait_seconds=POLL_S)
+    handle = start_server(
+        str(base), "m", poll_wait_seconds=POLL_S, max_num_load_retries=2, load_retry_interval_s=0.2
+    )
     try:
         with caplog.at_level(logging.ERROR, logger="serving.servables"):
             broken = base / ".2.tmp-deadbeef"
@@ -126,9 +128,38 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(base, exported,
         assert (prediction.version, prediction.class_name) == (1, "class_0")
         assert states(handle) == {1: "AVAILABLE", 2: "END"}
         failures = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
-        assert len(failures) == 1 and "model m version 2" in failures[0]
-        time.sleep(POLL_S * 3)  # not retried while unchanged (no log line per poll)
-        assert sum("failed to load" in r.getMessage() for r in caplog.records) == 1
+        assert len(failures) == 3 and all("model m version 2" in f for f in failures)  # 1 + 2
+        assert "(retry 1 of 2 in 0.2 s)" in failures[0]
+        assert "(not retried until its saved_model.pb changes)" in failures[-1]
+        time.sleep(0.2 * 3)  # retries used up: not retried while unchanged
+        assert sum("failed to load" in r.getMessage() for r in caplog.records) == 3
+    finally:
+        handle.stop(grace=1)
+
+
+def test_a_version_whose_first_load_fails_becomes_available_after_a_retry(base, exported):
+    """A transient failure (here variables/ still being copied when saved_model.pb is already
+    there; on an object store, a read error) is retried like TF Serving's --max_num_load_retries;
+    before, the version stayed failed until its saved_model.pb changed."""
+    handle = start_server(
+        str(base), "m", poll_wait_seconds=POLL_S, max_num_load_retries=5, load_retry_interval_s=0.5
+    )
+    try:
+        staging = base / ".2.tmp-0badc0de"
+        shutil.copytree(exported / "fav1", staging, ignore=shutil.ignore_patterns("variables"))
+        os.rename(staging, base / "2")
+        with PredictionClient(handle.target, "m") as client:
+
+            def version_2():
+                return {s.version: s for s in client.status()}.get(2)
+
+            wait_for(lambda: version_2() and version_2().error_code != "OK", what="a failed load")
+            v2 = version_2()
+            assert v2.state == "LOADING" and "variables" in v2.error_message  # retrying
+            assert client.predict([IMAGE])[0].version == 1
+            shutil.copytree(exported / "fav1" / "variables", base / "2" / "variables")
+            wait_for(lambda: states(handle).get(2) == "AVAILABLE", what="version 2 after a retry")
+            assert client.predict([IMAGE])[0].class_name == "class_1"
     finally:
         handle.stop(grace=1)
 

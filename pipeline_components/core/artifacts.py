@@ -58,6 +58,7 @@ ASSETS_DIR = "assets"
 ASSETS_EXTRA_DIR = "assets.extra"
 LABELS_ASSET = LABELS_FILE  # assets/labels.txt
 WARMUP_FILE = "tf_serving_warmup_requests"  # assets.extra/tf_serving_warmup_requests
+LIMITS_ASSET = "serving_limits.json"  # assets/serving_limits.json: {"max_image_pixels": n}
 
 # --------------------------------------------------------------------------- Evaluation
 BLESSING_FILE = "blessing.json"
@@ -109,6 +110,18 @@ def labels_asset(saved_model: str) -> str:
 def read_labels_asset(saved_model: str) -> list[str]:
     """The class names a SavedModel was exported with (assets/labels.txt), in label order."""
     return [line for line in fsutil.read_text(labels_asset(saved_model)).splitlines() if line]
+
+
+def limits_asset(saved_model: str) -> str:
+    return fsutil.join(saved_model, ASSETS_DIR, LIMITS_ASSET)
+
+
+def read_max_image_pixels(saved_model: str) -> int | None:
+    """The pixel limit recorded at export; None for a SavedModel exported without one."""
+    path = limits_asset(saved_model)
+    if not fsutil.exists(path):
+        return None
+    return int(fsutil.read_json(path, "serving limits")["max_image_pixels"])
 
 
 def warmup_file(saved_model: str) -> str:

@@ -140,10 +140,14 @@ def range_text(meta: Mapping[str, Any]) -> str:
     low = ("[", meta["ge"]) if meta.get("ge") is not None else ("(", meta.get("gt"))
     high = ("]", meta["le"]) if meta.get("le") is not None else (")", meta.get("lt"))
     if low[1] is not None and high[1] is not None:
-        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+        return f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
     if low[1] is not None:
-        return f"{'>=' if low[0] == '[' else '>'} {low[1]:g}"
-    return f"{'<=' if high[0] == ']' else '<'} {high[1]:g}"
+        return f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+    return f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _in_range(value: float, meta: Mapping[str, Any]) -> bool:

@@ -27,6 +27,9 @@ class ExampleGenConfig:
         0.1, gt=0, lt=1, doc="carved from train by a stable hash when validation/ is absent"
     )
     beam_args: list[str] = option(factory=lambda: ["--runner=DirectRunner"], key=False)
+    max_image_pixels: int = option(
+        40_000_000, ge=1, le=2**40, doc="skip larger images (decompression bombs)"
+    )
 
 
 class ExampleGen(Component):
@@ -55,6 +58,7 @@ class ExampleGen(Component):
             resize_max_side=cfg.resize_max_side,
             validation_fraction=cfg.validation_fraction,
             beam_args=cfg.beam_args or None,
+            max_image_pixels=cfg.max_image_pixels,
         )
         return {
             "fingerprint": stats["fingerprint"],
@@ -98,6 +102,7 @@ class ExampleGen(Component):
                 "resize_max_side": args.resize_max_side,
                 "validation_fraction": args.validation_fraction,
                 "beam_args": beam_args,
+                "max_image_pixels": args.max_image_pixels,
             },
             self.config_section or "",
             source="command line",
@@ -155,6 +160,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         type=float,
         default=defaults.validation_fraction,
         help="share of train carved into validation when there is no validation/ folder",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=defaults.max_image_pixels,
+        help="skip images whose header claims more pixels than this (decompression bombs)",
     )
     args, unknown = p.parse_known_args(own)
     for arg in unknown:

@@ -208,7 +208,11 @@ def read_file(path: str) -> bytes:
 
 
 def convert_file(
-    data_root: str, labels: list[str], src: SourceFile, resize_max_side: int | None = None
+    data_root: str,
+    labels: list[str],
+    src: SourceFile,
+    resize_max_side: int | None = None,
+    max_image_pixels: int | None = image_check.DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[FileResult, bytes | None]:
     """Read and decode-check one file: its FileResult and serialized Example (None: skipped)."""
     result = FileResult(src.relpath, src.folder_split, src.split, src.label, "", "", False, "", "")
@@ -221,7 +225,7 @@ def convert_file(
         except Exception as e:  # permission denied, object vanished, ...
             raise image_check.SkipFile(f"unreadable: {' '.join(str(e).split())}") from None
         result = result._replace(sha256=image_check.sha256_hex(data))
-        stored = image_check.check_image(src.relpath, data, resize_max_side)
+        stored = image_check.check_image(src.relpath, data, resize_max_side, max_image_pixels)
     except image_check.SkipFile as skip:
         return result._replace(reason=skip.reason, bad=skip.bad), None
     reencoded = stored.encoded is not data
@@ -270,12 +274,16 @@ class ConvertShardFn(beam.DoFn):
     The worker that reads an image also writes it: image bytes never cross a shuffle.
     """
 
-    def __init__(self, data_root, labels, output_dir, num_shards, resize_max_side=None):
+    def __init__(
+        self, data_root, labels, output_dir, num_shards, resize_max_side=None,
+        max_image_pixels=image_check.DEFAULT_MAX_IMAGE_PIXELS,
+    ):  # fmt: skip
         self.data_root = data_root
         self.labels = list(labels)
         self.output_dir = output_dir
         self.num_shards = num_shards
         self.resize_max_side = resize_max_side
+        self.max_image_pixels = max_image_pixels
 
     def setup(self):
         import tensorflow  # noqa: F401  (once per worker, not inside the first bundle)
@@ -291,7 +299,7 @@ class ConvertShardFn(beam.DoFn):
         with tf.io.TFRecordWriter(path, options) as writer:
             for src in sorted(groups["sources"]):
                 result, example = convert_file(
-                    self.data_root, self.labels, src, self.resize_max_side
+                    self.data_root, self.labels, src, self.resize_max_side, self.max_image_pixels
                 )
                 outcome = "skipped" if example is None else "kept"
                 Metrics.counter(COUNTER_NAMESPACE, f"{src.folder_split}_read").inc()
@@ -311,9 +319,14 @@ class ConvertShards(beam.PTransform):
     Parallelism is one shard at a time per worker: use at least as many shards as workers.
     """
 
-    def __init__(self, data_root, labels, output_dir, splits, num_shards, resize_max_side=None):
+    def __init__(
+        self, data_root, labels, output_dir, splits, num_shards, resize_max_side=None,
+        max_image_pixels=image_check.DEFAULT_MAX_IMAGE_PIXELS,
+    ):  # fmt: skip
         super().__init__()
-        self.fn = ConvertShardFn(data_root, labels, output_dir, num_shards, resize_max_side)
+        self.fn = ConvertShardFn(
+            data_root, labels, output_dir, num_shards, resize_max_side, max_image_pixels
+        )
         self.shards = [(s, i) for s in splits for i in range(num_shards)]
 
     def expand(self, sources):
@@ -366,16 +379,19 @@ def build_pipeline(
     num_shards: int,
     resize_max_side: int | None,
     carve_fraction: float | None,
+    max_image_pixels: int | None = image_check.DEFAULT_MAX_IMAGE_PIXELS,
 ) -> None:
     """Reads work_dir/FILE_LIST (write_file_list), writes the shards and the per-file results."""
     splits = output_splits(layout, carve_fraction)
+    convert = ConvertShards(
+        layout.root, layout.labels, work_dir, splits, num_shards, resize_max_side, max_image_pixels
+    )
     _ = (
         p
         | "ReadFileList" >> beam.io.ReadFromText(fsutil.join(work_dir, FILE_LIST))
         | "ParseFileList" >> beam.Map(_parse_source)
         | "AssignSplits" >> AssignSplits(carve_fraction)
-        | "ConvertShards"
-        >> ConvertShards(layout.root, layout.labels, work_dir, splits, num_shards, resize_max_side)
+        | "ConvertShards" >> convert
         | "ResultsToJson" >> beam.Map(_result_json)
         | "WriteResults" >> beam.io.WriteToText(fsutil.join(work_dir, RESULTS_PREFIX))
     )
@@ -540,9 +556,12 @@ def run_example_gen(
     resize_max_side: int | None = None,
     validation_fraction: float = 0.1,
     beam_args: list[str] | None = None,
+    max_image_pixels: int = image_check.DEFAULT_MAX_IMAGE_PIXELS,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict."""
     _check_params(num_shards, max_bad_fraction, resize_max_side, validation_fraction)
+    if max_image_pixels < 1:
+        raise PipelineError(f"--max-image-pixels must be >= 1, got {max_image_pixels}")
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     started = time.monotonic()
@@ -565,6 +584,7 @@ def run_example_gen(
             num_shards=num_shards,
             resize_max_side=resize_max_side,
             carve_fraction=carve,
+            max_image_pixels=max_image_pixels,
         )
         counters = run_pipeline(p)
         log.info("counters: %s", ", ".join(f"{k}={v}" for k, v in counters.items()))

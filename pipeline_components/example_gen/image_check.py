@@ -12,6 +12,9 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from pipeline_components.core import image_header
+from pipeline_components.core.image_header import DEFAULT_MAX_IMAGE_PIXELS
+
 # Formats tf.io.decode_image reads and we keep. WebP is stored re-encoded as lossless PNG of the
 # pixels tf.io.decode_image gives: the documented image/format is jpeg|png|gif|bmp, and the serving
 # signature's input check accepts only those four.
@@ -118,8 +121,22 @@ def resize_to_jpeg(image, max_side: int, source_fmt: str) -> StoredImage:
     return StoredImage(encoded, "jpeg", size[0], size[1], int(pixels.shape[-1]), source_fmt)
 
 
-def check_image(relpath: str, data: bytes, resize_max_side: int | None = None) -> StoredImage:
-    """The image to store for one file's bytes, or SkipFile with the reason."""
+def _too_large(data: bytes, max_image_pixels: int) -> str | None:
+    try:
+        header = image_header.read_header(data)
+    except image_header.HeaderError:
+        return None  # the decoder says what is wrong
+    return header.too_large(max_image_pixels)
+
+
+def check_image(
+    relpath: str,
+    data: bytes,
+    resize_max_side: int | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> StoredImage:
+    """The image to store for one file's bytes, or SkipFile with the reason. An image whose
+    header claims more than max_image_pixels pixels is skipped before it is decoded."""
     if not data:
         raise SkipFile("empty file (0 bytes)")
     fmt = sniff_format(data)
@@ -130,6 +147,10 @@ def check_image(relpath: str, data: bytes, resize_max_side: int | None = None) -
         raise SkipFile("not an image (unrecognized content)")
     if fmt not in KEPT_FORMATS:
         raise SkipFile(f"unsupported image format {fmt} (kept: {', '.join(KEPT_FORMATS)})")
+    if max_image_pixels:
+        too_large = _too_large(data, max_image_pixels)
+        if too_large:
+            raise SkipFile(too_large)
     image = decode(data)
     height, width, channels = (int(d) for d in image.shape)
     if resize_max_side and max(height, width) > resize_max_side:

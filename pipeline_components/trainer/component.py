@@ -68,6 +68,8 @@ class TrainerConfig:
     # the cache key)
     require_gpu: bool = option(False, key=False)
     seed: int | None = option(42, ge=0, le=2**32 - 1)
+    # serving_default rejects images whose header claims more pixels (INVALID_ARGUMENT)
+    max_image_pixels: int = option(40_000_000, ge=1, le=2**40)
 
     def validate(self, fail: Any) -> None:
         if self.image_size is not None and not (

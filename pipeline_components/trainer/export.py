@@ -11,10 +11,19 @@ The Keras `model` given here maps float32 RGB pixels [N, H, W, 3] in 0..255 (the
 both returning `probabilities` [-1, C] (C >= 2, `[1-p, p]` for a sigmoid head), `scores` [-1],
 `class_ids` [-1] int64 and `classes` [-1] string. `decode_and_resize` is also what the Trainer's
 tf.data pipeline uses, so training and serving see identical pixels.
+
+Decompression bombs: before anything is decoded, `serving_default` reads each image's width and
+height from its header (JPEG via `tf.image.extract_jpeg_shape`, PNG IHDR, GIF logical screen and
+every frame's image descriptor, BMP header) and fails with INVALID_ARGUMENT naming the limit when
+an image would decode to more than `max_image_pixels` pixels (GIF: all frames together, since
+TensorFlow's decoder holds every frame). At most DECODE_PARALLELISM images are decoded at once.
+The limit is a constant in the graph, so TensorFlow Serving enforces it too, and it is recorded in
+`assets/serving_limits.json` (`core.artifacts.read_max_image_pixels`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 import tensorflow as tf
@@ -26,18 +35,163 @@ from pipeline_components.core.artifacts import (
     PIXELS_SIGNATURE,
     SERVING_SIGNATURE,
 )
+from pipeline_components.core.image_header import DEFAULT_MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 
 # Magic numbers of the formats tf.io.decode_image reads: JPEG, PNG, GIF, BMP.
 _MAGIC = ((b"\xff\xd8\xff", 3), (b"\x89PNG", 4), (b"GIF8", 4), (b"BM", 2))
 NOT_AN_IMAGE = "input 'images' holds an element that is not an encoded JPEG, PNG, GIF or BMP image"
+# Images decoded at once by serving_default: peak decode memory is about
+# DECODE_PARALLELISM x max_image_pixels x 6 bytes (16-bit PNG; 3 bytes for most images).
+DECODE_PARALLELISM = 4
+# Steps of the walk over a GIF's blocks: one per extension or frame, one per run of up to
+# _GIF_RUN full data sub-blocks and one per short sub-block, so about 4 per frame for what
+# encoders write. A GIF that needs more (thousands of frames, or tiny sub-blocks: a way to make
+# the check itself slow) is rejected.
+GIF_MAX_STEPS = 10_000
+_GIF_RUN = 1024
 
 
 def is_image(encoded: tf.Tensor) -> tf.Tensor:
     """Scalar bool: does this string start like a JPEG/PNG/GIF/BMP file?"""
     checks = [tf.equal(tf.strings.substr(encoded, 0, n), magic) for magic, n in _MAGIC]
     return tf.reduce_any(tf.stack(checks))
+
+
+def _le(b: tf.Tensor, start: int, n: int) -> tf.Tensor:
+    """Little-endian unsigned integer of b[start:start+n] (int64 bytes)."""
+    return sum(b[start + i] * (1 << (8 * i)) for i in range(n))
+
+
+def _be(b: tf.Tensor, start: int, n: int) -> tf.Tensor:
+    return sum(b[start + i] * (1 << (8 * (n - 1 - i))) for i in range(n))
+
+
+def _int32(value: tf.Tensor) -> tf.Tensor:
+    """An unsigned 32-bit value read as signed (BMP stores signed sizes)."""
+    return tf.where(value >= 2**31, value - 2**32, value)
+
+
+def _gif_dims(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
+    """[height, width, pixels] of a GIF: the logical screen, and the pixels of all frames
+    (giflib keeps every frame in memory) found by walking the block structure. pixels is -1 when
+    the walk needs more than GIF_MAX_STEPS steps (a GIF made of tiny sub-blocks)."""
+    data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
+    size = tf.size(data, out_type=tf.int64)
+    zero = tf.constant(0, tf.int64)
+    full_runs = tf.range(_GIF_RUN, dtype=tf.int64) * 256
+    longest = tf.constant(_GIF_RUN, tf.int64)
+
+    def at(i):  # data[i], 0 past the end (i may be a vector)
+        return tf.where(i < size, tf.gather(data, tf.minimum(i, size - 1)), zero)
+
+    def table(packed):  # bytes of a colour table announced by a packed field
+        present = tf.bitwise.bitwise_and(packed, 0x80) > 0
+        entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), tf.bitwise.bitwise_and(packed, 7))
+        return tf.where(present, 3 * entries, zero)
+
+    def body(step, pos, in_blocks, done, total, max_w, max_h):
+        # In a chain of data sub-blocks: skip every full (255-byte) sub-block at once (encoders
+        # write full ones), then the one after them.
+        lengths = at(pos + full_runs)
+        short = tf.not_equal(lengths, 255)
+        run = tf.where(
+            tf.reduce_any(short), tf.argmax(tf.cast(short, tf.int32), output_type=tf.int64), longest
+        )
+        last = pos + 256 * run
+        chain_pos = tf.where(run < longest, last + 1 + at(last), last)
+        chain_on = tf.logical_or(run >= longest, at(last) > 0)
+        # At a block: an image descriptor (0x2C), an extension (0x21), or the end.
+        b = at(pos)
+        is_desc, is_ext = tf.equal(b, 0x2C), tf.equal(b, 0x21)
+        width, height = at(pos + 5) + 256 * at(pos + 6), at(pos + 7) + 256 * at(pos + 8)
+        after_desc = pos + 10 + table(at(pos + 9)) + 1  # + LZW minimum code size
+        block_pos = tf.where(is_desc, after_desc, tf.where(is_ext, pos + 2, pos))
+        frame = tf.logical_and(tf.logical_not(in_blocks), is_desc)
+        new_pos = tf.where(in_blocks, chain_pos, block_pos)
+        ends = tf.logical_and(tf.logical_not(in_blocks), tf.logical_not(is_desc | is_ext))
+        return (
+            step + 1,
+            new_pos,
+            tf.where(in_blocks, chain_on, is_desc | is_ext),
+            tf.logical_or(ends, new_pos >= size),
+            total + tf.where(frame, width * height, zero),
+            tf.maximum(max_w, tf.where(frame, width, zero)),
+            tf.maximum(max_h, tf.where(frame, height, zero)),
+        )
+
+    def cond(step, pos, in_blocks, done, *_):
+        return tf.logical_and(tf.logical_not(done), step < GIF_MAX_STEPS)
+
+    screen_w, screen_h = _le(head, 6, 2), _le(head, 8, 2)
+    start = 13 + table(head[10])
+    _, _, _, done, total, max_w, max_h = tf.while_loop(
+        cond, body, (zero, start, tf.constant(False), start >= size, zero, zero, zero)
+    )
+    pixels = tf.where(done, tf.maximum(screen_w * screen_h, total), tf.constant(-1, tf.int64))
+    return tf.stack([tf.maximum(screen_h, max_h), tf.maximum(screen_w, max_w), pixels])
+
+
+def image_header(encoded: tf.Tensor) -> tf.Tensor:
+    """int64 [format, height, width, pixels] from an encoded image's header, without decoding.
+
+    format: 0 JPEG, 1 PNG, 2 GIF, 3 BMP, -1 anything else (then the rest is 0). pixels is what
+    the decoder will allocate per channel: height x width, for GIF every frame's pixels summed
+    (at least the logical screen's). A malformed JPEG header fails like the JPEG decoder.
+    """
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, 32), "\0" * 32]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    matches = tf.stack([tf.equal(tf.strings.substr(encoded, 0, n), m) for m, n in _MAGIC])
+    # the first matching format, or len(_MAGIC) (the "not an image" branch) when none matches
+    index = tf.argmax(tf.concat([tf.cast(matches, tf.int32), [1]], axis=0), output_type=tf.int32)
+
+    def dims(height, width):
+        height, width = tf.abs(tf.cast(height, tf.int64)), tf.abs(tf.cast(width, tf.int64))
+        return tf.stack([height, width, height * width])
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(encoded)
+        return dims(shape[0], shape[1])
+
+    branches = [
+        jpeg,
+        lambda: dims(_be(b, 20, 4), _be(b, 16, 4)),  # PNG IHDR: width, height
+        lambda: _gif_dims(encoded, b),
+        # BMP: TensorFlow's decoder reads signed 32-bit width and height at 18 and 22
+        lambda: dims(_int32(_le(b, 22, 4)), _int32(_le(b, 18, 4))),
+        lambda: tf.zeros([3], tf.int64),
+    ]
+    values = tf.switch_case(index, branches)
+    fmt = tf.where(index < len(_MAGIC), tf.cast(index, tf.int64), tf.constant(-1, tf.int64))
+    return tf.concat([tf.reshape(fmt, [1]), values], axis=0)
+
+
+def check_image_sizes(images: tf.Tensor, max_image_pixels: int) -> tf.Operation:
+    """An op that fails with INVALID_ARGUMENT unless every element of `images` is a JPEG, PNG,
+    GIF or BMP image that decodes to at most max_image_pixels pixels; nothing is decoded."""
+    headers = tf.map_fn(image_header, images, fn_output_signature=tf.TensorSpec([4], tf.int64))
+    not_image = tf.debugging.Assert(tf.reduce_all(headers[:, 0] >= 0), [NOT_AN_IMAGE])
+    over = tf.logical_or(headers[:, 3] > max_image_pixels, headers[:, 3] < 0)
+
+    def message():
+        first = tf.argmax(tf.cast(over, tf.int32), output_type=tf.int64)
+        row, text = tf.gather(headers, first), tf.strings.as_string
+        limit = f"the limit of {max_image_pixels} pixels (max_image_pixels)"
+        size = tf.strings.join([
+            "input 'images' element ", text(first), " is ", text(row[2]), "x", text(row[1]),
+            " pixels (", text(row[3]), " to decode), over ", limit,
+        ])  # fmt: skip
+        unchecked = tf.strings.join([
+            "input 'images' element ", text(first), " is a GIF with more than ",
+            str(GIF_MAX_STEPS), " blocks, too many to check against ", limit,
+        ])  # fmt: skip
+        return tf.where(row[3] < 0, unchecked, size)
+
+    any_over = tf.reduce_any(over)
+    text = tf.cond(any_over, message, lambda: tf.constant(""))
+    with tf.control_dependencies([not_image]):
+        return tf.debugging.Assert(tf.logical_not(any_over), [text])
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size) -> tf.Tensor:
@@ -62,20 +216,23 @@ def outputs_from_probabilities(probs: tf.Tensor, labels: list[str]) -> dict:
     }
 
 
-def build_serving_fns(model, labels: list[str], image_size):
+def build_serving_fns(
+    model, labels: list[str], image_size, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+):
     """The two endpoint functions, as plain callables (traced by ExportArchive)."""
     height, width = (int(s) for s in image_size)
+    max_image_pixels = _check_max_image_pixels(max_image_pixels)
 
     def predict_pixels(pixels):
         return outputs_from_probabilities(model(pixels, training=False), labels)
 
     def serving_default(images):
-        valid = tf.map_fn(is_image, images, fn_output_signature=tf.bool)
-        with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(valid), [NOT_AN_IMAGE])]):
+        with tf.control_dependencies([check_image_sizes(images, max_image_pixels)]):
             pixels = tf.map_fn(
                 lambda x: decode_and_resize(x, (height, width)),
                 images,
                 fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32),
+                parallel_iterations=DECODE_PARALLELISM,
             )
         return predict_pixels(pixels)
 
@@ -107,22 +264,31 @@ def export_saved_model(
     labels: list[str],
     image_size,
     warmup_images: list[bytes] | None = None,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> str:
     """Write the SavedModel to `export_dir` atomically (temporary sibling + rename)."""
     height, width = (int(s) for s in image_size)
-    serving_default, predict_pixels = build_serving_fns(model, labels, (height, width))
+    serving_default, predict_pixels = build_serving_fns(
+        model, labels, (height, width), max_image_pixels
+    )
     with fsutil.atomic_dir(export_dir) as tmp:
         archive = _archive(model, serving_default, predict_pixels, height, width)
         archive.write_out(tmp, verbose=False)
         # Class names are constants in the graph; the file is for people and tools.
         fsutil.makedirs(fsutil.join(tmp, artifacts.ASSETS_DIR))
         fsutil.write_atomic(artifacts.labels_asset(tmp), "\n".join(labels) + "\n")
+        limits = {"max_image_pixels": int(max_image_pixels)}
+        fsutil.write_atomic(artifacts.limits_asset(tmp), json.dumps(limits) + "\n")
         if warmup_images:
             fsutil.makedirs(fsutil.join(tmp, artifacts.ASSETS_EXTRA_DIR))
             with tf.io.TFRecordWriter(artifacts.warmup_file(tmp)) as writer:
                 for record in warmup_records(warmup_images):
                     writer.write(record)
-    log.info("exported SavedModel to %s (classes: %s)", export_dir, ", ".join(labels))
+    log.info(
+        "exported SavedModel to %s (classes: %s; max_image_pixels %d)",
+        export_dir, ", ".join(labels), max_image_pixels,
+    )  # fmt: skip
     return export_dir
 
 
@@ -142,3 +308,9 @@ def _archive(model, serving_default, predict_pixels, height, width):
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=PIXELS_INPUT)],
     )
     return archive
+
+
+def _check_max_image_pixels(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_image_pixels must be an integer >= 1, got {value!r}")
+    return value
