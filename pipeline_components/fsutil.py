@@ -139,6 +139,34 @@ def copy_tree(src: str, dst: str, last: tuple[str, ...] = ()) -> None:
         gfile().copy(*pair, overwrite=True)
 
 
+def rename_tree(src: str, dst: str) -> None:
+    """Rename a directory. Off the local disk file by file: object stores have no directories
+    (TensorFlow's GCS client does the same per object), and TensorFlow's `ram://` renames only
+    the directory entry, leaving every file under the old name."""
+    import tensorflow as tf
+
+    src, dst = str(src).rstrip("/"), str(dst).rstrip("/")
+    if not is_remote(src):
+        gfile().rename(src, dst)
+        return
+    files = []
+    for dirpath, _dirnames, filenames in gfile().walk(src):
+        rel = posixpath.relpath(dirpath.rstrip("/"), src)
+        files += [
+            (join(dirpath, n), join(dst, n) if rel == "." else join(dst, rel, n)) for n in filenames
+        ]
+    for old, new in files:
+        gfile().makedirs(parent(new))
+        try:
+            gfile().rename(old, new)
+        except tf.errors.NotFoundError:
+            # ram:// lists `assets/.extra` for a sibling `assets.extra/` (prefix match): no file
+            if gfile().exists(old):
+                raise
+    with contextlib.suppress(tf.errors.NotFoundError):  # ram:// may hold no entry for src
+        gfile().rmtree(src)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str, replace: bool = True):
     """Yield a hidden temporary directory next to `final`; rename it to `final` on success.
@@ -162,12 +190,12 @@ def atomic_dir(final: str, replace: bool = True):
             rmtree(tmp)
             raise PipelineError(f"output {final} already exists")
         old = join(par, f".{basename(final)}.old-{uuid.uuid4().hex[:8]}")
-        gfile().rename(final, old)
+        rename_tree(final, old)
     try:
-        gfile().rename(tmp, final)
+        rename_tree(tmp, final)
     except Exception:
         if old is not None:
-            gfile().rename(old, final)
+            rename_tree(old, final)
         rmtree(tmp)
         raise
     if old is not None:

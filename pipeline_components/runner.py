@@ -55,11 +55,15 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def data_fingerprint(data_root: str) -> dict:
+def data_fingerprint(data_root: str, beam_args: list[str] | None = None) -> dict:
     """(path, size, mtime) of every file under <data_root>/<split>/<class>/: one listing call per
-    scheme via Beam's FileSystems (cheap on gs://), not a read of every image."""
+    scheme via Beam's FileSystems (cheap on gs://), not a read of every image. `beam_args` carry
+    what the file system needs (s3:// cannot list without them)."""
     from apache_beam.io.filesystems import FileSystems
 
+    from pipeline_components.example_gen import set_filesystem_options
+
+    set_filesystem_options(beam_args)
     pattern = fsutil.join(data_root, "*", "*", "*")
     try:
         files = FileSystems.match([pattern])[0].metadata_list
@@ -241,7 +245,7 @@ def run_pipeline(
                 "ExampleGen",
                 {
                     "data_root": cfg.data_root,
-                    "data": data_fingerprint(cfg.data_root),
+                    "data": data_fingerprint(cfg.data_root, beam_args),
                     "config": eg_cfg,
                 },
                 lambda out: _example_gen_summary(

@@ -11,8 +11,7 @@ Who finds the GCS emulator how:
   which honours `https_proxy`, and reads `CURL_CA_BUNDLE` and `GOOGLE_AUTH_TOKEN_FOR_TESTING`.
   So the child also runs an HTTPS CONNECT proxy that accepts tunnels to those two hosts only,
   terminates TLS with a certificate from a CA generated for this run (`CURL_CA_BUNDLE` points at
-  it) and relays the plain HTTP to the emulator (correcting the http:// of a resumable upload's
-  Location, which the emulator builds from the Host header, to https://).
+  it) and relays the plain HTTP to the emulator (see _fix_request_head for what it corrects).
 
 TensorFlow reads GCS_* variables once, when it is imported; `https_proxy`, `CURL_CA_BUNDLE` and
 the token are read per request, so a test process may set them after importing TensorFlow.
@@ -110,19 +109,20 @@ def make_tls_files(folder: Path, hosts: tuple[str, ...] = GCS_HOSTS) -> dict[str
     return {k: str(v) for k, v in files.items()}
 
 
-def _fix_request_head(head: bytes) -> tuple[bytes, bool]:
+def _fix_request_head(head: bytes, emulator: str) -> tuple[bytes, bool]:
     """(head as forwarded to the emulator, whether to send the client 100 Continue now).
 
-    The emulator speaks HTTP/1.0 and, given both, trusts Content-Length over chunked
-    Transfer-Encoding; libcurl sends both on uploads. As an HTTP/1.1 proxy must (RFC 9112 6.3),
-    Content-Length is dropped when Transfer-Encoding is present; and since the next server only
-    speaks HTTP/1.0, the proxy answers `Expect: 100-continue` itself (RFC 9110 10.1.1)."""
+    - Host becomes the emulator's own address: the emulator builds the links it stores with an
+      object (mediaLink, which Beam's client downloads from) and a resumable upload's Location
+      from Host, and those must lead back to it.
+    - The emulator speaks HTTP/1.0, so the proxy answers libcurl's `Expect: 100-continue` itself
+      (RFC 9110 10.1.1); otherwise every upload would wait a second for it.
+    """
     lines = head.split(b"\r\n")
     names = [line.split(b":", 1)[0].strip().lower() for line in lines[1:]]
-    drop = {b"expect"}
-    if b"transfer-encoding" in names:
-        drop.add(b"content-length")
-    kept = [lines[0]] + [ln for ln, n in zip(lines[1:], names, strict=True) if n not in drop]
+    drop = {b"expect", b"host"}
+    kept = [lines[0], b"Host: " + emulator.encode()]
+    kept += [ln for ln, n in zip(lines[1:], names, strict=True) if n not in drop]
     expects = any(
         n == b"expect" and b"100-continue" in ln.lower()
         for ln, n in zip(lines[1:], names, strict=True)
@@ -130,14 +130,13 @@ def _fix_request_head(head: bytes) -> tuple[bytes, bool]:
     return b"\r\n".join(kept), expects
 
 
-def _relay(client: socket.socket, upstream: socket.socket, host: str) -> None:
-    """Relay one request and its response (the emulator closes after each: HTTP/1.0).
-
-    Request head: see _fix_request_head. Response head: the emulator builds a resumable upload's
-    Location from the Host header as http://<host>/...; real GCS sends https://."""
+def _relay(client: socket.socket, upstream: socket.socket, emulator: str, host: str) -> None:
+    """Relay one request and its response; the emulator closes the connection after each
+    response (HTTP/1.0). The request head is fixed by _fix_request_head. In the response head,
+    a resumable upload's Location (built from Host: http://<emulator>/...) becomes
+    https://<host>/... as real GCS sends it, so the upload's PUTs come through this proxy too."""
     sockets = [client, upstream]
     heads = {client: b"", upstream: b""}
-    done = {client: False, upstream: False}
     while True:
         # An SSL socket may hold decrypted bytes that select() cannot see.
         ready = [s for s in sockets if isinstance(s, ssl.SSLSocket) and s.pending()]
@@ -150,21 +149,21 @@ def _relay(client: socket.socket, upstream: socket.socket, host: str) -> None:
             data = src.recv(65536)
             if not data:
                 return
-            if done[src]:
+            if heads[src] is None:
                 dst.sendall(data)
                 continue
             heads[src] += data
             if b"\r\n\r\n" not in heads[src]:
                 continue
-            done[src] = True
             head, rest = heads[src].split(b"\r\n\r\n", 1)
+            heads[src] = None
             if src is client:
-                head, expects = _fix_request_head(head)
+                head, expects = _fix_request_head(head, emulator)
                 if expects:
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             else:
                 head = head.replace(
-                    f"Location: http://{host}/".encode(), f"Location: https://{host}/".encode()
+                    f"Location: http://{emulator}/".encode(), f"Location: https://{host}/".encode()
                 )
             dst.sendall(head + b"\r\n\r\n" + rest)
 
@@ -197,7 +196,8 @@ class _ConnectHandler(socketserver.BaseRequestHandler):
         with contextlib.ExitStack() as stack:
             client = stack.enter_context(self.server.tls.wrap_socket(self.request, True))
             upstream = stack.enter_context(socket.create_connection(self.server.upstream))
-            _relay(client, upstream, host)
+            emulator = "{}:{}".format(*self.server.upstream)
+            _relay(client, upstream, emulator, host)
 
 
 JOURNAL: list[dict] = []  # every object created or deleted in the GCS emulator, in order
@@ -207,6 +207,9 @@ _JOURNAL_LOCK = threading.Lock()
 def _patch_emulator() -> None:
     """What gcp-storage-emulator lacks for TensorFlow's GCS client, and the mutation journal.
 
+    - A request body with both Content-Length and chunked Transfer-Encoding (libcurl sends both
+      on uploads) is read by Content-Length, i.e. as chunk framing (RFC 9112 6.3: chunked wins),
+      and chunks are joined in quadratic time (minutes for a SavedModel).
     - An empty request body is read as None and a media upload fails on len(None): TensorFlow's
       directory markers (empty `dir/` objects) could not be created.
     - No `storageLayout` route (TensorFlow asks before renaming a folder, to use a hierarchical
@@ -217,6 +220,19 @@ def _patch_emulator() -> None:
     from gcp_storage_emulator import server
     from gcp_storage_emulator.storage import Storage
 
+    def read_raw_data(handler):
+        if (handler.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            parts = []
+            while size := int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                parts.append(handler.rfile.read(size))
+                handler.rfile.readline()
+            while handler.rfile.readline().strip():  # trailer fields, up to the blank line
+                pass
+            return b"".join(parts)
+        length = handler.headers.get("Content-Length")
+        return handler.rfile.read(int(length)) if length else None
+
+    server._read_raw_data = read_raw_data
     original_read = server._read_data
 
     def read_data(*args, **kwargs):
@@ -345,6 +361,7 @@ def _child_main(kind: str, folder: str) -> None:
     info = {"gcs": _serve_gcs, "s3": _serve_s3}[kind](Path(folder))
     print(json.dumps(info), flush=True)
     sys.stdin.read()  # serve until the parent closes our stdin (or dies)
+    os._exit(0)  # the emulators' server threads are not daemons
 
 
 # ------------------------------------------------------------------ test process side
@@ -384,14 +401,44 @@ class _Emulator:
                 self.proc.wait()
         self.log.close()
 
-    def new_bucket_name(self) -> str:
-        return f"test-{uuid.uuid4().hex[:12]}"
+    scheme = ""
+
+    def create_bucket(self, name: str) -> None:
+        raise NotImplementedError
+
+    def put(self, bucket: str, name: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def new_bucket(self) -> Bucket:
+        """A bucket with a fresh name, so tests sharing one emulator never see each other."""
+        bucket = Bucket(self, f"test-{uuid.uuid4().hex[:12]}")
+        self.create_bucket(bucket.name)
+        return bucket
+
+
+class Bucket:
+    """One bucket of an emulator: `url` is `gs://name` or `s3://name`."""
+
+    def __init__(self, emulator: _Emulator, name: str):
+        self.emulator, self.name = emulator, name
+        self.url = f"{emulator.scheme}://{name}"
+
+    def put(self, name: str, data: bytes) -> None:
+        self.emulator.put(self.name, name, data)
+
+    def upload(self, local_root: Path, prefix: str) -> str:
+        """Copy every file below local_root to `<prefix>/<relative path>`; returns that URL."""
+        for path in sorted(Path(local_root).rglob("*")):
+            if path.is_file():
+                self.put(f"{prefix}/{path.relative_to(local_root).as_posix()}", path.read_bytes())
+        return f"{self.url}/{prefix}"
 
 
 class GcsEmulator(_Emulator):
     """gcp-storage-emulator plus the TLS-terminating proxy that lets TensorFlow reach it."""
 
     kind = "gcs"
+    scheme = "gs"
 
     @property
     def env(self) -> dict[str, str]:
@@ -410,25 +457,26 @@ class GcsEmulator(_Emulator):
             "GOOGLE_CLOUD_PROJECT": PROJECT,
         }
 
-    def create_bucket(self, name: str | None = None) -> str:
-        name = name or self.new_bucket_name()
+    def _call(self, url: str, data: bytes | None = None, content_type: str = "") -> bytes:
+        headers = {"Content-Type": content_type} if content_type else {}
+        req = urllib.request.Request(url, data=data, headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.read()
+
+    def create_bucket(self, name: str) -> None:
         body = json.dumps({"name": name}).encode()
-        req = urllib.request.Request(
-            f"{self.endpoint}/storage/v1/b?project={PROJECT}",
-            data=body,
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-        return name
+        self._call(f"{self.endpoint}/storage/v1/b?project={PROJECT}", body, "application/json")
+
+    def put(self, bucket: str, name: str, data: bytes) -> None:
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        url = f"{self.endpoint}/upload/storage/v1/b/{bucket}/o?{query}"
+        self._call(url, data, "application/octet-stream")
 
     def journal(self, bucket: str) -> list[dict]:
         """Every object created ({"op": "put", "name": ...}) or deleted ("delete") in bucket, in
         the order the emulator applied them."""
-        url = f"http://127.0.0.1:{self.info['control_port']}/journal?bucket={bucket}"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return json.loads(resp.read())
+        port = self.info["control_port"]
+        return json.loads(self._call(f"http://127.0.0.1:{port}/journal?bucket={bucket}"))
 
     def object_names(self, bucket: str, prefix: str = "") -> list[str]:
         """Every object name under prefix, straight from the emulator (no client caches)."""
@@ -437,9 +485,7 @@ class GcsEmulator(_Emulator):
             query = f"prefix={urllib.parse.quote(prefix)}"
             if token:
                 query += f"&pageToken={urllib.parse.quote(token)}"
-            url = f"{self.endpoint}/storage/v1/b/{bucket}/o?{query}"
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                page = json.loads(resp.read())
+            page = json.loads(self._call(f"{self.endpoint}/storage/v1/b/{bucket}/o?{query}"))
             names += [item["name"] for item in page.get("items", [])]
             token = page.get("nextPageToken")
             if not token:
@@ -450,6 +496,7 @@ class S3Emulator(_Emulator):
     """moto's S3 server. Beam finds it with `--s3_endpoint_url`; credentials from the env."""
 
     kind = "s3"
+    scheme = "s3"
 
     @property
     def env(self) -> dict[str, str]:
@@ -474,20 +521,11 @@ class S3Emulator(_Emulator):
             aws_secret_access_key=S3_SECRET,
         )
 
-    def create_bucket(self, name: str | None = None) -> str:
-        name = name or self.new_bucket_name()
+    def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
-        return name
 
-
-def upload_tree(local_root: Path, put) -> int:
-    """put(relative_posix_path, bytes) for every file below local_root; returns the count."""
-    count = 0
-    for path in sorted(Path(local_root).rglob("*")):
-        if path.is_file():
-            put(path.relative_to(local_root).as_posix(), path.read_bytes())
-            count += 1
-    return count
+    def put(self, bucket: str, name: str, data: bytes) -> None:
+        self.client().put_object(Bucket=bucket, Key=name, Body=data)
 
 
 if __name__ == "__main__":
