@@ -68,8 +68,16 @@ def listdir(path: str) -> list[str]:
 
 
 def rmtree(path: str) -> None:
-    if gfile().exists(str(path)):
+    """Delete a directory tree; one already gone is fine. Not exists() first: on gs:// it may
+    answer from TensorFlow's stat cache; and ram:// deletes everything, then reports NotFound for
+    a phantom entry (`assets/.extra` when `assets.extra/` is a sibling: it lists by prefix)."""
+    import tensorflow as tf
+
+    try:
         gfile().rmtree(str(path))
+    except tf.errors.NotFoundError:
+        if gfile().exists(str(path)):
+            raise
 
 
 def read_text(path: str) -> str:
@@ -159,12 +167,10 @@ def rename_tree(src: str, dst: str) -> None:
         gfile().makedirs(parent(new))
         try:
             gfile().rename(old, new)
-        except tf.errors.NotFoundError:
-            # ram:// lists `assets/.extra` for a sibling `assets.extra/` (prefix match): no file
+        except tf.errors.NotFoundError:  # a phantom entry of ram:// (see rmtree)
             if gfile().exists(old):
                 raise
-    with contextlib.suppress(tf.errors.NotFoundError):  # ram:// may hold no entry for src
-        gfile().rmtree(src)
+    rmtree(src)
 
 
 @contextlib.contextmanager

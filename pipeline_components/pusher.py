@@ -94,12 +94,9 @@ def _remove_if_there(path: str) -> None:
 def remove_version(version_dir: str) -> None:
     """Delete a version folder, `saved_model.pb` first: from the first deletion on, no reader
     takes the half-deleted folder for a complete version."""
-    import tensorflow as tf
-
     for name in SAVED_MODEL_FILES:
         _remove_if_there(fsutil.join(version_dir, name))
-    with contextlib.suppress(tf.errors.NotFoundError):
-        fsutil.gfile().rmtree(version_dir)
+    fsutil.rmtree(version_dir)
 
 
 def tree_sizes(path: str) -> dict[str, int]:
@@ -148,8 +145,7 @@ def _copy_into_object_store(model_dir: str, model_path: str, final: str) -> None
         remove_version(final)
         raise
     finally:
-        with contextlib.suppress(Exception):
-            gfile.rmtree(staging)
+        fsutil.rmtree(staging)
 
 
 def copy_version(model_dir: str, model_path: str, version: int) -> str:

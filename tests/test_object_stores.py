@@ -71,6 +71,20 @@ def test_history_csv_is_rewritten_whole_and_a_resumed_epoch_replaces_its_row():
     assert tf.io.gfile.listdir(folder) == ["history.csv"]  # no temporary left behind
 
 
+def test_atomic_dir_on_ram_keeps_every_file_and_replaces_the_old_output():
+    """TensorFlow's ram:// renamed only the directory entry: an exported SavedModel vanished."""
+    final = f"ram://atomic-{uuid.uuid4().hex[:8]}/out"
+    for version in ("1", "2"):
+        with fsutil.atomic_dir(final) as tmp:
+            fsutil.makedirs(f"{tmp}/assets.extra")
+            fsutil.write_atomic(f"{tmp}/assets.extra/warmup", version)
+            fsutil.makedirs(f"{tmp}/assets")
+            fsutil.write_atomic(f"{tmp}/assets/labels.txt", version)
+        assert fsutil.read_text(f"{final}/assets/labels.txt") == version
+        assert fsutil.read_text(f"{final}/assets.extra/warmup") == version
+    assert tf.io.gfile.listdir(fsutil.parent(final)) == ["out"]
+
+
 # ---------------------------------------------------------------- s3:// through Beam (moto)
 
 
