@@ -100,7 +100,8 @@ def remove_version(version_dir: str) -> None:
 
 
 def tree_sizes(path: str) -> dict[str, int]:
-    """{relative path: size} of every file below path, from listings (not the stat cache)."""
+    """{relative path: size} of every file below path. Which files: from listings (never
+    cached); sizes: stat, fresh for files this process just wrote (a write clears its entry)."""
     gfile, root = fsutil.gfile(), str(path).rstrip("/")
     sizes = {}
     for dirpath, _dirs, files in gfile.walk(root):

@@ -1,20 +1,24 @@
 """Local object-store emulators for tests: GCS (gcp-storage-emulator) and S3 (moto's server).
 
 Each runs in a child process (`python tests/object_stores.py gcs|s3 DIR`) on 127.0.0.1 with
-ephemeral ports, so nothing in the test process (TensorFlow's C++ GCS client holds no GIL of the
-emulator's) can deadlock against it, and a `transfer-pipeline` subprocess reaches it too.
+ephemeral ports: a `transfer-pipeline` subprocess reaches it as well as the test process, and a
+TensorFlow call blocked in C++ can never starve an emulator thread of the GIL.
 
-Who finds the GCS emulator how:
-- Beam (google-cloud-storage) and any Python client: `STORAGE_EMULATOR_HOST=http://127.0.0.1:P`.
+How each client finds the GCS emulator (`GcsEmulator.env`):
+- Beam and google-cloud-storage: `STORAGE_EMULATOR_HOST=http://127.0.0.1:P`. Their credentials:
+  `GOOGLE_APPLICATION_CREDENTIALS`, a throwaway service-account key whose token endpoint is the
+  child's (without any, Beam retries Google's default credentials for ~25 s per process).
 - TensorFlow's own GCS file system (`tf.io.gfile` on gs://) has no endpoint variable: its URLs
   are fixed to https://www.googleapis.com and https://storage.googleapis.com. It uses libcurl,
   which honours `https_proxy`, and reads `CURL_CA_BUNDLE` and `GOOGLE_AUTH_TOKEN_FOR_TESTING`.
   So the child also runs an HTTPS CONNECT proxy that accepts tunnels to those two hosts only,
   terminates TLS with a certificate from a CA generated for this run (`CURL_CA_BUNDLE` points at
   it) and relays the plain HTTP to the emulator (see _fix_request_head for what it corrects).
+  TensorFlow reads GCS_* variables once, at import; `https_proxy`, `CURL_CA_BUNDLE` and the token
+  are read per request, so a test process may set them after importing TensorFlow.
 
-TensorFlow reads GCS_* variables once, when it is imported; `https_proxy`, `CURL_CA_BUNDLE` and
-the token are read per request, so a test process may set them after importing TensorFlow.
+`_patch_emulator` lists what the emulator gets wrong or lacks for these clients, and the journal
+of every create and delete that lets a test replay each state a bucket went through.
 """
 
 from __future__ import annotations
