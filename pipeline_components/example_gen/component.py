@@ -44,7 +44,8 @@ class ExampleGen(Component):
         from pipeline_components.example_gen import executor
 
         data_root = ctx.pipeline.data_root
-        return {"data_root": data_root, "data": executor.data_fingerprint(data_root)}
+        fingerprint = executor.data_fingerprint(data_root, ctx.config.beam_args)
+        return {"data_root": data_root, "data": fingerprint}
 
     def run(self, ctx: ExecutionContext) -> dict:
         from pipeline_components.example_gen import executor

@@ -157,9 +157,11 @@ def list_sources(data_root: str) -> Layout:
     return Layout(root, labels, splits, sources)
 
 
-def data_fingerprint(data_root: str) -> dict:
+def data_fingerprint(data_root: str, beam_args: list[str] | None = None) -> dict:
     """(path, size, mtime) of every file under <data_root>/<split>/<class>/: one listing call per
-    scheme via Beam's FileSystems (cheap on gs://), not a read of every image."""
+    scheme via Beam's FileSystems (cheap on gs://), not a read of every image. `beam_args` carry
+    what the file system needs (s3:// cannot list without them)."""
+    set_filesystem_options(beam_args)
     pattern = fsutil.join(data_root, "*", "*", "*")
     try:
         files = FileSystems.match([pattern])[0].metadata_list
@@ -530,6 +532,13 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     return PipelineOptions(args)
 
 
+def set_filesystem_options(beam_args: list[str] | None) -> None:
+    """Hand the Beam options to Beam's file systems before anything is listed or read outside a
+    pipeline: s3:// refuses without them (no client, no endpoint, no credentials), and gs://
+    reads its project and credentials options from them. A pipeline sets them only when built."""
+    FileSystems.set_options(pipeline_options(beam_args))
+
+
 def run_pipeline(p: beam.Pipeline) -> dict[str, int]:
     """Run to completion; returns the ExampleGen counters. A failure is one line."""
     try:
@@ -565,6 +574,7 @@ def run_example_gen(
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     started = time.monotonic()
+    set_filesystem_options(beam_args)
     layout = list_sources(data_root)
     carve = None if "validation" in layout.splits else validation_fraction
     log.info(

@@ -3,14 +3,20 @@ for TF Serving (the spec and CLI are in component.py).
 
 TF Serving polls the model directory and loads any new numeric subdirectory, so a version
 must appear complete or not at all: locally the copy goes to a hidden temporary sibling that
-is renamed into place; on object stores (no atomic rename) it is copied in place with
-`saved_model.pb` last. Two pushers racing each claim a distinct version number first.
+is renamed into place. Object stores have no atomic rename; there a version counts as present
+once its `saved_model.pb` exists (the server and the pusher both use that definition): the model
+is staged and checked outside every model base path (`<serving_dir>/.staging/`), copied in with
+`saved_model.pb` last after the rest is listed complete, and removed `saved_model.pb` first.
+Decisions on object stores use listings, never `exists()`: TensorFlow's GCS stat cache answers
+`exists()` from up to 5 s ago. Two pushers racing each claim a distinct version number first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import posixpath
 import re
 import uuid
 
@@ -22,6 +28,8 @@ log = logging.getLogger(__name__)
 
 PUSH_FILE = artifacts.PUSH_FILE
 CLAIM_PREFIX = ".claim-"
+STAGING_DIR = ".staging"  # in serving_dir, beside the model folders: outside every base path
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -38,7 +46,7 @@ def _try_claim(model_path: str, version: int) -> bool:
     (the scheduled pipeline runs with concurrencyPolicy Forbid)."""
     claim = fsutil.join(model_path, f"{CLAIM_PREFIX}{version}")
     if fsutil.is_remote(model_path):
-        if fsutil.exists(claim) or fsutil.exists(fsutil.join(model_path, str(version))):
+        if {f"{CLAIM_PREFIX}{version}", str(version)} & set(fsutil.listdir(model_path)):
             return False
         fsutil.write_atomic(claim, uuid.uuid4().hex)
         return True
@@ -64,20 +72,80 @@ def claim_next_version(model_path: str) -> int:
 
 
 def _release_claim(model_path: str, version: int) -> None:
-    claim = fsutil.join(model_path, f"{CLAIM_PREFIX}{version}")
-    if fsutil.exists(claim):
-        fsutil.gfile().remove(claim)
+    _remove_if_there(fsutil.join(model_path, f"{CLAIM_PREFIX}{version}"))
+
+
+def _remove_if_there(path: str) -> None:
+    """Delete a file; one already gone is fine (no exists() first: it may answer from a cache)."""
+    import tensorflow as tf
+
+    with contextlib.suppress(tf.errors.NotFoundError):
+        fsutil.gfile().remove(path)
+
+
+def remove_version(version_dir: str) -> None:
+    """Delete a version folder, `saved_model.pb` first: from the first deletion on, no reader
+    takes the half-deleted folder for a complete version."""
+    for name in SAVED_MODEL_FILES:
+        _remove_if_there(fsutil.join(version_dir, name))
+    fsutil.rmtree(version_dir)
+
+
+def tree_sizes(path: str) -> dict[str, int]:
+    """{relative path: size} of every file below path. Which files: from listings (never
+    cached); sizes: stat, fresh for files this process just wrote (a write clears its entry)."""
+    gfile, root = fsutil.gfile(), str(path).rstrip("/")
+    sizes = {}
+    for dirpath, _dirs, files in gfile.walk(root):
+        for name in files:
+            full = fsutil.join(dirpath, name)
+            rel = posixpath.relpath(full.replace("\\", "/"), root.replace("\\", "/"))
+            sizes[rel] = gfile.stat(full).length
+    return sizes
+
+
+def _check_copy(expected: dict[str, int], path: str, what: str) -> None:
+    got = tree_sizes(path)
+    if got != expected:
+        wrong = sorted(set(expected.items()) ^ set(got.items()))
+        raise PipelineError(f"{what} {path} does not match the model: {wrong[0][0]} differs")
+
+
+def _copy_into_object_store(model_dir: str, model_path: str, final: str) -> None:
+    """Stage outside the model base path and check it, then copy in: everything but
+    saved_model.pb, check that, then saved_model.pb. Any failure removes the version
+    (saved_model.pb first); the staging copy is always removed."""
+    gfile = fsutil.gfile()
+    staging = fsutil.join(
+        fsutil.parent(model_path),
+        STAGING_DIR,
+        f"{fsutil.basename(model_path)}-{fsutil.basename(final)}-{uuid.uuid4().hex[:8]}",
+    )
+    try:
+        fsutil.copy_tree(model_dir, staging)
+        expected = tree_sizes(model_dir)
+        _check_copy(expected, staging, "staged copy")
+        rest = {rel: size for rel, size in expected.items() if rel not in SAVED_MODEL_FILES}
+        for rel in sorted(rest):
+            gfile.makedirs(fsutil.parent(fsutil.join(final, rel)))
+            gfile.copy(fsutil.join(staging, rel), fsutil.join(final, rel), overwrite=True)
+        _check_copy(rest, final, "version")
+        for name in SAVED_MODEL_FILES:
+            if name in expected:
+                gfile.copy(fsutil.join(staging, name), fsutil.join(final, name), overwrite=True)
+        _check_copy(expected, final, "version")
+    except BaseException:
+        remove_version(final)
+        raise
+    finally:
+        fsutil.rmtree(staging)
 
 
 def copy_version(model_dir: str, model_path: str, version: int) -> str:
     """Copy the SavedModel into `<model_path>/<version>` so it appears complete or not at all."""
     final = fsutil.join(model_path, str(version))
     if fsutil.is_remote(model_path):
-        try:
-            fsutil.copy_tree(model_dir, final, last=artifacts.SAVED_MODEL_FILES)
-        except BaseException:
-            fsutil.rmtree(final)
-            raise
+        _copy_into_object_store(model_dir, model_path, final)
         return final
     tmp = fsutil.join(model_path, f".{version}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -95,7 +163,7 @@ def apply_retention(model_path: str, keep_versions: int, protect: int) -> list[i
     versions = artifacts.version_numbers(model_path)
     doomed = [v for v in versions[: max(0, len(versions) - keep_versions)] if v != protect]
     for v in doomed:
-        fsutil.rmtree(fsutil.join(model_path, str(v)))
+        remove_version(fsutil.join(model_path, str(v)))
         log.info("retention: removed version %d (keeping the newest %d)", v, keep_versions)
     return doomed
 

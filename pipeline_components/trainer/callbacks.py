@@ -3,6 +3,7 @@ epoch's weights (the ones that are exported)."""
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import time
@@ -31,7 +32,7 @@ def weights_from_bytes(data: bytes) -> list[np.ndarray]:
 class EpochLog(keras.callbacks.Callback):
     """Adds `images_per_sec` (training part of the epoch) to the logs, logs one line per epoch and
     persists every finished epoch to a JSON file, so a resumed run's history has all epochs.
-    Must come before the callbacks that record logs (CSVLogger, TensorBoard)."""
+    Must come before the callbacks that record logs (CsvHistory, ScalarLogger)."""
 
     def __init__(self, path: str, images_per_epoch: int, phase: str, total_epochs: int):
         super().__init__()
@@ -65,6 +66,31 @@ class EpochLog(keras.callbacks.Callback):
 
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class CsvHistory(keras.callbacks.Callback):
+    """`history.csv` in keras.callbacks.CSVLogger's columns (epoch from 0, then the logged
+    scalars sorted), rewritten whole through a temporary file at every epoch end. CSVLogger needs
+    a Python file object (it checks `.closed`, which GFile lacks) and appends in place, which
+    object stores cannot do; a resumed run's rows replace the epochs they repeat."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.rows: dict[int, dict] = {}
+        if fsutil.exists(path):
+            for row in csv.DictReader(io.StringIO(fsutil.read_text(path))):
+                self.rows[int(row["epoch"])] = row
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        self.rows[epoch] = {"epoch": epoch, **row}
+        keys = sorted({k for r in self.rows.values() for k in r} - {"epoch"})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=["epoch", *keys], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows[e] for e in sorted(self.rows))
+        fsutil.write_atomic(self.path, out.getvalue())
 
 
 class ScalarLogger(keras.callbacks.Callback):

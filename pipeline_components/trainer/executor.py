@@ -31,6 +31,7 @@ from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.callbacks import (
     METRICS,
     BestCheckpoint,
+    CsvHistory,
     EpochLog,
     ScalarLogger,
     read_epoch_records,
@@ -209,9 +210,7 @@ class Phases:
             keras.callbacks.BackupAndRestore(
                 paths[f"backup_{phase}"], double_checkpoint=True, delete_checkpoint=False
             ),
-            keras.callbacks.CSVLogger(
-                fsutil.join(self.output_dir, artifacts.HISTORY_CSV), append=True
-            ),
+            CsvHistory(fsutil.join(self.output_dir, artifacts.HISTORY_CSV)),
             ScalarLogger(fsutil.join(self.output_dir, artifacts.LOGS_DIR)),
         ]
         if config.early_stopping_patience:
