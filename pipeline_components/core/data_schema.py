@@ -128,7 +128,9 @@ def loads(text: str, source: str = "schema") -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise PipelineError(f"{source} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise PipelineError(
+            f"{source} is not valid YAML{where}: {getattr(e, 'problem', e)}"
+        ) from None
     return parse(data, source)
 
 
@@ -178,7 +180,7 @@ def render(schema: dict, origin: str = "") -> str:
     lines = [HEADER.format(origin=origin or "Written by SchemaGen.").rstrip("\n")]
     lines += [
         f"version: {VERSION}",
-        "# the classes (labels.txt): a class missing from the data, or one not listed, is an anomaly",
+        "# the classes (labels.txt): one missing from the data, or one not listed, is an anomaly",
         f"classes: {_names(schema['classes'])}",
         "# image/format values allowed (jpeg, png, gif, bmp)",
         f"formats: {_names(schema['formats'])}",

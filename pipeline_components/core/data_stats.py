@@ -85,19 +85,31 @@ def linf_distance(p: Mapping[str, float], q: Mapping[str, float]) -> float:
 
 
 def fraction_outside(feature: Mapping[str, Any], low: float | None, high: float | None) -> float:
-    """The share of a split's images whose feature lies outside [low, high]: exactly 0 when
-    the exact minimum and maximum are inside, otherwise estimated from the quantiles (to within
-    one quantile step, 1 / (num_quantiles - 1), plus the sketch's epsilon)."""
+    """The share of a split's images whose feature lies outside [low, high]. Exactly 0 when the
+    exact minimum and maximum are inside. Otherwise the histogram bounds it exactly (bins wholly
+    outside count in full, a bin the bound cuts may count or not) and the quantiles place it
+    within that interval (to one quantile step, 1 / (num_quantiles - 1), plus the sketch's
+    epsilon); a bound on a bin edge makes it exact."""
     lo_ok = low is None or feature["min"] >= low
     hi_ok = high is None or feature["max"] <= high
     if lo_ok and hi_ok:
         return 0.0
+    hist = {int(k): n for k, n in (feature.get("histogram") or {}).items()}
+    total = sum(hist.values()) or 1
+    surely = maybe = 0
+    for index, n in hist.items():
+        left, right = bin_range(index)
+        if (low is not None and right <= low) or (high is not None and left > high):
+            surely += n
+        elif (low is not None and left < low) or (high is not None and right > high):
+            maybe += n
     qs = feature.get("quantiles") or []
-    if not qs:
-        return 1.0
-    below = sum(1 for v in qs if low is not None and v < low)
-    above = sum(1 for v in qs if high is not None and v > high)
-    return min(1.0, (below + above) / len(qs))
+    estimate = 1.0
+    if qs:
+        below = sum(1 for v in qs if low is not None and v < low)
+        above = sum(1 for v in qs if high is not None and v > high)
+        estimate = (below + above) / len(qs)
+    return min(max(estimate, surely / total), (surely + maybe) / total)
 
 
 def quantile(feature: Mapping[str, Any], p: float) -> float | None:
@@ -145,30 +157,45 @@ def class_shares_figure(stats: dict, baseline: dict | None = None, max_classes: 
         classes += [c for c in baseline.get("labels") or [] if c not in classes]
     shown = classes[:max_classes]
     fig, axes = plt.subplots(
-        1, len(splits), figsize=(max(4.0, 0.45 * len(shown) + 1.5) * len(splits) / 1.6, 3.2),
-        squeeze=False, sharey=True,
-    )  # fmt: skip
+        1,
+        len(splits),
+        figsize=(max(4.0, 0.45 * len(shown) + 1.5) * len(splits) / 1.6, 3.2),
+        squeeze=False,
+        sharey=True,
+    )
     width = 0.4 if baseline else 0.7
     for ax, split in zip(axes[0], splits, strict=True):
         shares = stats["splits"][split].get("class_shares", {})
         xs = range(len(shown))
         if baseline and split in baseline.get("splits", {}):
             old = baseline["splits"][split].get("class_shares", {})
-            ax.bar([x - width / 2 for x in xs], [old.get(c, 0) for c in shown], width,
-                   color="#b8c4d6", hatch="//", edgecolor="#5b6b85", label="baseline")  # fmt: skip
-            ax.bar([x + width / 2 for x in xs], [shares.get(c, 0) for c in shown], width,
-                   color="#2f6db5", label="this run")  # fmt: skip
+            ax.bar(
+                [x - width / 2 for x in xs],
+                [old.get(c, 0) for c in shown],
+                width,
+                color="#b8c4d6",
+                hatch="//",
+                edgecolor="#5b6b85",
+                label="baseline",
+            )
+            ax.bar(
+                [x + width / 2 for x in xs],
+                [shares.get(c, 0) for c in shown],
+                width,
+                color="#2f6db5",
+                label="this run",
+            )
             ax.legend(fontsize=7)
         else:
             ax.bar(list(xs), [shares.get(c, 0) for c in shown], width, color="#2f6db5")
         n = stats["splits"][split].get("num_examples", 0)
         ax.set_title(f"{split} ({n} examples)", fontsize=9)
-        ax.set_xticks(list(xs), shown, rotation=45 if len(shown) > 4 else 0, ha="right",
-                      fontsize=7)  # fmt: skip
+        ax.set_xticks(list(xs), shown, rotation=45 if len(shown) > 4 else 0, ha="right", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("class share")
-    title = "Class shares" + (f" (first {max_classes} of {len(classes)})" if len(classes) >
-                              max_classes else "")  # fmt: skip
+    title = "Class shares" + (
+        f" (first {max_classes} of {len(classes)})" if len(classes) > max_classes else ""
+    )
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -192,8 +219,14 @@ def sizes_figure(stats: dict, baseline: dict | None = None) -> Any:
                 lo, hi = min(map(int, hist)), max(map(int, hist))
                 edges = [bin_range(i)[0] for i in range(lo - 1, hi + 2)]
                 heights = [hist.get(str(i), 0) / total for i in range(lo - 1, hi + 2)]
-                ax.step(edges, heights, where="post", linestyle=style,
-                        color=colors.get(split, "#777"), label=f"{split}{suffix}")  # fmt: skip
+                ax.step(
+                    edges,
+                    heights,
+                    where="post",
+                    linestyle=style,
+                    color=colors.get(split, "#777"),
+                    label=f"{split}{suffix}",
+                )
         ax.set_xscale("log")
         ax.set_title(f"{feature} ({UNITS[feature]})", fontsize=9)
         ax.set_ylabel("share of images", fontsize=8)

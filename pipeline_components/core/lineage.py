@@ -89,21 +89,17 @@ def find_artifact(
 # ------------------------------------------------------------------------ the served model
 
 
-def _listing(root: str) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime ns) of every file under root, sorted."""
+def _listing(root: str) -> list[tuple[str, int]]:
+    """(relative path, size) of every file under root, sorted."""
     out = []
     gfile = fsutil.gfile()
     base = root.rstrip("/").replace("\\", "/")
     for dirpath, _dirs, files in gfile.walk(root):
         for name in files:
             full = fsutil.join(dirpath, name)
-            stat = gfile.stat(full)
             rel = posixpath.relpath(full.replace("\\", "/"), base)
-            out.append((rel, int(stat.length), int(stat.mtime_nsec)))
+            out.append((rel, int(gfile.stat(full).length)))
     return sorted(out)
-
-
-_SAME: dict[tuple, bool] = {}
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -118,22 +114,17 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def same_tree(a: str, b: str) -> bool:
-    """True when two directories hold the same files with the same bytes. Cheap when they
-    differ: file lists and sizes first, then contents smallest file first (a retrained model
-    differs in its small variables index), stopping at the first difference; memoised while
-    neither directory changes."""
-    la, lb = _listing(a), _listing(b)
-    key = (a, b, tuple(la), tuple(lb))
-    if key in _SAME:
-        return _SAME[key]
-    same = [(r, s) for r, s, _ in la] == [(r, s) for r, s, _ in lb]
-    if same:
-        for rel, _size, _mtime in sorted(la, key=lambda f: f[1]):
-            if not _same_file(fsutil.join(a, rel), fsutil.join(b, rel)):
-                same = False
-                break
-    _SAME[key] = same
-    return same
+    """True when two directories hold the same files with the same bytes (what
+    fsutil.tree_fingerprint compares). Cheap when they differ: file lists and sizes first, then
+    contents smallest file first (a retrained model differs in its small variables index),
+    stopping at the first difference."""
+    listing = _listing(a)
+    if listing != _listing(b):
+        return False
+    return all(
+        _same_file(fsutil.join(a, rel), fsutil.join(b, rel))
+        for rel, _size in sorted(listing, key=lambda f: f[1])
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -183,7 +183,10 @@ def find_baseline(pipeline: Any) -> dict | None:
     if served is None:
         return None
     if not served.examples_fingerprint:
-        return {"served_version": served.version, "missing": f"{served.describe()}: {served.reason}"}
+        return {
+            "served_version": served.version,
+            "missing": f"{served.describe()}: {served.reason}",
+        }
     stats = lineage.find_artifact(
         pipeline.pipeline_root,
         artifacts.EXAMPLE_STATISTICS,

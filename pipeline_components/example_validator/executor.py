@@ -76,10 +76,17 @@ class _Found:
             return
         if any(a["kind"] == kind and a["message"] == message for a in self.items):
             return
-        self.items.append({
-            "kind": kind, "severity": level, "split": split, "classes": classes or [],
-            "message": message, "value": value, "threshold": threshold,
-        })  # fmt: skip
+        self.items.append(
+            {
+                "kind": kind,
+                "severity": level,
+                "split": split,
+                "classes": classes or [],
+                "message": message,
+                "value": value,
+                "threshold": threshold,
+            }
+        )
 
 
 def _drift(
@@ -98,8 +105,9 @@ def _drift(
             scopes.append((c, feats, old))
     for scope, feats, old in scopes:
         for f in features:
-            out.append((scope, f, data_stats.js_divergence(feats[f]["histogram"],
-                                                           old[f]["histogram"])))  # fmt: skip
+            out.append(
+                (scope, f, data_stats.js_divergence(feats[f]["histogram"], old[f]["histogram"]))
+            )
     return out
 
 
@@ -139,33 +147,54 @@ def validate(
     labels, expected = list(stats["labels"]), list(schema["classes"])
     for c in expected:
         if c not in labels:
-            found.add("missing_class", f"class {c!r} of the schema is missing from the data",
-                      classes=[c])  # fmt: skip
+            found.add(
+                "missing_class", f"class {c!r} of the schema is missing from the data", classes=[c]
+            )
     for c in labels:
         if c not in expected:
-            found.add("new_class", f"class {c!r} is not in the schema (classes: "
-                      f"{', '.join(expected)})", classes=[c])  # fmt: skip
+            found.add(
+                "new_class",
+                f"class {c!r} is not in the schema (classes: {', '.join(expected)})",
+                classes=[c],
+            )
     formats, channels = set(schema["formats"]), {str(c) for c in schema["channels"]}
     for split, s in stats["splits"].items():
         for c in labels:
             if s["classes"].get(c, 0) == 0:
-                found.add("missing_class", f"{split}: class {c!r} has no examples",
-                          split=split, classes=[c])  # fmt: skip
+                found.add(
+                    "missing_class",
+                    f"{split}: class {c!r} has no examples",
+                    split=split,
+                    classes=[c],
+                )
         for fmt, n in s["formats"].items():
             if fmt not in formats:
-                found.add("new_format", f"{split}: {n} image(s) in format {fmt}, not in the "
-                          f"schema's {', '.join(sorted(formats))}", split=split, value=n)  # fmt: skip
+                found.add(
+                    "new_format",
+                    f"{split}: {n} image(s) in format {fmt}, not in the "
+                    f"schema's {', '.join(sorted(formats))}",
+                    split=split,
+                    value=n,
+                )
         for ch, n in s["channels"].items():
             if ch not in channels:
-                found.add("unexpected_channels", f"{split}: {n} image(s) with {ch} channel(s), "
-                          f"not in the schema's {', '.join(sorted(channels))}", split=split,
-                          value=n)  # fmt: skip
+                found.add(
+                    "unexpected_channels",
+                    f"{split}: {n} image(s) with {ch} channel(s), "
+                    f"not in the schema's {', '.join(sorted(channels))}",
+                    split=split,
+                    value=n,
+                )
         _schema_split(found, schema, split, s, labels)
         shared = s["duplicates"]["shared_with_other_splits"]
         old_shared = (baseline or {}).get("splits", {}).get(split, {}).get("duplicates", {})
         if shared and shared > old_shared.get("shared_with_other_splits", 0):
-            found.add("cross_split_duplicates", f"{split}: {shared} image(s) also appear in "
-                      "another split (train/test leakage)", split=split, value=shared)  # fmt: skip
+            found.add(
+                "cross_split_duplicates",
+                f"{split}: {shared} image(s) also appear in another split (train/test leakage)",
+                split=split,
+                value=shared,
+            )
     if baseline is not None:
         _against_baseline(found, stats, baseline, config)
     elif baseline_missing:
@@ -178,35 +207,59 @@ def _schema_split(found: _Found, schema: dict, split: str, s: dict, labels: list
     if spec is not None:
         bounds = spec.get("num_examples")
         if bounds and _outside(s["num_examples"], bounds):
-            found.add("split_size_out_of_range", f"{split}: {s['num_examples']} examples, outside "
-                      f"the schema's {_range(bounds)}", split=split, value=s["num_examples"],
-                      threshold=bounds)  # fmt: skip
+            found.add(
+                "split_size_out_of_range",
+                f"{split}: {s['num_examples']} examples, outside the schema's {_range(bounds)}",
+                split=split,
+                value=s["num_examples"],
+                threshold=bounds,
+            )
         for c, b in spec.get("class_shares", {}).items():
             if c not in labels:
                 continue  # reported as missing_class
             share = s["class_shares"].get(c, 0.0)
             if _outside(share, b):
-                found.add("class_share_out_of_bounds", f"{split}: class {c!r} is {_pct(share)} "
-                          f"of the examples, outside the schema's {_range(b, _pct)}",
-                          split=split, classes=[c], value=round(share, 4), threshold=b)  # fmt: skip
+                found.add(
+                    "class_share_out_of_bounds",
+                    f"{split}: class {c!r} is {_pct(share)} "
+                    f"of the examples, outside the schema's {_range(b, _pct)}",
+                    split=split,
+                    classes=[c],
+                    value=round(share, 4),
+                    threshold=b,
+                )
     limit = schema["max_fraction_outside"]
+    outside = []
     for feature, b in schema.get("image", {}).items():
         feats = s["features"].get(feature)
         if not feats or not feats["count"]:
             continue
         frac = data_stats.fraction_outside(feats, b.get("min"), b.get("max"))
         if frac > limit:
-            found.add("image_size_out_of_range", f"{split}: {_pct(frac)} of the images have "
-                      f"{feature} outside the schema's {_range(b)} {data_stats.UNITS[feature]} "
-                      f"(> {_pct(limit)}; seen {feats['min']:g} to {feats['max']:g})",
-                      split=split, value=round(frac, 4), threshold=limit)  # fmt: skip
+            outside.append((frac, feature, b, feats))
+    if outside:
+        parts = [
+            f"{_pct(frac)} have {feature} outside {_range(b)} {data_stats.UNITS[feature]} "
+            f"(seen {feats['min']:g} to {feats['max']:g})"
+            for frac, feature, b, feats in outside
+        ]
+        found.add(
+            "image_size_out_of_range",
+            f"{split}: images outside the schema's ranges (> {_pct(limit)}): {', '.join(parts)}",
+            split=split,
+            value=round(max(o[0] for o in outside), 4),
+            threshold=limit,
+        )
 
 
 def _against_baseline(found: _Found, stats: dict, baseline: dict, config: Any) -> None:
     for c in baseline.get("labels", []):
         if c not in stats["labels"]:
-            found.add("missing_class", f"class {c!r} of the baseline is missing from the data",
-                      classes=[c])  # fmt: skip
+            found.add(
+                "missing_class",
+                f"class {c!r} of the baseline is missing from the data",
+                classes=[c],
+            )
     for split, s in stats["splits"].items():
         old = baseline["splits"].get(split)
         if old is None:
@@ -214,32 +267,49 @@ def _against_baseline(found: _Found, stats: dict, baseline: dict, config: Any) -
         shares, old_shares = s["class_shares"], old["class_shares"]
         dist = data_stats.linf_distance(shares, old_shares)
         if dist > config.max_class_share_drift:
-            c = max(set(shares) | set(old_shares),
-                    key=lambda k: abs(shares.get(k, 0) - old_shares.get(k, 0)))  # fmt: skip
-            found.add("class_share_drift", f"{split}: class shares moved by {dist:.3f} "
-                      f"(L-infinity; {c!r} {_pct(old_shares.get(c, 0))} -> "
-                      f"{_pct(shares.get(c, 0))}) > {config.max_class_share_drift:g}",
-                      split=split, classes=[c], value=round(dist, 4),
-                      threshold=config.max_class_share_drift)  # fmt: skip
+            c = max(
+                set(shares) | set(old_shares),
+                key=lambda k: abs(shares.get(k, 0) - old_shares.get(k, 0)),
+            )
+            found.add(
+                "class_share_drift",
+                f"{split}: class shares moved by {dist:.3f} "
+                f"(L-infinity; {c!r} {_pct(old_shares.get(c, 0))} -> "
+                f"{_pct(shares.get(c, 0))}) > {config.max_class_share_drift:g}",
+                split=split,
+                classes=[c],
+                value=round(dist, 4),
+                threshold=config.max_class_share_drift,
+            )
         n, old_n = s["num_examples"], old["num_examples"]
         if old_n and n < old_n * (1 - config.max_split_shrink):
-            found.add("split_shrank", f"{split}: {n} examples, {1 - n / old_n:.0%} fewer than the "
-                      f"baseline's {old_n} (> {config.max_split_shrink:.0%})", split=split,
-                      value=n, threshold=config.max_split_shrink)  # fmt: skip
+            found.add(
+                "split_shrank",
+                f"{split}: {n} examples, {1 - n / old_n:.0%} fewer than the "
+                f"baseline's {old_n} (> {config.max_split_shrink:.0%})",
+                split=split,
+                value=n,
+                threshold=config.max_split_shrink,
+            )
         jump = s["skipped"]["bad_fraction"] - old["skipped"]["bad_fraction"]
         if jump > config.max_skipped_increase:
-            found.add("skipped_files_jump", f"{split}: {_pct(s['skipped']['bad_fraction'])} of "
-                      f"the files were unusable, up from {_pct(old['skipped']['bad_fraction'])} "
-                      f"(> +{_pct(config.max_skipped_increase)}; "
-                      + ", ".join(f"{r} {k}" for r, k in s["skipped"]["by_reason"].items()) + ")",
-                      split=split, value=round(jump, 4),
-                      threshold=config.max_skipped_increase)  # fmt: skip
+            found.add(
+                "skipped_files_jump",
+                f"{split}: {_pct(s['skipped']['bad_fraction'])} of "
+                f"the files were unusable, up from {_pct(old['skipped']['bad_fraction'])} "
+                f"(> +{_pct(config.max_skipped_increase)}; "
+                + ", ".join(f"{r} {k}" for r, k in s["skipped"]["by_reason"].items())
+                + ")",
+                split=split,
+                value=round(jump, 4),
+                threshold=config.max_skipped_increase,
+            )
         size = _drift(s, old, data_stats.SIZE_FEATURES, config.min_examples_for_drift)
-        _drift_anomaly(found, "image_size_drift", split, size, config.max_size_drift,
-                       "image sizes")  # fmt: skip
+        _drift_anomaly(found, "image_size_drift", split, size, config.max_size_drift, "image sizes")
         size = _drift(s, old, ("encoded_bytes",), config.min_examples_for_drift)
-        _drift_anomaly(found, "encoded_size_drift", split, size, config.max_encoded_size_drift,
-                       "encoded sizes")  # fmt: skip
+        _drift_anomaly(
+            found, "encoded_size_drift", split, size, config.max_encoded_size_drift, "encoded sizes"
+        )
 
 
 def failure_line(anomalies: list[dict], where: str) -> str:

@@ -60,7 +60,8 @@ def _alerts(record: dict) -> str:
         return ""
     alerts.sort(key=lambda a: a[0] != "fail")
     items = "".join(
-        f"<li><b>{_e(level.upper())}</b> {_e(name)}: {_e(text)}</li>" for level, name, text in alerts
+        f"<li><b>{_e(level.upper())}</b> {_e(name)}: {_e(text)}</li>"
+        for level, name, text in alerts
     )
     css = "fail" if any(level == "fail" for level, _, _ in alerts) else "no"
     return f'<div class="banner {css}"><b>Alerts</b><ul class=alerts>{items}</ul></div>'

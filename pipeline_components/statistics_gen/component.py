@@ -97,18 +97,28 @@ def statistics_table(stats: dict) -> str:
 
     row("examples", lambda s: str(s["num_examples"]))
     for label in stats["labels"]:
-        row(f"class {label}", lambda s, c=label: f"{s['classes'].get(c, 0)} "
-            f"({s['class_shares'].get(c, 0):.1%})")  # fmt: skip
+        row(
+            f"class {label}",
+            lambda s, c=label: f"{s['classes'].get(c, 0)} ({s['class_shares'].get(c, 0):.1%})",
+        )
     row("formats", lambda s: _counts(s["formats"]))
     row("channels", lambda s: _counts(s["channels"]))
     for feature in data_stats.FEATURES:
-        row(f"{feature} p1 / median / p99", lambda s, f=feature: " / ".join(
-            "—" if (v := data_stats.quantile(s["features"][f], p)) is None else f"{v:.4g}"
-            for p in (0.01, 0.5, 0.99)))  # fmt: skip
+        row(
+            f"{feature} p1 / median / p99",
+            lambda s, f=feature: " / ".join(
+                "—" if (v := data_stats.quantile(s["features"][f], p)) is None else f"{v:.4g}"
+                for p in (0.01, 0.5, 0.99)
+            ),
+        )
     row("skipped (bad / ignored)", lambda s: f"{s['skipped']['bad']} / {s['skipped']['ignored']}")
     row("skip reasons", lambda s: _counts(s["skipped"]["by_reason"]))
-    row("duplicates (in split / shared)", lambda s: f"{s['duplicates']['within_split']} / "
-        f"{s['duplicates']['shared_with_other_splits']}")  # fmt: skip
+    row(
+        "duplicates (in split / shared)",
+        lambda s: (
+            f"{s['duplicates']['within_split']} / {s['duplicates']['shared_with_other_splits']}"
+        ),
+    )
     head = "".join(f"<th>{e(s)}</th>" for s in splits)
     body = "".join(
         f"<tr><th>{e(name)}</th>" + "".join(f"<td class=num>{e(v)}</td>" for v in values) + "</tr>"

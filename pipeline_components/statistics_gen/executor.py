@@ -197,8 +197,14 @@ def build_pipeline(
 
 def _feature(acc: dict | None, qs: list | None) -> dict:
     if not acc or not acc["count"]:
-        return {"count": 0, "min": None, "max": None, "mean": None, "quantiles": [],
-                "histogram": {}}  # fmt: skip
+        return {
+            "count": 0,
+            "min": None,
+            "max": None,
+            "mean": None,
+            "quantiles": [],
+            "histogram": {},
+        }
     histogram = dict(sorted(acc["histogram"].items(), key=lambda kv: int(kv[0])))
     return {
         "count": acc["count"],
@@ -230,9 +236,7 @@ def _skipped(example_gen_stats: dict, split: str, num_examples: int) -> dict:
     }
 
 
-def assemble(
-    examples_dir: str, lines: list[str], *, num_quantiles: int, epsilon: float
-) -> dict:
+def assemble(examples_dir: str, lines: list[str], *, num_quantiles: int, epsilon: float) -> dict:
     """statistics.json (core/data_stats.py) from the job's result lines and ExampleGen's files."""
     labels = examples.read_labels(examples_dir)
     eg_stats = examples.read_stats(examples_dir)
@@ -316,9 +320,13 @@ def run_statistics_gen(
         prefix = fsutil.join(work, RESULTS)
         p = beam.Pipeline(options=pipeline_options(beam_args))
         build_pipeline(
-            p, examples_dir, splits, num_quantiles=num_quantiles, epsilon=epsilon,
+            p,
+            examples_dir,
+            splits,
+            num_quantiles=num_quantiles,
+            epsilon=epsilon,
             results_prefix=prefix,
-        )  # fmt: skip
+        )
         try:
             p.run().wait_until_finish()
         except Exception as e:

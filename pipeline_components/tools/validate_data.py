@@ -29,7 +29,9 @@ def _producer(artifact_type: ArtifactType) -> Component:
     raise PipelineError(f"no registered component produces {artifact_type.name}")
 
 
-def _context(component: Component, pipeline: Any, inputs: dict, output_dir: str) -> ExecutionContext:
+def _context(
+    component: Component, pipeline: Any, inputs: dict, output_dir: str
+) -> ExecutionContext:
     config = pipeline.section(component.config_section) if component.config_section else None
     return ExecutionContext(pipeline, config, inputs, output_dir)
 
@@ -52,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--baseline-stats", help="statistics.json of a previous run (or its folder) to compare"
     )
-    p.add_argument("--output", default="data_validation", help="where to write (default: %(default)s)")
+    p.add_argument(
+        "--output", default="data_validation", help="where to write (default: %(default)s)"
+    )
     p.add_argument("--config", help="pipeline.yaml (thresholds, severities, Beam options)")
     p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE")
     args = p.parse_args(own)
@@ -62,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     validator = _producer(artifacts.EXAMPLE_ANOMALIES)
     if beam_args is not None and stats_gen.config_section:
         section = pipeline.section(stats_gen.config_section)
-        pipeline.sections[stats_gen.config_section] = dataclasses.replace(section, beam_args=beam_args)
+        pipeline.sections[stats_gen.config_section] = dataclasses.replace(
+            section, beam_args=beam_args
+        )
     if schema_gen.config_section:  # standalone: a given schema, or one inferred here
         section = pipeline.section(schema_gen.config_section)
         pipeline.sections[schema_gen.config_section] = dataclasses.replace(
@@ -77,14 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     out = {name: fsutil.join(args.output, name) for name in ("statistics", "schema", "anomalies")}
     examples = Artifact(artifacts.EXAMPLES, args.examples)
     stats_gen.run(
-        _context(stats_gen, pipeline, {_input_name(stats_gen, artifacts.EXAMPLES): examples},
-                 out["statistics"])  # fmt: skip
+        _context(
+            stats_gen,
+            pipeline,
+            {_input_name(stats_gen, artifacts.EXAMPLES): examples},
+            out["statistics"],
+        )
     )
     statistics = Artifact(artifacts.EXAMPLE_STATISTICS, out["statistics"])
     schema_ctx = _context(
-        schema_gen, pipeline, {_input_name(schema_gen, artifacts.EXAMPLE_STATISTICS): statistics},
+        schema_gen,
+        pipeline,
+        {_input_name(schema_gen, artifacts.EXAMPLE_STATISTICS): statistics},
         out["schema"],
-    )  # fmt: skip
+    )
     schema_result = schema_gen.run(schema_ctx)
     schema = Artifact(artifacts.SCHEMA, schema_ctx.output_uri(schema_gen, "schema"))
     inputs = {
