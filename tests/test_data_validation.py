@@ -24,9 +24,10 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from PIL import Image
+from test_pipeline import newest_record, run_cli, write_config
 
 from pipeline_components import cli
-from pipeline_components.core import artifacts, config, data_schema, data_stats, lineage
+from pipeline_components.core import artifacts, config, data_schema, data_stats, fsutil, lineage
 from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import ExecutionContext
 from pipeline_components.core.errors import PipelineError
@@ -386,7 +387,7 @@ def test_one_class_8x_smaller_fails_with_a_size_drift_anomaly(built, tmp_path):
     result = run_validator(
         tmp_path, built["small"].statistics, schema, built["base"].statistics, cfg, name="w"
     )
-    assert result["passed"] and result["warn"] == 9 and result["fail"] == 0  # + 3 encoded_size_drift
+    assert result["passed"] and result["warn"] == 9 and result["fail"] == 0  # + 3 bytes drifts
 
 
 def test_a_dropped_class_fails(built, tmp_path):
@@ -608,3 +609,70 @@ def test_lineage_finds_the_data_behind_the_served_model_by_content(tmp_path):
         )
         is None
     )
+
+
+# -------------------------------------------------------------------- the whole pipeline
+
+
+@pytest.mark.slow
+def test_a_nightly_run_with_thumbnails_stops_before_the_trainer(make_dataset, tmp_path, capsys):
+    """Run 1 infers the schema and passes (and pushes); run 2 on the same data passes against
+    the served model's statistics with everything expensive cached; run 3, after one class's
+    images became 8x smaller, fails with a size-drift anomaly before the Trainer."""
+    data = make_dataset(per_split=(12, 4, 4))
+    path = write_config(tmp_path, data)
+    code, out, _ = run_cli(path, capsys)
+    first = newest_record(tmp_path)
+    assert code == 0 and first["status"] == "completed", out
+    assert first["components"]["SchemaGen"]["result"]["source"].startswith("inferred")
+    assert first["anomalies"] == [] and first["push"]["version"] == 1
+    html = fsutil.read_text(first["report"])
+    assert "<h2>Data statistics</h2>" in html and "Alerts" not in html
+
+    code, out, _ = run_cli(path, capsys)
+    second = newest_record(tmp_path)
+    statuses = {n: c["status"] for n, c in second["components"].items()}
+    assert code == 0 and statuses == {
+        "ExampleGen": "cached",
+        "StatisticsGen": "cached",
+        "SchemaGen": "cached",  # the schema behind version 1 is the one inferred in run 1
+        "ExampleValidator": "completed",  # its baseline appeared: version 1's statistics
+        "Trainer": "cached",
+        "Evaluator": "cached",
+        "InfraValidator": "cached",
+        "Pusher": "completed",
+    }
+    validation = second["components"]["ExampleValidator"]["result"]
+    assert validation["passed"] and validation["anomalies"] == []
+    assert validation["baseline"]["served_version"] == 1
+    stats_dir = first["components"]["StatisticsGen"]["output_dir"]
+    assert validation["baseline"]["statistics"] == os.path.join(stats_dir, "statistics.json")
+
+    # tonight the upstream job wrote 4x4 thumbnails of every circle
+    thumbs = tmp_path / "thumbs"
+    sample_data.generate(str(thumbs), ("circles",), (12, 4, 4), (4, 4), "jpg", 9)
+    for split in ("train", "validation", "test"):
+        for src in (thumbs / split / "circles").iterdir():
+            shutil.copyfile(src, data / split / "circles" / src.name)
+    code, out, err = run_cli(path, capsys)
+    third = newest_record(tmp_path)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("transfer-pipeline run: error: ExampleValidator failed: ")
+    assert "train: image sizes drifted from the baseline: 'circles' width JS 1.00" in err
+    assert "[image_size_drift]" in err
+    assert third["status"] == "failed" and "Trainer" not in third["components"]
+    entry = third["components"]["ExampleValidator"]
+    assert entry["status"] == "failed" and entry["result"]["passed"] is False
+    assert third["anomalies"] == entry["result"]["anomalies"]
+    drift = [a for a in third["anomalies"] if a["kind"] == "image_size_drift"]
+    assert drift[0]["severity"] == "fail" and drift[0]["classes"] == ["circles"]
+    assert len(os.listdir(tmp_path / "root" / "Trainer")) == 2  # 1/ and 1.json: never again
+    assert sorted(os.listdir(tmp_path / "serving" / "shapes")) == ["1"]
+    assert next(ln for ln in out.splitlines() if ln.startswith("Trainer")).split()[1:3] == [
+        "not",
+        "run",
+    ]
+    html = fsutil.read_text(third["report"])
+    alerts = html.index("<b>Alerts</b>")
+    assert alerts < html.index("<h2>Data validation</h2>") < html.index("<h2>Data statistics</h2>")
+    assert "image_size_drift" in html[alerts : html.index("<h2>")]

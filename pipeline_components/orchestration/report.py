@@ -1,8 +1,9 @@
 """`runs/<run_id>/report.html`: one self-contained page a person opens after a scheduled run.
 
-Gate decision and pushed version first, then each component's own section (`report_html`:
-the test metrics, confusion matrix and misclassified examples, the training curves, the data
-summary, ...) and the lineage of every component. Images are inlined
+Gate decision and pushed version first, then the components' alerts (`report_alerts`: data
+anomalies, failures first), then each component's own section (`report_html`: the test metrics,
+confusion matrix and misclassified examples, the training curves, the data statistics, ...) and
+the lineage of every component. Images are inlined
 (base64), so the file can be mailed or attached to a ticket as is.
 """
 

@@ -178,8 +178,9 @@ class Run:
         except BaseException as e:
             entry["status"] = "failed"
             entry["error"] = _one_line(e)
-            if getattr(e, "result", None) is not None:  # what it found before failing
-                entry["result"] = e.result
+            found = getattr(e, "result", None)  # PipelineError(result=): what it found
+            if found is not None:
+                entry["result"] = found
             raise
         finally:
             entry["finished"] = now()

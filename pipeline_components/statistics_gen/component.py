@@ -68,8 +68,7 @@ class StatisticsGen(Component):
 
     def report_html(self, entry: dict, record: dict) -> str:
         out = entry.get("output_dir")
-        path = fsutil.join(out, artifacts.STATISTICS_FILE) if out else ""
-        if not path or not fsutil.exists(path):
+        if not out or not fsutil.exists(path := fsutil.join(out, artifacts.STATISTICS_FILE)):
             return ""
         stats = data_stats.read(path)
         plots = fsutil.join(out, artifacts.PLOTS_DIR)
