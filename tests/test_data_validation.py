@@ -676,3 +676,38 @@ def test_a_nightly_run_with_thumbnails_stops_before_the_trainer(make_dataset, tm
     alerts = html.index("<b>Alerts</b>")
     assert alerts < html.index("<h2>Data validation</h2>") < html.index("<h2>Data statistics</h2>")
     assert "image_size_drift" in html[alerts : html.index("<h2>")]
+
+
+def test_report_puts_alerts_first_and_shows_a_failed_validation(tmp_path):
+    """report.html through the generic hooks: report_alerts of every component with a result
+    (a failed one included), failures first, before every section."""
+    from pipeline_components.orchestration import report
+
+    anomalies = [
+        {"kind": "class_share_drift", "severity": "warn", "split": "train", "classes": ["a"],
+         "message": "train: class shares moved by 0.200", "value": 0.2, "threshold": 0.1},
+        {"kind": "missing_class", "severity": "fail", "split": None, "classes": ["b"],
+         "message": "class 'b' of the schema is missing from the data", "value": None,
+         "threshold": None},
+    ]  # fmt: skip
+    result = {"passed": False, "fail": 1, "warn": 1, "anomalies": anomalies, "baseline": None,
+              "statistics": "s", "schema": "schema.yaml"}  # fmt: skip
+    record = {
+        "run_id": "r1",
+        "status": "failed",
+        "error": "ExampleValidator failed: 1 data anomaly fail the run",
+        "components": {
+            "ExampleValidator": {
+                "status": "failed",
+                "error": "1 data anomaly",
+                "result": result,
+                "output_dir": str(tmp_path),
+            },  # fmt: skip
+        },
+    }
+    html = report.render(record)
+    alerts = html.index("<b>Alerts</b>")
+    fail = html.index("FAIL</b> ExampleValidator: class &#x27;b&#x27; of the schema is missing")
+    warn = html.index("WARN</b> ExampleValidator: train: class shares moved by 0.200")
+    assert alerts < fail < warn < html.index("<h2>Data validation</h2>")
+    assert "no baseline: nothing served yet" in html

@@ -159,9 +159,10 @@ def class_shares_figure(stats: dict, baseline: dict | None = None, max_classes: 
     fig, axes = plt.subplots(
         1,
         len(splits),
-        figsize=(max(4.0, 0.45 * len(shown) + 1.5) * len(splits) / 1.6, 3.2),
+        figsize=(max(4.0, 0.45 * len(shown) + 1.5) * len(splits) / 1.6, 3.4),
         squeeze=False,
         sharey=True,
+        constrained_layout=True,
     )
     width = 0.4 if baseline else 0.7
     for ax, split in zip(axes[0], splits, strict=True):
@@ -206,8 +207,11 @@ def sizes_figure(stats: dict, baseline: dict | None = None) -> Any:
     from pipeline_components.core.plotting import pyplot
 
     plt = pyplot()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     fig, axes = plt.subplots(2, 2, figsize=(9, 5.5))
     colors = {"train": "#2f6db5", "validation": "#e08a1e", "test": "#3a9a4a"}
+    widths = {"train": 3.0, "validation": 2.0, "test": 1.2}  # identical splits stay visible
     for ax, feature in zip(axes.flat, FEATURES, strict=True):
         runs = [(stats, "-", "")] + ([(baseline, "--", " (baseline)")] if baseline else [])
         for run, style, suffix in runs:
@@ -224,10 +228,13 @@ def sizes_figure(stats: dict, baseline: dict | None = None) -> Any:
                     heights,
                     where="post",
                     linestyle=style,
+                    linewidth=widths.get(split, 1.5),
                     color=colors.get(split, "#777"),
                     label=f"{split}{suffix}",
                 )
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{feature} ({UNITS[feature]})", fontsize=9)
         ax.set_ylabel("share of images", fontsize=8)
         ax.tick_params(labelsize=7)
