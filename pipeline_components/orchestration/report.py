@@ -53,8 +53,8 @@ def _alerts(record: dict) -> str:
         entry = record["components"].get(component.name)
         if entry and has_result(entry):
             try:
-                alerts += [(level, component.name, text) for level, text in
-                           component.report_alerts(entry)]  # fmt: skip
+                found = component.report_alerts(entry)
+                alerts += [(level, component.name, text) for level, text in found]
             except Exception as e:  # a broken hook must not cost the whole page
                 alerts.append(("warn", component.name, f"alerts unavailable: {e}"))
     if not alerts:
