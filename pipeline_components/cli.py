@@ -20,6 +20,10 @@ TOOLS = {
     "run": ("pipeline_components.orchestration.runner", "run the whole pipeline (cached)"),
     "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
     "predict": ("serving.client", "send images to a TF Serving gRPC endpoint"),
+    "validate-data": (
+        "pipeline_components.tools.validate_data",
+        "statistics, schema and anomalies of an ExampleGen output (data validation alone)",
+    ),
     "sample-data": (
         "pipeline_components.tools.sample_data",
         "generate a small learnable image dataset",

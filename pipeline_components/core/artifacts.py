@@ -9,6 +9,11 @@ the names and functions here, so a layout changes in one file. The layouts:
     <trainer>/                      Model (Trainer)
         saved_model/                the SavedModel TF Serving loads (see below)
         history.json  history.csv  plots/  logs/  checkpoints/  training_config.json
+    <statistics_gen>/               ExampleStatistics (StatisticsGen)
+        statistics.json  plots/class_shares.png  plots/sizes.png
+    <schema_gen>/schema.yaml        Schema (SchemaGen)
+    <example_validator>/            ExampleAnomalies (ExampleValidator)
+        anomalies.json  plots/ (this run next to the baseline's, when there is one)
     <evaluator>/                    ModelBlessing (Evaluator)
         blessing.json  metrics.json  predictions.csv  confusion_matrix.png  errors.png
         baseline_metrics.json (when a baseline was scored)
@@ -41,6 +46,13 @@ SHARD_PREFIX = "examples"
 SHARD_SUFFIX = ".tfrecord.gz"
 LABELS_FILE = "labels.txt"
 STATS_FILE = "stats.json"
+
+# ------------------------------------------------------------------- data validation
+STATISTICS_FILE = "statistics.json"
+SCHEMA_FILE = "schema.yaml"
+ANOMALIES_FILE = "anomalies.json"
+CLASS_SHARES_PNG = "class_shares.png"  # under plots/
+SIZES_PNG = "sizes.png"  # under plots/
 
 # ----------------------------------------------------------------------------------- Model
 SAVED_MODEL_DIR = "saved_model"
@@ -195,6 +207,11 @@ def examples_fingerprint(uri: str) -> str:
     return str(stats["fingerprint"])
 
 
+def statistics_fingerprint(uri: str) -> str:
+    """sha256 of statistics.json (its plots are drawn from it)."""
+    return hashlib.sha256(fsutil.read_bytes(fsutil.join(uri, STATISTICS_FILE))).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class ArtifactType:
     """A kind of artifact a component produces or consumes.
@@ -211,6 +228,16 @@ class ArtifactType:
 
 EXAMPLES = ArtifactType(
     "Examples", "", examples_fingerprint, "TFRecord shards per split, labels.txt, stats.json"
+)
+EXAMPLE_STATISTICS = ArtifactType(
+    "ExampleStatistics",
+    "",
+    statistics_fingerprint,
+    "statistics.json per split (classes, sizes, formats, skipped, duplicates) and plots",
+)
+SCHEMA = ArtifactType("Schema", SCHEMA_FILE, description="the data schema (editable YAML)")
+EXAMPLE_ANOMALIES = ArtifactType(
+    "ExampleAnomalies", ANOMALIES_FILE, description="data anomalies found (anomalies.json)"
 )
 MODEL = ArtifactType("Model", SAVED_MODEL_DIR, fsutil.tree_fingerprint, "the exported SavedModel")
 MODEL_EVALUATION = ArtifactType(

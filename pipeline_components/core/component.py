@@ -8,7 +8,9 @@ A component is a subclass of `Component`, instantiated once in its package's `co
 - `config_section` and `config_class`: its section of pipeline.yaml (a dataclass whose fields
   use `core.config.option` for defaults, ranges and cache-key membership);
 - `inputs` ({name: Input(artifact type)}) and `outputs` ({name: artifact type}): the runner
-  orders components by these and hands each the upstream artifacts;
+  orders components by these and hands each the upstream artifacts; `runs_before` (artifact
+  types) orders it before their producers without a data dependency (a gate: a validator that
+  fails stops the run before the Trainer);
 - `preflight(config)`: cheap config checks the runner makes before any component runs;
 - what goes into its cache key: its config section (`key_config`), the fingerprints of its input
   artifacts, and `external_inputs` (anything read from outside pipeline_root, e.g. the data
@@ -16,7 +18,8 @@ A component is a subclass of `Component`, instantiated once in its package's `co
 - `run(ctx)`: the one executor function; the same function runs from `transfer-pipeline run`
   and from its CLI subcommand;
 - `summary(entry)`: the one line for the run table and the report; `report_html(entry, record)`:
-  its section of report.html; `record_fields(entry)`: fields it adds to run.json's top level;
+  its section of report.html; `report_alerts(entry)`: lines shown at the top of report.html;
+  `record_fields(entry)`: fields it adds to run.json's top level;
 - `command` and `main(argv)`: its CLI subcommand (a generic one is derived from the inputs,
   outputs and config section when a component does not write its own).
 """
@@ -81,6 +84,9 @@ class Component:
     inputs: ClassVar[Mapping[str, Input]] = {}
     outputs: ClassVar[Mapping[str, ArtifactType]] = {}
     command: ClassVar[str | None] = None
+    # Producers of these artifact types run after this component (and not at all when it
+    # fails), though they consume nothing of it: ExampleValidator -> (MODEL,) gates the Trainer.
+    runs_before: ClassVar[tuple[ArtifactType, ...]] = ()
     cacheable: ClassVar[bool] = True  # False: runs every time (e.g. the Pusher)
     resumable: ClassVar[bool] = False  # True: an interrupted execution continues in place
 
@@ -125,8 +131,14 @@ class Component:
         return {}
 
     def report_html(self, entry: dict, record: dict) -> str:
-        """This component's section of report.html (HTML), or ''."""
+        """This component's section of report.html (HTML), or ''. Called for completed and
+        cached entries, and for failed ones that carry a `result` (PipelineError.result)."""
         return ""
+
+    def report_alerts(self, entry: dict) -> list[tuple[str, str]]:
+        """[(level, text)] shown at the top of report.html, before every section (level
+        `fail` or `warn`), e.g. data anomalies; called like report_html."""
+        return []
 
     # -- command line ----------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from pipeline_components.core.component import Component, ExecutionContext, outp
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import report
-from pipeline_components.orchestration.summary import summary_table
+from pipeline_components.orchestration.summary import has_result, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,9 @@ class Run:
         except BaseException as e:
             entry["status"] = "failed"
             entry["error"] = _one_line(e)
+            found = getattr(e, "result", None)  # PipelineError(result=): what it found
+            if found is not None:
+                entry["result"] = found
             raise
         finally:
             entry["finished"] = now()
@@ -321,7 +324,7 @@ def _finish(run: Run) -> None:
     rec["finished"] = now()
     for component in registry.pipeline_order():
         entry = rec["components"].get(component.name)
-        if entry and entry.get("status") in ("completed", "cached"):
+        if entry and has_result(entry):
             rec.update(component.record_fields(entry))
     try:
         path = fsutil.join(run.run_dir, artifacts.REPORT_FILE)
