@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,9 @@ class LocalRun:
     workdir: Path
     executable: str = ""
     env: dict[str, str] | None = None
+    # argv -> (exit code, stdout, stderr) instead of a subprocess (components registered only
+    # in this process); None: a subprocess
+    call: Callable[[list[str]], tuple[int, str, str]] | None = None
     run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     ran: list[str] = dataclasses.field(default_factory=list)  # task names, in order
@@ -295,21 +299,23 @@ class LocalRun:
             shutil.rmtree(out_dir, ignore_errors=True)
             for f in files.values():  # launcher_v2.go prepareOutputFolders
                 f.parent.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run(
-                [program, *argv[1:]],
-                capture_output=True,
-                text=True,
-                env={**os.environ, **(self.env or {})},
-                timeout=900,
-            )
-            self.attempts.append(Attempt(name, argv, proc.returncode, proc.stdout, proc.stderr))
-            if proc.returncode == 0:
+            if self.call is not None:
+                code, stdout, stderr = self.call(argv)
+            else:
+                proc = subprocess.run(
+                    [program, *argv[1:]],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, **(self.env or {})},
+                    timeout=900,
+                )
+                code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+            self.attempts.append(Attempt(name, argv, code, stdout, stderr))
+            if code == 0:
                 break
         else:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-            raise TaskFailed(
-                f"{name} failed (exit {proc.returncode}) after {retries + 1} attempt(s):\n{tail}"
-            )
+            tail = "\n".join(stderr.strip().splitlines()[-5:])
+            raise TaskFailed(f"{name} failed (exit {code}) after {retries + 1} attempt(s):\n{tail}")
         self.ran.append(name)
         outputs = {}
         for key, definition in component.output_definitions.parameters.items():
