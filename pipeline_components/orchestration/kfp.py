@@ -475,11 +475,17 @@ def pipeline_function(cfg: PipelineConfig, image: str, components: list[Componen
         for key, tp in step_lib.output_parameters(s.component).items():
             if builder.is_pipeline_output(s, key):
                 names[builder.output_name(s, key)] = tp
-    outputs_type = typing.NamedTuple("Outputs", list(names.items()))  # type: ignore[misc]
+    outputs_type: Any = (
+        typing.NamedTuple("Outputs", list(names.items()))  # type: ignore[misc]
+        if names
+        else inspect.Signature.empty
+    )
     order = [p.name for p in builder.params]
 
     def body(*values: Any) -> Any:
         builder.build(dict(zip(order, values, strict=True)))
+        if not names:
+            return None
         return outputs_type(**{n: builder.outputs[n][1] for n in names})
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -78,9 +78,10 @@ class KfpConfig:
     volumes: dict[str, str] = option(factory=dict)
     resources: dict[str, Resources] = option(factory=_default_resources)
     gpu: GpuConfig = option(factory=GpuConfig)
-    # Retries of a task that failed for a transient reason (preemption, a node lost, an
-    # out-of-memory kill): KFP retries any failure, so a step that failed on bad input (exit 1
-    # or 2) remembers it and its retries fail at once (`transfer-pipeline step`).
+    # Retries of a task whose container failed (a crash, an out-of-memory kill, SIGTERM from a
+    # graceful node shutdown on preemption). KFP retries any non-zero exit, so a step that failed
+    # on bad input (exit 1 or 2) remembers it and its retries fail at once (`transfer-pipeline
+    # step`). A pod deleted with its node is an Argo error, which KFP's retry does not cover.
     retries: int = option(3, ge=0, le=20)
     retry_backoff_seconds: int = option(60, ge=0, le=86400, doc="wait before the first retry")
     retry_backoff_factor: float = option(2.0, ge=1, le=10, doc="each wait this much longer")

@@ -21,8 +21,9 @@ Records: `<pipeline_root>/runs/<run_id>/steps/<Component>.json` (artifacts.step_
 component, plus the usual execution records. Kubeflow Pipelines retries a failed task whatever
 its exit code, so a step that failed on bad input (PipelineError: exit 1, or 2 for a bad
 command line) records it, and a retry of it in the same run fails at once with the same message
-instead of repeating the work; any other failure (preemption, a lost node, an out-of-memory
-kill, an unexpected exception) is retried in full.
+instead of repeating the work; any other failure (an unexpected exception, an out-of-memory
+kill, SIGTERM on preemption) is retried in full, a resumable component (the Trainer) continuing
+its interrupted execution.
 """
 
 from __future__ import annotations
