@@ -446,6 +446,19 @@ def test_components_added_through_the_contract_are_compiled_without_an_edit(toys
     }
 
 
+def test_a_pipeline_without_verdicts_or_task_outputs_has_no_condition_and_no_outputs(
+    toys, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(registry, "_components", [Source()])
+    spec, platform, _ = compiled(tmp_path, toy_config(tmp_path))
+    assert list(spec.root.dag.tasks) == ["toy-source"]
+    assert not spec.root.output_definitions.parameters
+    local = LocalRun(spec, platform, tmp_path / "kfp", call=in_process)
+    assert local.run({"toy_source_count": 2}) == {}
+    numbers = step_record(tmp_path / "root", local.run_id, "ToySource")["components"]
+    assert fsutil.read_json(numbers["ToySource"]["outputs"]["numbers"]) == [1, 2]
+
+
 def test_toy_pipeline_runs_its_condition_both_ways_and_publishes_through_oneof(toys, tmp_path):
     spec, platform, _ = compiled(tmp_path, toy_config(tmp_path))
     root = tmp_path / "root"
