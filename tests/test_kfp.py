@@ -577,6 +577,28 @@ def test_a_skipped_producer_skips_its_consumers_in_the_step(toys, tmp_path):
     assert entry["status"] == "skipped" and "ToyNumbers" in entry["reason"]
 
 
+def test_step_runs_in_an_image_without_the_kfp_sdk(tmp_path):
+    """The runtime image does not install the `kfp` extra: `step` must not need it."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"pipeline_root": str(tmp_path / "root")}))
+    code = (
+        "import sys\n"
+        "sys.modules['kfp'] = None  # import kfp raises ImportError\n"
+        "from pipeline_components import cli\n"
+        f"sys.exit(cli.main(['step', 'InfraValidator', 'Pusher', '--skip', 'not blessed', "
+        f"'--run-id', 'r1', '--config', {str(path)!r}, "
+        f"'--output-param', 'Pusher.version', {str(tmp_path / 'version')!r}]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "version").read_text() == "0"
+    entry = step_record(tmp_path / "root", "r1", "Pusher")["components"]["Pusher"]
+    assert entry["status"] == "skipped" and entry["reason"] == "not blessed"
+
+
 def test_published_values_are_declared_once():
     class Clash(Publisher):
         name = "Clash"
