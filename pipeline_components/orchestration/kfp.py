@@ -476,9 +476,7 @@ def pipeline_function(cfg: PipelineConfig, image: str, components: list[Componen
             if builder.is_pipeline_output(s, key):
                 names[builder.output_name(s, key)] = tp
     outputs_type: Any = (
-        typing.NamedTuple("Outputs", list(names.items()))
-        if names
-        else inspect.Signature.empty
+        typing.NamedTuple("Outputs", list(names.items())) if names else inspect.Signature.empty
     )
     order = [p.name for p in builder.params]
 
