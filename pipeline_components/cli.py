@@ -28,6 +28,14 @@ TOOLS = {
         "pipeline_components.tools.sample_data",
         "generate a small learnable image dataset",
     ),
+    "compile-kfp": (
+        "pipeline_components.orchestration.kfp",
+        "compile the pipeline to a Kubeflow Pipelines v2 spec (one task per component)",
+    ),
+    "step": (
+        "pipeline_components.orchestration.step",
+        "run one component as its own task of a run (what each KFP task runs)",
+    ),
 }
 
 

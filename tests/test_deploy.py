@@ -36,7 +36,7 @@ import kubernetes_validate
 import pytest
 import tensorflow as tf
 import yaml
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from kubernetes_validate.utils import latest_version
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -1260,3 +1260,159 @@ def test_load_data_job_gives_up_when_nothing_arrives(tmp_path):
         ["sh", str(script), "wait"], env=env, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 1 and "nothing received in 2s" in result.stderr
+
+
+# --- Kubeflow Pipelines: components/kubeflow-pipelines, overlays/kubeflow -------------------------
+
+KUBEFLOW = "overlays/kubeflow"
+KFP_COMPONENT = "components/kubeflow-pipelines"
+KFP_SERVICE_ACCOUNT = "transfer-pipeline"  # README: runs are submitted with this account
+
+
+def with_kfp_component(target: str, tmp_path: Path) -> list[dict]:
+    """`target` plus the Kubeflow Pipelines component, as the component's comment says to add it
+    (in a kustomization that sets the namespace)."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "transfer-pipeline",
+                "resources": [os.path.relpath(K8S / target, tmp_path)],
+                "components": [os.path.relpath(K8S / KFP_COMPONENT, tmp_path)],
+            }
+        )
+    )
+    return [d for d in yaml.safe_load_all(kustomize(tmp_path)) if d]
+
+
+def kfp_objects_problems(docs: list[dict]) -> list[str]:
+    """What KFP tasks need in their namespace: the account they run as, with its token and a
+    Role bound that grants what the KFP driver, launcher and Argo's executor do, no more; no
+    CronJob left to race the KFP runs."""
+    problems = []
+    kinds = [d["kind"] for d in docs]
+    if "CronJob" in kinds:
+        problems.append("the CronJob is still there")
+    sa = one(docs, "ServiceAccount", KFP_SERVICE_ACCOUNT)
+    if sa.get("automountServiceAccountToken") is not True:
+        problems.append("the tasks' account mounts no token (the KFP launcher calls the API)")
+    role, binding = one(docs, "Role"), one(docs, "RoleBinding")
+    namespace = sa["metadata"]["namespace"]
+    for d in (role, binding):
+        if d["metadata"].get("namespace") != namespace:
+            problems.append(f"{d['kind']} not in {namespace}")
+    if binding["roleRef"] != {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }:
+        problems.append("the RoleBinding binds another role")
+    if binding["subjects"] != [
+        {"kind": "ServiceAccount", "name": KFP_SERVICE_ACCOUNT, "namespace": namespace}
+    ]:
+        problems.append(f"the RoleBinding's subjects: {binding['subjects']}")
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    needed = {
+        ("", "pods", "get"),
+        ("", "configmaps", "get"),
+        ("", "secrets", "get"),
+        ("argoproj.io", "workflowtaskresults", "create"),
+        ("argoproj.io", "workflowtaskresults", "patch"),
+    }
+    if granted != needed:
+        problems.append(
+            f"the Role grants {sorted(granted - needed)}, lacks {sorted(needed - granted)}"
+        )
+    for rule in role["rules"]:
+        if rule["resources"] in (["configmaps"], ["secrets"]) and not rule.get("resourceNames"):
+            problems.append(f"{rule['resources'][0]}: every one of them, not KFP's by name")
+    return problems
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubeflow_overlay_validates_strictly(version):
+    docs = render(KUBEFLOW)
+    errors = validation_errors(docs, version)
+    assert not errors, f"k8s/{KUBEFLOW} against Kubernetes {version}:\n" + "\n".join(errors)
+    assert "Namespace" not in [d["kind"] for d in docs], "the Kubeflow Profile owns it"
+    for d in docs:
+        assert d["metadata"].get("namespace") == "transfer-pipeline", d["metadata"]["name"]
+    assert kfp_objects_problems(docs) == []
+
+
+@pytest.mark.parametrize("target", ["overlays/gpu", "overlays/gke", "overlays/eks"])
+def test_kfp_component_on_each_platform_overlay(target, tmp_path):
+    docs = with_kfp_component(target, tmp_path)
+    assert kfp_objects_problems(docs) == []
+    for version in K8S_VERSIONS:
+        assert validation_errors(docs, version) == []
+    # the cloud identity the platform overlay gave the pipeline's account is kept
+    before = one(render(target), "ServiceAccount", KFP_SERVICE_ACCOUNT)["metadata"]
+    after = one(docs, "ServiceAccount", KFP_SERVICE_ACCOUNT)["metadata"]
+    assert after.get("annotations") == before.get("annotations")
+
+
+def test_kfp_checks_catch_a_broad_role_and_a_leftover_cronjob(tmp_path):
+    docs = copy.deepcopy(render(KUBEFLOW))
+    one(docs, "Role")["rules"].append({"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]})
+    docs.append(cronjob(render("overlays/gpu")))
+    problems = kfp_objects_problems(docs)
+    assert any("grants [('', 'pods', '*')]" in p for p in problems)
+    assert "the CronJob is still there" in problems
+
+
+def test_kubeflow_overlay_has_the_claims_the_compiled_spec_mounts(tmp_path):
+    """Compile the overlay's pipeline.yaml (compile-kfp checks every path is on a mounted
+    claim): each claim exists, is ReadWriteMany from a named class (tasks land on different
+    nodes), and TF Serving reads the directory the Pusher's task writes."""
+    from kfp_local import load
+
+    docs = render(KUBEFLOW)
+    raw = configmap_data(docs, "pipeline-config")["pipeline.yaml"]
+    (tmp_path / "pipeline.yaml").write_text(raw)
+    cfg = pipeline_config(docs)
+    out = tmp_path / "pipeline.kfp.yaml"
+    assert (
+        cli.main(["compile-kfp", "--config", str(tmp_path / "pipeline.yaml"), "--output", str(out)])
+        == 0
+    )
+    spec, platform = load(out)
+    k8s = json_format.MessageToDict(platform.platforms["kubernetes"])["deploymentSpec"]["executors"]
+    pvcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    mounted = set()
+    for executor in k8s.values():
+        for m in executor["pvcMount"]:
+            mounted.add((m["constant"], m["mountPath"]))
+    assert mounted == set(cfg.kfp.volumes.items())
+    for claim, _ in mounted:
+        spec_ = pvcs[claim]["spec"]
+        assert spec_["accessModes"] == ["ReadWriteMany"] and spec_.get("storageClassName"), claim
+    # the image every task runs is the overlay's, as the Deployment's registry
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    images = {e["container"]["image"] for e in executors.values()}
+    assert images == {cfg.kfp.image}
+    assert cfg.kfp.image.split(":")[-1] == PYPROJECT["project"]["version"]
+    # TF Serving reads <serving_dir>/<model_name> on the claim the tasks write it to
+    serving = serving_pod(docs)
+    (tfs,) = serving["spec"]["containers"]
+    models = text_format.Parse(
+        configmap_file(docs, serving, tfs, flags(tfs)["model_config_file"]),
+        model_server_config_pb2.ModelServerConfig(),
+    )
+    (model,) = models.model_config_list.config
+    serving_mount, serving_vol = volume_at(serving, tfs, model.base_path)
+    claim = serving_vol["persistentVolumeClaim"]["claimName"]
+    task_mount = cfg.kfp.volumes[claim]
+    assert posixpath.relpath(model.base_path, serving_mount["mountPath"]) == posixpath.relpath(
+        posixpath.join(cfg.serving_dir, cfg.model_name), task_mount
+    )
+    # the GPU pool the Trainer's task selects is the one overlays/gpu's nodes carry
+    gpu_selector = cron_pod(render("overlays/gpu"))["spec"]["nodeSelector"]
+    assert cfg.kfp.gpu.node_selector == gpu_selector

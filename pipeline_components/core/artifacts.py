@@ -29,6 +29,7 @@ the names and functions here, so a layout changes in one file. The layouts:
     <pipeline_root>/<Component>/<n>/        execution n's output directory
     <pipeline_root>/<Component>/<n>.json    execution n's record
     <pipeline_root>/runs/<run_id>/run.json  report.html  error.log
+    <pipeline_root>/runs/<run_id>/steps/<Component>.json   a KFP run's record, one per task
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ PUSH_FILE = "push.json"
 # ----------------------------------------------------------------------------------- runs
 RUNS_DIR = "runs"
 RUN_RECORD = "run.json"
+STEPS_DIR = "steps"  # runs/<run_id>/steps/<Component>.json: a run whose steps are KFP tasks
 REPORT_FILE = "report.html"
 ERROR_LOG = "error.log"
 
@@ -191,6 +193,13 @@ def execution_record(pipeline_root: str, component: str, execution_id: int) -> s
     return fsutil.join(pipeline_root, component, f"{execution_id}.json")
 
 
+def step_record(pipeline_root: str, run_id: str, component: str) -> str:
+    """One component's record in a run whose components run as separate tasks (Kubeflow
+    Pipelines: `transfer-pipeline step`): one file per component, so tasks running in parallel
+    never rewrite each other's record."""
+    return fsutil.join(run_dir(pipeline_root, run_id), STEPS_DIR, f"{component}.json")
+
+
 # ------------------------------------------------------------------------ artifact kinds
 
 
@@ -212,18 +221,27 @@ def statistics_fingerprint(uri: str) -> str:
     return hashlib.sha256(fsutil.read_bytes(fsutil.join(uri, STATISTICS_FILE))).hexdigest()
 
 
+def read_blessed(uri: str) -> bool:
+    """The `blessed` field of a verdict file (blessing.json, infra_blessing.json)."""
+    return bool(fsutil.read_json(uri, "blessing").get("blessed"))
+
+
 @dataclasses.dataclass(frozen=True)
 class ArtifactType:
     """A kind of artifact a component produces or consumes.
 
     `path` is where the artifact lives inside its producer's execution directory ("" for the
-    directory itself); `fingerprint` identifies its content for cache keys.
+    directory itself); `fingerprint` identifies its content for cache keys. `verdict`, for a
+    verdict artifact (a blessing), reads whether it passed: a component that *requires* an input
+    of such a type runs only when it passed (orchestrators that branch, such as Kubeflow
+    Pipelines, put it under a condition on its producer's verdict).
     """
 
     name: str
     path: str = ""
     fingerprint: Callable[[str], str] = content_fingerprint
     description: str = ""
+    verdict: Callable[[str], bool] | None = None
 
 
 EXAMPLES = ArtifactType(
@@ -244,10 +262,16 @@ MODEL_EVALUATION = ArtifactType(
     "ModelEvaluation", "", description="metrics.json, predictions.csv, confusion matrix, errors"
 )
 MODEL_BLESSING = ArtifactType(
-    "ModelBlessing", BLESSING_FILE, description="the Evaluator's verdict (blessing.json)"
+    "ModelBlessing",
+    BLESSING_FILE,
+    description="the Evaluator's verdict (blessing.json)",
+    verdict=read_blessed,
 )
 INFRA_BLESSING = ArtifactType(
-    "InfraBlessing", INFRA_BLESSING_FILE, description="the InfraValidator's verdict"
+    "InfraBlessing",
+    INFRA_BLESSING_FILE,
+    description="the InfraValidator's verdict",
+    verdict=read_blessed,
 )
 PUSHED_MODEL = ArtifactType("PushedModel", PUSH_FILE, description="what the Pusher did (push.json)")
 

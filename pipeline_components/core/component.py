@@ -21,7 +21,10 @@ A component is a subclass of `Component`, instantiated once in its package's `co
   its section of report.html; `report_alerts(entry)`: lines shown at the top of report.html;
   `record_fields(entry)`: fields it adds to run.json's top level;
 - `command` and `main(argv)`: its CLI subcommand (a generic one is derived from the inputs,
-  outputs and config section when a component does not write its own).
+  outputs and config section when a component does not write its own);
+- for orchestrators that run each component as its own task (Kubeflow Pipelines): `gpu` (it
+  gets the GPU), `task_outputs` (result values published as task outputs) and, through its
+  inputs' artifact types, `gates()` (the verdicts it runs under).
 """
 
 from __future__ import annotations
@@ -89,6 +92,21 @@ class Component:
     runs_before: ClassVar[tuple[ArtifactType, ...]] = ()
     cacheable: ClassVar[bool] = True  # False: runs every time (e.g. the Pusher)
     resumable: ClassVar[bool] = False  # True: an interrupted execution continues in place
+    # True: it runs faster on a GPU (the Trainer); an orchestrator that schedules each step on
+    # its own (Kubeflow Pipelines) gives it the GPU and leaves the other steps on CPU nodes.
+    gpu: ClassVar[bool] = False
+    # Values of `run`'s result that orchestrators publish as task outputs (KFP output parameters
+    # and pipeline outputs): {result key: bool | int | float | str}. A None (or absent) value is
+    # published as the type's zero value (False, 0, 0.0, "").
+    task_outputs: ClassVar[Mapping[str, type]] = {}
+
+    def gates(self) -> list[str]:
+        """Its required inputs of a verdict type (a blessing): it runs only when they passed."""
+        return [
+            name
+            for name, spec in self.inputs.items()
+            if spec.type.verdict is not None and not spec.optional
+        ]
 
     # -- cache key -------------------------------------------------------------------------
 

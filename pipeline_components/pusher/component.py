@@ -41,6 +41,7 @@ class Pusher(Component):
     }
     outputs = {"push": artifacts.PUSHED_MODEL}
     cacheable = False  # what is served can change between runs; pushing is idempotent instead
+    task_outputs = {"pushed": bool, "version": int}  # version 0: nothing pushed
 
     def external_inputs(self, ctx: ExecutionContext) -> dict[str, Any]:
         return {"serving_dir": ctx.pipeline.serving_dir, "model_name": ctx.pipeline.model_name}

@@ -87,6 +87,7 @@ class Trainer(Component):
     inputs = {"examples": Input(artifacts.EXAMPLES)}
     outputs = {"model": artifacts.MODEL}
     resumable = True  # a killed execution continues from checkpoints/
+    gpu = True  # the one step that gets a GPU when each step is scheduled on its own (KFP)
 
     def preflight(self, config: Any) -> None:
         from pipeline_components.trainer.executor import check_config
