@@ -155,7 +155,7 @@ class Evaluator(Component):
         ctx = ExecutionContext(
             pipeline, config, inputs, args.output, external={"baseline": {"path": baseline}}
         )
-        blessing = self.run(ctx)
+        blessing = self.run_standalone(ctx)
         verdict = "BLESSED: " if blessing["blessed"] else "NOT BLESSED: "
         print(verdict + "; ".join(blessing["reasons"]))
         print(f"wrote {fsutil.join(args.output, artifacts.BLESSING_FILE)}")

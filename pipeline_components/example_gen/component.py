@@ -108,7 +108,7 @@ class ExampleGen(Component):
             source="command line",
         )
         pipeline = PipelineConfig(data_root=args.data_root, sections={"example_gen": config})
-        self.run(ExecutionContext(pipeline, config, {}, args.output))
+        self.run_standalone(ExecutionContext(pipeline, config, {}, args.output))
         return 0
 
 
