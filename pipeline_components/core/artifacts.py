@@ -20,10 +20,16 @@ the names and functions here, so a layout changes in one file. The layouts:
 
     <serving_dir>/<model_name>/<version>/   a served version: digits only, complete once
                                             saved_model.pb (or .pbtxt) exists in it
+    <serving_dir>/models.config             TF Serving's model config: every pushed model,
+                                            its version policy and labels (stable, canary)
+    <serving_dir>/_versions/<model_name>.json       every version ever pushed: fingerprint,
+                                            accuracy, push time, labels, rollback state
+    <serving_dir>/_rolled_back/<model_name>/<version>/  rolled-back versions, moved aside
 
     <pipeline_root>/<Component>/<n>/        execution n's output directory
     <pipeline_root>/<Component>/<n>.json    execution n's record
     <pipeline_root>/runs/<run_id>/run.json  report.html  error.log
+    <pipeline_root>/lock.json               held while a run (or a component) writes there
 """
 
 from __future__ import annotations
@@ -77,6 +83,14 @@ RUNS_DIR = "runs"
 RUN_RECORD = "run.json"
 REPORT_FILE = "report.html"
 ERROR_LOG = "error.log"
+LOCK_FILE = "lock.json"  # <pipeline_root>/lock.json: core/locking.py
+
+# --------------------------------------------------------------------------- serving_dir
+# Names outside the model base paths: a model name starts with a letter or digit, so no model
+# can be called `_versions`; TF Serving ignores every non-numeric entry of a base path anyway.
+MODELS_CONFIG = "models.config"
+VERSIONS_DIR = "_versions"
+ROLLED_BACK_DIR = "_rolled_back"
 
 # The SavedModel's serving contract (trainer/export.py writes it; clients, the Evaluator and the
 # InfraValidator call it): two signatures with the same four outputs.
@@ -161,6 +175,21 @@ def served_versions(base_path: str) -> dict[int, str]:
         for v in version_numbers(base_path)
         if is_saved_model(path := version_path(base_path, v))
     }
+
+
+def models_config_path(serving_dir: str) -> str:
+    """`<serving_dir>/models.config`: the ModelServerConfig the Pusher maintains."""
+    return fsutil.join(serving_dir, MODELS_CONFIG)
+
+
+def version_registry_path(serving_dir: str, model_name: str) -> str:
+    """`<serving_dir>/_versions/<model_name>.json`: every version pushed, with its state."""
+    return fsutil.join(serving_dir, VERSIONS_DIR, f"{model_name}.json")
+
+
+def rolled_back_path(serving_dir: str, model_name: str, version: int) -> str:
+    """Where a rolled-back version is moved: outside the base path, out of TF Serving's sight."""
+    return fsutil.join(serving_dir, ROLLED_BACK_DIR, model_name, str(version))
 
 
 def run_dir(pipeline_root: str, run_id: str) -> str:
