@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -267,3 +268,24 @@ def test_code_fingerprint_follows_the_source_a_component_runs(tmp_path, monkeypa
     after_core = prints()
     assert all(after_core[n] != after_serving[n] for n in names), "core is everyone's code"
     assert registry.get("Trainer").code_fingerprint()["files"] > 10
+
+
+def test_sigterm_releases_the_root_for_the_jobs_retry(make_dataset, tmp_path):
+    """A drained pod gets SIGTERM: the run stops like Ctrl-C and releases the lock, so the
+    Job's retry takes the root at once instead of waiting out the lease."""
+    path = write_config(tmp_path, make_dataset(per_split=(4, 2, 2)))
+    lock = tmp_path / "root" / "lock.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline_components.cli", "run", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not lock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and not lock.exists()

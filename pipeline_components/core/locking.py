@@ -94,15 +94,16 @@ class _LocalStore:
         finally:
             os.close(fd)  # releases the flock
 
-    def create(self, text: str) -> bool:
+    def create(self, text: str) -> Any:
+        """The new file's version, or None when it exists."""
         tmp = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
         with open(tmp, "w") as f:
             f.write(text)
         try:
             os.link(tmp, self.path)  # atomic; fails when the file exists
-            return True
+            return text
         except FileExistsError:
-            return False
+            return None
         finally:
             os.remove(tmp)
 
@@ -114,15 +115,16 @@ class _LocalStore:
             return None, None
         return text, text
 
-    def replace(self, text: str, version: Any) -> bool:
+    def replace(self, text: str, version: Any) -> Any:
+        """The new version, or None when the file is not at `version` any more."""
         with self._guarded():
             if self.read()[1] != version:
-                return False
+                return None
             tmp = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
             with open(tmp, "w") as f:
                 f.write(text)
             os.replace(tmp, self.path)
-            return True
+            return text
 
     def delete(self, version: Any) -> bool:
         with self._guarded():
@@ -147,14 +149,15 @@ class _GcsStore:
     def _fresh(self) -> Any:
         return self._blob_cls(self.blob.name, self.blob.bucket)
 
-    def create(self, text: str) -> bool:
+    def create(self, text: str) -> Any:
         from google.api_core import exceptions
 
+        blob = self._fresh()
         try:
-            self._fresh().upload_from_string(text, if_generation_match=0)
-            return True
+            blob.upload_from_string(text, if_generation_match=0)
         except exceptions.PreconditionFailed:
-            return False
+            return None
+        return blob.generation
 
     def read(self) -> tuple[str | None, Any]:
         from google.api_core import exceptions
@@ -167,14 +170,15 @@ class _GcsStore:
             return None, None
         return text, blob.generation
 
-    def replace(self, text: str, version: Any) -> bool:
+    def replace(self, text: str, version: Any) -> Any:
         from google.api_core import exceptions
 
+        blob = self._fresh()
         try:
-            self._fresh().upload_from_string(text, if_generation_match=version)
-            return True
+            blob.upload_from_string(text, if_generation_match=version)
         except (exceptions.PreconditionFailed, exceptions.NotFound):
-            return False
+            return None
+        return blob.generation
 
     def delete(self, version: Any) -> bool:
         from google.api_core import exceptions
@@ -194,11 +198,11 @@ class _BestEffortStore:
     def __init__(self, path: str):
         self.path = path
 
-    def create(self, text: str) -> bool:
+    def create(self, text: str) -> Any:
         if fsutil.exists(self.path):
-            return False
+            return None
         fsutil.write_atomic(self.path, text)
-        return True
+        return text
 
     def read(self) -> tuple[str | None, Any]:
         try:
@@ -209,11 +213,11 @@ class _BestEffortStore:
             return None, None
         return text, text
 
-    def replace(self, text: str, version: Any) -> bool:
+    def replace(self, text: str, version: Any) -> Any:
         if self.read()[1] != version:
-            return False
+            return None
         fsutil.write_atomic(self.path, text)
-        return True
+        return text
 
     def delete(self, version: Any) -> bool:
         if self.read()[1] != version:
@@ -245,7 +249,7 @@ def _store(path: str) -> _LocalStore | _GcsStore | _BestEffortStore:
 def create_exclusive(path: str, text: str) -> bool:
     """Create `path` with `text` unless it exists, atomically where the storage allows (see the
     module docstring); True when this call created it."""
-    return _store(path).create(text)
+    return _store(path).create(text) is not None
 
 
 # ------------------------------------------------------------------------------------ lock
@@ -323,8 +327,8 @@ class PipelineLock:
     def _try_acquire(self) -> None:
         for _ in range(5):
             text = self._text()
-            if self.store.create(text):
-                self.version = self.store.read()[1]
+            self.version = self.store.create(text)
+            if self.version is not None:
                 return
             current, version = self.store.read()
             if current is None:
@@ -337,8 +341,8 @@ class PipelineLock:
                     f"{self.what} is locked by {_holder_text(info)}; "
                     f"wait for it, or remove {self.path} if that process is certainly gone"
                 )
-            if self.store.replace(text, version):
-                self.version = self.store.read()[1]
+            self.version = self.store.replace(text, version)
+            if self.version is not None:
                 previous = _holder_text(info) if info else "an unreadable lock"
                 self.took_over = previous
                 log.warning("%s: took over the lock of %s: %s", self.what, previous, why)
@@ -349,9 +353,9 @@ class PipelineLock:
         """Extend the lease; False (and `lost` set) when another holder has the lock."""
         if self.lost:
             return False
-        text = self._text()
-        if self.store.replace(text, self.version):
-            self.version = self.store.read()[1]
+        new_version = self.store.replace(self._text(), self.version)
+        if new_version is not None:
+            self.version = new_version
             return True
         current = _parse(self.store.read()[0])
         holder = _holder_text(current) if current else "nobody (the lock file was removed)"
@@ -407,9 +411,9 @@ def hold_file(
     else:
         os.makedirs(folder, exist_ok=True)  # no TensorFlow import for a local lock
     lock = PipelineLock(path, what, run_id, command, LEASE_SECONDS if lease_s is None else lease_s)
-    lock.acquire(wait_s)
-    lock.start_renewing()
-    try:
+    try:  # an interrupt while taking it must not leave it behind either
+        lock.acquire(wait_s)
+        lock.start_renewing()
         yield lock
     finally:
         lock.release()

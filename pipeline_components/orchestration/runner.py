@@ -24,6 +24,7 @@ failed (one line on stderr, details in run.json and error.log); 2 bad command li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -31,11 +32,13 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_components import __version__
@@ -395,6 +398,25 @@ def _finish(run: Run) -> None:
     run.save()
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a node drain, `kubectl delete pod`) stops the run like Ctrl-C: records are
+    closed and the pipeline_root lock is released, so the Job's retry can take the root at
+    once instead of waiting for the lease to expire."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="transfer-pipeline run",
@@ -408,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = config_lib.load(args.config, args.overrides)
     try:
-        record = run_pipeline(cfg, args.force, args.resume, args.config)
+        with _sigterm_interrupts():
+            record = run_pipeline(cfg, args.force, args.resume, args.config)
     except RunFailed as e:
         print(summary_table(e.record))
         run_dir = artifacts.run_dir(cfg.pipeline_root, e.record["run_id"])

@@ -90,8 +90,10 @@ class Pusher(Component):
         r = entry.get("result")
         if not r:
             return {}
-        serving = {k: r[k] for k in ("labels", "served_versions", "rolled_back", "models_config")}
-        return {"push": r, "serving": serving} if "labels" in r else {"push": r}
+        if "labels" not in r:  # nothing served yet, or nothing pushed and no registry
+            return {"push": r}
+        keys = ("labels", "served_versions", "rolled_back", "models_config")
+        return {"push": r, "serving": {k: r[k] for k in keys}}
 
     def report_html(self, entry: dict, record: dict) -> str:
         r = entry.get("result") or {}
