@@ -42,6 +42,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
 from pipeline_components.core import artifacts, fsutil, image_header
+from pipeline_components.core.contract import read_signature_defs  # also serving's, for tests
 from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchScheduler
 from serving.errors import StatusError, clean_tf_message, clip, from_tf_error, invalid
@@ -125,25 +126,6 @@ class Signature:
         except (TypeError, ValueError) as e:  # arguments the function cannot bind
             raise invalid(clean_tf_message(str(e))) from None
         return {name: value.numpy() for name, value in outputs.items()}
-
-
-def read_signature_defs(path: str) -> dict:
-    """The SignatureDefs of the `serve` MetaGraph, as TF Serving reports them in metadata."""
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    pb = fsutil.join(path, artifacts.SAVED_MODEL_PB)
-    if fsutil.exists(pb):
-        saved_model.ParseFromString(fsutil.read_bytes(pb))
-    else:
-        text_format.Parse(
-            fsutil.read_text(fsutil.join(path, artifacts.SAVED_MODEL_FILES[1])), saved_model
-        )
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ValueError("the SavedModel has no MetaGraph tagged 'serve'")
 
 
 class Servable:

@@ -114,6 +114,8 @@ def test_code_edit_nested_data_and_rollback_over_scheduled_runs(make_dataset, tm
     assert second["code"]["Trainer"] != first["code"]["Trainer"]
     assert second["code"]["ExampleGen"] == first["code"]["ExampleGen"]
     assert second["push"]["version"] == 2
+    # same labels and signatures as version 1: the serving-contract check lets it through
+    assert second["contract"]["compared_with"] == 1 and second["contract"]["differences"] == []
     limits = json.loads((serving / "2" / "assets" / "serving_limits.json").read_text())
     assert limits["fixed"] is True, "the edited export reached serving"
 
@@ -154,6 +156,7 @@ def test_code_edit_nested_data_and_rollback_over_scheduled_runs(make_dataset, tm
     )
     assert statuses(fourth)["Trainer"] == "completed"
     assert fourth["push"]["pushed"] and fourth["push"]["version"] == 3
+    assert fourth["contract"]["compared_with"] == 1 and fourth["contract"]["differences"] == []
     assert fourth["serving"]["labels"] == {"stable": 3}
     assert sorted(os.listdir(serving)) == ["1", "3"]
 

@@ -15,8 +15,8 @@ the names and functions here, so a layout changes in one file. The layouts:
     <infra_validator>/infra_blessing.json   InfraBlessing (InfraValidator)
     <pusher>/push.json                      PushedModel (Pusher)
 
-    <saved_model>/saved_model.pb  variables/  assets/labels.txt
-                  assets.extra/tf_serving_warmup_requests
+    <saved_model>/saved_model.pb  variables/  assets/labels.txt  assets/serving_limits.json
+                  assets/preprocessing.json  assets.extra/tf_serving_warmup_requests
 
     <serving_dir>/<model_name>/<version>/   a served version: digits only, complete once
                                             saved_model.pb (or .pbtxt) exists in it
@@ -65,6 +65,9 @@ ASSETS_EXTRA_DIR = "assets.extra"
 LABELS_ASSET = LABELS_FILE  # assets/labels.txt
 WARMUP_FILE = "tf_serving_warmup_requests"  # assets.extra/tf_serving_warmup_requests
 LIMITS_ASSET = "serving_limits.json"  # assets/serving_limits.json: {"max_image_pixels": n}
+# assets/preprocessing.json: the input a client must send (image_size, channels, color,
+# pixel_range, resize) and how the model treats it (backbone, ...): core/contract.py
+PREPROCESSING_ASSET = "preprocessing.json"
 
 # --------------------------------------------------------------------------- Evaluation
 BLESSING_FILE = "blessing.json"
@@ -136,6 +139,19 @@ def read_max_image_pixels(saved_model: str) -> int | None:
     if not fsutil.exists(path):
         return None
     return int(fsutil.read_json(path, "serving limits")["max_image_pixels"])
+
+
+def preprocessing_asset(saved_model: str) -> str:
+    return fsutil.join(saved_model, ASSETS_DIR, PREPROCESSING_ASSET)
+
+
+def read_preprocessing_asset(saved_model: str) -> dict | None:
+    """The input metadata recorded at export; None for a SavedModel exported without it."""
+    path = preprocessing_asset(saved_model)
+    if not fsutil.exists(path):
+        return None
+    data = fsutil.read_json(path, "preprocessing metadata")
+    return data if isinstance(data, dict) else None
 
 
 def warmup_file(saved_model: str) -> str:

@@ -6,9 +6,11 @@ must appear complete or not at all: locally the copy goes to a hidden temporary 
 is renamed into place; on object stores (no atomic rename) it is copied in place with
 `saved_model.pb` last. Two pushers racing each claim a distinct version number first.
 
-Around the copy (pusher/versions.py): a model whose fingerprint was rolled back is refused, the
-new version is labelled `stable` or `canary`, retention never deletes a labelled version, and
-`<serving_dir>/models.config` is rewritten with the labels.
+Around the copy (pusher/versions.py): a model whose fingerprint was rolled back is refused, a
+model whose serving contract (labels, signatures, input; core/contract.py) differs from the
+newest served version's is refused unless `allow_contract_change` (then the change is recorded),
+the new version is labelled `stable` or `canary`, retention never deletes a labelled version,
+and `<serving_dir>/models.config` is rewritten with the labels.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import re
 import uuid
 
-from pipeline_components.core import artifacts, fsutil
+from pipeline_components.core import artifacts, contract, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.pusher.component import PusherConfig
 from pipeline_components.pusher.versions import ModelVersions, check_model_name
@@ -145,6 +147,9 @@ def _push_locked(
         result.update(version=served, path=fsutil.join(model_path, str(served)))
         result["reason"] = f"identical to version {served}, which is already being served"
         return
+    change = check_contract(model_dir, versions, config, result)
+    if result.get("reason"):
+        return
     version = claim_next_version(model_path, floor=versions.max_version())
     try:
         path = copy_version(model_dir, model_path, version)
@@ -157,11 +162,50 @@ def _push_locked(
         run_id=run_id,
         accuracy=blessing.get("accuracy"),
         source=model_dir,
+        extra={"contract_change": change} if change else None,
     )
     removed = apply_retention(model_path, config.keep_versions, {version, *labels.values()})
     versions.mark_removed(removed)
     result.update(pushed=True, version=version, path=path, removed_versions=removed)
     log.info("pushed %s as version %d (%s) to %s", model_dir, version, config.version_label, path)
+
+
+def check_contract(
+    model_dir: str, versions: ModelVersions, config: PusherConfig, result: dict
+) -> dict | None:
+    """Compare the candidate's serving contract with the newest served version's; records it in
+    `result["contract"]`. A difference sets `result["reason"]` (not pushed), or, with
+    `allow_contract_change`, returns the change to record with the new version."""
+    on_disk = versions.on_disk()
+    if not on_disk:
+        result["contract"] = {"compared_with": None, "differences": [], "allowed": False}
+        return None
+    newest = max(on_disk)
+    found = contract.compare(on_disk[newest], model_dir)
+    diffs = found["differences"]
+    result["contract"] = {"compared_with": newest, **found, "allowed": False}
+    if not diffs:
+        return None
+    if not config.allow_contract_change:
+        result["reason"] = (
+            f"serving contract differs from version {newest}, which clients use: "
+            + "; ".join(diffs)
+            + " (to ship it on purpose: pusher.allow_contract_change=true, or a new model_name)"
+        )
+        return None
+    result["contract"]["allowed"] = True
+    change = {
+        "from_version": newest,
+        "differences": diffs,
+        "allowed_by": "pusher.allow_contract_change",
+    }
+    result["contract_change"] = change
+    log.warning(
+        "pushing a serving-contract change from version %d (pusher.allow_contract_change): %s",
+        newest,
+        "; ".join(diffs),
+    )
+    return change
 
 
 def read_blessing(path: str) -> dict:
