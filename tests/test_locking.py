@@ -289,3 +289,14 @@ def test_sigterm_releases_the_root_for_the_jobs_retry(make_dataset, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and not lock.exists()
+
+
+def test_only_a_component_folder_of_a_pipeline_root_counts_as_inside_it(tmp_path):
+    root = tmp_path / "root"
+    (root / "runs").mkdir(parents=True)
+    assert locking.pipeline_root_of(str(root / "Trainer" / "7")) == str(root)
+    assert locking.pipeline_root_of(str(root / "Evaluator" / "3" / "x")) == str(root)
+    # a project folder with TensorBoard's runs/ is not a pipeline_root
+    assert locking.pipeline_root_of(str(root / "out" / "trainer")) is None
+    (root / "lock.json").write_text("{}")
+    assert locking.pipeline_root_of(str(root / "out" / "trainer")) == str(root)

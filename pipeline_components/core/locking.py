@@ -430,19 +430,25 @@ def hold(
 
 
 def pipeline_root_of(path: str) -> str | None:
-    """The pipeline_root a path lies in (an ancestor holding `runs/` or the lock file), or None."""
+    """The pipeline_root a path lies in, or None: an ancestor that holds the lock file, or
+    `runs/` with the path under one of its component folders (`<root>/Trainer/7`)."""
+    from pipeline_components.core import registry
+
+    names = {c.name for c in registry.components()}
     current = str(path).rstrip("/")
     if not fsutil.is_remote(current):
         current = os.path.abspath(current)
+    below = [fsutil.basename(current)]
     for _ in range(64):
         up = fsutil.parent(current)
         if not up or up == current or (fsutil.is_remote(path) and not fsutil.is_remote(up)):
             return None
         current = up
-        if fsutil.isdir(fsutil.join(current, artifacts.RUNS_DIR)) or fsutil.exists(
-            fsutil.join(current, artifacts.LOCK_FILE)
+        if fsutil.exists(fsutil.join(current, artifacts.LOCK_FILE)) or (
+            below[-1] in names and fsutil.isdir(fsutil.join(current, artifacts.RUNS_DIR))
         ):
             return current
+        below.append(fsutil.basename(current))
     return None
 
 
