@@ -281,7 +281,7 @@ def test_run_on_gcs_pushes_a_version_the_server_loads_from_gcs(gcs, make_dataset
     cmd = [sys.executable, "-m", "pipeline_components.cli", "run", "--config", str(path)]
     proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"pushed version 1 -> {gcs.url}/serving/shapes/1" in proc.stdout
+    assert f"pushed version 1 as stable -> {gcs.url}/serving/shapes/1" in proc.stdout
 
     runs = tf.io.gfile.listdir(f"{gcs.url}/root/runs")
     record = json.loads(fsutil.read_text(f"{gcs.url}/root/runs/{runs[0].rstrip('/')}/run.json"))

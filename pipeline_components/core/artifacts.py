@@ -20,16 +20,22 @@ the names and functions here, so a layout changes in one file. The layouts:
     <infra_validator>/infra_blessing.json   InfraBlessing (InfraValidator)
     <pusher>/push.json                      PushedModel (Pusher)
 
-    <saved_model>/saved_model.pb  variables/  assets/labels.txt
-                  assets.extra/tf_serving_warmup_requests
+    <saved_model>/saved_model.pb  variables/  assets/labels.txt  assets/serving_limits.json
+                  assets/preprocessing.json  assets.extra/tf_serving_warmup_requests
 
     <serving_dir>/<model_name>/<version>/   a served version: digits only, complete once
                                             saved_model.pb (or .pbtxt) exists in it
+    <serving_dir>/models.config             TF Serving's model config: every pushed model,
+                                            its version policy and labels (stable, canary)
+    <serving_dir>/_versions/<model_name>.json       every version ever pushed: fingerprint,
+                                            accuracy, push time, labels, rollback state
+    <serving_dir>/_rolled_back/<model_name>/<version>/  rolled-back versions, moved aside
 
     <pipeline_root>/<Component>/<n>/        execution n's output directory
     <pipeline_root>/<Component>/<n>.json    execution n's record
     <pipeline_root>/runs/<run_id>/run.json  report.html  error.log
     <pipeline_root>/runs/<run_id>/steps/<Component>.json   a KFP run's record, one per task
+    <pipeline_root>/lock.json               held while a run (or a component) writes there
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ ASSETS_EXTRA_DIR = "assets.extra"
 LABELS_ASSET = LABELS_FILE  # assets/labels.txt
 WARMUP_FILE = "tf_serving_warmup_requests"  # assets.extra/tf_serving_warmup_requests
 LIMITS_ASSET = "serving_limits.json"  # assets/serving_limits.json: {"max_image_pixels": n}
+# assets/preprocessing.json: the input a client must send (image_size, channels, color,
+# pixel_range, resize) and how the model treats it (backbone, ...): core/contract.py
+PREPROCESSING_ASSET = "preprocessing.json"
 
 # --------------------------------------------------------------------------- Evaluation
 BLESSING_FILE = "blessing.json"
@@ -91,6 +100,14 @@ RUN_RECORD = "run.json"
 STEPS_DIR = "steps"  # runs/<run_id>/steps/<Component>.json: a run whose steps are KFP tasks
 REPORT_FILE = "report.html"
 ERROR_LOG = "error.log"
+LOCK_FILE = "lock.json"  # <pipeline_root>/lock.json: core/locking.py
+
+# --------------------------------------------------------------------------- serving_dir
+# Names outside the model base paths: a model name starts with a letter or digit, so no model
+# can be called `_versions`; TF Serving ignores every non-numeric entry of a base path anyway.
+MODELS_CONFIG = "models.config"
+VERSIONS_DIR = "_versions"
+ROLLED_BACK_DIR = "_rolled_back"
 
 # The SavedModel's serving contract (trainer/export.py writes it; clients, the Evaluator and the
 # InfraValidator call it): two signatures with the same four outputs.
@@ -138,6 +155,19 @@ def read_max_image_pixels(saved_model: str) -> int | None:
     return int(fsutil.read_json(path, "serving limits")["max_image_pixels"])
 
 
+def preprocessing_asset(saved_model: str) -> str:
+    return fsutil.join(saved_model, ASSETS_DIR, PREPROCESSING_ASSET)
+
+
+def read_preprocessing_asset(saved_model: str) -> dict | None:
+    """The input metadata recorded at export; None for a SavedModel exported without it."""
+    path = preprocessing_asset(saved_model)
+    if not fsutil.exists(path):
+        return None
+    data = fsutil.read_json(path, "preprocessing metadata")
+    return data if isinstance(data, dict) else None
+
+
 def warmup_file(saved_model: str) -> str:
     return fsutil.join(saved_model, ASSETS_EXTRA_DIR, WARMUP_FILE)
 
@@ -175,6 +205,21 @@ def served_versions(base_path: str) -> dict[int, str]:
         for v in version_numbers(base_path)
         if is_saved_model(path := version_path(base_path, v))
     }
+
+
+def models_config_path(serving_dir: str) -> str:
+    """`<serving_dir>/models.config`: the ModelServerConfig the Pusher maintains."""
+    return fsutil.join(serving_dir, MODELS_CONFIG)
+
+
+def version_registry_path(serving_dir: str, model_name: str) -> str:
+    """`<serving_dir>/_versions/<model_name>.json`: every version pushed, with its state."""
+    return fsutil.join(serving_dir, VERSIONS_DIR, f"{model_name}.json")
+
+
+def rolled_back_path(serving_dir: str, model_name: str, version: int) -> str:
+    """Where a rolled-back version is moved: outside the base path, out of TF Serving's sight."""
+    return fsutil.join(serving_dir, ROLLED_BACK_DIR, model_name, str(version))
 
 
 def run_dir(pipeline_root: str, run_id: str) -> str:

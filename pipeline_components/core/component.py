@@ -13,8 +13,9 @@ A component is a subclass of `Component`, instantiated once in its package's `co
   fails stops the run before the Trainer);
 - `preflight(config)`: cheap config checks the runner makes before any component runs;
 - what goes into its cache key: its config section (`key_config`), the fingerprints of its input
-  artifacts, and `external_inputs` (anything read from outside pipeline_root, e.g. the data
-  folder's listing or the served baseline);
+  artifacts, `external_inputs` (anything read from outside pipeline_root, e.g. the data
+  folder's listing or the served baseline) and `code_fingerprint()` (its package's source and
+  what it imports, core/codeprint.py);
 - `run(ctx)`: the one executor function; the same function runs from `transfer-pipeline run`
   and from its CLI subcommand;
 - `summary(entry)`: the one line for the run table and the report; `report_html(entry, record)`:
@@ -90,6 +91,9 @@ class Component:
     # Producers of these artifact types run after this component (and not at all when it
     # fails), though they consume nothing of it: ExampleValidator -> (MODEL,) gates the Trainer.
     runs_before: ClassVar[tuple[ArtifactType, ...]] = ()
+    # first-party modules it runs other than by importing them (a subprocess), for its code
+    # fingerprint; what it imports is found by itself
+    code_modules: ClassVar[tuple[str, ...]] = ()
     cacheable: ClassVar[bool] = True  # False: runs every time (e.g. the Pusher)
     resumable: ClassVar[bool] = False  # True: an interrupted execution continues in place
     # True: it runs faster on a GPU (the Trainer); an orchestrator that schedules each step on
@@ -122,6 +126,14 @@ class Component:
         """Key material from outside pipeline_root (data listings, served models). It is also
         handed to `run` as `ctx.external`."""
         return {}
+
+    def code_fingerprint(self) -> dict:
+        """{"sha256", "files"} of the code that computes this component's outputs: the source
+        files of the package that defines it and of every first-party module they import, and
+        the installed dependency versions (core/codeprint.py). An edit re-runs it."""
+        from pipeline_components.core import codeprint
+
+        return codeprint.code_fingerprint(type(self).__module__, self.code_modules)
 
     def preflight(self, config: Any) -> None:
         """Cheap checks of this component's config section (a weights file that is missing, a
@@ -184,9 +196,17 @@ class Component:
             if (value := getattr(args, name)) is not None
         }
         ctx = self.context(pipeline, inputs, args.output)
-        result = self.run(ctx)
+        result = self.run_standalone(ctx)
         print(self.summary({"status": "completed", "result": result}) or "done")
         return 0
+
+    def run_standalone(self, ctx: ExecutionContext) -> dict:
+        """`run` for a CLI subcommand: when the output lies inside a pipeline_root, the root's
+        lock is held meanwhile (core/locking.py), so it never writes beside a pipeline run."""
+        from pipeline_components.core import locking
+
+        with locking.hold_for_output(ctx.output_dir, f"transfer-pipeline {self.command}"):
+            return self.run(ctx)
 
     def context(
         self, pipeline: Any, inputs: dict[str, Artifact | None], output_dir: str

@@ -160,14 +160,26 @@ def resolve_baseline(
     return None
 
 
+NOT_COMPARABLE = "baseline not comparable (labels differ)"
+
+
 def _score_baseline(path: str, examples_dir: str, labels: list[str], batch_size: int):
-    """Baseline metrics on the same test data, or (None, reason) when it cannot be compared."""
+    """Baseline metrics on the same test data, or (None, reason) when it cannot be compared.
+    A baseline with other labels, or the same in another order, is never scored: its class ids
+    mean other classes, so no regression number would mean anything."""
+    try:
+        base_labels = artifacts.read_labels_asset(path)
+    except Exception:
+        base_labels = None
+    if base_labels is not None and base_labels != labels:
+        return None, (
+            f"{NOT_COMPARABLE}: baseline {path} has {base_labels}, the candidate {labels}; "
+            "no regression check"
+        )
     try:
         _, signature, base_labels = load_serving_model(path)
     except PipelineError as e:
         return None, f"baseline {path} could not be loaded ({e}); regression check skipped"
-    if base_labels != labels:
-        return None, f"baseline {path} has other classes {base_labels}; regression check skipped"
     preds = predict_split(signature, examples_dir, "test", batch_size)
     return metrics.classification_metrics(preds.probabilities, preds.y_true, labels), None
 
@@ -223,6 +235,9 @@ def run_evaluator(
         "max_regression": config.max_regression,
         "baseline_accuracy": baseline_accuracy,
         "baseline": baseline_path if baseline_metrics else None,
+        "baseline_comparable": (
+            None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
+        ),
         "model": model_dir,
         "model_fingerprint": fingerprint,
     }

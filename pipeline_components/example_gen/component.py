@@ -44,7 +44,8 @@ class ExampleGen(Component):
         from pipeline_components.example_gen import executor
 
         data_root = ctx.pipeline.data_root
-        fingerprint = executor.data_fingerprint(data_root, ctx.config.beam_args)
+        beam_args = ctx.config.beam_args if ctx.config is not None else None
+        fingerprint = executor.data_fingerprint(data_root, beam_args)
         return {"data_root": data_root, "data": fingerprint}
 
     def run(self, ctx: ExecutionContext) -> dict:
@@ -109,7 +110,7 @@ class ExampleGen(Component):
             source="command line",
         )
         pipeline = PipelineConfig(data_root=args.data_root, sections={"example_gen": config})
-        self.run(ExecutionContext(pipeline, config, {}, args.output))
+        self.run_standalone(ExecutionContext(pipeline, config, {}, args.output))
         return 0
 
 

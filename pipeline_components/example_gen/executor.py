@@ -59,6 +59,12 @@ class FileResult(NamedTuple):
     fmt: str  # image/format of the stored bytes; '' when skipped
 
 
+class ListedFile(NamedTuple):
+    relpath: str  # relative to data_root, '/'-separated, starts with the split folder
+    size: int
+    mtime: float
+
+
 class Layout(NamedTuple):
     root: str
     labels: list[str]
@@ -86,16 +92,31 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 # ---------------------------------------------------------------- listing (driver side)
 
 
-def _match_split(root: str, split: str) -> list[str]:
-    """Relative paths (`split/...`) of every file below root/split, through Beam's FileSystems."""
+def _normalized_root(data_root: str) -> str:
+    root = str(data_root).rstrip("/")
+    return root if fsutil.is_remote(root) else os.path.abspath(root)
+
+
+def list_split(root: str, split: str) -> list[ListedFile]:
+    """Every file below root/split, at any depth (`split/class/2019/x.jpg` included), through
+    Beam's FileSystems: THE listing of the data. ExampleGen reads exactly these files, and the
+    data fingerprint in its cache key (data_fingerprint) is made of exactly this listing, so a
+    file ExampleGen would read cannot change without re-running it."""
     pattern = FileSystems.join(root, split, "**")
     try:
         metadata = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # BeamIOError: unknown scheme, missing credentials, ...
-        raise PipelineError(f"cannot list {pattern}: {e}") from None
+        raise PipelineError(f"cannot list {pattern}: {str(e).splitlines()[0]}") from None
     prefix = root.rstrip("/\\")
-    rels = [m.path[len(prefix) :].lstrip("/\\").replace("\\", "/") for m in metadata]
-    return sorted(rels)
+    files = [
+        ListedFile(
+            m.path[len(prefix) :].lstrip("/\\").replace("\\", "/"),
+            int(m.size_in_bytes),
+            float(m.last_updated_in_seconds or 0.0),
+        )
+        for m in metadata
+    ]
+    return sorted(files)
 
 
 def _class_of(relpath: str) -> str | None:
@@ -120,13 +141,12 @@ def _empty_class_folders(root: str, split: str, classes: set[str]) -> list[str]:
 
 def list_sources(data_root: str) -> Layout:
     """Every file of every split folder, with labels; a bad layout is a one-line PipelineError."""
-    root = str(data_root).rstrip("/")
+    root = _normalized_root(data_root)
     if not fsutil.is_remote(root):
-        root = os.path.abspath(root)
         if not fsutil.isdir(root):
             raise PipelineError(f"data root {root} does not exist or is not a folder")
         _warn_unknown_folders(root)
-    found = {split: _match_split(root, split) for split in SPLITS}
+    found = {split: [f.relpath for f in list_split(root, split)] for split in SPLITS}
     classes = {s: {c for c in map(_class_of, rels) if c} for s, rels in found.items()}
     for split in SPLITS:
         folder = FileSystems.join(root, split)
@@ -158,18 +178,14 @@ def list_sources(data_root: str) -> Layout:
 
 
 def data_fingerprint(data_root: str, beam_args: list[str] | None = None) -> dict:
-    """(path, size, mtime) of every file under <data_root>/<split>/<class>/: one listing call per
-    scheme via Beam's FileSystems (cheap on gs://), not a read of every image. `beam_args` carry
-    what the file system needs (s3:// cannot list without them)."""
+    """(relative path, size, mtime) of every file ExampleGen would read: list_split's listing of
+    each split folder, the one ExampleGen itself reads (nested folders included), one listing
+    call per split (cheap on gs://), not a read of every image. A missing root lists nothing
+    (ExampleGen then fails with its own one-line error). `beam_args` carry what the file system
+    needs (s3:// cannot list without them)."""
     set_filesystem_options(beam_args)
-    pattern = fsutil.join(data_root, "*", "*", "*")
-    try:
-        files = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:
-        raise PipelineError(
-            f"cannot list data_root {data_root}: {str(e).splitlines()[0]}"
-        ) from None
-    listing = sorted((m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in files)
+    root = _normalized_root(data_root)
+    listing = [tuple(f) for split in SPLITS for f in list_split(root, split)]
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     return {"num_files": len(listing), "sha256": digest}
 

@@ -90,18 +90,19 @@ def _lineage_section(record: dict) -> str:
     for name in component_names(record):
         c = record["components"].get(name)
         if not c:
-            rows += f"<tr><td>{name}</td><td>not run</td><td></td><td></td><td></td></tr>"
+            rows += f"<tr><td>{name}</td><td>not run</td>" + "<td></td>" * 4 + "</tr>"
             continue
         cached = f" (run {c['cached_from_run']})" if c.get("cached_from_run") else ""
         rows += (
             f"<tr><td>{name}</td><td>{_e(c['status'])}{_e(cached)}</td>"
             f"<td class=num>{_fmt(c.get('duration_s'), 1)}</td>"
             f"<td><code>{_e(c.get('output_dir', ''))}</code></td>"
+            f"<td><code>{_e(str(c.get('code_fingerprint') or '')[:12])}</code></td>"
             f"<td>{_e(result_text(name, c))}</td></tr>"
         )
     return (
         "<h2>Components</h2><table><tr><th>component</th><th>status</th><th>seconds</th>"
-        f"<th>output</th><th>result</th></tr>{rows}</table>"
+        f"<th>output</th><th>code</th><th>result</th></tr>{rows}</table>"
     )
 
 
@@ -110,6 +111,7 @@ def render(record: dict) -> str:
     meta = (
         f"status <b>{_e(record['status'])}</b> · started {_e(record.get('started'))} · "
         f"finished {_e(record.get('finished'))} · code {_e(record.get('code_version'))}"
+        f" · code fingerprint <code>{_e(str(record.get('code_fingerprint') or '')[:12])}</code>"
     )
     body = _banner(record) + _alerts(record) + _component_sections(record)
     body += _lineage_section(record)

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from pipeline_components.core import artifacts, fsutil, registry
+from pipeline_components.core import artifacts, fsutil, locking, registry
 from pipeline_components.core import config as config_lib
 from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import Component
@@ -165,8 +165,15 @@ def config_data(path: str | None, text: str | None) -> tuple[dict, str]:
 class StepRun(runner.Run):
     """runner.Run whose record is one component's file in a run made of separate tasks."""
 
-    def __init__(self, cfg: PipelineConfig, run_id: str, component: str, config_path: str):
-        self.cfg, self.force = cfg, False
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        run_id: str,
+        component: str,
+        config_path: str,
+        lock: locking.PipelineLock | None = None,
+    ):
+        self.cfg, self.force, self.lock = cfg, False, lock
         self.root = cfg.pipeline_root
         self.run_id = run_id
         self.run_dir = artifacts.run_dir(self.root, run_id)
@@ -254,7 +261,21 @@ def run_step(
 ) -> dict:
     """Run (or reuse) one component in run `run_id`; returns its entry."""
     refuse_repeat(cfg.pipeline_root, run_id, component.name)
-    run = StepRun(cfg, run_id, component.name, config_path)
+    # one writer per pipeline_root, as for `run`: a task holds the lock while it runs
+    command = f"transfer-pipeline step {component.name}"
+    with locking.hold(cfg.pipeline_root, run_id, command) as lock:
+        return _run_step_locked(cfg, component, run_id, inputs, config_path, lock)
+
+
+def _run_step_locked(
+    cfg: PipelineConfig,
+    component: Component,
+    run_id: str,
+    inputs: Mapping[str, str],
+    config_path: str,
+    lock: locking.PipelineLock,
+) -> dict:
+    run = StepRun(cfg, run_id, component.name, config_path, lock)
     run.record["attempts"] = int(run.record.get("attempts", 0)) + 1
     run.record["status"] = "running"
     run.save()

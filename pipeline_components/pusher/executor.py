@@ -9,6 +9,12 @@ is staged and checked outside every model base path (`<serving_dir>/.staging/`),
 `saved_model.pb` last after the rest is listed complete, and removed `saved_model.pb` first.
 Decisions on object stores use listings, never `exists()`: TensorFlow's GCS stat cache answers
 `exists()` from up to 5 s ago. Two pushers racing each claim a distinct version number first.
+
+Around the copy (pusher/versions.py): a model whose fingerprint was rolled back is refused, a
+model whose serving contract (labels, signatures, input; core/contract.py) differs from the
+newest served version's is refused unless `allow_contract_change` (then the change is recorded),
+the new version is labelled `stable` or `canary`, retention never deletes a labelled version,
+and `<serving_dir>/models.config` is rewritten with the labels.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import posixpath
 import re
 import uuid
 
-from pipeline_components.core import artifacts, fsutil
+from pipeline_components.core import artifacts, contract, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.versions import ModelVersions, check_model_name
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +69,12 @@ def _try_claim(model_path: str, version: int) -> bool:
     return True
 
 
-def claim_next_version(model_path: str) -> int:
+def claim_next_version(model_path: str, floor: int = 0) -> int:
+    """A version number above every one in the base path, every claimed one and `floor` (the
+    highest ever pushed: a rolled-back number is not reused)."""
     fsutil.makedirs(model_path)
     taken = artifacts.version_numbers(model_path) + _claimed_versions(model_path)
-    version = max(taken, default=0) + 1
+    version = max([*taken, floor], default=0) + 1
     while not _try_claim(model_path, version):
         version += 1
     return version
@@ -157,26 +166,115 @@ def copy_version(model_dir: str, model_path: str, version: int) -> str:
     return final
 
 
-def apply_retention(model_path: str, keep_versions: int, protect: int) -> list[int]:
-    """Delete the oldest version directories beyond `keep_versions`, never `protect` (an
-    incomplete one left behind counts too, so it is cleaned up in turn)."""
+def apply_retention(model_path: str, keep_versions: int, protect: int | set[int]) -> list[int]:
+    """Delete the oldest version directories beyond `keep_versions`, never one in `protect`
+    (the version just pushed, the labelled ones); an incomplete one left behind counts too, so
+    it is cleaned up in turn."""
+    protected = {protect} if isinstance(protect, int) else set(protect)
     versions = artifacts.version_numbers(model_path)
-    doomed = [v for v in versions[: max(0, len(versions) - keep_versions)] if v != protect]
+    doomed = [v for v in versions[: max(0, len(versions) - keep_versions)] if v not in protected]
     for v in doomed:
         remove_version(fsutil.join(model_path, str(v)))
         log.info("retention: removed version %d (keeping the newest %d)", v, keep_versions)
     return doomed
 
 
-def _serving_identical(model_path: str, model_dir: str) -> int | None:
+def _serving_identical(model_path: str, fingerprint: str) -> int | None:
     """The newest version if it holds exactly this model (re-runs must not push duplicates)."""
     versions = artifacts.served_versions(model_path)
     if not versions:
         return None
     newest = max(versions)
-    if fsutil.tree_fingerprint(versions[newest]) == fsutil.tree_fingerprint(model_dir):
+    if fsutil.tree_fingerprint(versions[newest]) == fingerprint:
         return newest
     return None
+
+
+def _push_locked(
+    model_dir: str,
+    fingerprint: str,
+    blessing: dict,
+    config: PusherConfig,
+    versions: ModelVersions,
+    result: dict,
+    run_id: str | None,
+) -> None:
+    """The push itself, under the model's registry lock; fills `result`."""
+    model_path = versions.base_path
+    rolled_back = versions.rolled_back(fingerprint)
+    if rolled_back is not None:
+        why = f": {rolled_back['reason']}" if rolled_back.get("reason") else ""
+        result["reason"] = (
+            f"this model was rolled back (version {rolled_back['version']}, "
+            f"{rolled_back.get('rolled_back_at')}{why}); it is not pushed again, a model "
+            "trained on new data, code or config will be"
+        )
+        result["rolled_back_version"] = rolled_back["version"]
+        return
+    served = _serving_identical(model_path, fingerprint)
+    if served is not None:
+        result.update(version=served, path=fsutil.join(model_path, str(served)))
+        result["reason"] = f"identical to version {served}, which is already being served"
+        return
+    change = check_contract(model_dir, versions, config, result)
+    if result.get("reason"):
+        return
+    version = claim_next_version(model_path, floor=versions.max_version())
+    try:
+        path = copy_version(model_dir, model_path, version)
+    finally:
+        _release_claim(model_path, version)
+    labels = versions.add_push(
+        version,
+        fingerprint,
+        config.version_label,
+        run_id=run_id,
+        accuracy=blessing.get("accuracy"),
+        source=model_dir,
+        extra={"contract_change": change} if change else None,
+    )
+    removed = apply_retention(model_path, config.keep_versions, {version, *labels.values()})
+    versions.mark_removed(removed)
+    result.update(pushed=True, version=version, path=path, removed_versions=removed)
+    log.info("pushed %s as version %d (%s) to %s", model_dir, version, config.version_label, path)
+
+
+def check_contract(
+    model_dir: str, versions: ModelVersions, config: PusherConfig, result: dict
+) -> dict | None:
+    """Compare the candidate's serving contract with the newest served version's; records it in
+    `result["contract"]`. A difference sets `result["reason"]` (not pushed), or, with
+    `allow_contract_change`, returns the change to record with the new version."""
+    on_disk = versions.on_disk()
+    if not on_disk:
+        result["contract"] = {"compared_with": None, "differences": [], "allowed": False}
+        return None
+    newest = max(on_disk)
+    found = contract.compare(on_disk[newest], model_dir)
+    diffs = found["differences"]
+    result["contract"] = {"compared_with": newest, **found, "allowed": False}
+    if not diffs:
+        return None
+    if not config.allow_contract_change:
+        result["reason"] = (
+            f"serving contract differs from version {newest}, which clients use: "
+            + "; ".join(diffs)
+            + " (to ship it on purpose: pusher.allow_contract_change=true, or a new model_name)"
+        )
+        return None
+    result["contract"]["allowed"] = True
+    change = {
+        "from_version": newest,
+        "differences": diffs,
+        "allowed_by": "pusher.allow_contract_change",
+    }
+    result["contract_change"] = change
+    log.warning(
+        "pushing a serving-contract change from version %d (pusher.allow_contract_change): %s",
+        newest,
+        "; ".join(diffs),
+    )
+    return change
 
 
 def read_blessing(path: str) -> dict:
@@ -195,44 +293,42 @@ def run_pusher(
     serving_dir: str,
     model_name: str,
     infra_blessing_path: str | None = None,
+    run_id: str | None = None,
 ) -> dict:
-    """Push when blessed (and, given an InfraValidator verdict, infra-blessed); returns and
-    (with output_dir) writes push.json."""
+    """Push when blessed (and, given an InfraValidator verdict, infra-blessed) unless the model
+    was rolled back or is already the newest version; returns and (with output_dir) writes
+    push.json."""
     config = config or PusherConfig()
     keep_versions = config.keep_versions
-    if not _MODEL_NAME.fullmatch(model_name):
-        raise PipelineError(f"model name {model_name!r} must be letters, digits, '_', '.', '-'")
+    check_model_name(model_name)
     if keep_versions < 1:
         raise PipelineError(f"keep_versions must be >= 1, got {keep_versions}")
     blessing = read_blessing(blessing_path)
     infra = read_blessing(infra_blessing_path) if infra_blessing_path else {"blessed": True}
     if not artifacts.is_saved_model(model_dir):
         raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
-    model_path = artifacts.model_base_path(serving_dir, model_name)
-    result = {"pushed": False, "version": None, "path": None, "model": model_dir}
+    result: dict = {"pushed": False, "version": None, "path": None, "model": model_dir}
+    result["label"] = config.version_label
+    versions = ModelVersions(serving_dir, model_name)
     if not blessing["blessed"]:
         result["reason"] = "model not blessed: " + "; ".join(blessing.get("reasons", []))
     elif not infra["blessed"]:
         result["reason"] = "infra validation failed: " + "; ".join(infra.get("reasons", []))
-    elif blessing.get("model_fingerprint") and (
-        blessing["model_fingerprint"] != fsutil.tree_fingerprint(model_dir)
-    ):
-        raise PipelineError(
-            f"blessing {blessing_path} was written for another model than {model_dir} "
-            "(fingerprints differ); evaluate this model first"
-        )
-    elif (served := _serving_identical(model_path, model_dir)) is not None:
-        result.update(version=served, path=fsutil.join(model_path, str(served)))
-        result["reason"] = f"identical to version {served}, which is already being served"
     else:
-        version = claim_next_version(model_path)
-        try:
-            path = copy_version(model_dir, model_path, version)
-        finally:
-            _release_claim(model_path, version)
-        removed = apply_retention(model_path, keep_versions, protect=version)
-        result.update(pushed=True, version=version, path=path, removed_versions=removed)
-        log.info("pushed %s as version %d to %s", model_dir, version, path)
+        fingerprint = fsutil.tree_fingerprint(model_dir)
+        if blessing.get("model_fingerprint") and blessing["model_fingerprint"] != fingerprint:
+            raise PipelineError(
+                f"blessing {blessing_path} was written for another model than {model_dir} "
+                "(fingerprints differ); evaluate this model first"
+            )
+        result["fingerprint"] = fingerprint
+        with versions.locked("transfer-pipeline push", run_id):
+            versions.sync()
+            _push_locked(model_dir, fingerprint, blessing, config, versions, result, run_id)
+            versions.save()
+            versions.write_models_config()
+    if versions.exists():  # labels and rollback state, for run.json and the report
+        result.update(versions.load().summary())
     if output_dir:
         fsutil.makedirs(output_dir)
         fsutil.write_json(fsutil.join(output_dir, PUSH_FILE), result)

@@ -163,7 +163,8 @@ class Trainer(Component):
         config = pipeline.trainer
         check_config(config)  # before anything is written
         examples = artifacts.Artifact(artifacts.EXAMPLES, args.examples)
-        summary = self.run(ExecutionContext(pipeline, config, {"examples": examples}, args.output))
+        ctx = ExecutionContext(pipeline, config, {"examples": examples}, args.output)
+        summary = self.run_standalone(ctx)
         final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
         print(
             f"trained {summary['epochs_run']} epochs ({final}; best epoch "

@@ -439,7 +439,13 @@ def export_model(net, config: TrainerConfig, labels, examples_dir: str, output_d
     warmup = inputs.encoded_images(examples_dir, "train", NUM_WARMUP_IMAGES)
     path = artifacts.saved_model_dir(output_dir)
     return export.export_saved_model(
-        net, path, labels, size, warmup_images=warmup, max_image_pixels=config.max_image_pixels
+        net,
+        path,
+        labels,
+        size,
+        warmup_images=warmup,
+        max_image_pixels=config.max_image_pixels,
+        preprocessing={"backbone": config.backbone, "preprocess_input": "inside the model"},
     )
 
 
