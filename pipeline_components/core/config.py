@@ -149,7 +149,7 @@ def range_text(meta: Mapping[str, Any]) -> str:
     return f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}"
 
 
-def _number(value: float) -> str:
+def _number(value: Any) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 

@@ -17,7 +17,6 @@ from pipeline_components.core.config import PipelineConfig, option, section_from
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.core.reporting import e
 
-
 RESIZE_REMOVED = (
     "stored images are the original files, so the Evaluator and the InfraValidator score the "
     "pixels clients send (a downscaled re-encode was a train/serve skew no gate could see); "

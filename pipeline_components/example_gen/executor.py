@@ -526,7 +526,7 @@ def handle_duplicates(summaries: list[dict], policy: str, data_root: str) -> lis
     for r in kept:
         by_digest.setdefault(r["sha256"], []).append(r)
     dropped = []
-    for digest, group in by_digest.items():
+    for group in by_digest.values():
         drop = leaked_copies(group)
         stays = sorted(r["relpath"] for r in group if r not in drop)
         for r in drop:
