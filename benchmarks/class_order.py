@@ -69,14 +69,16 @@ def path_ordered_copy(examples_dir: str, out: str) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(examples_dir, tmp)
     options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=0)
+
+    def name(record: bytes) -> str:
+        feature = tf.train.Example.FromString(record).features.feature
+        return feature[examples.FILENAME].bytes_list.value[0].decode()
+
     for split in ("train", "validation", "test"):
         for path in examples.split_files(tmp, split):
-            records = list(tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator())
-
-            def name(record: bytes) -> str:
-                feature = tf.train.Example.FromString(record).features.feature
-                return feature[examples.FILENAME].bytes_list.value[0].decode()
-
+            records = list(
+                tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator()
+            )
             with tf.io.TFRecordWriter(path, options) as writer:
                 for record in sorted(records, key=name):
                     writer.write(record)
