@@ -128,6 +128,9 @@ def _from_dict(cls: Any, data: dict, prefix: str, source: str) -> Any:
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
+            removed = getattr(cls, "removed_options", {}).get(key)
+            if removed:  # a section may say why a key it no longer has went away
+                raise PipelineError(f"{source}: {where}: this option was removed: {removed}")
             raise PipelineError(
                 f"{source}: unknown key '{where}' (known: {', '.join(sorted(names))})"
             )

@@ -137,24 +137,41 @@ def read_epoch_records(path: str) -> dict[int, dict]:
     return {int(r["epoch"]): r for r in fsutil.read_json(path, "epoch log")}
 
 
-class BestCheckpoint(keras.callbacks.Callback):
-    """Keeps the weights of `target` from the epoch with the best val_accuracy (ties: lower
-    val_loss; tiny validation sets tie often). Unlike ModelCheckpoint it remembers the best value
-    across a resume, and it saves only `target` (the head, when the backbone stays frozen)."""
+# trainer.monitor: the value EarlyStopping watches and the best epoch is chosen by, and whether
+# higher or lower is better (Keras' `mode`).
+MONITOR_MODES = {"val_accuracy": "max", "val_loss": "min"}
 
-    def __init__(self, weights_path: str, state_path: str, target: keras.Model):
+
+def monitor_score(monitor: str, val_accuracy: float, val_loss: float) -> tuple[float, float]:
+    """Higher is better: the monitored value first, the other one breaks ties (tiny validation
+    sets tie often on accuracy)."""
+    if MONITOR_MODES[monitor] == "max":
+        return val_accuracy, -val_loss
+    return -val_loss, val_accuracy
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of `target` from the epoch with the best `monitor` (val_accuracy, ties:
+    lower val_loss; or val_loss, ties: higher val_accuracy), the same value EarlyStopping
+    watches. Unlike ModelCheckpoint it remembers the best value across a resume, and it saves
+    only `target` (the head, when the backbone stays frozen)."""
+
+    def __init__(
+        self, weights_path: str, state_path: str, target: keras.Model, monitor: str = "val_accuracy"
+    ):
         super().__init__()
         self.weights_path, self.state_path, self.target = weights_path, state_path, target
+        self.monitor = monitor
         self.best = fsutil.read_json(state_path) if fsutil.exists(state_path) else None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if "val_accuracy" not in logs:
+        if self.monitor not in logs:
             return
-        acc, loss = float(logs["val_accuracy"]), float(logs.get("val_loss", np.inf))
-        if self.best is not None and (acc, -loss) <= (
-            self.best["val_accuracy"],
-            -self.best["val_loss"],
+        acc = float(logs.get("val_accuracy", -np.inf))
+        loss = float(logs.get("val_loss", np.inf))
+        if self.best is not None and monitor_score(self.monitor, acc, loss) <= monitor_score(
+            self.monitor, self.best["val_accuracy"], self.best["val_loss"]
         ):
             return
         fsutil.write_atomic(self.weights_path, weights_to_bytes(self.target.get_weights()))

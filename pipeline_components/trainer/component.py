@@ -62,7 +62,12 @@ class TrainerConfig:
     augmentation: AugmentationConfig | None = option(factory=AugmentationConfig)
     cache_features: str = option("auto", choices=("auto", "true", "false"))
     early_stopping_patience: int | None = option(None, ge=0)  # None or 0: off
-    shuffle_buffer: int = option(1000, ge=1)
+    # what EarlyStopping watches and the exported (best) epoch is chosen by
+    monitor: str = option("val_accuracy", choices=("val_accuracy", "val_loss"))
+    # train shuffle buffer in records; None: the whole split (capped by shuffle_memory_mb)
+    shuffle_buffer: int | None = option(None, ge=1, le=2**31 - 1)
+    # memory cap of the train shuffle buffer (serialized records), MiB
+    shuffle_memory_mb: int = option(1024, ge=1, le=1_048_576)
     mixed_precision: str = option("auto", choices=("auto", "true", "false"))  # auto: on GPU
     # fail at the start when TensorFlow sees no GPU (how it runs, not what it computes: not in
     # the cache key)
