@@ -123,7 +123,11 @@ def built(tmp_path_factory) -> dict[str, Built]:
         else:
             _generate(data, layouts[name])
         examples = str(tmp / name / "examples")
-        run_example_gen(str(data), examples, num_shards=2, max_bad_fraction=0.2)
+        # warn: keep images shared between splits, so that the statistics and the validator
+        # see them (the default, drop, leaves them out of train)
+        run_example_gen(
+            str(data), examples, num_shards=2, max_bad_fraction=0.2, on_duplicates="warn"
+        )
         statistics = str(tmp / name / "statistics")
         stats = stats_executor.run_statistics_gen(
             examples, statistics, num_quantiles=101, epsilon=EPSILON
