@@ -47,6 +47,7 @@ from pipeline_components.core import artifacts, config
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.trainer import model as model_lib
 from serving.batching import BatchingParameters, parse_batching_parameters
+from serving.server import ServerLimits
 
 try:
     import tomllib
@@ -887,6 +888,28 @@ def test_tf_serving_flags_name_mounted_files_and_declared_ports(target):
     threads = int(f["tensorflow_intra_op_parallelism"])
     assert threads == cpu(tfs["resources"]["limits"]["cpu"]), "thread pools sized to the limit"
     assert int(f["file_system_poll_wait_seconds"]) > 0
+
+
+# What a hostile client meets on TF Serving in the cluster: the connection bounds of
+# `transfer-pipeline serve` (whose limits the hostile-request tests exercise). TF Serving sets its
+# own message size limit, so the message lengths (and so_reuseport) are not among them.
+NOT_CHANNEL_ARGUMENTS = {
+    "grpc.max_receive_message_length",
+    "grpc.max_send_message_length",
+    "grpc.so_reuseport",
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tf_serving_bounds_connections_like_the_local_server(target):
+    (tfs,) = serving_pod(render(target))["spec"]["containers"]
+    given = dict(pair.split("=", 1) for pair in flags(tfs)["grpc_channel_arguments"].split(","))
+    expected = {
+        key: str(value)
+        for key, value in ServerLimits().grpc_options()
+        if key not in NOT_CHANNEL_ARGUMENTS
+    }
+    assert given == expected, f"k8s/{target}: --grpc_channel_arguments"
 
 
 @functools.cache
