@@ -76,6 +76,18 @@ def read_records(files: list[str], *, shuffle_files: bool, seed: int | None, det
     )
 
 
+def shard_inputs(files: list[str], shard: tuple[int, int] | None):
+    """(the files one worker reads, (num_shards, index) of the records it keeps, or None) for
+    `shard` = (number of workers, this worker's index): whole files when there are at least as
+    many files as workers (file j goes to worker j mod n), else every n-th record of all files."""
+    if shard is None:
+        return files, None
+    n, i = shard
+    if len(files) >= n:
+        return files[i::n], None
+    return files, (n, i)
+
+
 def decode_example(serialized, image_size, num_classes: int):
     """One serialized Example -> (float32 [H, W, 3] pixels 0..255, label)."""
     features = examples.parse(serialized)
@@ -101,14 +113,24 @@ def make_dataset(
     seed: int | None = None,
     repeat: bool = False,
     num_examples: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batched (pixels, labels) of one split. `training` shuffles (and augments when
     `augmentation` is given); other splits keep the shard order and are never augmented.
     With a seed the order and the augmentation are the same on every run. `num_examples` (the
-    split's size, when known) lets Keras know the number of batches of a finite dataset."""
-    files = examples.split_files(examples_dir, split)
+    split's size, when known) lets Keras know the number of batches of a finite dataset.
+    `shard` = (workers, index) keeps one worker's part of the split (`shard_inputs`)."""
+    files, record_shard = shard_inputs(examples.split_files(examples_dir, split), shard)
     deterministic = seed is not None or not training
-    ds = read_records(files, shuffle_files=training, seed=seed, deterministic=deterministic)
+    # Record sharding needs the same record order on every worker.
+    ds = read_records(
+        files,
+        shuffle_files=training and record_shard is None,
+        seed=seed,
+        deterministic=deterministic or record_shard is not None,
+    )
+    if record_shard is not None:
+        ds = ds.shard(*record_shard)
     if num_examples is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
     if training:
