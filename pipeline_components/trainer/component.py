@@ -9,6 +9,7 @@ checkpoints.py (resume), plots.py (training curves).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Any
 
@@ -141,12 +142,8 @@ class Trainer(Component):
             f"<h2>Training</h2><table>{cfg_rows}{fact_rows}</table><div class=imgs>{figures}</div>"
         )
 
-    def main(self, argv: list[str]) -> int:
-        import argparse
-        import json
-        import os
-        import sys
-
+    def parser(self) -> argparse.ArgumentParser:
+        """`transfer-pipeline train`'s command line."""
         from pipeline_components.trainer import cluster
 
         parser = argparse.ArgumentParser(
@@ -194,6 +191,16 @@ class Trainer(Component):
             help="with --tf-config-from-k8s",
         )
         parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        return parser
+
+    def main(self, argv: list[str]) -> int:
+        import json
+        import os
+        import sys
+
+        from pipeline_components.trainer import cluster
+
+        parser = self.parser()
         args = parser.parse_args(argv)
         if args.local and args.tf_config_from_k8s:
             parser.error("--local and --tf-config-from-k8s exclude each other")
