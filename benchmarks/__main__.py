@@ -2,12 +2,13 @@
 
     python -m benchmarks [--quick | --smoke] [--only NAME ...] [--out DIR] [--in-process]
 
-Benchmarks, in this order: example_gen, input_pipeline, training, serving. Each is its script's
-`run(quick)` followed by its `report()`, exactly as `python -m benchmarks.<name>` does, and each
-runs in a fresh `python` subprocess: TensorFlow fixes its thread pools at first use (the serving
-benchmark sets the server's thread settings, which a process that already ran TensorFlow refuses),
-Keras and tf.data keep models and caches for the life of a process, and a crash, a hang or an
-out-of-memory kill then costs one benchmark, not the run. The price is ~5 s of imports each.
+Benchmarks, in this order: example_gen, input_pipeline, training, serving, multi_worker. Each is
+its script's `run(quick)` followed by its `report()`, exactly as `python -m benchmarks.<name>`
+does, and each runs in a fresh `python` subprocess: TensorFlow fixes its thread pools at first use
+(the serving benchmark sets the server's thread settings, which a process that already ran
+TensorFlow refuses), Keras and tf.data keep models and caches for the life of a process, and a
+crash, a hang or an out-of-memory kill then costs one benchmark, not the run. The price is ~5 s of
+imports each.
 
 Writes <out>/results.json (every result, each benchmark's headline claims and its own Markdown
 table), <out>/results.md (the headline table, then each benchmark's table) and, as each script
@@ -67,6 +68,7 @@ SMOKE = {
         "throughput_seconds": 0.5,
         "models": ("mobilenet_v2_035_96",),
     },
+    "multi_worker": {"num_images": 32, "size": 32, "epochs": 2, "steps": 2, "repeats": 1},
 }
 
 # TensorFlow's start-up lines (printed before its log level applies): kept out of the console.
@@ -180,6 +182,27 @@ def _serving(r: dict) -> tuple[str, list[dict]]:
     ]
 
 
+def _multi_worker(r: dict) -> tuple[str, list[dict]]:
+    ratios, goals = r["ratios"], r["goals"]
+    s = r["image_size"][0]
+    floor = (
+        f"whole command (b)/(a) = {_x(ratios['b_over_a_wall_time'])}: two TensorFlow runtimes"
+        " and a gRPC all-reduce per step on the same cores; no GPU or second node here"
+    )
+    workload = (
+        f"VGG16, {r['num_images']} images {s}x{s}, {r['epochs']} epochs x"
+        f" {r['steps_per_epoch']} steps, batch {r['batch_size']}, {_rounds(r['repeats'])}"
+    )
+    return workload, [
+        claim(
+            ratios["b_over_a_training_images_per_s"],
+            "(b)/(a) training images/s",
+            goals["two_workers_train_faster"],
+            floor,
+        )
+    ]
+
+
 def _generic(r: dict) -> tuple[str, list[dict]]:
     """For a benchmark without its own extractor: every ratio, goals listed in the label."""
     goals = r.get("goals", {})
@@ -235,6 +258,13 @@ BENCHMARKS = {
             ),
             ("p50 ratio <= 1.2 (issue 5)", "none set; reported (issue 5)"),
             _serving,
+        ),
+        Benchmark(
+            "multi_worker",
+            "benchmarks.multi_worker",
+            ("(a) 1 worker (`train`) -> (b) 2 local workers (`train --workers 2 --local`)",),
+            ("none: reported; 2 shared CPU cores, no speedup expected (issue 18)",),
+            _multi_worker,
         ),
     )
 }

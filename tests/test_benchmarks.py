@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import benchmarks.__main__ as bench
-from benchmarks import common, example_gen, input_pipeline, serving, training
+from benchmarks import common, example_gen, input_pipeline, multi_worker, serving, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = list(bench.BENCHMARKS)
@@ -25,6 +25,7 @@ MODULES = {
     "input_pipeline": input_pipeline,
     "training": training,
     "serving": serving,
+    "multi_worker": multi_worker,
 }
 
 
@@ -150,11 +151,17 @@ def fake_results(name: str) -> dict:
         "example_gen": {"c_over_d": 1.4, "a_over_c": 2.0},
         "input_pipeline": {"a_over_b": 6.0, "a_over_d": 9.0},
         "training": {"a_over_b": 12.0, "b_over_floor": 1.3, "ideal_a_over_b": 20.0},
+        "multi_worker": {
+            "b_over_a_training_images_per_s": 0.8,
+            "b_over_a_wall_time": 1.9,
+            "b_over_a_cpu_time": 1.7,
+        },
     }[name]
     goals = {
         "example_gen": {"c_within_1.5x_of_d": True, "c_faster_than_a": True},
         "input_pipeline": {"a_over_b_at_least_5": True},
         "training": {"a_over_b_at_least_10": False},
+        "multi_worker": {"two_workers_train_faster": False},
     }[name]
     return {
         "environment": env,
@@ -164,6 +171,7 @@ def fake_results(name: str) -> dict:
         "repeats": 1,
         "batch_size": 100,
         "epochs": 20,
+        "steps_per_epoch": 8,
         "variants": variants,
         "ratios": ratios,
         "goals": goals,

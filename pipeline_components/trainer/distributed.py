@@ -32,7 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -80,7 +84,7 @@ class Group:
 
 def backup_dir(root: str, phase: str) -> str:
     """The tf.train.Checkpoint backups of one phase under `root`/checkpoints/."""
-    return fsutil.join(checkpoint_paths(root)["dir"], f"backup_multi_worker_{phase}")
+    return checkpoint_paths(root)[f"backup_multi_worker_{phase}"]
 
 
 def make_strategy(cluster: Cluster) -> tf.distribute.MultiWorkerMirroredStrategy:
@@ -527,6 +531,16 @@ def local_copy(net: keras.Model, config: TrainerConfig, num_classes: int) -> ker
     return clone
 
 
+def worker_temp_dir(cluster: Cluster) -> str:
+    """A worker's own temporary directory (not the chief's): named by its group and rank, so a
+    worker restarted after being killed replaces what it left there."""
+    group = hashlib.sha256(json.dumps(cluster.addresses).encode()).hexdigest()[:12]
+    path = os.path.join(tempfile.gettempdir(), f"transfer-pipeline-{group}-worker{cluster.rank}")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
 def run_trainer(
     examples_dir: str, output_dir: str, config: TrainerConfig, cluster: Cluster, *, callbacks=()
 ) -> dict:
@@ -537,9 +551,7 @@ def run_trainer(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     strategy = make_strategy(cluster)
     chief = cluster.is_chief
-    write_dir = (
-        output_dir if chief else tempfile.mkdtemp(prefix=f"transfer-pipeline-worker{cluster.rank}-")
-    )
+    write_dir = output_dir if chief else worker_temp_dir(cluster)
     group = Group(cluster, strategy, output_dir, write_dir)
     try:
         try:
@@ -557,8 +569,6 @@ def run_trainer(
             summary = executor.write_outputs(
                 model, summary, history, examples_dir, output_dir, config
             )
-            for phase in ("head", "fine_tune"):
-                fsutil.rmtree(backup_dir(output_dir, phase))
         try:  # the group stays up until the chief's artifacts are written
             all_reduce_sum(strategy, [1.0])
         except PEER_ERRORS as e:
