@@ -68,7 +68,7 @@ SMOKE = {
         "throughput_seconds": 0.5,
         "models": ("mobilenet_v2_035_96",),
     },
-    "multi_worker": {"num_images": 32, "size": 32, "epochs": 2, "steps": 2, "repeats": 1},
+    "multi_worker": {"num_images": 16, "size": 32, "epochs": 2, "steps": 1, "repeats": 1},
 }
 
 # TensorFlow's start-up lines (printed before its log level applies): kept out of the console.

@@ -56,7 +56,7 @@ def finite_positive(x) -> bool:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
-    proc = run_cli(["--smoke"], tmp, timeout=600)
+    proc = run_cli(["--smoke"], tmp, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = tmp / "out"
     return {

@@ -267,3 +267,21 @@ def test_bad_tf_config_fails_the_train_command_in_one_line(tmp_path, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("transfer-pipeline train: error: TF_CONFIG:")
     assert not (tmp_path / "t").exists()
+
+
+def test_a_group_cannot_form_in_a_process_that_already_ran_tensorflow(tmp_path, monkeypatch):
+    """`transfer-pipeline run` runs TensorFlow before the Trainer: with a multi-worker TF_CONFIG
+    the Trainer refuses in one line (the strategy must be made first) and writes nothing."""
+    import tensorflow as tf
+
+    from pipeline_components.trainer import executor
+    from pipeline_components.trainer.component import TrainerConfig
+
+    assert float(tf.constant(1.0) + 1) == 2.0  # TensorFlow's runtime is up in this process
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps(cluster.tf_config(["127.0.0.1:1", "127.0.0.1:2"], 0))
+    )
+    out = tmp_path / "trainer"
+    with pytest.raises(PipelineError, match="TensorFlow was already initialised") as e:
+        executor.run_trainer(str(tmp_path / "examples"), str(out), TrainerConfig(weights="none"))
+    assert "\n" not in str(e.value) and not out.exists()

@@ -226,20 +226,20 @@ class Trainer(Component):
             print(f"{cluster.ENV}={os.environ[cluster.ENV]}", file=sys.stderr, flush=True)
         pipeline = load_for_cli(args.config, args.overrides, self.config_section)
         config = pipeline.trainer
-        me = cluster.read_tf_config()  # validated before anything is written
-        if args.local and args.workers > 1:
-            from pipeline_components.trainer.executor import check_config
+        from pipeline_components.trainer.executor import check_config
 
+        if args.local:
             check_config(config)  # one error here, not one per worker
-            worker = [sys.executable, "-m", "pipeline_components.cli", "train"]
-            worker += ["--examples", args.examples, "--output", args.output]
-            worker += ["--config", args.config] if args.config else []
-            return cluster.LocalCluster(
-                [*worker, *args.overrides], args.workers, max_restarts=args.max_restarts
-            ).run()
+            if args.workers > 1:
+                worker = [sys.executable, "-m", "pipeline_components.cli", "train"]
+                worker += ["--examples", args.examples, "--output", args.output]
+                worker += ["--config", args.config] if args.config else []
+                return cluster.LocalCluster(
+                    [*worker, *args.overrides], args.workers, max_restarts=args.max_restarts
+                ).run()
+            os.environ.pop(cluster.ENV, None)  # --workers 1: this process alone
+        me = cluster.read_tf_config()  # a bad TF_CONFIG fails before anything is written
         if me is None or me.num_workers == 1:  # a worker of a group checks once it has formed
-            from pipeline_components.trainer.executor import check_config
-
             check_config(config)  # before anything is written
         examples = artifacts.Artifact(artifacts.EXAMPLES, args.examples)
         try:
