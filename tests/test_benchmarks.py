@@ -161,7 +161,7 @@ def fake_results(name: str) -> dict:
         "example_gen": {"c_within_1.5x_of_d": True, "c_faster_than_a": True},
         "input_pipeline": {"a_over_b_at_least_5": True},
         "training": {"a_over_b_at_least_10": False},
-        "multi_worker": {"two_workers_train_faster": False},
+        "multi_worker": {"b_faster_in_every_round": False},
     }[name]
     return {
         "environment": env,

@@ -308,6 +308,8 @@ class Steps:
             # Keras/TensorFlow kernels fail on some empty batches (a Conv2D on [0, H, W, 3]);
             # the collectives (all_reduce above, apply_gradients below) run on every replica.
             *grads, totals = tf.cond(n > 0, forward_backward, nothing)
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                grads = agree_on_finite(ctx, grads)
             optimizer.apply_gradients(zip(grads, variables, strict=True))
             return totals
 
@@ -333,6 +335,16 @@ class Steps:
         for batch in batches:
             totals += step(batch).numpy()
         return totals
+
+
+def agree_on_finite(ctx, grads: list) -> list:
+    """LossScaleOptimizer skips a step whose gradients are not finite, deciding on this
+    replica's gradients before they are all-reduced (inside a cond that holds the all-reduce):
+    replicas that decided differently would wait for each other for ever. So when any replica's
+    gradients are not finite, every replica's become NaN, and all skip the step together."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) > 0
+    return [g + tf.cast(tf.where(bad, np.nan, 0.0), g.dtype) for g in grads]
 
 
 def epoch_logs(totals: np.ndarray, prefix: str = "") -> dict[str, float]:
