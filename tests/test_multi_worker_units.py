@@ -285,3 +285,21 @@ def test_a_group_cannot_form_in_a_process_that_already_ran_tensorflow(tmp_path, 
     with pytest.raises(PipelineError, match="TensorFlow was already initialised") as e:
         executor.run_trainer(str(tmp_path / "examples"), str(out), TrainerConfig(weights="none"))
     assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_a_non_finite_gradient_anywhere_makes_every_replica_skip_the_step():
+    """Under mixed precision LossScaleOptimizer decides per replica whether to apply a step; the
+    replicas must decide alike, so one non-finite gradient turns every gradient NaN."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline_components.trainer.distributed import agree_on_finite
+
+    ctx = tf.distribute.get_replica_context()  # the default strategy's single replica
+    fine = [tf.constant([1.0, 2.0]), tf.constant([[3.0]], tf.float16)]
+    kept = agree_on_finite(ctx, fine)
+    assert [k.dtype for k in kept] == [tf.float32, tf.float16]
+    np.testing.assert_array_equal(kept[0].numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(kept[1].numpy(), [[3.0]])
+    spoilt = agree_on_finite(ctx, [tf.constant([1.0, np.inf]), tf.constant([[3.0]], tf.float16)])
+    assert all(np.isnan(g.numpy()).all() for g in spoilt)
