@@ -11,7 +11,8 @@ easy split of 32x32 JPEGs (dark vs light noise), frozen VGG16 with `weights: non
   peer, fails with exit 75 and is restarted too; both restore the chief's backup of the last
   finished epoch and the run completes: its log and history show the resume, not a new start.
 
-Each takes 1-2 minutes on 2 cores (most of it TensorFlow starting in each worker process).
+Measured: 32 s and 47 s on 2 idle cores, 2.5-3 minutes with a load average of 8 (most of it
+TensorFlow starting in each worker process, twice in the second test).
 """
 
 from __future__ import annotations
