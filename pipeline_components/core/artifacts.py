@@ -14,6 +14,9 @@ the names and functions here, so a layout changes in one file. The layouts:
         baseline_metrics.json (when a baseline was scored)
     <infra_validator>/infra_blessing.json   InfraBlessing (InfraValidator)
     <pusher>/push.json                      PushedModel (Pusher)
+    <batch_predict>/                        InferenceResult (BulkInferrer, batch-predict)
+        predictions-SSSSS-of-NNNNN.jsonl (or .csv)  prediction_logs-SSSSS-of-NNNNN.tfrecord.gz
+        errors-SSSSS-of-NNNNN.jsonl  summary.json
 
     <saved_model>/saved_model.pb  variables/  assets/labels.txt
                   assets.extra/tf_serving_warmup_requests
@@ -71,6 +74,14 @@ ERRORS_PNG = "errors.png"
 # --------------------------------------------------------------------- InfraValidator, Pusher
 INFRA_BLESSING_FILE = "infra_blessing.json"
 PUSH_FILE = "push.json"
+
+# ------------------------------------------------------ InferenceResult (BulkInferrer)
+# Sharded like Beam writes them: <prefix>-SSSSS-of-NNNNN<suffix>.
+BATCH_PREDICTIONS_PREFIX = "predictions"  # .jsonl or .csv: one row per labelled image
+PREDICTION_LOGS_PREFIX = "prediction_logs"  # GZIP TFRecords of tensorflow.serving.PredictionLog
+PREDICTION_LOGS_SUFFIX = ".tfrecord.gz"
+BATCH_ERRORS_PREFIX = "errors"  # .jsonl: {"path", "reason"} per image that was not labelled
+BATCH_SUMMARY_FILE = "summary.json"
 
 # ----------------------------------------------------------------------------------- runs
 RUNS_DIR = "runs"
@@ -223,6 +234,11 @@ INFRA_BLESSING = ArtifactType(
     "InfraBlessing", INFRA_BLESSING_FILE, description="the InfraValidator's verdict"
 )
 PUSHED_MODEL = ArtifactType("PushedModel", PUSH_FILE, description="what the Pusher did (push.json)")
+INFERENCE_RESULT = ArtifactType(
+    "InferenceResult",
+    "",
+    description="batch predictions (JSON Lines or CSV), PredictionLogs, errors, summary.json",
+)
 
 
 @dataclasses.dataclass
