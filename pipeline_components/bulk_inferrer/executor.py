@@ -167,8 +167,6 @@ def resolve_input(path: str) -> InputSpec:
             for split in artifacts.SPLITS
             if _matches(artifacts.shard_pattern(path, split))
         )
-        if not patterns:
-            raise PipelineError(f"ExampleGen output {path} holds no TFRecord shards")
         return InputSpec("tfrecords", patterns)
     if _has_glob(path):
         spec = InputSpec(
@@ -185,8 +183,9 @@ def resolve_input(path: str) -> InputSpec:
 
 
 def _is_examples_dir(path: str) -> bool:
-    return fsutil.exists(fsutil.join(path, artifacts.LABELS_FILE)) and fsutil.exists(
-        fsutil.join(path, artifacts.STATS_FILE)
+    """ExampleGen's layout: labels.txt next to <split>/ folders of TFRecord shards."""
+    return fsutil.exists(fsutil.join(path, artifacts.LABELS_FILE)) and any(
+        _matches(artifacts.shard_pattern(path, split)) for split in artifacts.SPLITS
     )
 
 
@@ -314,9 +313,7 @@ class ReadImages(beam.PTransform):
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
             | "Spread" >> beam.Reshuffle()
             | "ReadAndCheck"
-            >> beam.ParDo(ReadAndCheckFn(self.max_image_pixels)).with_outputs(
-                ERRORS, main="images"
-            )
+            >> beam.ParDo(ReadAndCheckFn(self.max_image_pixels)).with_outputs(ERRORS, main="images")
         )
 
 
@@ -549,7 +546,9 @@ def run_batch_predict(
     returns the summary.json dict."""
     options = options or BatchPredictOptions()
     if options.output_format not in FORMATS:
-        raise PipelineError(f"--format must be one of {', '.join(FORMATS)}, got {options.output_format!r}")
+        raise PipelineError(
+            f"--format must be one of {', '.join(FORMATS)}, got {options.output_format!r}"
+        )
     for name in ("batch_size", "max_image_pixels", "model_copies"):
         value = getattr(options, name)
         if value is not None and value < 1:
@@ -566,7 +565,7 @@ def run_batch_predict(
         model.name, model.version, model.path, input_path, spec.kind,
     )  # fmt: skip
     with fsutil.atomic_dir(output) as work:
-        p = beam.Pipeline(options=beam_run.pipeline_options(options.beam_args))
+        p = beam_run.make_pipeline(options.beam_args)
         build_pipeline(
             p,
             spec,
@@ -578,9 +577,7 @@ def run_batch_predict(
             max_image_pixels=limit,
             model_copies=options.model_copies,
         )
-        counters = beam_run.run_pipeline(
-            p, [COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]
-        )
+        counters = beam_run.run_pipeline(p, [COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE])
         summary = beam_run.read_json_result(fsutil.join(work, SUMMARY_PART), "summary")
         files = sorted(fsutil.basename(f) for f in fsutil.gfile().glob(fsutil.join(work, "*")))
         summary = {
@@ -606,10 +603,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"{'class':<{width}}  images"] + [f"{a:<{width}}  {b:>6}" for a, b in rows]
     for err in summary["first_errors"][:5]:
         lines.append(f"error: {err['path']}: {err['reason']}")
-    images_per_s = summary["num_predictions"] / max(summary["seconds"], 1e-9)
+    model, seconds = summary["model"], summary["seconds"]
+    rate = summary["num_predictions"] / max(seconds, 1e-9)
     lines.append(
-        f"labelled {summary['num_predictions']} images with {summary['model']['name']} version "
-        f"{summary['model']['version']} in {summary['seconds']:.1f}s ({images_per_s:.1f} images/s); "
+        f"labelled {summary['num_predictions']} images with {model['name']} version "
+        f"{model['version']} in {seconds:.1f}s ({rate:.1f} images/s); "
         f"{summary['num_errors']} error(s) in errors-*.jsonl"
     )
     return "\n".join(lines)

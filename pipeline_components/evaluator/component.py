@@ -5,8 +5,9 @@
         [--batch-size N] [--model-copies N] [-- BEAM_ARGS]
 
 The scoring runs as a Beam job (RunInference) with the options in `evaluator.beam_args` (or
-after `--`): DirectRunner here, Dataflow/Flink/Spark on a cluster. In a pipeline run the baseline is the newest served version of `model_name` under
-`serving_dir` (never the candidate itself); its path and fingerprint are part of the cache key.
+after `--`): DirectRunner here, Dataflow/Flink/Spark on a cluster. In a pipeline run the
+baseline is the newest served version of `model_name` under `serving_dir` (never the candidate
+itself); its path and fingerprint are part of the cache key.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ import numpy as np
 
 from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.evaluator import metrics
 from pipeline_components.evaluator.component import EvaluatorConfig
 
 log = logging.getLogger(__name__)
@@ -236,14 +235,12 @@ def score_test_split(
     baseline_dir: str | None = None,
 ) -> Scores:
     """Run the Beam job (scoring.build_pipeline) writing into work_dir; read its results."""
-    import apache_beam as beam
-
     from pipeline_components.evaluator import scoring
     from pipeline_components.inference import beam_run
 
     beam_run.quiet_beam()
     files = examples.split_files(examples_dir, "test")
-    p = beam.Pipeline(options=beam_run.pipeline_options(config.beam_args))
+    p = beam_run.make_pipeline(config.beam_args)
     scoring.build_pipeline(
         p,
         files,

@@ -6,7 +6,6 @@ stable); the Evaluator and the BulkInferrer share these.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +28,15 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
         args.append("--default_sdk_harness_log_level=WARNING")  # worker processes' INFO chatter
     return PipelineOptions(args)
+
+
+def make_pipeline(beam_args: list[str] | None) -> beam.Pipeline:
+    """A Pipeline for these options; an unknown runner or a bad option is one line."""
+    try:
+        return beam.Pipeline(options=pipeline_options(beam_args))
+    except Exception as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise PipelineError(f"bad Beam options {' '.join(beam_args or [])}: {text}") from None
 
 
 def quiet_beam() -> None:
