@@ -2,12 +2,13 @@
 
     python -m benchmarks [--quick | --smoke] [--only NAME ...] [--out DIR] [--in-process]
 
-Benchmarks, in this order: example_gen, input_pipeline, training, serving. Each is its script's
-`run(quick)` followed by its `report()`, exactly as `python -m benchmarks.<name>` does, and each
-runs in a fresh `python` subprocess: TensorFlow fixes its thread pools at first use (the serving
-benchmark sets the server's thread settings, which a process that already ran TensorFlow refuses),
-Keras and tf.data keep models and caches for the life of a process, and a crash, a hang or an
-out-of-memory kill then costs one benchmark, not the run. The price is ~5 s of imports each.
+Benchmarks, in this order: example_gen, input_pipeline, training, serving, batch_inference. Each is
+its script's `run(quick)` followed by its `report()`, exactly as `python -m benchmarks.<name>`
+does, and each runs in a fresh `python` subprocess: TensorFlow fixes its thread pools at first use
+(the serving benchmark sets the server's thread settings, which a process that already ran
+TensorFlow refuses), Keras and tf.data keep models and caches for the life of a process, and a
+crash, a hang or an out-of-memory kill then costs one benchmark, not the run. The price is ~5 s of
+imports each.
 
 Writes <out>/results.json (every result, each benchmark's headline claims and its own Markdown
 table), <out>/results.md (the headline table, then each benchmark's table) and, as each script
@@ -67,6 +68,7 @@ SMOKE = {
         "throughput_seconds": 0.5,
         "models": ("mobilenet_v2_035_96",),
     },
+    "batch_inference": {"num_images": 40, "repeats": 1},
 }
 
 # TensorFlow's start-up lines (printed before its log level applies): kept out of the console.
@@ -180,6 +182,19 @@ def _serving(r: dict) -> tuple[str, list[dict]]:
     ]
 
 
+def _batch_inference(r: dict) -> tuple[str, list[dict]]:
+    ratios, goals = r["ratios"], r["goals"]
+    a, d = _variant(r, "(a)")["median_s"], _variant(r, "(d)")["median_s"]
+    w, h = r["image_size"]
+    workload = f"{r['num_images']} JPEGs {w}x{h}, {r['model']}, {_rounds(r['repeats'])}"
+    loop = f"(a) the plain loop: {_s(a)}"
+    return workload, [
+        claim(ratios["b_over_a"], "(b)/(a) time", goals["b_within_1.3x_of_a"], loop),
+        claim(ratios["a_over_c"], "(a)/(c) time", goals["c_faster_than_a"], loop),
+        claim(ratios["e_over_d"], "(e)/(d) time", None, f"(d) one process: {_s(d)}"),
+    ]
+
+
 def _generic(r: dict) -> tuple[str, list[dict]]:
     """For a benchmark without its own extractor: every ratio, goals listed in the label."""
     goals = r.get("goals", {})
@@ -235,6 +250,21 @@ BENCHMARKS = {
             ),
             ("p50 ratio <= 1.2 (issue 5)", "none set; reported (issue 5)"),
             _serving,
+        ),
+        Benchmark(
+            "batch_inference",
+            "benchmarks.batch_inference",
+            (
+                "(a) plain loop calling the signature, 1 process -> (b) batch-predict in_memory",
+                "(a) plain loop -> (c) batch-predict multi_processing x2",
+                "(d) Evaluator in one process (before) -> (e) Evaluator on Beam in_memory",
+            ),
+            (
+                "(b)/(a) <= 1.3 (issue 16)",
+                "(a)/(c) > 1 where the work outweighs start-up (issue 16)",
+                "none set; reported (issue 16)",
+            ),
+            _batch_inference,
         ),
     )
 }

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import benchmarks.__main__ as bench
-from benchmarks import common, example_gen, input_pipeline, serving, training
+from benchmarks import batch_inference, common, example_gen, input_pipeline, serving, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = list(bench.BENCHMARKS)
@@ -25,6 +25,7 @@ MODULES = {
     "input_pipeline": input_pipeline,
     "training": training,
     "serving": serving,
+    "batch_inference": batch_inference,
 }
 
 
@@ -147,11 +148,13 @@ def fake_results(name: str) -> dict:
         }  # fmt: skip
     variants = {f"({k}) variant {k}": {"median_s": 1.0 + i} for i, k in enumerate("abcde")}
     ratios = {
+        "batch_inference": {"b_over_a": 1.2, "a_over_c": 1.1, "e_over_d": 1.5},
         "example_gen": {"c_over_d": 1.4, "a_over_c": 2.0},
         "input_pipeline": {"a_over_b": 6.0, "a_over_d": 9.0},
         "training": {"a_over_b": 12.0, "b_over_floor": 1.3, "ideal_a_over_b": 20.0},
     }[name]
     goals = {
+        "batch_inference": {"b_within_1.3x_of_a": True, "c_faster_than_a": False},
         "example_gen": {"c_within_1.5x_of_d": True, "c_faster_than_a": True},
         "input_pipeline": {"a_over_b_at_least_5": True},
         "training": {"a_over_b_at_least_10": False},
@@ -164,6 +167,7 @@ def fake_results(name: str) -> dict:
         "repeats": 1,
         "batch_size": 100,
         "epochs": 20,
+        "model": "m",
         "variants": variants,
         "ratios": ratios,
         "goals": goals,
