@@ -98,8 +98,8 @@ def read_prediction_logs(out):
     from tensorflow_serving.apis import prediction_log_pb2
 
     logs = []
-    for part in sorted(out.glob("prediction_logs-*.tfrecord.gz")):
-        for record in tf.data.TFRecordDataset(str(part), "GZIP").as_numpy_iterator():
+    for part in sorted(out.glob("prediction_logs-*.tfrecord")):
+        for record in tf.data.TFRecordDataset(str(part)).as_numpy_iterator():
             logs.append(prediction_log_pb2.PredictionLog.FromString(record))
     return logs
 
@@ -210,17 +210,19 @@ def test_header_checks_make_bombs_and_non_images_errors_before_decoding(tmp_path
         )
 
 
-def test_examplegen_tfrecords_to_csv(served, tmp_path, capsys):
+def test_examplegen_tfrecords_to_csv_with_a_shared_model(served, tmp_path, capsys):
     items = [(solid_png(r), int(r > 0.5)) for r in (0.1, 0.4, 0.7, 0.9)]
     data = write_split(tmp_path / "examples", "test", items, ["blue", "red"], shards=2)
     write_split(tmp_path / "examples", "train", items[:2], ["blue", "red"], shards=1)
     out = tmp_path / "out"
     args = ["--model", str(served), "--input", str(data), "--output", str(out), "--version", "1"]
-    code, _, err = batch_predict([*args, "--format", "csv", "--num-shards", "1"], capsys)
+    # --model-copies: the model lives in a process of its own, shared (Beam's MultiProcessShared)
+    extra = ["--format", "csv", "--num-shards", "1", "--model-copies", "1"]
+    code, _, err = batch_predict([*args, *extra], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
         "errors-00000-of-00001.jsonl",
-        "prediction_logs-00000-of-00001.tfrecord.gz",
+        "prediction_logs-00000-of-00001.tfrecord",
         "predictions-00000-of-00001.csv",
         "summary.json",
     ]

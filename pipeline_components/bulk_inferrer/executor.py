@@ -4,7 +4,7 @@ SavedModel, as a Beam job with RunInference (the spec and CLI are in component.p
     files ──MatchFiles──Reshuffle──ReadAndCheck──┬─▶ (path, bytes) ──RunInference──ToRows──┐
     TFRecords ──ReadAllFromTFRecord──ParseExample─┘                                        │
         rows ─▶ predictions-SSSSS-of-NNNNN.jsonl (or .csv)      ◀──────────────────────────┤
-        PredictionLogs ─▶ prediction_logs-SSSSS-of-NNNNN.tfrecord.gz                       │
+        PredictionLogs ─▶ prediction_logs-SSSSS-of-NNNNN.tfrecord                       │
         errors (read, header, model) ─▶ errors-SSSSS-of-NNNNN.jsonl                        │
         counts per class, errors ─▶ summary.json                                           ┘
 
