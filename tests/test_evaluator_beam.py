@@ -122,6 +122,25 @@ def test_beam_evaluator_equals_the_single_process_scorer(case, binary, three, tm
         assert blessing["baseline_accuracy"] == pytest.approx(old_base["accuracy"])
 
 
+def test_a_baseline_that_fails_on_the_test_images_skips_the_regression_check(binary, tmp_path):
+    """A baseline exported with a pixel limit below the 16x16 test images rejects every one."""
+    from evalfixtures import threshold_model
+
+    baseline = tmp_path / "strict"
+    export.export_saved_model(
+        threshold_model(0.5), str(baseline), ["blue", "red"], (16, 16), max_image_pixels=100
+    )
+    config = EvaluatorConfig(min_accuracy=0.5, num_error_examples=0)
+    b = evaluator.run_evaluator(
+        str(binary["model"]), str(binary["data"]), str(tmp_path / "e"), config, str(baseline)
+    )
+    assert b["blessed"] and b["baseline_accuracy"] is None and b["baseline"] is None
+    assert b["reasons"][-1].startswith(f"baseline {baseline} failed on test example test/")
+    assert "over the limit of 100 pixels" in b["reasons"][-1]
+    assert b["reasons"][-1].endswith("regression check skipped")
+    assert not (tmp_path / "e" / "baseline_metrics.json").exists()
+
+
 def test_bucketed_auc_equals_roc_auc_with_ties_and_bucket_edges():
     rng = np.random.default_rng(0)
     edges = [np.float32(v) for v in (0.0, -0.0, 1.0, 0.5, np.nextafter(np.float32(0.5), 1))]

@@ -184,7 +184,11 @@ def resolve_input(path: str) -> InputSpec:
 
 def _is_examples_dir(path: str) -> bool:
     """ExampleGen's layout: labels.txt next to <split>/ folders of TFRecord shards."""
-    return fsutil.exists(fsutil.join(path, artifacts.LABELS_FILE)) and any(
+    try:  # Beam's FileSystems, not tf.io.gfile: TensorFlow 2.21 has no s3://
+        labels = FileSystems.exists(FileSystems.join(path, artifacts.LABELS_FILE))
+    except Exception:
+        return False
+    return labels and any(
         _matches(artifacts.shard_pattern(path, split)) for split in artifacts.SPLITS
     )
 

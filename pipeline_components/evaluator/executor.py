@@ -45,6 +45,17 @@ class Predictions:
     errors: list[dict] = field(default_factory=list)  # a few misclassified: encoded, true, pred
 
 
+@dataclass
+class Scores:
+    """What the Beam job computed; predictions.csv is already in the output directory."""
+
+    metrics: dict
+    errors: list[dict]  # the first num_error_examples misclassified: encoded, true, pred, ...
+    baseline_metrics: dict | None = None
+    baseline_failure: list[str] | None = None  # [filename, reason]
+    counters: dict[str, int] = field(default_factory=dict)
+
+
 def load_serving_model(model_dir: str):
     """(serving_default signature, class names) of a SavedModel; one-line errors."""
     import tensorflow as tf
@@ -213,17 +224,6 @@ def _score_baseline(path: str, scores: Scores) -> tuple[dict | None, str | None]
             "regression check skipped"
         )
     return scores.baseline_metrics, None
-
-
-@dataclass
-class Scores:
-    """What the Beam job computed; predictions.csv is already in the output directory."""
-
-    metrics: dict
-    errors: list[dict]  # the first num_error_examples misclassified: encoded, true, pred, ...
-    baseline_metrics: dict | None = None
-    baseline_failure: list[str] | None = None  # [filename, reason]
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 def score_test_split(
