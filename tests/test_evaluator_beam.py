@@ -203,6 +203,21 @@ def test_an_image_the_model_rejects_is_a_one_line_error(binary, tmp_path, capsys
     assert not out.exists()
 
 
+def test_a_model_the_workers_cannot_load_is_a_one_line_error(binary, tmp_path, capsys):
+    """The driver reads only saved_model.pb; broken variables fail where the model is loaded."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(binary["model"], broken)
+    for part in (broken / "variables").glob("variables.data-*"):
+        part.write_bytes(b"")
+    out = tmp_path / "e"
+    args = ["--model", str(broken), "--examples", str(binary["data"]), "--output", str(out)]
+    code, err = _run_cli(args, capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert f"cannot load SavedModel {broken}" in err and not out.exists()
+
+
 def test_beam_args_after_the_double_dash_reach_the_pipeline(binary, tmp_path, capsys):
     out = tmp_path / "e"
     args = ["--model", str(binary["model"]), "--examples", str(binary["data"])]

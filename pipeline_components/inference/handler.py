@@ -60,8 +60,12 @@ class SignatureRunner:
         import tensorflow as tf
 
         self.model_dir = model_dir
-        self._loaded = tf.saved_model.load(model_dir)
-        self._fn = self._loaded.signatures[signature_name]
+        try:
+            self._loaded = tf.saved_model.load(model_dir)
+            self._fn = self._loaded.signatures[signature_name]
+        except Exception as e:  # one line in the job's error, not TensorFlow's traceback
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RuntimeError(f"cannot load SavedModel {model_dir}: {first}") from None
         _, kwargs = self._fn.structured_input_signature
         self._input = next(iter(kwargs)) if len(kwargs) == 1 else artifacts.IMAGES_INPUT
 
