@@ -1,7 +1,7 @@
 """The benchmarks run and their results are well formed (not the numbers: those need real sizes).
 
 The slow test runs `python -m benchmarks --smoke` once (every script's run(quick=True) at even
-smaller sizes, each in its own subprocess, ~2 minutes on 2 cores) and checks each result; the
+smaller sizes, each in its own subprocess, ~3 minutes on 2 cores) and checks each result; the
 others check the aggregator with stand-in results, in a second or two.
 """
 
@@ -56,7 +56,7 @@ def finite_positive(x) -> bool:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
-    proc = run_cli(["--smoke"], tmp, timeout=600)
+    proc = run_cli(["--smoke"], tmp, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = tmp / "out"
     return {
