@@ -68,7 +68,8 @@ class BulkInferrer(Component):
         from pipeline_components.bulk_inferrer import executor
 
         path = ctx.config.input
-        return {"input": path, "listing": executor.input_fingerprint(path)}
+        listing = executor.input_fingerprint(path, list(ctx.config.beam_args))
+        return {"input": path, "listing": listing}
 
     def run(self, ctx: ExecutionContext) -> dict:
         from pipeline_components.bulk_inferrer import executor

@@ -202,10 +202,11 @@ def _matches(pattern: str) -> bool:
         raise PipelineError(f"cannot list {pattern}: {' '.join(str(e).split())}") from None
 
 
-def input_fingerprint(path: str) -> dict[str, Any]:
+def input_fingerprint(path: str, beam_args: list[str] | None = None) -> dict[str, Any]:
     """(path, size, mtime) of every input file, hashed: one listing, no reads (cache key)."""
     import hashlib
 
+    beam_run.set_filesystem_options(beam_args)
     spec = resolve_input(path)
     listing = []
     for pattern in spec.patterns:
@@ -561,6 +562,7 @@ def run_batch_predict(
         raise PipelineError(f"--num-shards must be >= 0, got {options.num_shards}")
     beam_run.quiet_beam()
     started = time.monotonic()
+    beam_run.set_filesystem_options(options.beam_args)
     spec = resolve_input(input_path)
     limit = options.max_image_pixels or model.max_image_pixels
     limit = limit or image_header.DEFAULT_MAX_IMAGE_PIXELS

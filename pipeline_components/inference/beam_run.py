@@ -30,6 +30,15 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     return PipelineOptions(args)
 
 
+def set_filesystem_options(beam_args: list[str] | None) -> None:
+    """Hand the Beam options to Beam's file systems before anything is listed or read outside a
+    pipeline (s3:// needs its region and credentials options; a pipeline sets them only when
+    it is built)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(pipeline_options(beam_args))
+
+
 def make_pipeline(beam_args: list[str] | None) -> beam.Pipeline:
     """A Pipeline for these options; an unknown runner or a bad option is one line."""
     try:
