@@ -2,13 +2,13 @@
 
     python -m benchmarks [--quick | --smoke] [--only NAME ...] [--out DIR] [--in-process]
 
-Benchmarks, in this order: example_gen, input_pipeline, training, serving, batch_inference. Each is
-its script's `run(quick)` followed by its `report()`, exactly as `python -m benchmarks.<name>`
-does, and each runs in a fresh `python` subprocess: TensorFlow fixes its thread pools at first use
-(the serving benchmark sets the server's thread settings, which a process that already ran
-TensorFlow refuses), Keras and tf.data keep models and caches for the life of a process, and a
-crash, a hang or an out-of-memory kill then costs one benchmark, not the run. The price is ~5 s of
-imports each.
+Benchmarks, in this order: example_gen, statistics_gen, input_pipeline, training, serving,
+batch_inference. Each is its script's `run(quick)` followed by its `report()`, exactly as `python -m
+benchmarks.<name>` does, and each runs in a fresh `python` subprocess: TensorFlow fixes its thread
+pools at first use (the serving benchmark sets the server's thread settings, which a process that
+already ran TensorFlow refuses), Keras and tf.data keep models and caches for the life of a process,
+and a crash, a hang or an out-of-memory kill then costs one benchmark, not the run. The price is ~5
+s of imports each.
 
 Writes <out>/results.json (every result, each benchmark's headline claims and its own Markdown
 table), <out>/results.md (the headline table, then each benchmark's table) and, as each script
@@ -19,7 +19,8 @@ and keeps the other rows of the last results.json of the same mode.
 
 The photo-like JPEGs come from one pool (benchmarks/common.photo_dataset) in the
 benchmark cache (benchmarks/common.cache_dir), generated once, image by image, and hard-linked into
-each script's dataset folder: example_gen and input_pipeline use the same 500x375 images.
+each script's dataset folder: example_gen, statistics_gen and input_pipeline use the same 500x375
+images.
 
 --quick: every benchmark's quick mode (under 3 minutes on 2 cores, data cached).
 --smoke: smaller still, for the tests: proves that everything runs; the ratios mean nothing.
@@ -59,6 +60,7 @@ DEFAULT_TIMEOUT_S = {"full": 3600, "quick": 900, "smoke": 900}
 # does not take are dropped, so a script whose signature changes still runs (at its quick size).
 SMOKE = {
     "example_gen": {"num_images": 40, "repeats": 1},
+    "statistics_gen": {"num_images": 40, "repeats": 1},
     "input_pipeline": {"num_images": 20, "repeats": 1, "size": 64},
     "training": {"epochs": 2, "num_images": 20, "size": 32, "repeats": 1},
     "serving": {
@@ -195,6 +197,26 @@ def _batch_inference(r: dict) -> tuple[str, list[dict]]:
     ]
 
 
+def _statistics_gen(r: dict) -> tuple[str, list[dict]]:
+    ratios = r["ratios"]
+    c = _variant(r, "(c)")["median_s"]
+    t = _variant(r, "(t)")["median_s"]
+    return f"{r['num_images']} JPEGs 500x375 (example_gen's), {_rounds(r['repeats'])}", [
+        claim(
+            ratios["s_over_c"],
+            "(s)/(c) time",
+            None,
+            f"(c) ExampleGen itself: {_s(c)}; (t) StatisticsGen in one process: {_s(t)}",
+        ),
+        claim(
+            ratios["p_over_t"],
+            "(p)/(t) time",
+            None,
+            f"(t)/(c) = {_x(ratios['t_over_c'])}: in one process, as a share of ExampleGen's",
+        ),
+    ]
+
+
 def _generic(r: dict) -> tuple[str, list[dict]]:
     """For a benchmark without its own extractor: every ratio, goals listed in the label."""
     goals = r.get("goals", {})
@@ -226,6 +248,16 @@ BENCHMARKS = {
             ),
             ("(c)/(d) <= 1.5 (issue 2)", "(a)/(c) > 1: faster than the loop (issue 2)"),
             _example_gen,
+        ),
+        Benchmark(
+            "statistics_gen",
+            "benchmarks.statistics_gen",
+            (
+                "(c) ExampleGen multi_processing x2 -> (s) StatisticsGen on its output, x2",
+                "(p) plain tf.data + numpy loop -> (t) StatisticsGen in one process",
+            ),
+            ("none set; its cost reported (issue 15)", "none set; reported (issue 15)"),
+            _statistics_gen,
         ),
         Benchmark(
             "input_pipeline",

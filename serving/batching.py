@@ -134,14 +134,13 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
         text_format.Parse(text, proto)
     except text_format.ParseError as e:
         raise PipelineError(f"{source}: not a valid BatchingParameters text proto: {e}") from None
-    values = {}
-    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches"):
-        if proto.HasField(name):
-            values[name] = getattr(proto, name).value
-    if proto.HasField("num_batch_threads"):
-        values["num_batch_threads"] = proto.num_batch_threads.value
-    if proto.allowed_batch_sizes:
-        values["allowed_batch_sizes"] = tuple(proto.allowed_batch_sizes)
+    values: dict = {}
+    for f in dataclasses.fields(BatchingParameters):  # the fields the local server honours
+        if f.name == "allowed_batch_sizes":
+            if proto.allowed_batch_sizes:
+                values[f.name] = tuple(proto.allowed_batch_sizes)
+        elif proto.HasField(f.name):  # an Int64Value wrapper: absent means TF Serving's default
+            values[f.name] = getattr(proto, f.name).value
     for name in _IGNORED_FIELDS:
         field = proto.DESCRIPTOR.fields_by_name[name]
         is_set = proto.HasField(name) if field.message_type else bool(getattr(proto, name))

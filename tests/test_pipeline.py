@@ -96,7 +96,7 @@ def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
     assert code == 0, out
     record = newest_record(tmp_path)
     assert record["status"] == "completed"
-    assert [c["status"] for c in record["components"].values()] == ["completed"] * 6
+    assert [c["status"] for c in record["components"].values()] == ["completed"] * 9
     assert record["push"]["pushed"] and record["push"]["version"] == 1
     assert record["infra_blessing"]["blessed"] and record["metrics"]["num_examples"] == 3 * len(
         classes
@@ -137,13 +137,17 @@ def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
         assert got["class"] == row["predicted"] and got["model_version"] == 1
         assert got["score"] == pytest.approx(float(row["score"]), abs=1e-5)
 
-    # unchanged data and config: everything cached, nothing new pushed
+    # unchanged data and config: everything cached, nothing new pushed (the ExampleValidator
+    # checks the data once more, now against the pushed model's statistics)
     code, out, _ = run_cli(path, capsys)
     second = newest_record(tmp_path)
     assert code == 0 and second["run_id"] != record["run_id"]
     statuses = {n: c["status"] for n, c in second["components"].items()}
     assert statuses == {
         "ExampleGen": "cached",
+        "StatisticsGen": "cached",
+        "SchemaGen": "cached",
+        "ExampleValidator": "completed",
         "Trainer": "cached",
         "Evaluator": "cached",
         "InfraValidator": "cached",

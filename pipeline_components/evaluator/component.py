@@ -78,6 +78,8 @@ class Evaluator(Component):
         verdict = "BLESSED" if r.get("blessed") else "not blessed"
         base = r.get("baseline_accuracy")
         extra = f", baseline {base:.4f}" if base is not None else ""
+        if r.get("baseline_comparable") is False:
+            extra = ", baseline not comparable (labels differ)"
         return f"accuracy {r.get('accuracy', 0):.4f} (min {r.get('threshold')}{extra}) {verdict}"
 
     def record_fields(self, entry: dict) -> dict:
@@ -181,7 +183,7 @@ class Evaluator(Component):
         ctx = ExecutionContext(
             pipeline, config, inputs, args.output, external={"baseline": {"path": baseline}}
         )
-        blessing = self.run(ctx)
+        blessing = self.run_standalone(ctx)
         verdict = "BLESSED: " if blessing["blessed"] else "NOT BLESSED: "
         print(verdict + "; ".join(blessing["reasons"]))
         print(f"wrote {fsutil.join(args.output, artifacts.BLESSING_FILE)}")

@@ -204,14 +204,31 @@ def resolve_baseline(
     return None
 
 
+NOT_COMPARABLE = "baseline not comparable (labels differ)"
+
+
 def _check_baseline(path: str, labels: list[str]) -> str | None:
-    """Why the baseline cannot be scored against the candidate, or None when it can."""
+    """Why the baseline cannot be scored against the candidate, or None when it can.
+    A baseline with other labels, or the same in another order, is never scored: its class ids
+    mean other classes, so no regression number would mean anything."""
+    try:
+        asset_labels = artifacts.read_labels_asset(path)
+    except Exception:
+        asset_labels = None
+    if asset_labels is not None and asset_labels != labels:
+        return (
+            f"{NOT_COMPARABLE}: baseline {path} has {asset_labels}, the candidate {labels}; "
+            "no regression check"
+        )
     try:
         base_labels = check_serving_model(path)
     except PipelineError as e:
         return f"baseline {path} could not be loaded ({e}); regression check skipped"
     if base_labels != labels:
-        return f"baseline {path} has other classes {base_labels}; regression check skipped"
+        return (
+            f"{NOT_COMPARABLE}: baseline {path} has {base_labels}, the candidate {labels}; "
+            "no regression check"
+        )
     return None
 
 
@@ -333,6 +350,9 @@ def run_evaluator(
             "max_regression": config.max_regression,
             "baseline_accuracy": baseline_accuracy,
             "baseline": baseline_path if baseline_metrics else None,
+            "baseline_comparable": (
+                None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
+            ),
             "model": model_dir,
             "model_fingerprint": fingerprint,
         }
