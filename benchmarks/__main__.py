@@ -2,13 +2,13 @@
 
     python -m benchmarks [--quick | --smoke] [--only NAME ...] [--out DIR] [--in-process]
 
-Benchmarks, in this order: example_gen, input_pipeline, training, serving, multi_worker. Each is
-its script's `run(quick)` followed by its `report()`, exactly as `python -m benchmarks.<name>`
-does, and each runs in a fresh `python` subprocess: TensorFlow fixes its thread pools at first use
-(the serving benchmark sets the server's thread settings, which a process that already ran
-TensorFlow refuses), Keras and tf.data keep models and caches for the life of a process, and a
-crash, a hang or an out-of-memory kill then costs one benchmark, not the run. The price is ~5 s of
-imports each.
+Benchmarks, in this order: example_gen, statistics_gen, input_pipeline, training, serving,
+batch_inference, multi_worker. Each is its script's `run(quick)` followed by its `report()`, exactly
+as `python -m benchmarks.<name>` does, and each runs in a fresh `python` subprocess: TensorFlow
+fixes its thread pools at first use (the serving benchmark sets the server's thread settings, which
+a process that already ran TensorFlow refuses), Keras and tf.data keep models and caches for the
+life of a process, and a crash, a hang or an out-of-memory kill then costs one benchmark, not the
+run. The price is ~5 s of imports each.
 
 Writes <out>/results.json (every result, each benchmark's headline claims and its own Markdown
 table), <out>/results.md (the headline table, then each benchmark's table) and, as each script
@@ -19,7 +19,8 @@ and keeps the other rows of the last results.json of the same mode.
 
 The photo-like JPEGs come from one pool (benchmarks/common.photo_dataset) in the
 benchmark cache (benchmarks/common.cache_dir), generated once, image by image, and hard-linked into
-each script's dataset folder: example_gen and input_pipeline use the same 500x375 images.
+each script's dataset folder: example_gen, statistics_gen and input_pipeline use the same 500x375
+images.
 
 --quick: every benchmark's quick mode (under 3 minutes on 2 cores, data cached).
 --smoke: smaller still, for the tests: proves that everything runs; the ratios mean nothing.
@@ -59,6 +60,7 @@ DEFAULT_TIMEOUT_S = {"full": 3600, "quick": 900, "smoke": 900}
 # does not take are dropped, so a script whose signature changes still runs (at its quick size).
 SMOKE = {
     "example_gen": {"num_images": 40, "repeats": 1},
+    "statistics_gen": {"num_images": 40, "repeats": 1},
     "input_pipeline": {"num_images": 20, "repeats": 1, "size": 64},
     "training": {"epochs": 2, "num_images": 20, "size": 32, "repeats": 1},
     "serving": {
@@ -68,6 +70,7 @@ SMOKE = {
         "throughput_seconds": 0.5,
         "models": ("mobilenet_v2_035_96",),
     },
+    "batch_inference": {"num_images": 40, "repeats": 1},
     "multi_worker": {"num_images": 16, "size": 32, "epochs": 2, "steps": 1, "repeats": 1},
 }
 
@@ -182,6 +185,39 @@ def _serving(r: dict) -> tuple[str, list[dict]]:
     ]
 
 
+def _batch_inference(r: dict) -> tuple[str, list[dict]]:
+    ratios, goals = r["ratios"], r["goals"]
+    a, d = _variant(r, "(a)")["median_s"], _variant(r, "(d)")["median_s"]
+    w, h = r["image_size"]
+    workload = f"{r['num_images']} JPEGs {w}x{h}, {r['model']}, {_rounds(r['repeats'])}"
+    loop = f"(a) the plain loop: {_s(a)}"
+    return workload, [
+        claim(ratios["b_over_a"], "(b)/(a) time", goals["b_within_1.3x_of_a"], loop),
+        claim(ratios["a_over_c"], "(a)/(c) time", goals["c_faster_than_a"], loop),
+        claim(ratios["e_over_d"], "(e)/(d) time", None, f"(d) one process: {_s(d)}"),
+    ]
+
+
+def _statistics_gen(r: dict) -> tuple[str, list[dict]]:
+    ratios = r["ratios"]
+    c = _variant(r, "(c)")["median_s"]
+    t = _variant(r, "(t)")["median_s"]
+    return f"{r['num_images']} JPEGs 500x375 (example_gen's), {_rounds(r['repeats'])}", [
+        claim(
+            ratios["s_over_c"],
+            "(s)/(c) time",
+            None,
+            f"(c) ExampleGen itself: {_s(c)}; (t) StatisticsGen in one process: {_s(t)}",
+        ),
+        claim(
+            ratios["p_over_t"],
+            "(p)/(t) time",
+            None,
+            f"(t)/(c) = {_x(ratios['t_over_c'])}: in one process, as a share of ExampleGen's",
+        ),
+    ]
+
+
 def _multi_worker(r: dict) -> tuple[str, list[dict]]:
     ratios, goals = r["ratios"], r["goals"]
     s = r["image_size"][0]
@@ -237,6 +273,16 @@ BENCHMARKS = {
             _example_gen,
         ),
         Benchmark(
+            "statistics_gen",
+            "benchmarks.statistics_gen",
+            (
+                "(c) ExampleGen multi_processing x2 -> (s) StatisticsGen on its output, x2",
+                "(p) plain tf.data + numpy loop -> (t) StatisticsGen in one process",
+            ),
+            ("none set; its cost reported (issue 15)", "none set; reported (issue 15)"),
+            _statistics_gen,
+        ),
+        Benchmark(
             "input_pipeline",
             "benchmarks.input_pipeline",
             ("(a) notebook's ImageDataGenerator -> (b) Trainer's tf.data, same augmentation",),
@@ -259,6 +305,21 @@ BENCHMARKS = {
             ),
             ("p50 ratio <= 1.2 (issue 5)", "none set; reported (issue 5)"),
             _serving,
+        ),
+        Benchmark(
+            "batch_inference",
+            "benchmarks.batch_inference",
+            (
+                "(a) plain loop calling the signature, 1 process -> (b) batch-predict in_memory",
+                "(a) plain loop -> (c) batch-predict multi_processing x2",
+                "(d) Evaluator in one process (before) -> (e) Evaluator on Beam in_memory",
+            ),
+            (
+                "(b)/(a) <= 1.3 (issue 16)",
+                "(a)/(c) > 1 where the work outweighs start-up (issue 16)",
+                "none set; reported (issue 16)",
+            ),
+            _batch_inference,
         ),
         Benchmark(
             "multi_worker",

@@ -15,14 +15,39 @@ import sys
 
 from pipeline_components.core.errors import PipelineError
 
-# Commands that are not pipeline components: command -> (module with main(argv), help)
+# Commands that are not pipeline components: command -> ("module" with main(argv), or
+# "module:function" taking argv, help)
 TOOLS = {
     "run": ("pipeline_components.orchestration.runner", "run the whole pipeline (cached)"),
+    "versions": (
+        "pipeline_components.pusher.versions:versions_main",
+        "list a model's pushed versions: labels, accuracy, fingerprints, rollbacks",
+    ),
+    "rollback": (
+        "pipeline_components.pusher.versions:rollback_main",
+        "serve an older version as stable; move the newer ones aside for good",
+    ),
+    "promote": (
+        "pipeline_components.pusher.versions:promote_main",
+        "move the stable label to a version (default: the canary)",
+    ),
     "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
     "predict": ("serving.client", "send images to a TF Serving gRPC endpoint"),
+    "validate-data": (
+        "pipeline_components.tools.validate_data",
+        "statistics, schema and anomalies of an ExampleGen output (data validation alone)",
+    ),
     "sample-data": (
         "pipeline_components.tools.sample_data",
         "generate a small learnable image dataset",
+    ),
+    "compile-kfp": (
+        "pipeline_components.orchestration.kfp",
+        "compile the pipeline to a Kubeflow Pipelines v2 spec (one task per component)",
+    ),
+    "step": (
+        "pipeline_components.orchestration.step",
+        "run one component as its own task of a run (what each KFP task runs)",
     ),
 }
 
@@ -78,8 +103,9 @@ def dispatch(command: str, argv: list[str]) -> int:
     component = registry.by_command(command)
     if component is not None:
         return int(component.main(argv) or 0)
-    module = importlib.import_module(TOOLS[command][0])
-    return int(module.main(argv) or 0)
+    module_name, _, function = TOOLS[command][0].partition(":")
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "main")(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,16 @@
   all fail is fatal at once (the server exits; TF Serving would retry first).
 - On load, `assets.extra/tf_serving_warmup_requests` is replayed (TF Serving's warmup format);
   a failing warmup fails the load.
+- Version labels (`version_labels` in models.config) follow TF Serving's rule: a label is
+  moved only onto an AVAILABLE version; a label that is new (or unchanged) may name a version
+  not loaded yet when `allow_version_labels_for_unavailable_models` is set, as TF Serving's flag
+  of that name allows. A label waiting for its version keeps its old version meanwhile and is
+  applied at the next poll after the version loads. Labels are applied after the versions of a
+  poll are loaded (the order tensorflow/serving#1608 asks for), so at startup a label on a
+  version that loads is always accepted; a label on a version that did not load stops the
+  startup with TF Serving's message, unless the flag is set.
+- `reload(models)` swaps in a new model list (TF Serving's `--model_config_file_poll_wait_seconds`
+  re-reads the file): new models are loaded, dropped ones unloaded, policies and labels change.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
 from pipeline_components.core import artifacts, fsutil, image_header
+from pipeline_components.core.contract import read_signature_defs  # also serving's, for tests
 from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchScheduler
 from serving.errors import StatusError, clean_tf_message, clip, from_tf_error, invalid
@@ -115,25 +126,6 @@ class Signature:
         except (TypeError, ValueError) as e:  # arguments the function cannot bind
             raise invalid(clean_tf_message(str(e))) from None
         return {name: value.numpy() for name, value in outputs.items()}
-
-
-def read_signature_defs(path: str) -> dict:
-    """The SignatureDefs of the `serve` MetaGraph, as TF Serving reports them in metadata."""
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    pb = fsutil.join(path, artifacts.SAVED_MODEL_PB)
-    if fsutil.exists(pb):
-        saved_model.ParseFromString(fsutil.read_bytes(pb))
-    else:
-        text_format.Parse(
-            fsutil.read_text(fsutil.join(path, artifacts.SAVED_MODEL_FILES[1])), saved_model
-        )
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ValueError("the SavedModel has no MetaGraph tagged 'serve'")
 
 
 class Servable:
@@ -310,10 +302,14 @@ class ModelManager:
         scheduler: BatchScheduler | None = None,
         max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
         load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
+        allow_version_labels_for_unavailable_models: bool = False,
     ):
         if max_num_load_retries < 0 or load_retry_interval_s < 0:
             raise PipelineError("--max-num-load-retries and the retry interval must be >= 0")
         self.models = {m.name: m for m in models}
+        self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self._labels: dict[str, dict[str, int]] = {n: {} for n in self.models}
+        self._label_problems: dict[str, str] = {}  # model -> why a label is not applied yet
         self.scheduler = scheduler
         self.max_num_load_retries = max_num_load_retries
         self.load_retry_interval_s = load_retry_interval_s
@@ -336,7 +332,7 @@ class ModelManager:
         choice = spec.WhichOneof("version_choice")
         versions = self._servables.get(name)  # a name is only ever a key
         if choice == "version_label":
-            labels = self.models[name].labels if name in self.models else {}
+            labels = self._labels.get(name, {})
             if spec.version_label not in labels:
                 raise invalid(f"Unrecognized servable version label: {clip(spec.version_label)}")
             version = labels[spec.version_label]
@@ -377,6 +373,10 @@ class ModelManager:
     def loaded_versions(self, name: str) -> list[int]:
         return sorted(self._servables.get(name, {}))
 
+    def labels(self, name: str) -> dict[str, int]:
+        """The version labels in force for a model (what a version_label request resolves)."""
+        return dict(self._labels.get(name, {}))
+
     def available(self, name: str) -> bool:
         return bool(self._servables.get(name))
 
@@ -384,15 +384,69 @@ class ModelManager:
 
     def poll(self) -> None:
         with self._poll_lock:
-            for config in self.models.values():
+            for config in list(self.models.values()):
                 if self._stopping.is_set():
                     return
                 self._sync(config)
+                self._apply_labels(config)
         for listener in self.listeners:
             listener()
 
+    def reload(self, models: list[ModelConfig]) -> bool:
+        """Swap in a new model list (a re-read models.config); True when it changed. New models
+        and versions load at the next poll; a model no longer listed is unloaded now."""
+        wanted = {m.name: m for m in models}
+        with self._poll_lock:
+            if wanted == self.models:
+                return False
+            for name in [n for n in self.models if n not in wanted]:
+                for version in self.loaded_versions(name):
+                    self._unload(name, version)
+                with self._lock:
+                    self._servables.pop(name, None)
+                    self._labels.pop(name, None)
+                self._label_problems.pop(name, None)
+            for name in wanted:
+                with self._lock:
+                    self._servables.setdefault(name, {})
+                    self._states.setdefault(name, {})
+                    self._labels.setdefault(name, {})
+            self.models = wanted
+        log.info("model config reloaded: %s", ", ".join(sorted(wanted)))
+        return True
+
+    def _apply_labels(self, config: ModelConfig) -> None:
+        """TF Serving's UpdateModelVersionLabelMap, per label: onto an available version; a new
+        or unchanged label onto any version with allow_unavailable_labels; otherwise the label
+        keeps its current version (if any) until its new one is available."""
+        name = config.name
+        current = self._labels.get(name, {})
+        available = set(self._servables.get(name, {}))
+        applied: dict[str, int] = {}
+        waiting = []
+        for label, version in sorted(config.labels.items()):
+            new_or_same = label not in current or current[label] == version
+            if version in available or (self.allow_unavailable_labels and new_or_same):
+                applied[label] = version
+            else:
+                waiting.append(
+                    f"Request to assign label to version {version} of model {name}, which is "
+                    f"not currently available for inference (label '{label}')"
+                )
+                if label in current:
+                    applied[label] = current[label]
+        with self._lock:
+            self._labels[name] = applied
+        if waiting:
+            if self._label_problems.get(name) != waiting[0]:
+                log.warning("%s: it keeps its current version until then", waiting[0])
+            self._label_problems[name] = waiting[0]
+        else:
+            self._label_problems.pop(name, None)
+
     def check_initial_load(self) -> None:
-        """Like TF Serving at startup: a model whose wanted versions all failed is fatal."""
+        """Like TF Serving at startup: a model whose wanted versions all failed is fatal, and so
+        is a label on a version that is not available (unless allowed, see the docstring)."""
         for name in self.models:
             failed = [(v, s) for v, s in self._states[name].items() if s.error_code]
             if failed and not self._servables[name]:
@@ -400,6 +454,34 @@ class ModelManager:
                 raise PipelineError(
                     f"model {name} version {version} failed to load: {state.error_message}"
                 )
+            if name in self._label_problems:
+                raise PipelineError(self._label_problems[name])
+
+    def start_config_polling(
+        self, loader: Callable[[], list[ModelConfig]], interval_s: float
+    ) -> None:
+        """Re-read the model config every interval_s seconds (TF Serving's
+        --model_config_file_poll_wait_seconds); a file that cannot be read or parsed is logged
+        and the config in force stays."""
+        if interval_s <= 0:
+            return
+
+        def loop():
+            while not self._stopping.wait(interval_s):
+                try:
+                    models = loader()
+                except Exception as e:
+                    log.error("failed to read the model config: %s", _one_line(e))
+                    continue
+                try:
+                    if self.reload(models):
+                        self.poll()
+                except Exception as e:  # keep polling whatever one pass hit
+                    log.error("model config reload failed: %s", _one_line(e))
+
+        thread = threading.Thread(target=loop, name="model-config-poller", daemon=True)
+        thread.start()
+        self._config_thread = thread
 
     def _next_retry(self) -> float | None:
         """When the earliest pending load retry is due (time.monotonic), None if none is."""
@@ -435,8 +517,9 @@ class ModelManager:
         """Stop polling; waits at most `timeout` s for a load in progress (the thread is a
         daemon: a load that takes longer does not keep the process alive)."""
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in (self._thread, getattr(self, "_config_thread", None)):
+            if thread is not None:
+                thread.join(timeout)
 
     def _warn_once(self, name: str, message: str) -> None:
         if self._warned.get(name) != message:

@@ -487,8 +487,14 @@ def start_server(
     limits: ServerLimits | None = None,
     max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
     load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
+    model_config_file_poll_wait_seconds: float = 0.0,
+    allow_version_labels_for_unavailable_models: bool = False,
 ) -> ServerHandle:
     """Start serving; returns once the versions present at startup are loaded.
+
+    With a model config file, `model_config_file_poll_wait_seconds` > 0 re-reads it that
+    often (models, policies and labels change without a restart; 0 reads it once, as TF
+    Serving's flag of that name). Version labels follow TF Serving's rules (servables.py).
 
     Raises PipelineError for a bad configuration, a port that cannot be bound, or (like
     tensorflow_model_server at startup) a model whose versions all failed to load. A model with
@@ -505,7 +511,13 @@ def start_server(
         if isinstance(batching_parameters, str | os.PathLike):
             batching_parameters = load_batching_parameters(str(batching_parameters))
         scheduler = BatchScheduler(batching_parameters or BatchingParameters())
-    manager = ModelManager(configs, scheduler, max_num_load_retries, load_retry_interval_s)
+    manager = ModelManager(
+        configs,
+        scheduler,
+        max_num_load_retries,
+        load_retry_interval_s,
+        allow_version_labels_for_unavailable_models,
+    )
     server = _Server(manager, limits, max_threads)
     _update_health(server, manager)
     manager.listeners.append(lambda: _update_health(server, manager))
@@ -528,6 +540,11 @@ def start_server(
         handle.stop(grace=0)
         raise
     manager.start_polling(poll_wait_seconds)
+    if model_config_file is not None:
+        path = model_config_file
+        manager.start_config_polling(
+            lambda: load_model_config_file(path), model_config_file_poll_wait_seconds
+        )
     return handle
 
 
@@ -553,6 +570,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-base-path", help="folder (or gs://, s3://) of numeric version dirs")
     p.add_argument("--model-name", default="default", help="name clients ask for")
     p.add_argument("--model-config-file", help="TF Serving models.config (text proto)")
+    p.add_argument(
+        "--model-config-file-poll-wait-seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model-config-file this often (models, policies, labels); 0: once",
+    )
+    p.add_argument(
+        "--allow-version-labels-for-unavailable-models",
+        action="store_true",
+        help="a new label may name a version not loaded yet (TF Serving's flag of that name)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port; 0 picks a free one")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--port-file", help="write the bound port here once serving (atomic)")
@@ -692,6 +720,10 @@ def _serve_until_signalled(args, stop: threading.Event) -> ServerHandle | None:
         limits=limits_from_args(args),
         max_num_load_retries=args.max_num_load_retries,
         load_retry_interval_s=args.load_retry_interval_micros / 1e6,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=(
+            args.allow_version_labels_for_unavailable_models
+        ),
     )
     try:
         while not stop.is_set() and not handle.wait_until_serving(0.2):

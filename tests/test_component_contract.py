@@ -173,8 +173,28 @@ def test_unregistered_section_is_an_unknown_key():
 
 def test_pipeline_order_is_derived_from_artifact_types(counter):
     names = [c.name for c in registry.pipeline_order()]
-    assert names[:5] == ["ExampleGen", "Trainer", "Evaluator", "InfraValidator", "Pusher"]
+    assert names[:8] == [
+        "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+        "Trainer", "Evaluator", "InfraValidator", "Pusher",
+    ]  # fmt: skip
     assert names.index("ClassCounter") > names.index("ExampleGen")
+
+
+def test_runs_before_puts_a_gate_ahead_of_a_producer_it_feeds_nothing():
+    """Registered last and consumed by nobody, a gate that runs_before the Model still runs
+    before the Trainer (and the Trainer after it in upstream(), the DAG's edges)."""
+
+    class Gate(Component):
+        name = "Gate"
+        inputs = {"examples": Input(artifacts.EXAMPLES)}
+        runs_before = (artifacts.MODEL,)
+
+    with registry.registered(Gate()):
+        names = [c.name for c in registry.pipeline_order()]
+        assert names.index("ExampleGen") < names.index("Gate") < names.index("Trainer")
+        edges = registry.upstream()
+        assert edges["Trainer"] == {"ExampleGen", "ExampleValidator", "Gate"}
+        assert edges["Gate"] == {"ExampleGen"}
 
 
 def test_registry_refuses_clashes_and_cycles():
@@ -231,7 +251,9 @@ def test_serving_does_not_import_the_orchestration_or_the_components():
         "bad = [m for m in sys.modules if m.startswith(('pipeline_components.orchestration',"
         " 'pipeline_components.trainer', 'pipeline_components.evaluator',"
         " 'pipeline_components.example_gen', 'pipeline_components.pusher',"
-        " 'pipeline_components.infra_validator', 'apache_beam'))]\n"
+        " 'pipeline_components.infra_validator', 'pipeline_components.statistics_gen',"
+        " 'pipeline_components.schema_gen', 'pipeline_components.example_validator',"
+        " 'apache_beam'))]\n"
         "print(bad)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -245,3 +267,28 @@ def test_help_imports_neither_tensorflow_nor_beam():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_wheel_holds_every_package():
+    """The Docker image installs the wheel: every sub-package (core, each component, ...) must
+    be in it, not only the two top-level names."""
+    import os
+
+    import setuptools
+
+    tomllib = pytest.importorskip("tomllib")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "pyproject.toml"), "rb") as f:
+        cfg = tomllib.load(f)["tool"]["setuptools"]
+    packages = cfg.get("packages")
+    if isinstance(packages, dict):
+        packages = setuptools.find_packages(repo, **packages["find"])
+    wanted = {
+        os.path.relpath(d, repo).replace(os.sep, ".")
+        for top in ("pipeline_components", "serving")
+        for d, _dirs, files in os.walk(os.path.join(repo, top))
+        if "__init__.py" in files
+    }
+    assert wanted and not wanted - set(packages)
+    for module in registry.BUILTIN:
+        assert module.rsplit(".", 1)[0] in packages

@@ -18,6 +18,9 @@ def test_defaults_reproduce_the_notebook():
     assert (t.batch_size, t.steps_per_epoch, t.epochs, t.optimizer) == (100, 20, 100, "rmsprop")
     assert t.augmentation.rotation_range == 40 and t.augmentation.horizontal_flip is True
     assert cfg.evaluator.min_accuracy == 0.9 and cfg.pusher.keep_versions == 3
+    # issue 12: whole-split reshuffle (capped at 1 GiB), one monitor, leaked copies dropped
+    assert (t.shuffle_buffer, t.shuffle_memory_mb, t.monitor) == (None, 1024, "val_accuracy")
+    assert cfg.example_gen.on_duplicates == "drop"
 
 
 def test_design_example_yaml_loads(tmp_path):
@@ -71,6 +74,27 @@ pusher: {keep_versions: 3}
             "trainer.max_image_pixels: must be in [1, 1099511627776]",
         ),
         ({"example_gen": {"max_image_pixels": -5}}, "example_gen.max_image_pixels: must be in"),
+        # issue 12, item 6: the keys it names, and the keys it added
+        ({"trainer": {"shuffle_buffer": 0}}, "trainer.shuffle_buffer: must be in [1, "),
+        ({"trainer": {"validation_steps": 0}}, "trainer.validation_steps: must be >= 1 or null"),
+        (
+            {"trainer": {"fine_tune_learning_rate": 0}},
+            "trainer.fine_tune_learning_rate: must be > 0, got 0.0",
+        ),
+        (
+            {"trainer": {"early_stopping_patience": -1}},
+            "trainer.early_stopping_patience: must be >= 0 or null, got -1",
+        ),
+        (
+            {"trainer": {"shuffle_memory_mb": 0}},
+            "trainer.shuffle_memory_mb: must be in [1, 1048576], got 0",
+        ),
+        ({"trainer": {"shuffle_memory_mb": 2**21}}, "trainer.shuffle_memory_mb: must be in"),
+        ({"trainer": {"monitor": "accuracy"}}, "trainer.monitor: must be one of ['val_accuracy',"),
+        (
+            {"example_gen": {"on_duplicates": "ignore"}},
+            "example_gen.on_duplicates: must be one of ['drop', 'warn', 'fail'], got 'ignore'",
+        ),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_key(data, message):

@@ -36,14 +36,14 @@ import kubernetes_validate
 import pytest
 import tensorflow as tf
 import yaml
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from kubernetes_validate.utils import latest_version
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline_components import cli
-from pipeline_components.core import config
+from pipeline_components.core import artifacts, config
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.trainer import model as model_lib
 from serving.batching import BatchingParameters, parse_batching_parameters
@@ -696,14 +696,16 @@ def test_tf_serving_reads_the_directory_the_pusher_writes(target):
     (cron_c,) = cron["spec"]["containers"]
     serving = serving_pod(docs)
     (tfs,) = serving["spec"]["containers"]
-    models_path = flags(tfs)["model_config_file"]
+    # TF Serving reads the models.config the Pusher maintains; the ConfigMap's is its seed.
+    assert flags(tfs)["model_config_file"] == artifacts.models_config_path(cfg.serving_dir)
     models = text_format.Parse(
-        configmap_file(docs, serving, tfs, models_path),
+        configmap_data(docs, "tf-serving-config")["models.config"],
         model_server_config_pb2.ModelServerConfig(),
     )
     (model,) = models.model_config_list.config
     assert model.name == cfg.model_name
     assert model.base_path == pusher_dir, "models.config base_path != <serving_dir>/<model_name>"
+    assert model.model_version_policy.WhichOneof("policy_choice") == "all", "as the Pusher"
 
     if scheme(pusher_dir) == "gs":
         # Both read the bucket with their own Google identity; nothing is mounted there.
@@ -727,6 +729,53 @@ def test_tf_serving_reads_the_directory_the_pusher_writes(target):
     assert posixpath.relpath(model.base_path, serving_mount["mountPath"]) == posixpath.relpath(
         pusher_dir, cron_mount["mountPath"]
     )
+    assert volume_at(serving, tfs, flags(tfs)["model_config_file"])[1] == serving_vol
+
+
+def seed_container(docs) -> dict | None:
+    pod = serving_pod(docs)
+    found = [c for c in pod["spec"].get("initContainers", []) if c["name"] == "seed-models-config"]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_models_config_is_seeded_where_tf_serving_reads_it(target, tmp_path):
+    """Before the first push, the init container copies the ConfigMap's models.config to where
+    TF Serving reads it; it never replaces the file the Pusher wrote (run here for real)."""
+    docs = render(target)
+    serving = serving_pod(docs)
+    (tfs,) = serving["spec"]["containers"]
+    path = flags(tfs)["model_config_file"]
+    seed = seed_container(docs)
+    if scheme(path) == "gs":
+        assert seed is None, "no volume to seed on Cloud Storage (README: gcloud storage cp)"
+        assert "gcloud storage cp --no-clobber" in (ROOT / "README.md").read_text()
+        return
+    assert seed is not None
+    mount, volume = volume_at(serving, seed, path)
+    assert not mount.get("readOnly") and volume == volume_at(serving, tfs, path)[1]
+    config_mount = volume_at(serving, seed, "/etc/tf-serving/models.config")
+    assert config_mount[1]["configMap"]["name"].startswith("tf-serving-config-")
+    script = seed["args"][0]
+    assert seed["command"] == ["/bin/sh", "-c"] and path in script
+    # Run it with the mounts moved under tmp_path.
+    volume_dir, config_dir = tmp_path / "volume", tmp_path / "config"
+    volume_dir.mkdir()
+    config_dir.mkdir()
+    seed_text = configmap_data(docs, "tf-serving-config")["models.config"]
+    (config_dir / "models.config").write_text(seed_text)
+    local = script.replace(mount["mountPath"], str(volume_dir)).replace(
+        "/etc/tf-serving", str(config_dir)
+    )
+    env = {**os.environ, "HOSTNAME": "pod-1"}
+    run = subprocess.run(["sh", "-c", local], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    target_file = volume_dir / posixpath.relpath(path, mount["mountPath"])
+    assert target_file.read_text() == seed_text
+    assert sorted(os.listdir(volume_dir)) == [target_file.name], "no temporary left"
+    target_file.write_text("# written by the Pusher\n")
+    run = subprocess.run(["sh", "-c", local], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and target_file.read_text() == "# written by the Pusher\n"
 
 
 @pytest.mark.parametrize("target", (*TARGETS, *JOBS))
@@ -828,8 +877,12 @@ def test_tf_serving_flags_name_mounted_files_and_declared_ports(target):
     (tfs,) = pod["spec"]["containers"]
     f = flags(tfs)
     assert argv(tfs)[0] == "tensorflow_model_server"
-    for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
+    for flag in ("batching_parameters_file", "monitoring_config_file"):
         assert configmap_file(docs, pod, tfs, f[flag]) is not None, f"--{flag}={f[flag]}"
+    # models.config: the Pusher's, re-read periodically; labels at a restart need the flag
+    assert f["model_config_file"] == artifacts.models_config_path(pipeline_config(docs).serving_dir)
+    assert int(f["model_config_file_poll_wait_seconds"]) > 0
+    assert f["allow_version_labels_for_unavailable_models"] == "true"
     assert f["enable_batching"] == "true"
     ports = {p["name"]: p["containerPort"] for p in tfs["ports"]}
     assert ports == {"grpc": int(f["port"]), "http": int(f["rest_api_port"])}
@@ -855,7 +908,9 @@ def serving_memory_needed(cfg: config.PipelineConfig, params: BatchingParameters
     size = model_lib.image_size_for(cfg.trainer.backbone, cfg.trainer.image_size)
     activations, weights = model_footprint(cfg.trainer.backbone, tuple(size))
     per_image = size[0] * size[1] * 3 * 4 + ACTIVATION_HEADROOM * activations
-    return RUNTIME + 2 * weights + params.num_batch_threads * params.max_batch_size * per_image
+    # policy `all`: every kept version is loaded, plus the new one before retention drops one
+    copies = cfg.pusher.keep_versions + 1
+    return RUNTIME + copies * weights + params.num_batch_threads * params.max_batch_size * per_image
 
 
 def batching(docs) -> BatchingParameters:
@@ -1052,11 +1107,13 @@ def test_images_are_pinned(target):
     docs = render(target)
     tf_minor = ".".join(tensorflow_pin().split(".")[:2])
     for name, pod in workloads(docs).items():
+        # an init container uses its pod's TF Serving image (already on the node)
+        pod_gpu = any("nvidia.com/gpu" in c["resources"].get("limits", {}) for c in containers(pod))
         for c in containers(pod):
             image = c["image"]
             repo, _, tag = image.rpartition(":")
             assert repo and "/" not in tag and tag != "latest", f"{name}: {image} is not pinned"
-            gpu = "nvidia.com/gpu" in c["resources"].get("limits", {})
+            gpu = pod_gpu
             if repo.endswith("transfer-pipeline"):
                 assert tag == PYPROJECT["project"]["version"], f"{image}: not the project version"
             elif repo == "tensorflow/serving":
@@ -1262,3 +1319,160 @@ def test_load_data_job_gives_up_when_nothing_arrives(tmp_path):
         ["sh", str(script), "wait"], env=env, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 1 and "nothing received in 2s" in result.stderr
+
+
+# --- Kubeflow Pipelines: components/kubeflow-pipelines, overlays/kubeflow -------------------------
+
+KUBEFLOW = "overlays/kubeflow"
+KFP_COMPONENT = "components/kubeflow-pipelines"
+KFP_SERVICE_ACCOUNT = "transfer-pipeline"  # README: runs are submitted with this account
+
+
+def with_kfp_component(target: str, tmp_path: Path) -> list[dict]:
+    """`target` plus the Kubeflow Pipelines component, as the component's comment says to add it
+    (in a kustomization that sets the namespace)."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "transfer-pipeline",
+                "resources": [os.path.relpath(K8S / target, tmp_path)],
+                "components": [os.path.relpath(K8S / KFP_COMPONENT, tmp_path)],
+            }
+        )
+    )
+    return [d for d in yaml.safe_load_all(kustomize(tmp_path)) if d]
+
+
+def kfp_objects_problems(docs: list[dict]) -> list[str]:
+    """What KFP tasks need in their namespace: the account they run as, with its token and a
+    Role bound that grants what the KFP driver, launcher and Argo's executor do, no more; no
+    CronJob left to race the KFP runs."""
+    problems = []
+    kinds = [d["kind"] for d in docs]
+    if "CronJob" in kinds:
+        problems.append("the CronJob is still there")
+    sa = one(docs, "ServiceAccount", KFP_SERVICE_ACCOUNT)
+    if sa.get("automountServiceAccountToken") is not True:
+        problems.append("the tasks' account mounts no token (the KFP launcher calls the API)")
+    role, binding = one(docs, "Role"), one(docs, "RoleBinding")
+    namespace = sa["metadata"]["namespace"]
+    for d in (role, binding):
+        if d["metadata"].get("namespace") != namespace:
+            problems.append(f"{d['kind']} not in {namespace}")
+    if binding["roleRef"] != {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }:
+        problems.append("the RoleBinding binds another role")
+    if binding["subjects"] != [
+        {"kind": "ServiceAccount", "name": KFP_SERVICE_ACCOUNT, "namespace": namespace}
+    ]:
+        problems.append(f"the RoleBinding's subjects: {binding['subjects']}")
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    needed = {
+        ("", "pods", "get"),
+        ("", "configmaps", "get"),
+        ("", "secrets", "get"),
+        ("argoproj.io", "workflowtaskresults", "create"),
+        ("argoproj.io", "workflowtaskresults", "patch"),
+    }
+    if granted != needed:
+        problems.append(
+            f"the Role grants {sorted(granted - needed)}, lacks {sorted(needed - granted)}"
+        )
+    for rule in role["rules"]:
+        if rule["resources"] in (["configmaps"], ["secrets"]) and not rule.get("resourceNames"):
+            problems.append(f"{rule['resources'][0]}: every one of them, not KFP's by name")
+    return problems
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubeflow_overlay_validates_strictly(version):
+    docs = render(KUBEFLOW)
+    errors = validation_errors(docs, version)
+    assert not errors, f"k8s/{KUBEFLOW} against Kubernetes {version}:\n" + "\n".join(errors)
+    assert "Namespace" not in [d["kind"] for d in docs], "the Kubeflow Profile owns it"
+    for d in docs:
+        assert d["metadata"].get("namespace") == "transfer-pipeline", d["metadata"]["name"]
+    assert kfp_objects_problems(docs) == []
+
+
+@pytest.mark.parametrize("target", ["overlays/gpu", "overlays/gke", "overlays/eks"])
+def test_kfp_component_on_each_platform_overlay(target, tmp_path):
+    docs = with_kfp_component(target, tmp_path)
+    assert kfp_objects_problems(docs) == []
+    for version in K8S_VERSIONS:
+        assert validation_errors(docs, version) == []
+    # the cloud identity the platform overlay gave the pipeline's account is kept
+    before = one(render(target), "ServiceAccount", KFP_SERVICE_ACCOUNT)["metadata"]
+    after = one(docs, "ServiceAccount", KFP_SERVICE_ACCOUNT)["metadata"]
+    assert after.get("annotations") == before.get("annotations")
+
+
+def test_kfp_checks_catch_a_broad_role_and_a_leftover_cronjob(tmp_path):
+    docs = copy.deepcopy(render(KUBEFLOW))
+    one(docs, "Role")["rules"].append({"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]})
+    docs.append(cronjob(render("overlays/gpu")))
+    problems = kfp_objects_problems(docs)
+    assert any("grants [('', 'pods', '*')]" in p for p in problems)
+    assert "the CronJob is still there" in problems
+
+
+def test_kubeflow_overlay_has_the_claims_the_compiled_spec_mounts(tmp_path):
+    """Compile the overlay's pipeline.yaml (compile-kfp checks every path is on a mounted
+    claim): each claim exists, is ReadWriteMany from a named class (tasks land on different
+    nodes), and TF Serving reads the directory the Pusher's task writes."""
+    from kfp_local import load
+
+    docs = render(KUBEFLOW)
+    raw = configmap_data(docs, "pipeline-config")["pipeline.yaml"]
+    (tmp_path / "pipeline.yaml").write_text(raw)
+    cfg = pipeline_config(docs)
+    out = tmp_path / "pipeline.kfp.yaml"
+    assert (
+        cli.main(["compile-kfp", "--config", str(tmp_path / "pipeline.yaml"), "--output", str(out)])
+        == 0
+    )
+    spec, platform = load(out)
+    k8s = json_format.MessageToDict(platform.platforms["kubernetes"])["deploymentSpec"]["executors"]
+    pvcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    mounted = set()
+    for executor in k8s.values():
+        for m in executor["pvcMount"]:
+            mounted.add((m["constant"], m["mountPath"]))
+    assert mounted == set(cfg.kfp.volumes.items())
+    for claim, _ in mounted:
+        spec_ = pvcs[claim]["spec"]
+        assert spec_["accessModes"] == ["ReadWriteMany"] and spec_.get("storageClassName"), claim
+    # the image every task runs is the overlay's, as the Deployment's registry
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    images = {e["container"]["image"] for e in executors.values()}
+    assert images == {cfg.kfp.image}
+    assert cfg.kfp.image.split(":")[-1] == PYPROJECT["project"]["version"]
+    # TF Serving reads <serving_dir>/<model_name> on the claim the tasks write it to
+    serving = serving_pod(docs)
+    (tfs,) = serving["spec"]["containers"]
+    # TF Serving reads the Pusher's models.config on the serving volume; the ConfigMap's seeds it
+    models = text_format.Parse(
+        configmap_data(docs, "tf-serving-config")["models.config"],
+        model_server_config_pb2.ModelServerConfig(),
+    )
+    (model,) = models.model_config_list.config
+    serving_mount, serving_vol = volume_at(serving, tfs, model.base_path)
+    claim = serving_vol["persistentVolumeClaim"]["claimName"]
+    task_mount = cfg.kfp.volumes[claim]
+    assert posixpath.relpath(model.base_path, serving_mount["mountPath"]) == posixpath.relpath(
+        posixpath.join(cfg.serving_dir, cfg.model_name), task_mount
+    )
+    # the GPU pool the Trainer's task selects is the one overlays/gpu's nodes carry
+    gpu_selector = cron_pod(render("overlays/gpu"))["spec"]["nodeSelector"]
+    assert cfg.kfp.gpu.node_selector == gpu_selector

@@ -276,27 +276,118 @@ def test_unknown_flag_is_a_one_line_error(tmp_path, capsys):
     assert "unknown option --shards (did you mean --num-shards? Beam options go after --)" in err
 
 
-# ---------------------------------------------------------------- duplicates, carve-out, resize
+# ---------------------------------------------------------------- duplicates, carve-out, no resize
 
 
-def test_duplicates_across_splits_are_reported(make_dataset, tmp_path, caplog):
+def _leaky_dataset(make_dataset):
+    """train/circles/0001.jpg also in test, train/squares/0003.jpg also in validation, and a
+    twin inside train (not leakage)."""
     root = make_dataset(per_split=(6, 2, 2))
     shutil.copy(root / "train/circles/0001.jpg", root / "test/circles/same as train.jpg")
+    shutil.copy(root / "train/squares/0003.jpg", root / "validation/squares/leak.jpg")
     shutil.copy(root / "train/squares/0002.jpg", root / "train/squares/twin in train.jpg")
+    return root
+
+
+def _sha(path) -> str:
+    return example_gen.image_check.sha256_hex(path.read_bytes())
+
+
+def test_leaked_duplicates_are_dropped_from_train_and_listed(make_dataset, tmp_path, caplog):
+    """Default on_duplicates: drop. The held-out copy stays (test over validation over train);
+    the records are gone from the shards, the counts and the fingerprint."""
+    root = _leaky_dataset(make_dataset)
     with caplog.at_level(logging.WARNING, logger="pipeline_components"):
         stats = example_gen.run_example_gen(root, tmp_path / "out")
     assert stats["duplicates"] == [
         {
-            "sha256": example_gen.image_check.sha256_hex(
-                (root / "train/circles/0001.jpg").read_bytes()
-            ),
-            "paths": ["test/circles/same as train.jpg", "train/circles/0001.jpg"],
-            "splits": ["train", "test"],
+            "sha256": sha,
+            "paths": paths,
+            "splits": splits,
         }
+        for sha, paths, splits in sorted(
+            [
+                (
+                    _sha(root / "train/circles/0001.jpg"),
+                    ["test/circles/same as train.jpg", "train/circles/0001.jpg"],
+                    ["train", "test"],
+                ),
+                (
+                    _sha(root / "train/squares/0003.jpg"),
+                    ["train/squares/0003.jpg", "validation/squares/leak.jpg"],
+                    ["train", "validation"],
+                ),
+            ]
+        )
     ]  # the within-train twin is not leakage
+    assert stats["on_duplicates"] == "drop"
+    assert stats["dropped_duplicates"] == [
+        {
+            "path": "train/circles/0001.jpg",
+            "split": "train",
+            "kept": ["test/circles/same as train.jpg"],
+        },
+        {
+            "path": "train/squares/0003.jpg",
+            "split": "train",
+            "kept": ["validation/squares/leak.jpg"],
+        },
+    ]
+    names = {r[examples.FILENAME] for r in read_records(tmp_path / "out")}
+    assert "train/circles/0001.jpg" not in names and "train/squares/0003.jpg" not in names
+    assert {"test/circles/same as train.jpg", "validation/squares/leak.jpg"} <= names
+    assert {"train/squares/0002.jpg", "train/squares/twin in train.jpg"} <= names
+    train = stats["splits"]["train"]
+    assert train["per_class"] == {"circles": 5, "squares": 6} and train["num_examples"] == 11
+    assert train["dropped_duplicates"] == 2 and train["skipped"] == 0 and stats["skipped"] == []
+    assert len(names) == sum(s["num_examples"] for s in stats["splits"].values())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("dropped 2 train/validation copies" in w for w in warnings)
+    # the fingerprint is that of what is stored: without the dropped copies
+    warned = example_gen.run_example_gen(root, tmp_path / "warned", on_duplicates="warn")
+    assert warned["fingerprint"] != stats["fingerprint"]
+
+
+def test_on_duplicates_warn_keeps_every_copy_and_fail_stops(make_dataset, tmp_path, caplog, capsys):
+    root = _leaky_dataset(make_dataset)
+    with caplog.at_level(logging.WARNING, logger="pipeline_components"):
+        stats = example_gen.run_example_gen(root, tmp_path / "out", on_duplicates="warn")
+    assert len(stats["duplicates"]) == 2 and stats["dropped_duplicates"] == []
+    names = {r[examples.FILENAME] for r in read_records(tmp_path / "out")}
+    assert {"train/circles/0001.jpg", "train/squares/0003.jpg"} <= names
+    assert stats["splits"]["train"]["num_examples"] == 13
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("more than one split" in w for w in warnings)
     assert any("train/circles/0001.jpg" in w for w in warnings)
+    parent = tmp_path / "failed"
+    args = ["--data-root", root, "--output", parent / "ex", "--on-duplicates", "fail"]
+    assert_error(
+        capsys, parent, args, "2 image(s) under", "appear in more than one split",
+        "test/circles/same as train.jpg = train/circles/0001.jpg", "on_duplicates",
+    )  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(capsys, *args[:4], "--on-duplicates", "never")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--on-duplicates: invalid choice: 'never'" in err
+
+
+def test_resize_max_side_is_removed_with_a_one_line_reason(make_dataset, tmp_path, capsys):
+    """Stored bytes are the originals (large ones too); the old option says why it is gone."""
+    from pipeline_components.core import config
+    from pipeline_components.core.errors import PipelineError
+
+    root = make_dataset(per_split=(3, 1, 1))
+    big = image_bytes("png-rgba", size=(800, 600))
+    (root / "train/circles/big.png").write_bytes(big)
+    example_gen.run_example_gen(root, tmp_path / "out")
+    by_name = {r[examples.FILENAME]: r for r in read_records(tmp_path / "out")}
+    stored = by_name["train/circles/big.png"]
+    assert stored[examples.ENCODED] == big and stored[examples.WIDTH] == 800
+    parent = tmp_path / "cli"
+    args = ["--data-root", root, "--output", parent / "ex", "--resize-max-side", "40"]
+    assert_error(capsys, parent, args, "--resize-max-side was removed", "train/serve skew")
+    with pytest.raises(PipelineError, match=r"^p.yaml: example_gen.resize_max_side: this optio"):
+        config.from_dict({"example_gen": {"resize_max_side": 256}}, source="p.yaml")
 
 
 def test_validation_is_carved_from_train_when_absent(make_dataset, tmp_path, caplog):
@@ -328,19 +419,6 @@ def test_empty_carved_validation_is_an_error(make_dataset, tmp_path, capsys):
     assert_error(capsys, parent, args, "validation carved from", "is empty")
 
 
-def test_resize_max_side_reencodes_large_images(make_dataset, tmp_path):
-    root = make_dataset(per_split=(3, 1, 1))
-    (root / "train/circles/big.png").write_bytes(image_bytes("png-rgba", size=(80, 60)))
-    example_gen.run_example_gen(root, tmp_path / "out", resize_max_side=40)
-    by_name = {r[examples.FILENAME]: r for r in read_records(tmp_path / "out")}
-    big = by_name["train/circles/big.png"]
-    assert (big[examples.FORMAT], big[examples.WIDTH], big[examples.HEIGHT]) == ("jpeg", 40, 30)
-    assert big[examples.CHANNELS] == 3
-    assert tf.io.decode_jpeg(big[examples.ENCODED]).shape == (30, 40, 3)
-    small = by_name["train/circles/0000.jpg"]
-    assert small[examples.ENCODED] == (root / "train/circles/0000.jpg").read_bytes()
-
-
 # ---------------------------------------------------------------- determinism across runners
 
 
@@ -349,6 +427,8 @@ def test_multi_processing_writes_the_same_records_as_the_default_runner(
 ):
     root, _ = mixed_dataset
     (root / "train/squares/cut.jpg").write_bytes(image_bytes("jpeg")[:200])
+    # a leaked copy: its train shard is rewritten without it, identically on every runner
+    shutil.copy(root / "train/circles/0001.jpg", root / "test/circles/leak.jpg")
     common = ["--data-root", root, "--num-shards", 2, "--max-bad-fraction", 0.2]
     code, _, err = run_cli(capsys, *common, "--output", tmp_path / "default")
     assert code == 0, err
@@ -359,7 +439,9 @@ def test_multi_processing_writes_the_same_records_as_the_default_runner(
         return {tuple(sorted((k, str(v)) for k, v in r.items())) for r in read_records(out)}
 
     default = as_set(tmp_path / "default")
-    assert len(default) == 10 * 2 + len(KEPT_KINDS) + 1
+    assert len(default) == 10 * 2 + len(KEPT_KINDS) + 1  # + the test copy - the train copy
+    stats = json.loads((tmp_path / "default" / artifacts.STATS_FILE).read_text())
+    assert [d["path"] for d in stats["dropped_duplicates"]] == ["train/circles/0001.jpg"]
     assert as_set(tmp_path / "mp") == default
     # stronger: the same shard files byte for byte, and the same stats.json
     default_files = sorted(p for p in (tmp_path / "default").rglob("*") if p.is_file())

@@ -267,6 +267,65 @@ def test_fine_tune_second_phase_trains_the_named_layers_onward(binary_examples, 
         assert changed == name.startswith("block5_"), name
 
 
+class _BatchNormProbe(keras.callbacks.Callback):
+    """At the end of the fine-tuning epoch: every BatchNormalization weight of the backbone, its
+    first convolution's kernel, and the backbone's output on `pixels` in both modes."""
+
+    def __init__(self, pixels):
+        super().__init__()
+        self.pixels, self.seen = pixels, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch != 1:  # epoch 0 is the head phase
+            return
+        backbone = self.model.get_layer(model.BACKBONE)
+        x = self.model.get_layer(model.PREPROCESS)(self.pixels)
+        self.seen = {
+            "norms": [
+                [w.numpy().copy() for w in bn.weights] for bn in model.batch_norm_layers(backbone)
+            ],
+            "conv1": backbone.get_layer("conv1_conv").weights[0].numpy().copy(),
+            "training": backbone(x, training=True).numpy(),
+            "inference": backbone(x, training=False).numpy(),
+        }
+
+
+@pytest.mark.slow  # ResNet50: ~40 s on 2 cores
+def test_fine_tuning_resnet50_keeps_batch_norm_statistics_and_inference_mode(
+    binary_examples, tmp_path
+):
+    """fit() passes training=True into the backbone (Keras 3); BatchNormalization must still
+    use and keep its moving mean and variance (and gamma, beta) when everything is unfrozen."""
+    config = TrainerConfig(
+        **SMALL,
+        backbone="resnet50",
+        augmentation=None,
+        fine_tune_from="conv1_conv",
+        epochs=1,
+        fine_tune_epochs=1,
+        fine_tune_learning_rate=1e-3,
+        steps_per_epoch=None,
+        seed=5,
+    )
+    initial = _initial_model(config, 2)
+    encoded, _ = _raw(binary_examples, "validation")
+    probe = _BatchNormProbe(_pixels(encoded))
+    _, summary, history = trainer.train_and_evaluate(
+        binary_examples, str(tmp_path), config, callbacks=[probe]
+    )
+    assert history["phase"] == ["head", "fine_tune"] and probe.seen is not None
+    assert "conv1_conv" in summary["fine_tuned_layers"]
+    assert not any(name.endswith("_bn") for name in summary["fine_tuned_layers"])
+    before = model.batch_norm_layers(initial.get_layer(model.BACKBONE))
+    assert len(before) == len(probe.seen["norms"]) == 53
+    for bn, after in zip(before, probe.seen["norms"], strict=True):
+        for weight, value in zip(bn.weights, after, strict=True):  # gamma, beta, mean, variance
+            np.testing.assert_array_equal(weight.numpy(), value, err_msg=weight.path)
+    first_conv = initial.get_layer(model.BACKBONE).get_layer("conv1_conv").weights[0].numpy()
+    assert not np.array_equal(first_conv, probe.seen["conv1"])  # the convolutions did train
+    np.testing.assert_array_equal(probe.seen["training"], probe.seen["inference"])
+
+
 class _Preempt(keras.callbacks.Callback):
     """Records the head's weights at the end of epoch `after`, then kills the run."""
 

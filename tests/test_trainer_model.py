@@ -309,3 +309,122 @@ def test_config_file_and_overrides(tmp_path):
     cfg = load_for_cli(str(path), ["batch_size=4", "trainer.image_size=[40,40]"], "trainer").trainer
     assert (cfg.epochs, cfg.head, cfg.augmentation) == (3, "global_average", None)
     assert (cfg.batch_size, cfg.image_size, cfg.backbone) == (4, [40, 40], "vgg19")
+
+
+# ---------------------------------------------------------------- issue 12: BatchNorm, monitor
+
+
+def _first_weighted_layer(net) -> str:
+    return next(layer.name for layer in net.get_layer(model.BACKBONE).layers if layer.weights)
+
+
+@pytest.mark.slow  # builds all 11 backbones: ~80 s on 2 cores
+@pytest.mark.parametrize("backbone", sorted(model.BACKBONES))
+def test_unfreezing_keeps_every_batch_norm_frozen_and_in_inference_mode(backbone):
+    """Keras 3 gives fit()'s training=True to the nested backbone (keras#20285); a trainable
+    BatchNormalization would then normalize with batch statistics and move its averages."""
+    size = {"inception_v3": 75, "xception": 71}.get(backbone, 32)
+    config = TrainerConfig(backbone=backbone, weights="none", image_size=[size, size])
+    net = model.create_model(config, 2)
+    unfrozen = model.unfreeze_from(net, _first_weighted_layer(net))
+    backbone_net = net.get_layer(model.BACKBONE)
+    norms = model.batch_norm_layers(backbone_net)
+    assert all(not bn.trainable for bn in norms)
+    assert not {bn.name for bn in norms} & set(unfrozen)
+    assert len(norms) > 0 or backbone.startswith("vgg")
+    stats = [w.numpy().copy() for bn in norms for w in bn.non_trainable_weights]
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype("float32")
+    x = net.get_layer(model.PREPROCESS)(pixels)
+    trained = backbone_net(x, training=True).numpy()
+    inferred = backbone_net(x, training=False).numpy()
+    after = [w.numpy() for bn in norms for w in bn.non_trainable_weights]
+    for before, now in zip(stats, after, strict=True):  # moving mean and variance
+        np.testing.assert_array_equal(before, now)
+    # EfficientNet's stochastic-depth Dropout layers are the one training-mode difference left
+    np.testing.assert_allclose(trained, inferred, rtol=1e-5, atol=1e-5)
+    assert model.count_params(backbone_net.trainable_weights) > 0
+
+
+def _monitor_callbacks(tmp_path, **config):
+    """The callbacks the Trainer's head phase runs with, attached to a tiny model."""
+    cfg = TrainerConfig(**SMALL, early_stopping_patience=2, **config)
+    plan = trainer.TrainingPlan(
+        labels=["a", "b"],
+        image_size=(32, 32),
+        num_examples={"train": 10, "validation": 4},
+        cached=True,
+        mixed=False,
+        fine_tune=False,
+        fingerprint=None,
+    )
+    target = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    target.stop_training = False  # what fit() sets before the callbacks run
+    paths = trainer.checkpoint_paths(str(tmp_path))
+    trainer.prepare_checkpoints(str(tmp_path), plan.run_key(cfg))
+    best = trainer.BestCheckpoint(paths["best_weights"], paths["best_state"], target, cfg.monitor)
+    phases = trainer.Phases(target, cfg, plan, str(tmp_path), None, None, best)
+    callbacks = phases._callbacks("head")
+    stopping = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+    assert len(stopping) == 1
+    for c in (stopping[0], best):
+        c.set_model(target)
+        c.on_train_begin()
+    return stopping[0], best, target
+
+
+# accuracy keeps improving while the loss (a calibration measure) gets worse
+EPOCHS = [(0.60, 0.50), (0.70, 0.55), (0.75, 0.60), (0.80, 0.65), (0.85, 0.70)]
+
+
+@pytest.mark.parametrize(
+    "config, stops_after, best_epoch",
+    [({}, None, 5), ({"monitor": "val_accuracy"}, None, 5), ({"monitor": "val_loss"}, 3, 1)],
+)
+def test_one_monitor_drives_early_stopping_and_the_best_checkpoint(
+    tmp_path, config, stops_after, best_epoch
+):
+    stopping, best, target = _monitor_callbacks(tmp_path, **config)
+    stopped = None
+    for epoch, (acc, loss) in enumerate(EPOCHS):
+        logs = {"val_accuracy": acc, "val_loss": loss}
+        best.on_epoch_end(epoch, logs)
+        stopping.on_epoch_end(epoch, logs)
+        if target.stop_training:  # set by EarlyStopping
+            stopped = epoch + 1
+            break
+    assert stopped == stops_after
+    assert best.best["epoch"] == best_epoch
+    assert stopping.monitor == (config.get("monitor") or "val_accuracy")
+
+
+def test_best_checkpoint_breaks_ties_with_the_other_value(tmp_path):
+    _, by_accuracy, _ = _monitor_callbacks(tmp_path / "a")
+    _, by_loss, _ = _monitor_callbacks(tmp_path / "l", monitor="val_loss")
+    for epoch, logs in enumerate([(0.8, 0.5), (0.8, 0.4), (0.9, 0.4)]):
+        for best in (by_accuracy, by_loss):
+            best.on_epoch_end(epoch, {"val_accuracy": logs[0], "val_loss": logs[1]})
+    assert by_accuracy.best["epoch"] == 3 and by_loss.best["epoch"] == 3
+    _, by_loss, _ = _monitor_callbacks(tmp_path / "l2", monitor="val_loss")
+    for epoch, logs in enumerate([(0.8, 0.4), (0.7, 0.4)]):
+        by_loss.on_epoch_end(epoch, {"val_accuracy": logs[0], "val_loss": logs[1]})
+    assert by_loss.best["epoch"] == 1
+
+
+# ---------------------------------------------------------------- issue 12: shuffle buffer
+
+
+def test_train_shuffle_buffer_is_the_whole_split_up_to_the_memory_cap(shapes_examples, caplog):
+    files = examples.split_files(shapes_examples, "train")
+    n = len(inputs.split_labels(shapes_examples, "train"))
+    per_record = inputs.split_bytes(files) / n + inputs.RECORD_OVERHEAD_BYTES
+    assert 1000 < inputs.split_bytes(files) / n < 5000  # 32x32 JPEG records
+    whole = inputs.shuffle_buffer_size(files, n, records=None, memory_bytes=2**30)
+    assert whole == n
+    assert inputs.shuffle_buffer_size(files, n, records=5, memory_bytes=2**30) == 5
+    with caplog.at_level("WARNING", logger="pipeline_components"):
+        capped = inputs.shuffle_buffer_size(
+            files, n, records=None, memory_bytes=int(10.5 * per_record)
+        )
+    assert capped == 10
+    assert any("10 of 24 records" in r.getMessage() for r in caplog.records)
+    assert inputs.shuffle_buffer_size(files, n, records=None, memory_bytes=1) == 1

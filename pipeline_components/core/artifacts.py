@@ -9,21 +9,36 @@ the names and functions here, so a layout changes in one file. The layouts:
     <trainer>/                      Model (Trainer)
         saved_model/                the SavedModel TF Serving loads (see below)
         history.json  history.csv  plots/  logs/  checkpoints/  training_config.json
+    <statistics_gen>/               ExampleStatistics (StatisticsGen)
+        statistics.json  plots/class_shares.png  plots/sizes.png
+    <schema_gen>/schema.yaml        Schema (SchemaGen)
+    <example_validator>/            ExampleAnomalies (ExampleValidator)
+        anomalies.json  plots/ (this run next to the baseline's, when there is one)
     <evaluator>/                    ModelBlessing (Evaluator)
         blessing.json  metrics.json  predictions.csv  confusion_matrix.png  errors.png
         baseline_metrics.json (when a baseline was scored)
     <infra_validator>/infra_blessing.json   InfraBlessing (InfraValidator)
     <pusher>/push.json                      PushedModel (Pusher)
+    <batch_predict>/                        InferenceResult (BulkInferrer, batch-predict)
+        predictions-SSSSS-of-NNNNN.jsonl (or .csv)  prediction_logs-SSSSS-of-NNNNN.tfrecord
+        errors-SSSSS-of-NNNNN.jsonl  summary.json
 
-    <saved_model>/saved_model.pb  variables/  assets/labels.txt
-                  assets.extra/tf_serving_warmup_requests
+    <saved_model>/saved_model.pb  variables/  assets/labels.txt  assets/serving_limits.json
+                  assets/preprocessing.json  assets.extra/tf_serving_warmup_requests
 
     <serving_dir>/<model_name>/<version>/   a served version: digits only, complete once
                                             saved_model.pb (or .pbtxt) exists in it
+    <serving_dir>/models.config             TF Serving's model config: every pushed model,
+                                            its version policy and labels (stable, canary)
+    <serving_dir>/_versions/<model_name>.json       every version ever pushed: fingerprint,
+                                            accuracy, push time, labels, rollback state
+    <serving_dir>/_rolled_back/<model_name>/<version>/  rolled-back versions, moved aside
 
     <pipeline_root>/<Component>/<n>/        execution n's output directory
     <pipeline_root>/<Component>/<n>.json    execution n's record
     <pipeline_root>/runs/<run_id>/run.json  report.html  error.log
+    <pipeline_root>/runs/<run_id>/steps/<Component>.json   a KFP run's record, one per task
+    <pipeline_root>/lock.json               held while a run (or a component) writes there
 """
 
 from __future__ import annotations
@@ -42,6 +57,13 @@ SHARD_SUFFIX = ".tfrecord.gz"
 LABELS_FILE = "labels.txt"
 STATS_FILE = "stats.json"
 
+# ------------------------------------------------------------------- data validation
+STATISTICS_FILE = "statistics.json"
+SCHEMA_FILE = "schema.yaml"
+ANOMALIES_FILE = "anomalies.json"
+CLASS_SHARES_PNG = "class_shares.png"  # under plots/
+SIZES_PNG = "sizes.png"  # under plots/
+
 # ----------------------------------------------------------------------------------- Model
 SAVED_MODEL_DIR = "saved_model"
 HISTORY_JSON = "history.json"
@@ -59,6 +81,9 @@ ASSETS_EXTRA_DIR = "assets.extra"
 LABELS_ASSET = LABELS_FILE  # assets/labels.txt
 WARMUP_FILE = "tf_serving_warmup_requests"  # assets.extra/tf_serving_warmup_requests
 LIMITS_ASSET = "serving_limits.json"  # assets/serving_limits.json: {"max_image_pixels": n}
+# assets/preprocessing.json: the input a client must send (image_size, channels, color,
+# pixel_range, resize) and how the model treats it (backbone, ...): core/contract.py
+PREPROCESSING_ASSET = "preprocessing.json"
 
 # --------------------------------------------------------------------------- Evaluation
 BLESSING_FILE = "blessing.json"
@@ -72,11 +97,30 @@ ERRORS_PNG = "errors.png"
 INFRA_BLESSING_FILE = "infra_blessing.json"
 PUSH_FILE = "push.json"
 
+# ------------------------------------------------------ InferenceResult (BulkInferrer)
+# Sharded like Beam writes them: <prefix>-SSSSS-of-NNNNN<suffix>.
+BATCH_PREDICTIONS_PREFIX = "predictions"  # .jsonl or .csv: one row per labelled image
+# TFRecords of tensorflow.serving.PredictionLog, uncompressed: they are mostly the images' own
+# bytes (JPEG/PNG), which GZIP shrinks by ~2% for ~3 ms of CPU per image.
+PREDICTION_LOGS_PREFIX = "prediction_logs"
+PREDICTION_LOGS_SUFFIX = ".tfrecord"
+BATCH_ERRORS_PREFIX = "errors"  # .jsonl: {"path", "reason"} per image that was not labelled
+BATCH_SUMMARY_FILE = "summary.json"
+
 # ----------------------------------------------------------------------------------- runs
 RUNS_DIR = "runs"
 RUN_RECORD = "run.json"
+STEPS_DIR = "steps"  # runs/<run_id>/steps/<Component>.json: a run whose steps are KFP tasks
 REPORT_FILE = "report.html"
 ERROR_LOG = "error.log"
+LOCK_FILE = "lock.json"  # <pipeline_root>/lock.json: core/locking.py
+
+# --------------------------------------------------------------------------- serving_dir
+# Names outside the model base paths: a model name starts with a letter or digit, so no model
+# can be called `_versions`; TF Serving ignores every non-numeric entry of a base path anyway.
+MODELS_CONFIG = "models.config"
+VERSIONS_DIR = "_versions"
+ROLLED_BACK_DIR = "_rolled_back"
 
 # The SavedModel's serving contract (trainer/export.py writes it; clients, the Evaluator and the
 # InfraValidator call it): two signatures with the same four outputs.
@@ -124,6 +168,19 @@ def read_max_image_pixels(saved_model: str) -> int | None:
     return int(fsutil.read_json(path, "serving limits")["max_image_pixels"])
 
 
+def preprocessing_asset(saved_model: str) -> str:
+    return fsutil.join(saved_model, ASSETS_DIR, PREPROCESSING_ASSET)
+
+
+def read_preprocessing_asset(saved_model: str) -> dict | None:
+    """The input metadata recorded at export; None for a SavedModel exported without it."""
+    path = preprocessing_asset(saved_model)
+    if not fsutil.exists(path):
+        return None
+    data = fsutil.read_json(path, "preprocessing metadata")
+    return data if isinstance(data, dict) else None
+
+
 def warmup_file(saved_model: str) -> str:
     return fsutil.join(saved_model, ASSETS_EXTRA_DIR, WARMUP_FILE)
 
@@ -163,6 +220,21 @@ def served_versions(base_path: str) -> dict[int, str]:
     }
 
 
+def models_config_path(serving_dir: str) -> str:
+    """`<serving_dir>/models.config`: the ModelServerConfig the Pusher maintains."""
+    return fsutil.join(serving_dir, MODELS_CONFIG)
+
+
+def version_registry_path(serving_dir: str, model_name: str) -> str:
+    """`<serving_dir>/_versions/<model_name>.json`: every version pushed, with its state."""
+    return fsutil.join(serving_dir, VERSIONS_DIR, f"{model_name}.json")
+
+
+def rolled_back_path(serving_dir: str, model_name: str, version: int) -> str:
+    """Where a rolled-back version is moved: outside the base path, out of TF Serving's sight."""
+    return fsutil.join(serving_dir, ROLLED_BACK_DIR, model_name, str(version))
+
+
 def run_dir(pipeline_root: str, run_id: str) -> str:
     return fsutil.join(pipeline_root, RUNS_DIR, run_id)
 
@@ -177,6 +249,13 @@ def execution_dir(pipeline_root: str, component: str, execution_id: int) -> str:
 
 def execution_record(pipeline_root: str, component: str, execution_id: int) -> str:
     return fsutil.join(pipeline_root, component, f"{execution_id}.json")
+
+
+def step_record(pipeline_root: str, run_id: str, component: str) -> str:
+    """One component's record in a run whose components run as separate tasks (Kubeflow
+    Pipelines: `transfer-pipeline step`): one file per component, so tasks running in parallel
+    never rewrite each other's record."""
+    return fsutil.join(run_dir(pipeline_root, run_id), STEPS_DIR, f"{component}.json")
 
 
 # ------------------------------------------------------------------------ artifact kinds
@@ -195,34 +274,69 @@ def examples_fingerprint(uri: str) -> str:
     return str(stats["fingerprint"])
 
 
+def statistics_fingerprint(uri: str) -> str:
+    """sha256 of statistics.json (its plots are drawn from it)."""
+    return hashlib.sha256(fsutil.read_bytes(fsutil.join(uri, STATISTICS_FILE))).hexdigest()
+
+
+def read_blessed(uri: str) -> bool:
+    """The `blessed` field of a verdict file (blessing.json, infra_blessing.json)."""
+    return bool(fsutil.read_json(uri, "blessing").get("blessed"))
+
+
 @dataclasses.dataclass(frozen=True)
 class ArtifactType:
     """A kind of artifact a component produces or consumes.
 
     `path` is where the artifact lives inside its producer's execution directory ("" for the
-    directory itself); `fingerprint` identifies its content for cache keys.
+    directory itself); `fingerprint` identifies its content for cache keys. `verdict`, for a
+    verdict artifact (a blessing), reads whether it passed: a component that *requires* an input
+    of such a type runs only when it passed (orchestrators that branch, such as Kubeflow
+    Pipelines, put it under a condition on its producer's verdict).
     """
 
     name: str
     path: str = ""
     fingerprint: Callable[[str], str] = content_fingerprint
     description: str = ""
+    verdict: Callable[[str], bool] | None = None
 
 
 EXAMPLES = ArtifactType(
     "Examples", "", examples_fingerprint, "TFRecord shards per split, labels.txt, stats.json"
+)
+EXAMPLE_STATISTICS = ArtifactType(
+    "ExampleStatistics",
+    "",
+    statistics_fingerprint,
+    "statistics.json per split (classes, sizes, formats, skipped, duplicates) and plots",
+)
+SCHEMA = ArtifactType("Schema", SCHEMA_FILE, description="the data schema (editable YAML)")
+EXAMPLE_ANOMALIES = ArtifactType(
+    "ExampleAnomalies", ANOMALIES_FILE, description="data anomalies found (anomalies.json)"
 )
 MODEL = ArtifactType("Model", SAVED_MODEL_DIR, fsutil.tree_fingerprint, "the exported SavedModel")
 MODEL_EVALUATION = ArtifactType(
     "ModelEvaluation", "", description="metrics.json, predictions.csv, confusion matrix, errors"
 )
 MODEL_BLESSING = ArtifactType(
-    "ModelBlessing", BLESSING_FILE, description="the Evaluator's verdict (blessing.json)"
+    "ModelBlessing",
+    BLESSING_FILE,
+    description="the Evaluator's verdict (blessing.json)",
+    verdict=read_blessed,
 )
 INFRA_BLESSING = ArtifactType(
-    "InfraBlessing", INFRA_BLESSING_FILE, description="the InfraValidator's verdict"
+    "InfraBlessing",
+    INFRA_BLESSING_FILE,
+    description="the InfraValidator's verdict",
+    verdict=read_blessed,
 )
 PUSHED_MODEL = ArtifactType("PushedModel", PUSH_FILE, description="what the Pusher did (push.json)")
+INFERENCE_RESULT = ArtifactType(
+    "InferenceResult",
+    "",
+    description="batch predictions (JSON Lines or CSV), PredictionLogs, errors, summary.json",
+)
 
 
 @dataclasses.dataclass

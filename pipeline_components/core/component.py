@@ -8,17 +8,24 @@ A component is a subclass of `Component`, instantiated once in its package's `co
 - `config_section` and `config_class`: its section of pipeline.yaml (a dataclass whose fields
   use `core.config.option` for defaults, ranges and cache-key membership);
 - `inputs` ({name: Input(artifact type)}) and `outputs` ({name: artifact type}): the runner
-  orders components by these and hands each the upstream artifacts;
+  orders components by these and hands each the upstream artifacts; `runs_before` (artifact
+  types) orders it before their producers without a data dependency (a gate: a validator that
+  fails stops the run before the Trainer);
 - `preflight(config)`: cheap config checks the runner makes before any component runs;
 - what goes into its cache key: its config section (`key_config`), the fingerprints of its input
-  artifacts, and `external_inputs` (anything read from outside pipeline_root, e.g. the data
-  folder's listing or the served baseline);
+  artifacts, `external_inputs` (anything read from outside pipeline_root, e.g. the data
+  folder's listing or the served baseline) and `code_fingerprint()` (its package's source and
+  what it imports, core/codeprint.py);
 - `run(ctx)`: the one executor function; the same function runs from `transfer-pipeline run`
   and from its CLI subcommand;
 - `summary(entry)`: the one line for the run table and the report; `report_html(entry, record)`:
-  its section of report.html; `record_fields(entry)`: fields it adds to run.json's top level;
+  its section of report.html; `report_alerts(entry)`: lines shown at the top of report.html;
+  `record_fields(entry)`: fields it adds to run.json's top level;
 - `command` and `main(argv)`: its CLI subcommand (a generic one is derived from the inputs,
-  outputs and config section when a component does not write its own).
+  outputs and config section when a component does not write its own);
+- for orchestrators that run each component as its own task (Kubeflow Pipelines): `gpu` (it
+  gets the GPU), `task_outputs` (result values published as task outputs) and, through its
+  inputs' artifact types, `gates()` (the verdicts it runs under).
 """
 
 from __future__ import annotations
@@ -81,8 +88,29 @@ class Component:
     inputs: ClassVar[Mapping[str, Input]] = {}
     outputs: ClassVar[Mapping[str, ArtifactType]] = {}
     command: ClassVar[str | None] = None
+    # Producers of these artifact types run after this component (and not at all when it
+    # fails), though they consume nothing of it: ExampleValidator -> (MODEL,) gates the Trainer.
+    runs_before: ClassVar[tuple[ArtifactType, ...]] = ()
+    # first-party modules it runs other than by importing them (a subprocess), for its code
+    # fingerprint; what it imports is found by itself
+    code_modules: ClassVar[tuple[str, ...]] = ()
     cacheable: ClassVar[bool] = True  # False: runs every time (e.g. the Pusher)
     resumable: ClassVar[bool] = False  # True: an interrupted execution continues in place
+    # True: it runs faster on a GPU (the Trainer); an orchestrator that schedules each step on
+    # its own (Kubeflow Pipelines) gives it the GPU and leaves the other steps on CPU nodes.
+    gpu: ClassVar[bool] = False
+    # Values of `run`'s result that orchestrators publish as task outputs (KFP output parameters
+    # and pipeline outputs): {result key: bool | int | float | str}. A None (or absent) value is
+    # published as the type's zero value (False, 0, 0.0, "").
+    task_outputs: ClassVar[Mapping[str, type]] = {}
+
+    def gates(self) -> list[str]:
+        """Its required inputs of a verdict type (a blessing): it runs only when they passed."""
+        return [
+            name
+            for name, spec in self.inputs.items()
+            if spec.type.verdict is not None and not spec.optional
+        ]
 
     # -- cache key -------------------------------------------------------------------------
 
@@ -98,6 +126,14 @@ class Component:
         """Key material from outside pipeline_root (data listings, served models). It is also
         handed to `run` as `ctx.external`."""
         return {}
+
+    def code_fingerprint(self) -> dict:
+        """{"sha256", "files"} of the code that computes this component's outputs: the source
+        files of the package that defines it and of every first-party module they import, and
+        the installed dependency versions (core/codeprint.py). An edit re-runs it."""
+        from pipeline_components.core import codeprint
+
+        return codeprint.code_fingerprint(type(self).__module__, self.code_modules)
 
     def preflight(self, config: Any) -> None:
         """Cheap checks of this component's config section (a weights file that is missing, a
@@ -125,8 +161,14 @@ class Component:
         return {}
 
     def report_html(self, entry: dict, record: dict) -> str:
-        """This component's section of report.html (HTML), or ''."""
+        """This component's section of report.html (HTML), or ''. Called for completed and
+        cached entries, and for failed ones that carry a `result` (PipelineError.result)."""
         return ""
+
+    def report_alerts(self, entry: dict) -> list[tuple[str, str]]:
+        """[(level, text)] shown at the top of report.html, before every section (level
+        `fail` or `warn`), e.g. data anomalies; called like report_html."""
+        return []
 
     # -- command line ----------------------------------------------------------------------
 
@@ -154,9 +196,17 @@ class Component:
             if (value := getattr(args, name)) is not None
         }
         ctx = self.context(pipeline, inputs, args.output)
-        result = self.run(ctx)
+        result = self.run_standalone(ctx)
         print(self.summary({"status": "completed", "result": result}) or "done")
         return 0
+
+    def run_standalone(self, ctx: ExecutionContext) -> dict:
+        """`run` for a CLI subcommand: when the output lies inside a pipeline_root, the root's
+        lock is held meanwhile (core/locking.py), so it never writes beside a pipeline run."""
+        from pipeline_components.core import locking
+
+        with locking.hold_for_output(ctx.output_dir, f"transfer-pipeline {self.command}"):
+            return self.run(ctx)
 
     def context(
         self, pipeline: Any, inputs: dict[str, Artifact | None], output_dir: str

@@ -23,6 +23,9 @@ import yaml
 from pipeline_components.core.errors import PipelineError
 
 CORE_FIELDS = ("pipeline_name", "pipeline_root", "data_root", "serving_dir", "model_name")
+# Sections that say how the pipeline is deployed rather than configure a component
+# (section -> "module:Class", imported when a config is loaded); never part of a cache key.
+SETTINGS_SECTIONS = {"kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig"}
 
 
 def option(
@@ -125,6 +128,9 @@ def _from_dict(cls: Any, data: dict, prefix: str, source: str) -> Any:
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
+            removed = getattr(cls, "removed_options", {}).get(key)
+            if removed:  # a section may say why a key it no longer has went away
+                raise PipelineError(f"{source}: {where}: this option was removed: {removed}")
             raise PipelineError(
                 f"{source}: unknown key '{where}' (known: {', '.join(sorted(names))})"
             )
@@ -146,7 +152,7 @@ def range_text(meta: Mapping[str, Any]) -> str:
     return f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}"
 
 
-def _number(value: float) -> str:
+def _number(value: Any) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
@@ -177,6 +183,10 @@ def check_section(obj: Any, prefix: str, source: str) -> None:
         if dataclasses.is_dataclass(value):
             check_section(value, f"{prefix}.{f.name}", source)
             continue
+        if isinstance(value, dict):  # a mapping of sub-sections, e.g. kfp.resources.<step>
+            for k, v in value.items():
+                if dataclasses.is_dataclass(v):
+                    check_section(v, f"{prefix}.{f.name}.{k}", source)
         meta = f.metadata
         choices = meta.get("choices")
         if choices is not None and value not in choices:
@@ -208,13 +218,19 @@ def _plain(value: Any) -> Any:
 
 
 def _section_classes() -> dict[str, type]:
+    import importlib
+
     from pipeline_components.core import registry
 
-    return {
+    classes = {
         c.config_section: c.config_class
         for c in registry.components()
         if c.config_section and c.config_class
     }
+    for section, target in SETTINGS_SECTIONS.items():
+        module, _, name = target.partition(":")
+        classes.setdefault(section, getattr(importlib.import_module(module), name))
+    return classes
 
 
 def from_dict(data: dict | None, source: str = "config") -> PipelineConfig:

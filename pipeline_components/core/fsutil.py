@@ -70,8 +70,16 @@ def listdir(path: str) -> list[str]:
 
 
 def rmtree(path: str) -> None:
-    if gfile().exists(str(path)):
+    """Delete a directory tree; one already gone is fine. Not exists() first: on gs:// it may
+    answer from TensorFlow's stat cache; and ram:// deletes everything, then reports NotFound for
+    a phantom entry (`assets/.extra` when `assets.extra/` is a sibling: it lists by prefix)."""
+    import tensorflow as tf
+
+    try:
         gfile().rmtree(str(path))
+    except tf.errors.NotFoundError:
+        if gfile().exists(str(path)):
+            raise
 
 
 def read_text(path: str) -> str:
@@ -141,6 +149,32 @@ def copy_tree(src: str, dst: str, last: tuple[str, ...] = ()) -> None:
         gfile().copy(*pair, overwrite=True)
 
 
+def rename_tree(src: str, dst: str) -> None:
+    """Rename a directory. Off the local disk file by file: object stores have no directories
+    (TensorFlow's GCS client does the same per object), and TensorFlow's `ram://` renames only
+    the directory entry, leaving every file under the old name."""
+    import tensorflow as tf
+
+    src, dst = str(src).rstrip("/"), str(dst).rstrip("/")
+    if not is_remote(src):
+        gfile().rename(src, dst)
+        return
+    files = []
+    for dirpath, _dirnames, filenames in gfile().walk(src):
+        rel = posixpath.relpath(dirpath.rstrip("/"), src)
+        files += [
+            (join(dirpath, n), join(dst, n) if rel == "." else join(dst, rel, n)) for n in filenames
+        ]
+    for old, new in files:
+        gfile().makedirs(parent(new))
+        try:
+            gfile().rename(old, new)
+        except tf.errors.NotFoundError:  # a phantom entry of ram:// (see rmtree)
+            if gfile().exists(old):
+                raise
+    rmtree(src)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str, replace: bool = True) -> Iterator[str]:
     """Yield a hidden temporary directory next to `final`; rename it to `final` on success.
@@ -164,12 +198,12 @@ def atomic_dir(final: str, replace: bool = True) -> Iterator[str]:
             rmtree(tmp)
             raise PipelineError(f"output {final} already exists")
         old = join(par, f".{basename(final)}.old-{uuid.uuid4().hex[:8]}")
-        gfile().rename(final, old)
+        rename_tree(final, old)
     try:
-        gfile().rename(tmp, final)
+        rename_tree(tmp, final)
     except Exception:
         if old is not None:
-            gfile().rename(old, final)
+            rename_tree(old, final)
         rmtree(tmp)
         raise
     if old is not None:

@@ -6,7 +6,8 @@ packages register through the `transfer_pipeline.components` entry-point group (
 point names a Component instance), and tests register toy components with `registered(...)`.
 
 The pipeline order is derived, not written down: a component runs after the producers of every
-artifact type it consumes (a stable topological sort; ties keep registration order).
+artifact type it consumes, and before the producers of the types its `runs_before` names (a
+stable topological sort; ties keep registration order).
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ log = logging.getLogger(__name__)
 
 BUILTIN = (
     "pipeline_components.example_gen.component",
+    "pipeline_components.statistics_gen.component",
+    "pipeline_components.schema_gen.component",
+    "pipeline_components.example_validator.component",
     "pipeline_components.trainer.component",
     "pipeline_components.evaluator.component",
     "pipeline_components.infra_validator.component",
     "pipeline_components.pusher.component",
+    "pipeline_components.bulk_inferrer.component",
 )
 ENTRY_POINT_GROUP = "transfer_pipeline.components"
 
@@ -101,11 +106,13 @@ def by_section(section: str) -> Component | None:
     return next((c for c in _load() if c.config_section == section), None)
 
 
-def pipeline_order() -> list[Component]:
-    """Components in run order: producers before consumers, otherwise registration order."""
-    pending = components()
+def upstream() -> dict[str, set[str]]:
+    """{component: the components it runs after}: the producers of every artifact type it
+    consumes, and every component whose `runs_before` names a type it produces. The runner's
+    order comes from this; an orchestrator that builds a DAG (Kubeflow) uses it as its edges."""
+    comps = components()
     producers: dict[str, str] = {}
-    for component in pending:
+    for component in comps:
         for artifact_type in component.outputs.values():
             if artifact_type.name in producers:
                 raise PipelineError(
@@ -113,16 +120,28 @@ def pipeline_order() -> list[Component]:
                     f"{producers[artifact_type.name]} and {component.name}"
                 )
             producers[artifact_type.name] = component.name
+    after: dict[str, set[str]] = {
+        c.name: {producers[s.type.name] for s in c.inputs.values() if s.type.name in producers}
+        for c in comps
+    }
+    for gate in comps:
+        for artifact_type in gate.runs_before:
+            producer = producers.get(artifact_type.name)
+            if producer is not None and producer != gate.name:
+                after[producer].add(gate.name)
+    return after
+
+
+def pipeline_order() -> list[Component]:
+    """Components in run order: after what they depend on (`upstream`), otherwise in
+    registration order."""
+    pending = components()
+    after = upstream()
     order: list[Component] = []
     done: set[str] = set()
     while pending:
         for component in pending:
-            needs = {
-                producers[spec.type.name]
-                for spec in component.inputs.values()
-                if spec.type.name in producers
-            }
-            if needs <= done:
+            if after[component.name] <= done:
                 break
         else:
             names = ", ".join(c.name for c in pending)

@@ -1,7 +1,7 @@
 """ExampleGen's spec: image folders under `data_root` -> Examples (executor.py runs the Beam job).
 
 transfer-pipeline example-gen --data-root D --output O [--num-shards 4]
-    [--max-bad-fraction 0.01] [--resize-max-side N] [--validation-fraction 0.1] [-- BEAM_ARGS]
+    [--max-bad-fraction 0.01] [--validation-fraction 0.1] [--on-duplicates drop] [-- BEAM_ARGS]
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline_components.core import artifacts
 from pipeline_components.core.component import Component, ExecutionContext
@@ -17,12 +17,17 @@ from pipeline_components.core.config import PipelineConfig, option, section_from
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.core.reporting import e
 
+RESIZE_REMOVED = (
+    "stored images are the original files, so the Evaluator and the InfraValidator score the "
+    "pixels clients send (a downscaled re-encode was a train/serve skew no gate could see); "
+    "delete the key (trainer.image_size sets the training size)"
+)
+
 
 @dataclasses.dataclass
 class ExampleGenConfig:
     num_shards: int = option(4, ge=1, doc="TFRecord files per split")
     max_bad_fraction: float = option(0.01, ge=0, le=1, doc="unusable images a split may hold")
-    resize_max_side: int | None = option(None, ge=8, doc="re-encode larger images to JPEG")
     validation_fraction: float = option(
         0.1, gt=0, lt=1, doc="carved from train by a stable hash when validation/ is absent"
     )
@@ -30,6 +35,12 @@ class ExampleGenConfig:
     max_image_pixels: int = option(
         40_000_000, ge=1, le=2**40, doc="skip larger images (decompression bombs)"
     )
+    on_duplicates: str = option(
+        "drop",
+        choices=("drop", "warn", "fail"),
+        doc="an image in two splits: drop the train/validation copy, only warn, or fail",
+    )
+    removed_options: ClassVar[dict[str, str]] = {"resize_max_side": RESIZE_REMOVED}
 
 
 class ExampleGen(Component):
@@ -44,7 +55,9 @@ class ExampleGen(Component):
         from pipeline_components.example_gen import executor
 
         data_root = ctx.pipeline.data_root
-        return {"data_root": data_root, "data": executor.data_fingerprint(data_root)}
+        beam_args = ctx.config.beam_args if ctx.config is not None else None
+        fingerprint = executor.data_fingerprint(data_root, beam_args)
+        return {"data_root": data_root, "data": fingerprint}
 
     def run(self, ctx: ExecutionContext) -> dict:
         from pipeline_components.example_gen import executor
@@ -55,10 +68,10 @@ class ExampleGen(Component):
             ctx.output_dir,
             num_shards=cfg.num_shards,
             max_bad_fraction=cfg.max_bad_fraction,
-            resize_max_side=cfg.resize_max_side,
             validation_fraction=cfg.validation_fraction,
             beam_args=cfg.beam_args or None,
             max_image_pixels=cfg.max_image_pixels,
+            on_duplicates=cfg.on_duplicates,
         )
         return {
             "fingerprint": stats["fingerprint"],
@@ -66,6 +79,7 @@ class ExampleGen(Component):
             "splits": {s: v["num_examples"] for s, v in stats["splits"].items()},
             "skipped": len(stats.get("skipped", [])),
             "duplicates": len(stats.get("duplicates", [])),
+            "dropped_duplicates": len(stats.get("dropped_duplicates", [])),
         }
 
     def summary(self, entry: dict) -> str:
@@ -81,7 +95,13 @@ class ExampleGen(Component):
             f"<tr><td>{e(s)}</td><td class=num>{e(n)}</td></tr>" for s, n in r["splits"].items()
         )
         warn = ""
-        if r.get("duplicates"):
+        if r.get("dropped_duplicates"):
+            warn = (
+                f"<p><b>Note:</b> {e(r['dropped_duplicates'])} train/validation cop(ies) of "
+                f"{e(r['duplicates'])} image(s) also in a more held-out split were dropped "
+                "(train/test leakage); see stats.json dropped_duplicates.</p>"
+            )
+        elif r.get("duplicates"):
             warn = (
                 f"<p><b>Warning:</b> {e(r['duplicates'])} identical image(s) appear in more "
                 "than one split (train/test leakage); see stats.json.</p>"
@@ -99,16 +119,16 @@ class ExampleGen(Component):
             {
                 "num_shards": args.num_shards,
                 "max_bad_fraction": args.max_bad_fraction,
-                "resize_max_side": args.resize_max_side,
                 "validation_fraction": args.validation_fraction,
                 "beam_args": beam_args,
                 "max_image_pixels": args.max_image_pixels,
+                "on_duplicates": args.on_duplicates,
             },
             self.config_section or "",
             source="command line",
         )
         pipeline = PipelineConfig(data_root=args.data_root, sections={"example_gen": config})
-        self.run(ExecutionContext(pipeline, config, {}, args.output))
+        self.run_standalone(ExecutionContext(pipeline, config, {}, args.output))
         return 0
 
 
@@ -117,6 +137,8 @@ def _reject_own_flag_typo(arg: str, own_flags: list[str]) -> None:
     name = arg.split("=")[0]
     if not name.startswith("--"):
         return
+    if name == "--resize-max-side":
+        raise PipelineError(f"--resize-max-side was removed: {RESIZE_REMOVED}")
     close = difflib.get_close_matches(name, own_flags, n=1, cutoff=0.75)
     if close or "-" in name[2:]:
         hint = f"did you mean {close[0]}? " if close else ""
@@ -150,12 +172,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="fail when more than this share of a split's files are not usable images",
     )
     p.add_argument(
-        "--resize-max-side",
-        type=int,
-        default=None,
-        help="re-encode larger images to JPEG with this longest side (default: keep bytes)",
-    )
-    p.add_argument(
         "--validation-fraction",
         type=float,
         default=defaults.validation_fraction,
@@ -166,6 +182,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         type=int,
         default=defaults.max_image_pixels,
         help="skip images whose header claims more pixels than this (decompression bombs)",
+    )
+    p.add_argument(
+        "--on-duplicates",
+        choices=("drop", "warn", "fail"),
+        default=defaults.on_duplicates,
+        help="an identical image in two splits (train/test leakage): drop the train/validation "
+        "copy (default; listed in stats.json), only warn, or fail",
     )
     args, unknown = p.parse_known_args(own)
     for arg in unknown:

@@ -4,7 +4,11 @@ with Apache Beam (the spec and CLI are in component.py).
 Files are listed and read through Beam's FileSystems (local, gs://, s3://), checked with the
 decoder training uses, and written as `<O>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz` plus
 `labels.txt` and `stats.json` (docs/ARCHITECTURE.md). The output appears only when the whole job
-succeeded. The same input gives the same records in the same shards on every runner.
+succeeded. The same input gives the same records in the same shards, in the same order, on every
+runner: a file's shard and its place inside the shard are stable hashes of its relative path, so
+the classes are mixed along every shard (never `train/cats/...` before `train/dogs/...`).
+Identical images in two splits (train/test leakage) are dropped from the less held-out split,
+reported, or fail the run (`on_duplicates`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ class FileResult(NamedTuple):
     fmt: str  # image/format of the stored bytes; '' when skipped
 
 
+class ListedFile(NamedTuple):
+    relpath: str  # relative to data_root, '/'-separated, starts with the split folder
+    size: int
+    mtime: float
+
+
 class Layout(NamedTuple):
     root: str
     labels: list[str]
@@ -79,6 +89,13 @@ def shard_index(relpath: str, num_shards: int) -> int:
     return int(unit_hash("shard:" + relpath) * num_shards)
 
 
+def record_order(src: SourceFile) -> tuple[float, str]:
+    """Sort key of a file's record inside its shard: a stable hash of its relative path (ties:
+    the path). Class folders are interleaved pseudo-randomly along every shard, and the order is
+    the same on every runner and machine."""
+    return unit_hash("order:" + src.relpath), src.relpath
+
+
 def shard_name(split: str, index: int, num_shards: int) -> str:
     return artifacts.shard_path(split, index, num_shards)
 
@@ -86,16 +103,31 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 # ---------------------------------------------------------------- listing (driver side)
 
 
-def _match_split(root: str, split: str) -> list[str]:
-    """Relative paths (`split/...`) of every file below root/split, through Beam's FileSystems."""
+def _normalized_root(data_root: str) -> str:
+    root = str(data_root).rstrip("/")
+    return root if fsutil.is_remote(root) else os.path.abspath(root)
+
+
+def list_split(root: str, split: str) -> list[ListedFile]:
+    """Every file below root/split, at any depth (`split/class/2019/x.jpg` included), through
+    Beam's FileSystems: THE listing of the data. ExampleGen reads exactly these files, and the
+    data fingerprint in its cache key (data_fingerprint) is made of exactly this listing, so a
+    file ExampleGen would read cannot change without re-running it."""
     pattern = FileSystems.join(root, split, "**")
     try:
         metadata = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # BeamIOError: unknown scheme, missing credentials, ...
-        raise PipelineError(f"cannot list {pattern}: {e}") from None
+        raise PipelineError(f"cannot list {pattern}: {str(e).splitlines()[0]}") from None
     prefix = root.rstrip("/\\")
-    rels = [m.path[len(prefix) :].lstrip("/\\").replace("\\", "/") for m in metadata]
-    return sorted(rels)
+    files = [
+        ListedFile(
+            m.path[len(prefix) :].lstrip("/\\").replace("\\", "/"),
+            int(m.size_in_bytes),
+            float(m.last_updated_in_seconds or 0.0),
+        )
+        for m in metadata
+    ]
+    return sorted(files)
 
 
 def _class_of(relpath: str) -> str | None:
@@ -120,13 +152,12 @@ def _empty_class_folders(root: str, split: str, classes: set[str]) -> list[str]:
 
 def list_sources(data_root: str) -> Layout:
     """Every file of every split folder, with labels; a bad layout is a one-line PipelineError."""
-    root = str(data_root).rstrip("/")
+    root = _normalized_root(data_root)
     if not fsutil.is_remote(root):
-        root = os.path.abspath(root)
         if not fsutil.isdir(root):
             raise PipelineError(f"data root {root} does not exist or is not a folder")
         _warn_unknown_folders(root)
-    found = {split: _match_split(root, split) for split in SPLITS}
+    found = {split: [f.relpath for f in list_split(root, split)] for split in SPLITS}
     classes = {s: {c for c in map(_class_of, rels) if c} for s, rels in found.items()}
     for split in SPLITS:
         folder = FileSystems.join(root, split)
@@ -157,17 +188,15 @@ def list_sources(data_root: str) -> Layout:
     return Layout(root, labels, splits, sources)
 
 
-def data_fingerprint(data_root: str) -> dict:
-    """(path, size, mtime) of every file under <data_root>/<split>/<class>/: one listing call per
-    scheme via Beam's FileSystems (cheap on gs://), not a read of every image."""
-    pattern = fsutil.join(data_root, "*", "*", "*")
-    try:
-        files = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:
-        raise PipelineError(
-            f"cannot list data_root {data_root}: {str(e).splitlines()[0]}"
-        ) from None
-    listing = sorted((m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in files)
+def data_fingerprint(data_root: str, beam_args: list[str] | None = None) -> dict:
+    """(relative path, size, mtime) of every file ExampleGen would read: list_split's listing of
+    each split folder, the one ExampleGen itself reads (nested folders included), one listing
+    call per split (cheap on gs://), not a read of every image. A missing root lists nothing
+    (ExampleGen then fails with its own one-line error). `beam_args` carry what the file system
+    needs (s3:// cannot list without them)."""
+    set_filesystem_options(beam_args)
+    root = _normalized_root(data_root)
+    listing = [tuple(f) for split in SPLITS for f in list_split(root, split)]
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     return {"num_files": len(listing), "sha256": digest}
 
@@ -211,7 +240,6 @@ def convert_file(
     data_root: str,
     labels: list[str],
     src: SourceFile,
-    resize_max_side: int | None = None,
     max_image_pixels: int | None = image_check.DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[FileResult, bytes | None]:
     """Read and decode-check one file: its FileResult and serialized Example (None: skipped)."""
@@ -225,7 +253,7 @@ def convert_file(
         except Exception as e:  # permission denied, object vanished, ...
             raise image_check.SkipFile(f"unreadable: {' '.join(str(e).split())}") from None
         result = result._replace(sha256=image_check.sha256_hex(data))
-        stored = image_check.check_image(src.relpath, data, resize_max_side, max_image_pixels)
+        stored = image_check.check_image(src.relpath, data, max_image_pixels)
     except image_check.SkipFile as skip:
         return result._replace(reason=skip.reason, bad=skip.bad), None
     reencoded = stored.encoded is not data
@@ -268,21 +296,31 @@ class AssignSplits(beam.PTransform):
         return sources | "CarveValidation" >> beam.Map(assign_split, self.validation_fraction)
 
 
+def _shard_file(output_dir: str, split: str, index: int, num_shards: int) -> str:
+    return fsutil.join(output_dir, *shard_name(split, index, num_shards).split("/"))
+
+
+def _shard_options():
+    import tensorflow as tf
+
+    return tf.io.TFRecordOptions(compression_type="GZIP", compression_level=GZIP_LEVEL)
+
+
 class ConvertShardFn(beam.DoFn):
     """((split, shard), {'sources': [...]}) -> writes that shard file, yields a FileResult per file.
 
-    The worker that reads an image also writes it: image bytes never cross a shuffle.
+    The worker that reads an image also writes it: image bytes never cross a shuffle. Records
+    are written in `record_order` (hash of the path), not path order.
     """
 
     def __init__(
-        self, data_root, labels, output_dir, num_shards, resize_max_side=None,
+        self, data_root, labels, output_dir, num_shards,
         max_image_pixels=image_check.DEFAULT_MAX_IMAGE_PIXELS,
     ):  # fmt: skip
         self.data_root = data_root
         self.labels = list(labels)
         self.output_dir = output_dir
         self.num_shards = num_shards
-        self.resize_max_side = resize_max_side
         self.max_image_pixels = max_image_pixels
 
     def setup(self):
@@ -292,14 +330,13 @@ class ConvertShardFn(beam.DoFn):
         import tensorflow as tf
 
         (split, index), groups = element
-        path = fsutil.join(self.output_dir, *shard_name(split, index, self.num_shards).split("/"))
+        path = _shard_file(self.output_dir, split, index, self.num_shards)
         tf.io.gfile.makedirs(fsutil.parent(path))
-        options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=GZIP_LEVEL)
         # Deterministic name, whole file rewritten: a retried bundle cannot leave a duplicate.
-        with tf.io.TFRecordWriter(path, options) as writer:
-            for src in sorted(groups["sources"]):
+        with tf.io.TFRecordWriter(path, _shard_options()) as writer:
+            for src in sorted(groups["sources"], key=record_order):
                 result, example = convert_file(
-                    self.data_root, self.labels, src, self.resize_max_side, self.max_image_pixels
+                    self.data_root, self.labels, src, self.max_image_pixels
                 )
                 outcome = "skipped" if example is None else "kept"
                 Metrics.counter(COUNTER_NAMESPACE, f"{src.folder_split}_read").inc()
@@ -313,20 +350,18 @@ class ConvertShards(beam.PTransform):
     """PCollection[SourceFile] -> <out>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz, and a
     PCollection[FileResult].
 
-    A file's shard is a hash of its path and files are converted in path order within a shard,
-    and every shard file is written (empty ones too): same input, same files, on any runner.
+    A file's shard and its place in the shard are hashes of its path, and every shard file is
+    written (empty ones too): same input, same files, on any runner.
     (Beam's WriteToTFRecord assigns records to shards by bundle, which changes between runs.)
     Parallelism is one shard at a time per worker: use at least as many shards as workers.
     """
 
     def __init__(
-        self, data_root, labels, output_dir, splits, num_shards, resize_max_side=None,
+        self, data_root, labels, output_dir, splits, num_shards,
         max_image_pixels=image_check.DEFAULT_MAX_IMAGE_PIXELS,
     ):  # fmt: skip
         super().__init__()
-        self.fn = ConvertShardFn(
-            data_root, labels, output_dir, num_shards, resize_max_side, max_image_pixels
-        )
+        self.fn = ConvertShardFn(data_root, labels, output_dir, num_shards, max_image_pixels)
         self.shards = [(s, i) for s in splits for i in range(num_shards)]
 
     def expand(self, sources):
@@ -377,34 +412,101 @@ def build_pipeline(
     work_dir: str,
     *,
     num_shards: int,
-    resize_max_side: int | None,
     carve_fraction: float | None,
     max_image_pixels: int | None = image_check.DEFAULT_MAX_IMAGE_PIXELS,
+    on_duplicates: str = "drop",
 ) -> None:
-    """Reads work_dir/FILE_LIST (write_file_list), writes the shards and the per-file results."""
+    """Reads work_dir/FILE_LIST (write_file_list), writes the shards and the per-file results;
+    with on_duplicates 'drop', rewrites the shards that hold leaked copies without them."""
     splits = output_splits(layout, carve_fraction)
     convert = ConvertShards(
-        layout.root, layout.labels, work_dir, splits, num_shards, resize_max_side, max_image_pixels
+        layout.root, layout.labels, work_dir, splits, num_shards, max_image_pixels
     )
-    _ = (
+    results = (
         p
         | "ReadFileList" >> beam.io.ReadFromText(fsutil.join(work_dir, FILE_LIST))
         | "ParseFileList" >> beam.Map(_parse_source)
         | "AssignSplits" >> AssignSplits(carve_fraction)
         | "ConvertShards" >> convert
+    )
+    _ = (
+        results
         | "ResultsToJson" >> beam.Map(_result_json)
         | "WriteResults" >> beam.io.WriteToText(fsutil.join(work_dir, RESULTS_PREFIX))
     )
+    if on_duplicates == "drop":
+        _ = results | "DropLeakedCopies" >> DropLeakedCopies(work_dir, num_shards)
 
 
-# ---------------------------------------------------------------- statistics and checks
+# ---------------------------------------------------------------- duplicates across splits
+
+DUPLICATE_POLICIES = ("drop", "warn", "fail")
 
 
-def fingerprint(labels: list[str], kept: list[dict], resize_max_side: int | None) -> str:
-    """Stable hash of what the examples hold: labels, options, sorted (split, path, sha256)."""
-    items = sorted((r["split"], r["relpath"], r["sha256"]) for r in kept)
-    blob = json.dumps({"labels": labels, "resize_max_side": resize_max_side, "examples": items})
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+def leaked_copies(group: list[dict]) -> list[dict]:
+    """Of the kept copies of one image (FileResult dicts with the same sha256), those to drop:
+    every copy outside the most held-out split holding it (test, else validation), so the test
+    copy stays and train/validation copies go. Copies inside one split are not leakage: kept."""
+    splits = {r["split"] for r in group}
+    if len(splits) < 2:
+        return []
+    keep = max(splits, key=SPLITS.index)
+    return sorted((r for r in group if r["split"] != keep), key=lambda r: r["relpath"])
+
+
+def _digest_key(result: FileResult) -> list[tuple[str, dict]]:
+    return [(result.sha256, result._asdict())] if result.sha256 and not result.reason else []
+
+
+class DropRecordsFn(beam.DoFn):
+    """((split, shard), [relpath, ...]) -> rewrites that shard without those records (same
+    order, same options: the output stays identical across runners; a retry is a no-op)."""
+
+    def __init__(self, output_dir: str, num_shards: int):
+        self.output_dir, self.num_shards = output_dir, num_shards
+
+    def process(self, element):
+        import tensorflow as tf
+
+        (split, index), relpaths = element
+        drop = set(relpaths)
+        path = _shard_file(self.output_dir, split, index, self.num_shards)
+        records = tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator()
+        tmp = path + ".dropping"
+        with tf.io.TFRecordWriter(tmp, _shard_options()) as writer:
+            for record in records:
+                name = tf.train.Example.FromString(record).features.feature[examples.FILENAME]
+                if name.bytes_list.value[0].decode("utf-8") in drop:
+                    Metrics.counter(COUNTER_NAMESPACE, "dropped_duplicates").inc()
+                    continue
+                writer.write(record)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        yield split, index, len(drop)
+
+
+class DropLeakedCopies(beam.PTransform):
+    """PCollection[FileResult] (after the shards are written) -> the shards holding a leaked
+    copy (`leaked_copies`: an image also found in a more held-out split) are rewritten without
+    it. Only sha256s and paths are shuffled, never image bytes."""
+
+    def __init__(self, output_dir: str, num_shards: int):
+        super().__init__()
+        self.output_dir, self.num_shards = output_dir, num_shards
+
+    def expand(self, results):
+        num_shards = self.num_shards
+        return (
+            results
+            | "KeyByDigest" >> beam.FlatMap(_digest_key)
+            | "GroupByDigest" >> beam.GroupByKey()
+            | "LeakedCopies" >> beam.FlatMap(lambda kv: leaked_copies(list(kv[1])))
+            | "KeyByShard"
+            >> beam.Map(
+                lambda r: ((r["split"], shard_index(r["relpath"], num_shards)), r["relpath"])
+            )
+            | "GroupByShard" >> beam.GroupByKey()
+            | "RewriteShard" >> beam.ParDo(DropRecordsFn(self.output_dir, num_shards))
+        )
 
 
 def find_duplicates(kept: list[dict]) -> list[dict]:
@@ -423,8 +525,62 @@ def find_duplicates(kept: list[dict]) -> list[dict]:
     ]
 
 
+def handle_duplicates(summaries: list[dict], policy: str, data_root: str) -> list[dict]:
+    """Apply on_duplicates to the per-file results: 'fail' raises a one-line PipelineError,
+    'drop' marks the leaked copies (the shards were already rewritten without them) and returns
+    them as stats.json's `dropped_duplicates` rows, 'warn' returns []."""
+    kept = [r for r in summaries if not r["reason"]]
+    found = find_duplicates(kept)
+    if not found or policy == "warn":
+        return []
+    if policy == "fail":
+        first = min(d["paths"] for d in found)
+        raise PipelineError(
+            f"{len(found)} image(s) under {data_root} appear in more than one split "
+            f"(train/test leakage), first: {' = '.join(first[:3])}; remove them, or set "
+            "example_gen.on_duplicates (--on-duplicates) to drop or warn"
+        )
+    by_digest: dict[str, list[dict]] = {}
+    for r in kept:
+        by_digest.setdefault(r["sha256"], []).append(r)
+    dropped = []
+    for group in by_digest.values():
+        drop = leaked_copies(group)
+        stays = sorted(r["relpath"] for r in group if r not in drop)
+        for r in drop:
+            r.update(reason=f"duplicate of {stays[0]}", bad=False, dropped=True)
+            dropped.append({"path": r["relpath"], "split": r["split"], "kept": stays})
+    return sorted(dropped, key=lambda d: d["path"])
+
+
+# ---------------------------------------------------------------- statistics and checks
+
+# How records are ordered inside a shard (part of the data fingerprint: a change of order is a
+# change of what the Trainer reads).
+RECORD_ORDER = "path-hash"
+
+
+def fingerprint(labels: list[str], kept: list[dict]) -> str:
+    """Stable hash of what the examples hold: labels, record order, sorted (split, path,
+    sha256)."""
+    items = sorted((r["split"], r["relpath"], r["sha256"]) for r in kept)
+    blob = json.dumps({"labels": labels, "record_order": RECORD_ORDER, "examples": items})
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _skipped(r: dict) -> bool:
+    """Skipped as unusable (or as not an image), not dropped as a duplicate."""
+    return bool(r["reason"]) and not r.get("dropped")
+
+
 def build_stats(
-    layout: Layout, summaries: list[dict], *, num_shards: int, resize_max_side, carve_fraction
+    layout: Layout,
+    summaries: list[dict],
+    *,
+    num_shards: int,
+    carve_fraction,
+    on_duplicates: str = "drop",
+    dropped: list[dict] | None = None,
 ) -> dict:
     kept = [r for r in summaries if not r["reason"]]
     splits = {}
@@ -436,26 +592,30 @@ def build_stats(
         splits[split] = {
             "num_examples": sum(per_class.values()),
             "per_class": per_class,
-            "skipped": sum(1 for r in summaries if r["reason"] and r["folder_split"] == split),
+            "skipped": sum(1 for r in summaries if _skipped(r) and r["folder_split"] == split),
+            "dropped_duplicates": sum(1 for d in dropped or [] if d["split"] == split),
             "num_shards": num_shards,
         }
     formats: dict[str, int] = {}
     for r in kept:
         formats[r["source_fmt"]] = formats.get(r["source_fmt"], 0) + 1
+    found = [r for r in summaries if not r["reason"] or r.get("dropped")]
     return {
         "labels": list(layout.labels),
         "splits": splits,
         "skipped": [
             {"path": r["relpath"], "reason": r["reason"], "counts_as_bad": r["bad"]}
             for r in summaries
-            if r["reason"]
+            if _skipped(r)
         ],
-        "duplicates": find_duplicates(kept),
-        "fingerprint": fingerprint(layout.labels, kept, resize_max_side),
+        "duplicates": find_duplicates(found),
+        "on_duplicates": on_duplicates,
+        "dropped_duplicates": list(dropped or []),
+        "fingerprint": fingerprint(layout.labels, kept),
+        "record_order": RECORD_ORDER,
         "source_formats": dict(sorted(formats.items())),
         "data_root": layout.root,
         "validation": f"carved from train ({carve_fraction:g})" if carve_fraction else "folder",
-        "resize_max_side": resize_max_side,
     }
 
 
@@ -479,9 +639,11 @@ def check_classes_kept(layout: Layout, summaries: list[dict], carve_fraction) ->
         for label, name in enumerate(layout.labels):
             rows = [r for r in summaries if r["folder_split"] == split and r["label"] == label]
             if not any(not r["reason"] for r in rows):
+                dropped = sum(1 for r in rows if r.get("dropped"))
+                why = f", {dropped} dropped as duplicates of held-out images" if dropped else ""
                 raise PipelineError(
                     f"class folder {FileSystems.join(layout.root, split, name)} has no usable "
-                    f"images ({len(rows)} file(s) skipped)"
+                    f"images ({len(rows) - dropped} file(s) skipped{why})"
                 )
     if carve_fraction and not any(
         not r["reason"] and r["split"] == "validation" for r in summaries
@@ -499,6 +661,10 @@ def format_summary(stats: dict) -> str:
     table += [[c, *(stats["splits"][s]["per_class"][c] for s in splits)] for c in stats["labels"]]
     table.append(["total", *(stats["splits"][s]["num_examples"] for s in splits)])
     table.append(["skipped", *(stats["splits"][s]["skipped"] for s in splits)])
+    if stats.get("dropped_duplicates"):
+        table.append(
+            ["duplicates", *(stats["splits"][s].get("dropped_duplicates", 0) for s in splits)]
+        )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     return "\n".join(
         "  ".join(
@@ -512,15 +678,17 @@ def format_summary(stats: dict) -> str:
 # ---------------------------------------------------------------- running
 
 
-def _check_params(num_shards, max_bad_fraction, resize_max_side, validation_fraction) -> None:
+def _check_params(num_shards, max_bad_fraction, validation_fraction, on_duplicates) -> None:
     if num_shards < 1:
         raise PipelineError(f"--num-shards must be >= 1, got {num_shards}")
     if not 0 <= max_bad_fraction <= 1:
         raise PipelineError(f"--max-bad-fraction must be in [0, 1], got {max_bad_fraction}")
-    if resize_max_side is not None and resize_max_side < 8:
-        raise PipelineError(f"--resize-max-side must be >= 8, got {resize_max_side}")
     if not 0 < validation_fraction < 1:
         raise PipelineError(f"--validation-fraction must be in (0, 1), got {validation_fraction}")
+    if on_duplicates not in DUPLICATE_POLICIES:
+        raise PipelineError(
+            f"--on-duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {on_duplicates!r}"
+        )
 
 
 def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
@@ -528,6 +696,13 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
         args.append("--default_sdk_harness_log_level=WARNING")  # worker processes' INFO chatter
     return PipelineOptions(args)
+
+
+def set_filesystem_options(beam_args: list[str] | None) -> None:
+    """Hand the Beam options to Beam's file systems before anything is listed or read outside a
+    pipeline: s3:// refuses without them (no client, no endpoint, no credentials), and gs://
+    reads its project and credentials options from them. A pipeline sets them only when built."""
+    FileSystems.set_options(pipeline_options(beam_args))
 
 
 def run_pipeline(p: beam.Pipeline) -> dict[str, int]:
@@ -553,18 +728,23 @@ def run_example_gen(
     *,
     num_shards: int = 4,
     max_bad_fraction: float = 0.01,
-    resize_max_side: int | None = None,
     validation_fraction: float = 0.1,
     beam_args: list[str] | None = None,
     max_image_pixels: int = image_check.DEFAULT_MAX_IMAGE_PIXELS,
+    on_duplicates: str = "drop",
 ) -> dict:
-    """Convert the image folders under data_root to `output`; returns the stats.json dict."""
-    _check_params(num_shards, max_bad_fraction, resize_max_side, validation_fraction)
+    """Convert the image folders under data_root to `output`; returns the stats.json dict.
+
+    on_duplicates: an image (same sha256) in two splits is dropped from the less held-out
+    split ('drop': test keeps its copy, train/validation lose theirs), only reported ('warn'),
+    or fails the run ('fail', nothing written)."""
+    _check_params(num_shards, max_bad_fraction, validation_fraction, on_duplicates)
     if max_image_pixels < 1:
         raise PipelineError(f"--max-image-pixels must be >= 1, got {max_image_pixels}")
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     started = time.monotonic()
+    set_filesystem_options(beam_args)
     layout = list_sources(data_root)
     carve = None if "validation" in layout.splits else validation_fraction
     log.info(
@@ -582,21 +762,23 @@ def run_example_gen(
             layout,
             work,
             num_shards=num_shards,
-            resize_max_side=resize_max_side,
             carve_fraction=carve,
             max_image_pixels=max_image_pixels,
+            on_duplicates=on_duplicates,
         )
         counters = run_pipeline(p)
         log.info("counters: %s", ", ".join(f"{k}={v}" for k, v in counters.items()))
         summaries = read_results(work)
         check_bad_fraction(layout, summaries, max_bad_fraction)
+        dropped = handle_duplicates(summaries, on_duplicates, layout.root)
         check_classes_kept(layout, summaries, carve)
         stats = build_stats(
             layout,
             summaries,
             num_shards=num_shards,
-            resize_max_side=resize_max_side,
             carve_fraction=carve,
+            on_duplicates=on_duplicates,
+            dropped=dropped,
         )
         fsutil.write_atomic(
             fsutil.join(work, artifacts.LABELS_FILE), "\n".join(layout.labels) + "\n"
@@ -611,7 +793,15 @@ def _report(stats: dict, output: str, seconds: float) -> None:
         log.warning(
             "identical image in %s: %s", " and ".join(dup["splits"]), ", ".join(dup["paths"])
         )
-    if stats["duplicates"]:
+    if stats["dropped_duplicates"]:
+        log.warning(
+            "dropped %d train/validation copies of %d image(s) also found in a more held-out "
+            "split (train/test leakage); see %s dropped_duplicates",
+            len(stats["dropped_duplicates"]),
+            len(stats["duplicates"]),
+            fsutil.join(output, artifacts.STATS_FILE),
+        )
+    elif stats["duplicates"]:
         log.warning(
             "%d image(s) appear in more than one split (train/test leakage); see %s duplicates",
             len(stats["duplicates"]),
@@ -622,4 +812,9 @@ def _report(stats: dict, output: str, seconds: float) -> None:
     print(
         f"wrote {total} examples to {output} in {seconds:.1f}s; "
         f"skipped {len(stats['skipped'])} file(s) (reasons in stats.json)"
+        + (
+            f"; dropped {len(stats['dropped_duplicates'])} duplicate(s) of held-out images"
+            if stats["dropped_duplicates"]
+            else ""
+        )
     )

@@ -104,23 +104,6 @@ def decode(data: bytes, channels: int = 0):
         ) from None
 
 
-def resize_to_jpeg(image, max_side: int, source_fmt: str) -> StoredImage:
-    """Downscale a decoded HxWxC uint8 image so its longer side is max_side; encode as JPEG."""
-    import tensorflow as tf
-
-    height, width, channels = (int(d) for d in image.shape)
-    scale = max_side / max(height, width)
-    size = [max(1, round(height * scale)), max(1, round(width * scale))]
-    if channels == 2:  # grey + alpha: JPEG has no alpha
-        image = image[..., :1]
-    elif channels == 4:
-        image = image[..., :3]
-    resized = tf.image.resize(image, size, method="area")
-    pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-    encoded = tf.io.encode_jpeg(pixels, quality=95).numpy()
-    return StoredImage(encoded, "jpeg", size[0], size[1], int(pixels.shape[-1]), source_fmt)
-
-
 def _too_large(data: bytes, max_image_pixels: int) -> str | None:
     try:
         header = image_header.read_header(data)
@@ -132,11 +115,15 @@ def _too_large(data: bytes, max_image_pixels: int) -> str | None:
 def check_image(
     relpath: str,
     data: bytes,
-    resize_max_side: int | None = None,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> StoredImage:
     """The image to store for one file's bytes, or SkipFile with the reason. An image whose
-    header claims more than max_image_pixels pixels is skipped before it is decoded."""
+    header claims more than max_image_pixels pixels is skipped before it is decoded.
+
+    The stored bytes are the file's own (WebP, which serving does not take, as lossless PNG of
+    the same pixels): training, the Evaluator and serving all decode the same pixels. There is
+    no downscaling option: a re-encoded copy would be what the gates score while clients send
+    the originals (train/serve skew no gate could see)."""
     if not data:
         raise SkipFile("empty file (0 bytes)")
     fmt = sniff_format(data)
@@ -153,8 +140,6 @@ def check_image(
             raise SkipFile(too_large)
     image = decode(data)
     height, width, channels = (int(d) for d in image.shape)
-    if resize_max_side and max(height, width) > resize_max_side:
-        return resize_to_jpeg(image, resize_max_side, fmt)
     if fmt == "webp":
         import tensorflow as tf
 

@@ -30,6 +30,7 @@ def read_verdict(path: str) -> bool:
 
 class InfraValidator(Component):
     name = "InfraValidator"
+    code_modules = ("pipeline_components.cli", "serving.server")  # `serve` in a subprocess
     description = "serve the candidate in a real model server and check its answers"
     command = "infra-validate"
     config_section = "infra_validator"

@@ -1,8 +1,9 @@
 """`runs/<run_id>/report.html`: one self-contained page a person opens after a scheduled run.
 
-Gate decision and pushed version first, then each component's own section (`report_html`:
-the test metrics, confusion matrix and misclassified examples, the training curves, the data
-summary, ...) and the lineage of every component. Images are inlined
+Gate decision and pushed version first, then the components' alerts (`report_alerts`: data
+anomalies, failures first), then each component's own section (`report_html`: the test metrics,
+confusion matrix and misclassified examples, the training curves, the data statistics, ...) and
+the lineage of every component. Images are inlined
 (base64), so the file can be mailed or attached to a ticket as is.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pipeline_components.core import fsutil, registry
 from pipeline_components.core.reporting import e as _e
 from pipeline_components.core.reporting import fmt as _fmt
-from pipeline_components.orchestration.summary import component_names, result_text
+from pipeline_components.orchestration.summary import component_names, has_result, result_text
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
@@ -25,6 +26,7 @@ th{background:#f3f6f9}.num{text-align:right;font-variant-numeric:tabular-nums}
 .fail{background:#fde8e8;border:1px solid #f19a9a}.imgs{display:flex;flex-wrap:wrap;gap:1em}
 .imgs figure{margin:0}.imgs img{max-width:520px;border:1px solid #dde3ea}
 figcaption{color:#667;font-size:.9em}code{background:#f3f6f9;padding:0 .25em;border-radius:3px}
+.alerts{margin:.4em 0 0;padding-left:1.2em}
 """
 
 
@@ -44,13 +46,35 @@ def _banner(record: dict) -> str:
     return f'<div class="banner no"><b>Not pushed.</b> {_e(reason)}</div>'
 
 
+def _alerts(record: dict) -> str:
+    """Every component's `report_alerts` (data anomalies, ...), failures first, at the top."""
+    alerts: list[tuple[str, str, str]] = []
+    for component in registry.pipeline_order():
+        entry = record["components"].get(component.name)
+        if entry and has_result(entry):
+            try:
+                found = component.report_alerts(entry)
+                alerts += [(level, component.name, text) for level, text in found]
+            except Exception as e:  # a broken hook must not cost the whole page
+                alerts.append(("warn", component.name, f"alerts unavailable: {e}"))
+    if not alerts:
+        return ""
+    alerts.sort(key=lambda a: a[0] != "fail")
+    items = "".join(
+        f"<li><b>{_e(level.upper())}</b> {_e(name)}: {_e(text)}</li>"
+        for level, name, text in alerts
+    )
+    css = "fail" if any(level == "fail" for level, _, _ in alerts) else "no"
+    return f'<div class="banner {css}"><b>Alerts</b><ul class=alerts>{items}</ul></div>'
+
+
 def _component_sections(record: dict) -> str:
     """Each component's own section, the last in the pipeline first (the evaluation a reader
     looks for comes before the training and the data behind it)."""
     html_parts = []
     for component in reversed(registry.pipeline_order()):
         entry = record["components"].get(component.name)
-        if entry and entry.get("status") in ("completed", "cached"):
+        if entry and has_result(entry):
             try:
                 html_parts.append(component.report_html(entry, record))
             except Exception as e:  # one broken section must not cost the whole page
@@ -66,18 +90,19 @@ def _lineage_section(record: dict) -> str:
     for name in component_names(record):
         c = record["components"].get(name)
         if not c:
-            rows += f"<tr><td>{name}</td><td>not run</td><td></td><td></td><td></td></tr>"
+            rows += f"<tr><td>{name}</td><td>not run</td>" + "<td></td>" * 4 + "</tr>"
             continue
         cached = f" (run {c['cached_from_run']})" if c.get("cached_from_run") else ""
         rows += (
             f"<tr><td>{name}</td><td>{_e(c['status'])}{_e(cached)}</td>"
             f"<td class=num>{_fmt(c.get('duration_s'), 1)}</td>"
             f"<td><code>{_e(c.get('output_dir', ''))}</code></td>"
+            f"<td><code>{_e(str(c.get('code_fingerprint') or '')[:12])}</code></td>"
             f"<td>{_e(result_text(name, c))}</td></tr>"
         )
     return (
         "<h2>Components</h2><table><tr><th>component</th><th>status</th><th>seconds</th>"
-        f"<th>output</th><th>result</th></tr>{rows}</table>"
+        f"<th>output</th><th>code</th><th>result</th></tr>{rows}</table>"
     )
 
 
@@ -86,8 +111,10 @@ def render(record: dict) -> str:
     meta = (
         f"status <b>{_e(record['status'])}</b> · started {_e(record.get('started'))} · "
         f"finished {_e(record.get('finished'))} · code {_e(record.get('code_version'))}"
+        f" · code fingerprint <code>{_e(str(record.get('code_fingerprint') or '')[:12])}</code>"
     )
-    body = _banner(record) + _component_sections(record) + _lineage_section(record)
+    body = _banner(record) + _alerts(record) + _component_sections(record)
+    body += _lineage_section(record)
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1><p class=muted>{meta}</p>"

@@ -9,11 +9,13 @@ Layout under `pipeline_root` (core/artifacts.py):
     runs/<run_id>/run.json    the run's lineage record; report.html; error.log on failure
 
 A component whose cache key (its config section, its input artifacts' fingerprints, its external
-inputs, the code version) matches a completed execution reuses that output instead of running
-(`--force` disables this). A resumable component's execution with the same key that did not
-complete (killed, preempted) is resumed in place. `--resume RUN_ID` continues a failed run's
-record from its first incomplete component. A component that is not cacheable (the Pusher)
-always runs.
+inputs, its code fingerprint: core/codeprint.py) matches a completed execution reuses that
+output instead of running (`--force` disables this). A resumable component's execution with the
+same key that did not complete (killed, preempted) is resumed in place, never under `--force`
+and never while the process that started it is alive. `--resume RUN_ID` continues a failed
+run's record from its first incomplete component. A component that is not cacheable (the
+Pusher) always runs. One run at a time: the run holds `<pipeline_root>/lock.json`
+(core/locking.py) and a second one fails naming the holder.
 
 Exit codes: 0 run completed (model pushed, or rightly not pushed); 1 a component or the config
 failed (one line on stderr, details in run.json and error.log); 2 bad command line.
@@ -22,27 +24,32 @@ failed (one line on stderr, details in run.json and error.log); 2 bad command li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
+import signal
+import socket
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_components import __version__
-from pipeline_components.core import artifacts, fsutil, registry
+from pipeline_components.core import artifacts, fsutil, locking, registry
 from pipeline_components.core import config as config_lib
 from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import Component, ExecutionContext, output_uri
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import report
-from pipeline_components.orchestration.summary import summary_table
+from pipeline_components.orchestration.summary import has_result, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +84,30 @@ def _record_path(component_dir: str, execution_id: int) -> str:
     return fsutil.join(component_dir, f"{execution_id}.json")
 
 
+def owner_alive(rec: dict) -> bool:
+    """Whether the process that wrote an execution record still runs (same host only; on
+    another host the pipeline_root lock already rules out a live writer)."""
+    owner = rec.get("owner") or {}
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    return pid != os.getpid() and locking.pid_alive(pid)
+
+
 def find_execution(component_dir: str, key: str, statuses: tuple[str, ...]) -> dict | None:
-    """The newest execution record with this cache key and one of these statuses."""
+    """The newest execution record with this cache key and one of these statuses (a running
+    one only when its process is gone)."""
     for execution_id in reversed(_execution_ids(component_dir)):
         path = _record_path(component_dir, execution_id)
         if not fsutil.exists(path):
             continue
         rec = fsutil.read_json(path, "execution record")
+        if not rec:  # claimed a moment ago, not written yet
+            continue
         complete = rec.get("status") != "completed" or fsutil.exists(rec["output_dir"])
         if rec.get("cache_key") == key and rec.get("status") in statuses and complete:
+            if rec.get("status") == "running" and owner_alive(rec):
+                continue
             return rec
     return None
 
@@ -99,13 +121,22 @@ class Step:
     execute: Callable[[str], dict]  # output_dir -> result
     cacheable: bool = True
     resumable: bool = False
+    code: str = __version__  # the component's code fingerprint (core/codeprint.py)
 
 
 class Run:
-    def __init__(self, cfg: PipelineConfig, force: bool, resume: str | None, config_path: str):
-        self.cfg, self.force = cfg, force
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        force: bool,
+        resume: str | None,
+        config_path: str,
+        run_id: str | None = None,
+        lock: locking.PipelineLock | None = None,
+    ):
+        self.cfg, self.force, self.lock = cfg, force, lock
         self.root = cfg.pipeline_root
-        self.run_id = resume or new_run_id()
+        self.run_id = resume or run_id or new_run_id()
         self.run_dir = artifacts.run_dir(self.root, self.run_id)
         self.record_path = fsutil.join(self.run_dir, artifacts.RUN_RECORD)
         if resume:
@@ -120,10 +151,15 @@ class Run:
                 "status": "running",
                 "started": now(),
                 "code_version": __version__,
+                "code": {},
                 "config_path": config_path,
                 "config": config_lib.to_dict(cfg),
                 "components": {},
             }
+        if lock is not None:
+            self.record["lock"] = lock.holder()
+            if lock.took_over:
+                self.record["lock"]["took_over_from"] = lock.took_over
         fsutil.makedirs(self.run_dir)
         self.save()
 
@@ -132,8 +168,11 @@ class Run:
 
     def component(self, step: Step) -> dict:
         """Run or reuse one component; returns its entry in run.json."""
+        if self.lock is not None:
+            self.lock.check()  # a holder that hung past its lease must not write on
         component_dir = artifacts.component_dir(self.root, step.name)
-        key = digest({"component": step.name, "code": __version__, **step.key_inputs})
+        key = digest({"component": step.name, "code": step.code, **step.key_inputs})
+        self.record.setdefault("code", {})[step.name] = step.code
         previous = self.record["components"].get(step.name)
         if (
             previous
@@ -152,7 +191,7 @@ class Run:
                 log.info("%s: cached (execution %s)", step.name, hit["execution_id"])
                 return entry
         resumable = None
-        if step.resumable:
+        if step.resumable and not self.force:
             resumable = find_execution(component_dir, key, ("running", "failed"))
         if resumable:
             execution_id = resumable["execution_id"]
@@ -163,12 +202,14 @@ class Run:
             "component": step.name,
             "execution_id": execution_id,
             "cache_key": key,
+            "code_fingerprint": step.code,
             "status": "running",
             "cached": False,
             "run_id": self.run_id,
             "inputs": step.key_inputs,
             "output_dir": artifacts.execution_dir(self.root, step.name, execution_id),
             "started": now(),
+            "owner": {"host": socket.gethostname(), "pid": os.getpid()},
         }
         self._write_execution(component_dir, entry)
         t0 = time.monotonic()
@@ -178,6 +219,9 @@ class Run:
         except BaseException as e:
             entry["status"] = "failed"
             entry["error"] = _one_line(e)
+            found = getattr(e, "result", None)  # PipelineError(result=): what it found
+            if found is not None:
+                entry["result"] = found
             raise
         finally:
             entry["finished"] = now()
@@ -186,9 +230,11 @@ class Run:
         return entry
 
     def _claim_execution_id(self, component_dir: str) -> int:
+        """The next free execution id, claimed by creating its record exclusively (two
+        claimers never get the same id, even without the pipeline_root lock)."""
         fsutil.makedirs(component_dir)
         execution_id = max(_execution_ids(component_dir), default=0) + 1
-        while fsutil.exists(_record_path(component_dir, execution_id)):
+        while not locking.create_exclusive(_record_path(component_dir, execution_id), "{}\n"):
             execution_id += 1
         return execution_id
 
@@ -255,8 +301,16 @@ class Pipeline:
             ctx.output_dir = output_dir
             return component.run(ctx)
 
+        code = component.code_fingerprint()["sha256"]
         entry = self.run.component(
-            Step(component.name, key_inputs, execute, component.cacheable, component.resumable)
+            Step(
+                component.name,
+                key_inputs,
+                execute,
+                component.cacheable,
+                component.resumable,
+                code,
+            )
         )
         for name, artifact_type in component.outputs.items():
             uri = output_uri(artifact_type, entry["output_dir"])
@@ -284,8 +338,22 @@ class Pipeline:
 def run_pipeline(
     cfg: PipelineConfig, force: bool = False, resume: str | None = None, config_path: str = ""
 ) -> dict:
-    """Execute the pipeline; returns the run record (also in runs/<run_id>/run.json)."""
-    run = Run(cfg, force, resume, config_path)
+    """Execute the pipeline; returns the run record (also in runs/<run_id>/run.json).
+    Holds the pipeline_root's lock throughout (locking.PipelineLocked when a live run has it)."""
+    run_id = resume or new_run_id()
+    with locking.hold(cfg.pipeline_root, run_id, "transfer-pipeline run") as lock:
+        return _run_locked(cfg, force, resume, config_path, run_id, lock)
+
+
+def _run_locked(
+    cfg: PipelineConfig,
+    force: bool,
+    resume: str | None,
+    config_path: str,
+    run_id: str,
+    lock: locking.PipelineLock,
+) -> dict:
+    run = Run(cfg, force, resume, config_path, run_id, lock)
     log.info("run %s of pipeline %s (record: %s)", run.run_id, cfg.pipeline_name, run.record_path)
     try:
         Pipeline(cfg, run).execute()
@@ -319,9 +387,11 @@ class RunFailed(PipelineError):
 def _finish(run: Run) -> None:
     rec = run.record
     rec["finished"] = now()
+    if rec.get("code"):
+        rec["code_fingerprint"] = digest(rec["code"])
     for component in registry.pipeline_order():
         entry = rec["components"].get(component.name)
-        if entry and entry.get("status") in ("completed", "cached"):
+        if entry and has_result(entry):
             rec.update(component.record_fields(entry))
     try:
         path = fsutil.join(run.run_dir, artifacts.REPORT_FILE)
@@ -329,6 +399,25 @@ def _finish(run: Run) -> None:
     except Exception as e:  # a report must never hide the run's own outcome
         log.warning("could not write report.html: %s", _one_line(e))
     run.save()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a node drain, `kubectl delete pod`) stops the run like Ctrl-C: records are
+    closed and the pipeline_root lock is released, so the Job's retry can take the root at
+    once instead of waiting for the lease to expire."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = config_lib.load(args.config, args.overrides)
     try:
-        record = run_pipeline(cfg, args.force, args.resume, args.config)
+        with _sigterm_interrupts():
+            record = run_pipeline(cfg, args.force, args.resume, args.config)
     except RunFailed as e:
         print(summary_table(e.record))
         run_dir = artifacts.run_dir(cfg.pipeline_root, e.record["run_id"])

@@ -12,6 +12,13 @@ def component_names(record: dict) -> list[str]:
     return names + [n for n in record.get("components", {}) if n not in names]
 
 
+def has_result(entry: dict) -> bool:
+    """A completed or cached entry, or a failed one that recorded what it found
+    (PipelineError.result): its record_fields, report section and alerts apply."""
+    status = entry.get("status")
+    return status in ("completed", "cached") or (status == "failed" and bool(entry.get("result")))
+
+
 def result_text(name: str, entry: dict) -> str:
     """The one-line result of a component's run.json entry (table and report)."""
     if entry.get("status") == "failed":

@@ -3,6 +3,7 @@ epoch's weights (the ones that are exported)."""
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import time
@@ -31,7 +32,7 @@ def weights_from_bytes(data: bytes) -> list[np.ndarray]:
 class EpochLog(keras.callbacks.Callback):
     """Adds `images_per_sec` (training part of the epoch) to the logs, logs one line per epoch and
     persists every finished epoch to a JSON file, so a resumed run's history has all epochs.
-    Must come before the callbacks that record logs (CSVLogger, TensorBoard)."""
+    Must come before the callbacks that record logs (CsvHistory, ScalarLogger)."""
 
     def __init__(self, path: str, images_per_epoch: int, phase: str, total_epochs: int):
         super().__init__()
@@ -65,6 +66,31 @@ class EpochLog(keras.callbacks.Callback):
 
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class CsvHistory(keras.callbacks.Callback):
+    """`history.csv` in keras.callbacks.CSVLogger's columns (epoch from 0, then the logged
+    scalars sorted), rewritten whole through a temporary file at every epoch end. CSVLogger needs
+    a Python file object (it checks `.closed`, which GFile lacks) and appends in place, which
+    object stores cannot do; a resumed run's rows replace the epochs they repeat."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.rows: dict[int, dict] = {}
+        if fsutil.exists(path):
+            for row in csv.DictReader(io.StringIO(fsutil.read_text(path))):
+                self.rows[int(row["epoch"])] = row
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        self.rows[epoch] = {"epoch": epoch, **row}
+        keys = sorted({k for r in self.rows.values() for k in r} - {"epoch"})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=["epoch", *keys], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows[e] for e in sorted(self.rows))
+        fsutil.write_atomic(self.path, out.getvalue())
 
 
 class ScalarLogger(keras.callbacks.Callback):
@@ -111,24 +137,41 @@ def read_epoch_records(path: str) -> dict[int, dict]:
     return {int(r["epoch"]): r for r in fsutil.read_json(path, "epoch log")}
 
 
-class BestCheckpoint(keras.callbacks.Callback):
-    """Keeps the weights of `target` from the epoch with the best val_accuracy (ties: lower
-    val_loss; tiny validation sets tie often). Unlike ModelCheckpoint it remembers the best value
-    across a resume, and it saves only `target` (the head, when the backbone stays frozen)."""
+# trainer.monitor: the value EarlyStopping watches and the best epoch is chosen by, and whether
+# higher or lower is better (Keras' `mode`).
+MONITOR_MODES = {"val_accuracy": "max", "val_loss": "min"}
 
-    def __init__(self, weights_path: str, state_path: str, target: keras.Model):
+
+def monitor_score(monitor: str, val_accuracy: float, val_loss: float) -> tuple[float, float]:
+    """Higher is better: the monitored value first, the other one breaks ties (tiny validation
+    sets tie often on accuracy)."""
+    if MONITOR_MODES[monitor] == "max":
+        return val_accuracy, -val_loss
+    return -val_loss, val_accuracy
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of `target` from the epoch with the best `monitor` (val_accuracy, ties:
+    lower val_loss; or val_loss, ties: higher val_accuracy), the same value EarlyStopping
+    watches. Unlike ModelCheckpoint it remembers the best value across a resume, and it saves
+    only `target` (the head, when the backbone stays frozen)."""
+
+    def __init__(
+        self, weights_path: str, state_path: str, target: keras.Model, monitor: str = "val_accuracy"
+    ):
         super().__init__()
         self.weights_path, self.state_path, self.target = weights_path, state_path, target
+        self.monitor = monitor
         self.best = fsutil.read_json(state_path) if fsutil.exists(state_path) else None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if "val_accuracy" not in logs:
+        if self.monitor not in logs:
             return
-        acc, loss = float(logs["val_accuracy"]), float(logs.get("val_loss", np.inf))
-        if self.best is not None and (acc, -loss) <= (
-            self.best["val_accuracy"],
-            -self.best["val_loss"],
+        acc = float(logs.get("val_accuracy", -np.inf))
+        loss = float(logs.get("val_loss", np.inf))
+        if self.best is not None and monitor_score(self.monitor, acc, loss) <= monitor_score(
+            self.monitor, self.best["val_accuracy"], self.best["val_loss"]
         ):
             return
         fsutil.write_atomic(self.weights_path, weights_to_bytes(self.target.get_weights()))

@@ -63,7 +63,12 @@ class TrainerConfig:
     augmentation: AugmentationConfig | None = option(factory=AugmentationConfig)
     cache_features: str = option("auto", choices=("auto", "true", "false"))
     early_stopping_patience: int | None = option(None, ge=0)  # None or 0: off
-    shuffle_buffer: int = option(1000, ge=1)
+    # what EarlyStopping watches and the exported (best) epoch is chosen by
+    monitor: str = option("val_accuracy", choices=("val_accuracy", "val_loss"))
+    # train shuffle buffer in records; None: the whole split (capped by shuffle_memory_mb)
+    shuffle_buffer: int | None = option(None, ge=1, le=2**31 - 1)
+    # memory cap of the train shuffle buffer (serialized records), MiB
+    shuffle_memory_mb: int = option(1024, ge=1, le=1_048_576)
     mixed_precision: str = option("auto", choices=("auto", "true", "false"))  # auto: on GPU
     # fail at the start when TensorFlow sees no GPU (how it runs, not what it computes: not in
     # the cache key)
@@ -88,6 +93,7 @@ class Trainer(Component):
     inputs = {"examples": Input(artifacts.EXAMPLES)}
     outputs = {"model": artifacts.MODEL}
     resumable = True  # a killed execution continues from checkpoints/
+    gpu = True  # the one step that gets a GPU when each step is scheduled on its own (KFP)
 
     def preflight(self, config: Any) -> None:
         from pipeline_components.trainer.executor import check_config
@@ -242,10 +248,12 @@ class Trainer(Component):
         if me is None or me.num_workers == 1:  # a worker of a group checks once it has formed
             check_config(config)  # before anything is written
         examples = artifacts.Artifact(artifacts.EXAMPLES, args.examples)
+        ctx = ExecutionContext(pipeline, config, {"examples": examples}, args.output)
         try:
-            summary = self.run(
-                ExecutionContext(pipeline, config, {"examples": examples}, args.output)
-            )
+            # the chief writes the output (and holds the pipeline_root's lock when the output is
+            # inside one); the other workers of a group write only to temporary directories
+            chief = me is None or me.rank == 0
+            summary = self.run_standalone(ctx) if chief else self.run(ctx)
         except cluster.WorkerLost as e:
             # TensorFlow's orderly shutdown waits tens of seconds for the lost peer; the group
             # restarts sooner when this worker leaves now (its temporary directory is gone).

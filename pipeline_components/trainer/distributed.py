@@ -183,6 +183,7 @@ def live_dataset_fn(examples_dir: str, split: str, config: TrainerConfig, plan, 
             training=training,
             augmentation=config.augmentation if training else None,
             shuffle_buffer=config.shuffle_buffer,
+            shuffle_memory_mb=config.shuffle_memory_mb,
             seed=seed,
             repeat=repeat,
             shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
@@ -488,7 +489,7 @@ def train_and_evaluate(
         paths = checkpoint_paths(group.write_dir)
         head = net.get_layer(model_lib.HEAD)
         target = net if plan.fine_tune else head
-        best = BestCheckpoint(paths["best_weights"], paths["best_state"], target)
+        best = BestCheckpoint(paths["best_weights"], paths["best_state"], target, config.monitor)
         phases = executor.Phases(
             net, config, plan, group.write_dir, train, val, best, tuple(callbacks)
         )

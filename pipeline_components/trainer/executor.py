@@ -30,7 +30,9 @@ from pipeline_components.trainer import export, inputs, plots
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.callbacks import (
     METRICS,
+    MONITOR_MODES,
     BestCheckpoint,
+    CsvHistory,
     EpochLog,
     ScalarLogger,
     read_epoch_records,
@@ -209,15 +211,17 @@ class Phases:
             keras.callbacks.BackupAndRestore(
                 paths[f"backup_{phase}"], double_checkpoint=True, delete_checkpoint=False
             ),
-            keras.callbacks.CSVLogger(
-                fsutil.join(self.output_dir, artifacts.HISTORY_CSV), append=True
-            ),
+            CsvHistory(fsutil.join(self.output_dir, artifacts.HISTORY_CSV)),
             ScalarLogger(fsutil.join(self.output_dir, artifacts.LOGS_DIR)),
         ]
         if config.early_stopping_patience:
+            # the same value as the best checkpoint: stopping never cuts off a better epoch
+            # that the exported one would have been
             callbacks.append(
                 keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=config.early_stopping_patience
+                    monitor=config.monitor,
+                    mode=MONITOR_MODES[config.monitor],
+                    patience=config.early_stopping_patience,
                 )
             )
         return callbacks + list(self.extra_callbacks)
@@ -287,7 +291,7 @@ def train_and_evaluate(
         head = net.get_layer(model_lib.HEAD)
         # Only the head changes unless fine-tuning, so the best checkpoint keeps only the head.
         target = net if plan.fine_tune else head
-        best = BestCheckpoint(paths["best_weights"], paths["best_state"], target)
+        best = BestCheckpoint(paths["best_weights"], paths["best_state"], target, config.monitor)
         phases = Phases(net, config, plan, output_dir, train, val, best, tuple(callbacks))
         head_epochs = phases.head()
         unfrozen = phases.fine_tune(head_epochs) if plan.fine_tune else []
@@ -300,6 +304,7 @@ def train_and_evaluate(
         "epochs_run": len(history.get("epoch", [])),
         "resumed_from_epoch": start_epoch if resumed else None,
         "best_epoch": best_state["epoch"] if best_state else None,
+        "monitor": config.monitor,
         "best": best_state,
         "final": {k: history[k][-1] for k in METRICS if history.get(k)},
         "cached_features": plan.cached,
@@ -369,6 +374,7 @@ def live_datasets(examples_dir, config, data, n_train, n_val):
         training=True,
         augmentation=config.augmentation,
         shuffle_buffer=config.shuffle_buffer,
+        shuffle_memory_mb=config.shuffle_memory_mb,
         seed=config.seed,
         repeat=bool(config.steps_per_epoch),
         num_examples=n_train,
@@ -440,7 +446,13 @@ def export_model(net, config: TrainerConfig, labels, examples_dir: str, output_d
     warmup = inputs.encoded_images(examples_dir, "train", NUM_WARMUP_IMAGES)
     path = artifacts.saved_model_dir(output_dir)
     return export.export_saved_model(
-        net, path, labels, size, warmup_images=warmup, max_image_pixels=config.max_image_pixels
+        net,
+        path,
+        labels,
+        size,
+        warmup_images=warmup,
+        max_image_pixels=config.max_image_pixels,
+        preprocessing={"backbone": config.backbone, "preprocess_input": "inside the model"},
     )
 
 

@@ -18,7 +18,9 @@ every frame's image descriptor, BMP header) and fails with INVALID_ARGUMENT nami
 an image would decode to more than `max_image_pixels` pixels (GIF: all frames together, since
 TensorFlow's decoder holds every frame). At most DECODE_PARALLELISM images are decoded at once.
 The limit is a constant in the graph, so TensorFlow Serving enforces it too, and it is recorded in
-`assets/serving_limits.json` (`core.artifacts.read_max_image_pixels`).
+`assets/serving_limits.json` (`core.artifacts.read_max_image_pixels`). The input the model expects
+(size, colour, pixel range, resize) is recorded in `assets/preprocessing.json` (input_metadata),
+part of the serving contract the Pusher checks (core/contract.py).
 """
 
 from __future__ import annotations
@@ -202,6 +204,20 @@ def decode_and_resize(encoded: tf.Tensor, image_size) -> tf.Tensor:
     return tf.image.resize(image, image_size, method="bilinear")
 
 
+def input_metadata(image_size) -> dict:
+    """What decode_and_resize makes of a request, for clients of `predict_pixels` and for the
+    serving-contract check: recorded at export in assets/preprocessing.json."""
+    height, width = (int(s) for s in image_size)
+    return {
+        "image_size": [height, width],
+        "channels": 3,
+        "color": "RGB",
+        "pixel_range": [0, 255],
+        "resize": "bilinear",
+        "decode": "tf.io.decode_image",
+    }
+
+
 def outputs_from_probabilities(probs: tf.Tensor, labels: list[str]) -> dict:
     """[N, 1] sigmoid or [N, C] softmax probabilities -> the four outputs of both signatures."""
     probs = tf.cast(probs, tf.float32)
@@ -266,8 +282,11 @@ def export_saved_model(
     warmup_images: list[bytes] | None = None,
     *,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    preprocessing: dict | None = None,
 ) -> str:
-    """Write the SavedModel to `export_dir` atomically (temporary sibling + rename)."""
+    """Write the SavedModel to `export_dir` atomically (temporary sibling + rename).
+    `assets/preprocessing.json` records the input the model expects (input_metadata) plus
+    `preprocessing` (e.g. the backbone): part of the serving contract (core/contract.py)."""
     height, width = (int(s) for s in image_size)
     serving_default, predict_pixels = build_serving_fns(
         model, labels, (height, width), max_image_pixels
@@ -280,6 +299,10 @@ def export_saved_model(
         fsutil.write_atomic(artifacts.labels_asset(tmp), "\n".join(labels) + "\n")
         limits = {"max_image_pixels": int(max_image_pixels)}
         fsutil.write_atomic(artifacts.limits_asset(tmp), json.dumps(limits) + "\n")
+        metadata = {**input_metadata((height, width)), **(preprocessing or {})}
+        fsutil.write_atomic(
+            artifacts.preprocessing_asset(tmp), json.dumps(metadata, sort_keys=True) + "\n"
+        )
         if warmup_images:
             fsutil.makedirs(fsutil.join(tmp, artifacts.ASSETS_EXTRA_DIR))
             with tf.io.TFRecordWriter(artifacts.warmup_file(tmp)) as writer:

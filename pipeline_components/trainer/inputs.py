@@ -1,7 +1,14 @@
 """tf.data input pipeline over ExampleGen's GZIP TFRecords, with train-only augmentation.
 
-    shards -> parallel interleave -> [train: shuffle] -> [repeat] -> parse + decode_and_resize
-        -> batch -> [train: RandomAffine, one resampling per batch] -> prefetch
+    shards [train: in a new order each epoch] -> parallel interleave
+        -> [train: shuffle serialized records, buffer = whole split up to shuffle_memory_mb]
+        -> [repeat] -> parse + decode_and_resize -> batch
+        -> [train: RandomAffine, one resampling per batch] -> prefetch
+
+Class mixing: every train batch is drawn from the whole split, reshuffled each epoch, as long as
+the split's serialized records fit in `shuffle_memory_mb` (`shuffle_buffer_size`); a larger split
+still gets class-mixed batches because ExampleGen writes records in a hash order of their paths
+(never one class folder after another) and the shard order changes every epoch.
 
 Pixels are float32 RGB 0..255 from `export.decode_and_resize`, the function the exported
 `serving_default` signature also uses, so training and serving see the same pixels.
@@ -10,15 +17,24 @@ Labels: float32 [1] for two classes (sigmoid head), int32 class indices for more
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import tensorflow as tf
 
-from pipeline_components.core import examples
+from pipeline_components.core import examples, fsutil
 from pipeline_components.core.config import check_section
 from pipeline_components.trainer.augment import RandomAffine
 from pipeline_components.trainer.export import decode_and_resize
 
+log = logging.getLogger(__name__)
+
 AUTOTUNE = tf.data.AUTOTUNE
+# The train shuffle buffer's default memory cap (trainer.shuffle_memory_mb).
+DEFAULT_SHUFFLE_MEMORY_MB = 1024
+# Allowance per buffered record beyond its serialized bytes (tensor and queue bookkeeping;
+# measured 324-391 bytes for a tf.data shuffle buffer of 100-2000-byte strings, TF 2.21).
+RECORD_OVERHEAD_BYTES = 512
 
 
 def validate_augmentation(aug) -> None:
@@ -88,6 +104,39 @@ def shard_inputs(files: list[str], shard: tuple[int, int] | None):
     return files, (n, i)
 
 
+def split_bytes(files: list[str]) -> int:
+    """Bytes of a split's shard files: about its serialized records' bytes, since ExampleGen
+    writes GZIP files of stored (uncompressed) blocks."""
+    gfile = fsutil.gfile()
+    return sum(int(gfile.stat(f).length) for f in files)
+
+
+def shuffle_buffer_size(
+    files: list[str], num_examples: int, *, records: int | None, memory_bytes: int
+) -> int:
+    """Records the train shuffle buffer holds: `records` (None: the whole split, so every batch
+    is drawn from all of it), but no more than fit in `memory_bytes` of serialized records
+    (their size estimated from the shard files, plus RECORD_OVERHEAD_BYTES each)."""
+    wanted = num_examples if records is None else records
+    per_record = split_bytes(files) / max(num_examples, 1) + RECORD_OVERHEAD_BYTES
+    size = max(1, min(wanted, int(memory_bytes // per_record)))
+    mib = size * per_record / 2**20
+    if size < wanted:
+        log.warning(
+            "train shuffle buffer: %d of %d records (%.1f MiB, capped by trainer.shuffle_memory_mb"
+            " = %.0f): batches mix classes but are not drawn from the whole split; raise"
+            " shuffle_memory_mb for a full reshuffle",
+            size,
+            num_examples,
+            mib,
+            memory_bytes / 2**20,
+        )
+    else:
+        whole = " (the whole split)" if size >= num_examples else ""
+        log.info("train shuffle buffer: %d records%s, %.1f MiB", size, whole, mib)
+    return size
+
+
 def decode_example(serialized, image_size, num_classes: int):
     """One serialized Example -> (float32 [H, W, 3] pixels 0..255, label)."""
     features = examples.parse(serialized)
@@ -109,18 +158,22 @@ def make_dataset(
     num_classes: int,
     training: bool = False,
     augmentation=None,
-    shuffle_buffer: int = 1000,
+    shuffle_buffer: int | None = None,
+    shuffle_memory_mb: int = DEFAULT_SHUFFLE_MEMORY_MB,
     seed: int | None = None,
     repeat: bool = False,
     num_examples: int | None = None,
     shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
-    """Batched (pixels, labels) of one split. `training` shuffles (and augments when
-    `augmentation` is given); other splits keep the shard order and are never augmented.
-    With a seed the order and the augmentation are the same on every run. `num_examples` (the
-    split's size, when known) lets Keras know the number of batches of a finite dataset.
-    `shard` = (workers, index) keeps one worker's part of the split (`shard_inputs`)."""
-    files, record_shard = shard_inputs(examples.split_files(examples_dir, split), shard)
+    """Batched (pixels, labels) of one split. `training` reshuffles every epoch (and augments
+    when `augmentation` is given); other splits keep the shard order and are never augmented.
+    The train shuffle buffer holds `shuffle_buffer` records (None: the whole split), capped by
+    `shuffle_memory_mb` (`shuffle_buffer_size`). With a seed the order and the augmentation are
+    the same on every run. `num_examples` (the split's size, when known) lets Keras know the
+    number of batches of a finite dataset. `shard` = (workers, index) keeps one worker's part of
+    the split (`shard_inputs`); `num_examples` is then that part's size, or None."""
+    all_files = examples.split_files(examples_dir, split)
+    files, record_shard = shard_inputs(all_files, shard)
     deterministic = seed is not None or not training
     # Record sharding needs the same record order on every worker.
     ds = read_records(
@@ -134,8 +187,17 @@ def make_dataset(
     if num_examples is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
     if training:
+        # sized on the whole split: a worker's part is at most that (the buffer is then a cap)
+        size = (
+            num_examples
+            if num_examples is not None and shard is None
+            else len(split_labels(examples_dir, split))
+        )
+        buffer = shuffle_buffer_size(
+            all_files, size, records=shuffle_buffer, memory_bytes=shuffle_memory_mb * 2**20
+        )
         # shuffle the small serialized records, not decoded float images
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     size = (int(image_size[0]), int(image_size[1]))

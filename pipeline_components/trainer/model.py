@@ -5,6 +5,12 @@ inside the model, and a small classification head.
         -> head: Flatten | GlobalAveragePooling2D, optional Dropout,
                  Dense(1, sigmoid) for two classes | Dense(C, softmax) for more
 
+BatchNormalization stays in inference mode, fine-tuning included: Keras 3 passes fit()'s
+`training=True` to every layer of a nested functional model, overriding the `training=False`
+the backbone is called with (keras-team/keras#20285), so `unfreeze_from` keeps every
+BatchNormalization layer `trainable=False`, which Keras 3 runs with the moving mean and
+variance and never updates (the Keras transfer-learning guide's rule).
+
 The head is its own sub-model (layer "head"), so it can be trained alone on cached backbone
 features and then used unchanged inside the full model that is exported.
 """
@@ -170,7 +176,9 @@ def create_model(config, num_classes: int) -> keras.Model:
     head = build_head(backbone.output.shape[1:], num_classes, config.head, config.dropout)
     pixels = keras.Input((*size, 3), name="pixels")
     x = BackbonePreprocess(config.backbone.lower(), name=PREPROCESS)(pixels)
-    x = backbone(x, training=False)  # BatchNorm stays in inference mode even when fine-tuning
+    # training=False holds for model.predict/evaluate; under fit() Keras 3 overrides it, and
+    # unfreeze_from keeps BatchNormalization frozen instead
+    x = backbone(x, training=False)
     return keras.Model(pixels, head(x), name=f"{config.backbone.lower()}_transfer")
 
 
@@ -193,15 +201,28 @@ def check_layer_name(model: keras.Model, layer_name: str) -> int:
     return names.index(layer_name)
 
 
+def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer in `layer`, nested models included."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer]
+    found = []
+    for sub in getattr(layer, "layers", None) or []:
+        found += batch_norm_layers(sub)
+    return found
+
+
 def unfreeze_from(model: keras.Model, layer_name: str) -> list[str]:
-    """Make `layer_name` and every backbone layer after it trainable; returns their names."""
+    """Make `layer_name` and every backbone layer after it trainable, except BatchNormalization
+    layers, which stay non-trainable and so in inference mode (moving statistics used, never
+    updated) also under fit(); returns the names of the layers made trainable."""
     start = check_layer_name(model, layer_name)
     backbone = model.get_layer(BACKBONE)
-    names = [layer.name for layer in backbone.layers]
     backbone.trainable = True
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= start
-    return names[start:]
+    for layer in batch_norm_layers(backbone):
+        layer.trainable = False
+    return [layer.name for layer in backbone.layers[start:] if layer.trainable]
 
 
 def make_optimizer(name: str, learning_rate: float):
