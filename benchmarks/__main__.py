@@ -2,13 +2,13 @@
 
     python -m benchmarks [--quick | --smoke] [--only NAME ...] [--out DIR] [--in-process]
 
-Benchmarks, in this order: example_gen, statistics_gen, input_pipeline, training, serving. Each
-is its script's `run(quick)` followed by its `report()`, exactly as `python -m benchmarks.<name>`
-does, and each runs in a fresh `python` subprocess: TensorFlow fixes its thread pools at first
-use (the serving benchmark sets the server's thread settings, which a process that already ran
-TensorFlow refuses),
-Keras and tf.data keep models and caches for the life of a process, and a crash, a hang or an
-out-of-memory kill then costs one benchmark, not the run. The price is ~5 s of imports each.
+Benchmarks, in this order: example_gen, statistics_gen, input_pipeline, training, serving,
+batch_inference, multi_worker. Each is its script's `run(quick)` followed by its `report()`, exactly
+as `python -m benchmarks.<name>` does, and each runs in a fresh `python` subprocess: TensorFlow
+fixes its thread pools at first use (the serving benchmark sets the server's thread settings, which
+a process that already ran TensorFlow refuses), Keras and tf.data keep models and caches for the
+life of a process, and a crash, a hang or an out-of-memory kill then costs one benchmark, not the
+run. The price is ~5 s of imports each.
 
 Writes <out>/results.json (every result, each benchmark's headline claims and its own Markdown
 table), <out>/results.md (the headline table, then each benchmark's table) and, as each script
@@ -70,6 +70,8 @@ SMOKE = {
         "throughput_seconds": 0.5,
         "models": ("mobilenet_v2_035_96",),
     },
+    "batch_inference": {"num_images": 40, "repeats": 1},
+    "multi_worker": {"num_images": 16, "size": 32, "epochs": 2, "steps": 1, "repeats": 1},
 }
 
 # TensorFlow's start-up lines (printed before its log level applies): kept out of the console.
@@ -183,6 +185,19 @@ def _serving(r: dict) -> tuple[str, list[dict]]:
     ]
 
 
+def _batch_inference(r: dict) -> tuple[str, list[dict]]:
+    ratios, goals = r["ratios"], r["goals"]
+    a, d = _variant(r, "(a)")["median_s"], _variant(r, "(d)")["median_s"]
+    w, h = r["image_size"]
+    workload = f"{r['num_images']} JPEGs {w}x{h}, {r['model']}, {_rounds(r['repeats'])}"
+    loop = f"(a) the plain loop: {_s(a)}"
+    return workload, [
+        claim(ratios["b_over_a"], "(b)/(a) time", goals["b_within_1.3x_of_a"], loop),
+        claim(ratios["a_over_c"], "(a)/(c) time", goals["c_faster_than_a"], loop),
+        claim(ratios["e_over_d"], "(e)/(d) time", None, f"(d) one process: {_s(d)}"),
+    ]
+
+
 def _statistics_gen(r: dict) -> tuple[str, list[dict]]:
     ratios = r["ratios"]
     c = _variant(r, "(c)")["median_s"]
@@ -200,6 +215,28 @@ def _statistics_gen(r: dict) -> tuple[str, list[dict]]:
             None,
             f"(t)/(c) = {_x(ratios['t_over_c'])}: in one process, as a share of ExampleGen's",
         ),
+    ]
+
+
+def _multi_worker(r: dict) -> tuple[str, list[dict]]:
+    ratios, goals = r["ratios"], r["goals"]
+    s = r["image_size"][0]
+    floor = (
+        f"whole command (b)/(a) = {_x(ratios['b_over_a_wall_time'])}: two TensorFlow runtimes"
+        " and a gRPC all-reduce per step on the same cores; no GPU or second node here"
+    )
+    workload = (
+        f"VGG16, {r['num_images']} images {s}x{s}, {r['epochs']} epochs x"
+        f" {r['steps_per_epoch']} steps, batch {r['batch_size']}, {_rounds(r['repeats'])}"
+    )
+    return workload, [
+        claim(
+            ratios["b_over_a_training_images_per_s"],
+            "(b)/(a) training images/s"
+            + (", faster in every round" if goals["b_faster_in_every_round"] else ""),
+            None,  # no goal set: reported
+            floor,
+        )
     ]
 
 
@@ -268,6 +305,28 @@ BENCHMARKS = {
             ),
             ("p50 ratio <= 1.2 (issue 5)", "none set; reported (issue 5)"),
             _serving,
+        ),
+        Benchmark(
+            "batch_inference",
+            "benchmarks.batch_inference",
+            (
+                "(a) plain loop calling the signature, 1 process -> (b) batch-predict in_memory",
+                "(a) plain loop -> (c) batch-predict multi_processing x2",
+                "(d) Evaluator in one process (before) -> (e) Evaluator on Beam in_memory",
+            ),
+            (
+                "(b)/(a) <= 1.3 (issue 16)",
+                "(a)/(c) > 1 where the work outweighs start-up (issue 16)",
+                "none set; reported (issue 16)",
+            ),
+            _batch_inference,
+        ),
+        Benchmark(
+            "multi_worker",
+            "benchmarks.multi_worker",
+            ("(a) 1 worker (`train`) -> (b) 2 local workers (`train --workers 2 --local`)",),
+            ("none: reported; 2 shared CPU cores, no speedup expected (issue 18)",),
+            _multi_worker,
         ),
     )
 }

@@ -1,7 +1,7 @@
 """The benchmarks run and their results are well formed (not the numbers: those need real sizes).
 
 The slow test runs `python -m benchmarks --smoke` once (every script's run(quick=True) at even
-smaller sizes, each in its own subprocess, ~2 minutes on 2 cores) and checks each result; the
+smaller sizes, each in its own subprocess, ~3 minutes on 2 cores) and checks each result; the
 others check the aggregator with stand-in results, in a second or two.
 """
 
@@ -16,7 +16,16 @@ import sys
 import pytest
 
 import benchmarks.__main__ as bench
-from benchmarks import common, example_gen, input_pipeline, serving, statistics_gen, training
+from benchmarks import (
+    batch_inference,
+    common,
+    example_gen,
+    input_pipeline,
+    multi_worker,
+    serving,
+    statistics_gen,
+    training,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = list(bench.BENCHMARKS)
@@ -26,6 +35,8 @@ MODULES = {
     "input_pipeline": input_pipeline,
     "training": training,
     "serving": serving,
+    "batch_inference": batch_inference,
+    "multi_worker": multi_worker,
 }
 
 
@@ -56,7 +67,7 @@ def finite_positive(x) -> bool:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
-    proc = run_cli(["--smoke"], tmp, timeout=600)
+    proc = run_cli(["--smoke"], tmp, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = tmp / "out"
     return {
@@ -148,16 +159,24 @@ def fake_results(name: str) -> dict:
         }  # fmt: skip
     variants = {f"({k}) variant {k}": {"median_s": 1.0 + i} for i, k in enumerate("abcdet")}
     ratios = {
+        "batch_inference": {"b_over_a": 1.2, "a_over_c": 1.1, "e_over_d": 1.5},
         "example_gen": {"c_over_d": 1.4, "a_over_c": 2.0},
         "statistics_gen": {"s_over_c": 0.4, "t_over_c": 0.5, "p_over_t": 1.5},
         "input_pipeline": {"a_over_b": 6.0, "a_over_d": 9.0},
         "training": {"a_over_b": 12.0, "b_over_floor": 1.3, "ideal_a_over_b": 20.0},
+        "multi_worker": {
+            "b_over_a_training_images_per_s": 0.8,
+            "b_over_a_wall_time": 1.9,
+            "b_over_a_cpu_time": 1.7,
+        },
     }[name]
     goals = {
+        "batch_inference": {"b_within_1.3x_of_a": True, "c_faster_than_a": False},
         "example_gen": {"c_within_1.5x_of_d": True, "c_faster_than_a": True},
         "statistics_gen": {"none_set": True},
         "input_pipeline": {"a_over_b_at_least_5": True},
         "training": {"a_over_b_at_least_10": False},
+        "multi_worker": {"b_faster_in_every_round": False},
     }[name]
     return {
         "environment": env,
@@ -167,6 +186,8 @@ def fake_results(name: str) -> dict:
         "repeats": 1,
         "batch_size": 100,
         "epochs": 20,
+        "model": "m",
+        "steps_per_epoch": 8,
         "variants": variants,
         "ratios": ratios,
         "goals": goals,

@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 TARGETS = ("base", "overlays/local", "overlays/gpu", "overlays/gke", "overlays/eks")
 LOAD_DATA = "jobs/load-data"
+TRAIN_MULTIWORKER = "jobs/train-multiworker"  # tests/test_multi_worker_deploy.py: the rest
+JOBS = (LOAD_DATA, TRAIN_MULTIWORKER)
 PROMETHEUS_OPERATOR = "components/prometheus-operator"
 # The oldest Kubernetes the manifests support (GKE and EKS still run it) and the newest schema.
 K8S_VERSIONS = ("1.33.0", latest_version())
@@ -554,7 +556,7 @@ def validation_errors(docs: list[dict], version: str) -> list[str]:
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
+@pytest.mark.parametrize("target", (*TARGETS, *JOBS))
 def test_every_object_validates_strictly(target, version):
     errors = validation_errors(render(target), version)
     assert not errors, f"k8s/{target} against Kubernetes {version}:\n" + "\n".join(errors)
@@ -777,7 +779,7 @@ def test_models_config_is_seeded_where_tf_serving_reads_it(target, tmp_path):
     assert run.returncode == 0 and target_file.read_text() == "# written by the Pusher\n"
 
 
-@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
+@pytest.mark.parametrize("target", (*TARGETS, *JOBS))
 def test_no_claim_is_attached_read_only(target):
     """A read-only attachment cannot format a new disk: the pod would wait until its deadline.
     Containers that only read mount read-only; the claims themselves are attached read-write."""
@@ -853,7 +855,7 @@ def test_cronjob_schedule_and_failure_policy(target):
             assert condition.get("status") == "True", "required up to Kubernetes 1.34"
 
 
-@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
+@pytest.mark.parametrize("target", (*TARGETS, *JOBS))
 def test_writable_locations_are_scratch_volumes(target):
     """A read-only root filesystem: HOME, TMPDIR and caches must point at an emptyDir."""
     for name, pod in workloads(render(target)).items():
@@ -1123,7 +1125,7 @@ def test_network_policy_admits_clients_and_prometheus_only(target):
 # --- images, hardening, GPUs -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
+@pytest.mark.parametrize("target", (*TARGETS, *JOBS))
 def test_images_are_pinned(target):
     docs = render(target)
     tf_minor = ".".join(tensorflow_pin().split(".")[:2])
@@ -1144,7 +1146,7 @@ def test_images_are_pinned(target):
                 pytest.fail(f"{name}: unexpected image {image}")
 
 
-@pytest.mark.parametrize("target", (*TARGETS, LOAD_DATA))
+@pytest.mark.parametrize("target", (*TARGETS, *JOBS))
 def test_every_container_is_non_root_hardened_and_limited(target):
     docs = render(target)
     if target in TARGETS:

@@ -91,12 +91,12 @@ def assert_artifacts(record):
 @pytest.mark.parametrize("classes", [("circles", "squares"), ("circles", "squares", "triangles")])
 def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
     data = make_dataset(classes=classes, per_split=(8, 3, 3))
-    path = write_config(tmp_path, data)
+    path = write_config(tmp_path, data, batch_predict={"input": str(data / "test")})
     code, out, _ = run_cli(path, capsys)
     assert code == 0, out
     record = newest_record(tmp_path)
     assert record["status"] == "completed"
-    assert [c["status"] for c in record["components"].values()] == ["completed"] * 8
+    assert [c["status"] for c in record["components"].values()] == ["completed"] * 9
     assert record["push"]["pushed"] and record["push"]["version"] == 1
     assert record["infra_blessing"]["blessed"] and record["metrics"]["num_examples"] == 3 * len(
         classes
@@ -122,6 +122,21 @@ def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
         assert p.class_name == row["predicted"]
         assert p.score == pytest.approx(float(row["score"]), abs=1e-5)
 
+    # the BulkInferrer labelled batch_predict.input with the version just pushed, as the
+    # Evaluator scored the same test images
+    bulk = record["components"]["BulkInferrer"]
+    assert bulk["result"]["model_version"] == 1
+    assert bulk["result"]["num_predictions"] == len(rows) and bulk["result"]["num_errors"] == 0
+    labelled = {}
+    for part in sorted(os.listdir(bulk["output_dir"])):
+        if part.startswith("predictions-"):
+            with open(os.path.join(bulk["output_dir"], part)) as f:
+                labelled.update((json.loads(line)["path"], json.loads(line)) for line in f)
+    for row in rows:
+        got = labelled[str(data / row["filename"])]
+        assert got["class"] == row["predicted"] and got["model_version"] == 1
+        assert got["score"] == pytest.approx(float(row["score"]), abs=1e-5)
+
     # unchanged data and config: everything cached, nothing new pushed (the ExampleValidator
     # checks the data once more, now against the pushed model's statistics)
     code, out, _ = run_cli(path, capsys)
@@ -137,7 +152,9 @@ def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
         "Evaluator": "cached",
         "InfraValidator": "cached",
         "Pusher": "completed",
+        "BulkInferrer": "skipped",  # nothing new pushed
     }
+    assert "no model was pushed" in second["components"]["BulkInferrer"]["reason"]
     assert not second["push"]["pushed"] and "already being served" in second["push"]["reason"]
     assert sorted(os.listdir(tmp_path / "serving" / "shapes")) == ["1"]
 

@@ -19,6 +19,9 @@ the names and functions here, so a layout changes in one file. The layouts:
         baseline_metrics.json (when a baseline was scored)
     <infra_validator>/infra_blessing.json   InfraBlessing (InfraValidator)
     <pusher>/push.json                      PushedModel (Pusher)
+    <batch_predict>/                        InferenceResult (BulkInferrer, batch-predict)
+        predictions-SSSSS-of-NNNNN.jsonl (or .csv)  prediction_logs-SSSSS-of-NNNNN.tfrecord
+        errors-SSSSS-of-NNNNN.jsonl  summary.json
 
     <saved_model>/saved_model.pb  variables/  assets/labels.txt  assets/serving_limits.json
                   assets/preprocessing.json  assets.extra/tf_serving_warmup_requests
@@ -93,6 +96,16 @@ ERRORS_PNG = "errors.png"
 # --------------------------------------------------------------------- InfraValidator, Pusher
 INFRA_BLESSING_FILE = "infra_blessing.json"
 PUSH_FILE = "push.json"
+
+# ------------------------------------------------------ InferenceResult (BulkInferrer)
+# Sharded like Beam writes them: <prefix>-SSSSS-of-NNNNN<suffix>.
+BATCH_PREDICTIONS_PREFIX = "predictions"  # .jsonl or .csv: one row per labelled image
+# TFRecords of tensorflow.serving.PredictionLog, uncompressed: they are mostly the images' own
+# bytes (JPEG/PNG), which GZIP shrinks by ~2% for ~3 ms of CPU per image.
+PREDICTION_LOGS_PREFIX = "prediction_logs"
+PREDICTION_LOGS_SUFFIX = ".tfrecord"
+BATCH_ERRORS_PREFIX = "errors"  # .jsonl: {"path", "reason"} per image that was not labelled
+BATCH_SUMMARY_FILE = "summary.json"
 
 # ----------------------------------------------------------------------------------- runs
 RUNS_DIR = "runs"
@@ -319,6 +332,11 @@ INFRA_BLESSING = ArtifactType(
     verdict=read_blessed,
 )
 PUSHED_MODEL = ArtifactType("PushedModel", PUSH_FILE, description="what the Pusher did (push.json)")
+INFERENCE_RESULT = ArtifactType(
+    "InferenceResult",
+    "",
+    description="batch predictions (JSON Lines or CSV), PredictionLogs, errors, summary.json",
+)
 
 
 @dataclasses.dataclass

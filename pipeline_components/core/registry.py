@@ -32,6 +32,7 @@ BUILTIN = (
     "pipeline_components.evaluator.component",
     "pipeline_components.infra_validator.component",
     "pipeline_components.pusher.component",
+    "pipeline_components.bulk_inferrer.component",
 )
 ENTRY_POINT_GROUP = "transfer_pipeline.components"
 

@@ -2,9 +2,12 @@
 
     transfer-pipeline evaluate --model T/saved_model --examples O --output E \
         [--min-accuracy A] [--max-regression R] [--baseline PATH | --serving-dir S --model-name M]
+        [--batch-size N] [--model-copies N] [-- BEAM_ARGS]
 
-In a pipeline run the baseline is the newest served version of `model_name` under
-`serving_dir` (never the candidate itself); its path and fingerprint are part of the cache key.
+The scoring runs as a Beam job (RunInference) with the options in `evaluator.beam_args` (or
+after `--`): DirectRunner here, Dataflow/Flink/Spark on a cluster. In a pipeline run the
+baseline is the newest served version of `model_name` under `serving_dir` (never the candidate
+itself); its path and fingerprint are part of the cache key.
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ class EvaluatorConfig:
     max_regression: float = option(0.01, ge=0, le=1, doc="allowed drop below the baseline")
     batch_size: int = option(32, ge=1)
     num_error_examples: int = option(12, ge=0, doc="misclassified images in errors.png")
+    beam_args: list[str] = option(factory=lambda: ["--runner=DirectRunner"], key=False)
+    model_copies: int | None = option(
+        None,
+        ge=1,
+        le=1024,
+        key=False,
+        doc="load the model this many times per machine, shared by its worker processes "
+        "(Beam's model_copies); null: one copy per worker process",
+    )
 
 
 class Evaluator(Component):
@@ -115,8 +127,13 @@ class Evaluator(Component):
 
     def main(self, argv: list[str]) -> int:
         defaults = EvaluatorConfig()
+        beam_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+        argv = argv[: argv.index("--")] if "--" in argv else argv
         p = argparse.ArgumentParser(
-            prog="transfer-pipeline evaluate", description="Score a SavedModel, write the blessing."
+            prog="transfer-pipeline evaluate",
+            description="Score a SavedModel, write the blessing.",
+            epilog="Beam options go after --, e.g. -- --direct_running_mode=multi_processing "
+            "--direct_num_workers=2",
         )
         p.add_argument("--model", required=True, help="the exported saved_model/ directory")
         p.add_argument("--examples", required=True, help="ExampleGen output directory")
@@ -124,6 +141,13 @@ class Evaluator(Component):
         p.add_argument("--min-accuracy", type=float, default=defaults.min_accuracy)
         p.add_argument("--max-regression", type=float, default=defaults.max_regression)
         p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+        p.add_argument(
+            "--model-copies",
+            type=int,
+            default=None,
+            help="model copies per machine shared by its worker processes (default: one per "
+            "worker process)",
+        )
         p.add_argument(
             "--baseline", help="baseline SavedModel, or a versioned dir (newest is used)"
         )
@@ -136,6 +160,8 @@ class Evaluator(Component):
                 "min_accuracy": args.min_accuracy,
                 "max_regression": args.max_regression,
                 "batch_size": args.batch_size,
+                "model_copies": args.model_copies,
+                "beam_args": beam_args or defaults.beam_args,
             },
             "evaluator",
             source="command line",

@@ -1,13 +1,19 @@
 """The Evaluator's executor: score the exported SavedModel on the test split, decide the blessing.
 
 It calls `serving_default` on the raw `image/encoded` bytes — the artifact and preprocessing
-that will be served — so training/serving skew shows up here, not in production.
+that will be served — so training/serving skew shows up here, not in production. The scoring is
+a Beam job (scoring.py: RunInference, metrics by combiners) on any runner, with the options in
+`evaluator.beam_args`; the baseline is scored in the same job, on the same records.
 
     transfer-pipeline evaluate --model T/saved_model --examples O --output E \
         [--min-accuracy A] [--max-regression R] [--baseline PATH | --serving-dir S --model-name M]
+        [-- BEAM_ARGS]
 
 Outputs (written atomically into E): metrics.json, blessing.json, predictions.csv,
 confusion_matrix.png, errors.png, and baseline_metrics.json when a baseline was scored.
+
+`predict_split` is the previous single-process scorer (the whole split through the signature in
+one process), kept as the reference the Beam job is tested and benchmarked against.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.evaluator import metrics
 from pipeline_components.evaluator.component import EvaluatorConfig
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,17 @@ class Predictions:
     y_true: np.ndarray  # [N]
     filenames: list[str]
     errors: list[dict] = field(default_factory=list)  # a few misclassified: encoded, true, pred
+
+
+@dataclass
+class Scores:
+    """What the Beam job computed; predictions.csv is already in the output directory."""
+
+    metrics: dict
+    errors: list[dict]  # the first num_error_examples misclassified: encoded, true, pred, ...
+    baseline_metrics: dict | None = None
+    baseline_failure: list[str] | None = None  # [filename, reason]
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 def load_serving_model(model_dir: str):
@@ -59,6 +76,33 @@ def load_serving_model(model_dir: str):
     except Exception:
         raise PipelineError(f"SavedModel {model_dir} has no assets/labels.txt") from None
     return loaded, signature, labels
+
+
+def check_serving_model(model_dir: str) -> list[str]:
+    """The class names of a SavedModel with a `serving_default` signature, read from its
+    saved_model.pb and assets without loading it (the Beam workers load it); one-line errors."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    if not artifacts.is_saved_model(model_dir):
+        raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
+    proto = saved_model_pb2.SavedModel()
+    try:
+        pb = fsutil.join(model_dir, artifacts.SAVED_MODEL_PB)
+        if fsutil.exists(pb):
+            proto.ParseFromString(fsutil.read_bytes(pb))
+        else:
+            text_format.Parse(fsutil.read_text(fsutil.join(model_dir, "saved_model.pbtxt")), proto)
+    except Exception as e:
+        raise PipelineError(
+            f"cannot load SavedModel {model_dir}: {(str(e).splitlines() or [repr(e)])[0]}"
+        ) from None
+    if not any(artifacts.SERVING_SIGNATURE in mg.signature_def for mg in proto.meta_graphs):
+        raise PipelineError(f"SavedModel {model_dir} has no 'serving_default' signature")
+    try:
+        return artifacts.read_labels_asset(model_dir)
+    except Exception:
+        raise PipelineError(f"SavedModel {model_dir} has no assets/labels.txt") from None
 
 
 def predict_split(
@@ -163,25 +207,94 @@ def resolve_baseline(
 NOT_COMPARABLE = "baseline not comparable (labels differ)"
 
 
-def _score_baseline(path: str, examples_dir: str, labels: list[str], batch_size: int):
-    """Baseline metrics on the same test data, or (None, reason) when it cannot be compared.
+def _check_baseline(path: str, labels: list[str]) -> str | None:
+    """Why the baseline cannot be scored against the candidate, or None when it can.
     A baseline with other labels, or the same in another order, is never scored: its class ids
     mean other classes, so no regression number would mean anything."""
     try:
-        base_labels = artifacts.read_labels_asset(path)
+        asset_labels = artifacts.read_labels_asset(path)
     except Exception:
-        base_labels = None
-    if base_labels is not None and base_labels != labels:
-        return None, (
-            f"{NOT_COMPARABLE}: baseline {path} has {base_labels}, the candidate {labels}; "
+        asset_labels = None
+    if asset_labels is not None and asset_labels != labels:
+        return (
+            f"{NOT_COMPARABLE}: baseline {path} has {asset_labels}, the candidate {labels}; "
             "no regression check"
         )
     try:
-        _, signature, base_labels = load_serving_model(path)
+        base_labels = check_serving_model(path)
     except PipelineError as e:
-        return None, f"baseline {path} could not be loaded ({e}); regression check skipped"
-    preds = predict_split(signature, examples_dir, "test", batch_size)
-    return metrics.classification_metrics(preds.probabilities, preds.y_true, labels), None
+        return f"baseline {path} could not be loaded ({e}); regression check skipped"
+    if base_labels != labels:
+        return (
+            f"{NOT_COMPARABLE}: baseline {path} has {base_labels}, the candidate {labels}; "
+            "no regression check"
+        )
+    return None
+
+
+def _score_baseline(path: str, scores: Scores) -> tuple[dict | None, str | None]:
+    """Baseline metrics from the shared job, or (None, reason) when they cannot be compared."""
+    if scores.baseline_failure:
+        filename, reason = scores.baseline_failure
+        return None, (
+            f"baseline {path} failed on test example {filename} ({reason}); "
+            "regression check skipped"
+        )
+    return scores.baseline_metrics, None
+
+
+def score_test_split(
+    model_dir: str,
+    examples_dir: str,
+    work_dir: str,
+    labels: list[str],
+    config: EvaluatorConfig,
+    baseline_dir: str | None = None,
+) -> Scores:
+    """Run the Beam job (scoring.build_pipeline) writing into work_dir; read its results."""
+    from pipeline_components.evaluator import scoring
+    from pipeline_components.inference import beam_run
+
+    beam_run.quiet_beam()
+    files = examples.split_files(examples_dir, "test")
+    p = beam_run.make_pipeline(config.beam_args)
+    scoring.build_pipeline(
+        p,
+        files,
+        work_dir,
+        labels,
+        model_dir,
+        baseline_dir=baseline_dir,
+        batch_size=config.batch_size,
+        model_copies=config.model_copies,
+        num_error_examples=config.num_error_examples,
+    )
+    counters = beam_run.run_pipeline(
+        p, [scoring.COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]
+    )
+
+    def result(name: str, what: str):
+        return beam_run.read_json_result(fsutil.join(work_dir, name), what)
+
+    failure = result(scoring.FAILURES_PART.format("candidate"), "failures")
+    if failure:
+        filename, reason = failure[0]
+        raise PipelineError(f"the model failed on test example {filename}: {reason}")
+    scores = Scores(
+        metrics=result(scoring.METRICS_PART.format("candidate"), "metrics"),
+        errors=[],
+        counters=counters,
+    )
+    if config.num_error_examples > 0:
+        scores.errors = scoring.decode_errors(result(scoring.ERRORS_PART, "errors"))
+    if baseline_dir:
+        scores.baseline_metrics = result(scoring.METRICS_PART.format("baseline"), "metrics")
+        base_failure = result(scoring.FAILURES_PART.format("baseline"), "failures")
+        scores.baseline_failure = base_failure[0] if base_failure else None
+    if scores.metrics["num_examples"] == 0:
+        raise PipelineError(f"the test split under {examples_dir} holds no examples")
+    scoring.join_predictions(work_dir, fsutil.join(work_dir, PREDICTIONS_FILE), labels)
+    return scores
 
 
 def run_evaluator(
@@ -195,75 +308,76 @@ def run_evaluator(
 ) -> dict:
     """Score, gate, write the artifacts; returns the blessing dict."""
     config = config or EvaluatorConfig()
+    started = time.monotonic()
     data_labels = examples.read_labels(examples_dir)
     examples.split_files(examples_dir, "test")  # a missing test split fails before model loading
-    _, signature, labels = load_serving_model(model_dir)
+    labels = check_serving_model(model_dir)
     if labels != data_labels:
         raise PipelineError(
             f"model classes {labels} differ from the examples' labels.txt {data_labels} "
             f"({model_dir} vs {examples_dir})"
         )
-    preds = predict_split(
-        signature, examples_dir, "test", config.batch_size, config.num_error_examples
-    )
-    result = metrics.classification_metrics(preds.probabilities, preds.y_true, labels)
-    log.info(
-        "test accuracy %.4f, loss %.4f on %d examples",
-        result["accuracy"],
-        result["loss"],
-        result["num_examples"],
-    )
-
     fingerprint = fsutil.tree_fingerprint(model_dir)
     baseline_path = resolve_baseline(baseline, serving_dir, model_name, fingerprint)
-    baseline_metrics, skip_reason = (None, None)
-    if baseline_path:
-        baseline_metrics, skip_reason = _score_baseline(
-            baseline_path, examples_dir, labels, config.batch_size
-        )
-    baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
-    blessed, reasons = gate(
-        result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
-    )
-    if skip_reason:
-        reasons[-1] = skip_reason
-    blessing = {
-        "blessed": blessed,
-        "reasons": reasons,
-        "accuracy": result["accuracy"],
-        "threshold": config.min_accuracy,
-        "max_regression": config.max_regression,
-        "baseline_accuracy": baseline_accuracy,
-        "baseline": baseline_path if baseline_metrics else None,
-        "baseline_comparable": (
-            None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
-        ),
-        "model": model_dir,
-        "model_fingerprint": fingerprint,
-    }
+    skip_reason = _check_baseline(baseline_path, labels) if baseline_path else None
+    scored_baseline = baseline_path if baseline_path and not skip_reason else None
+
     with fsutil.atomic_dir(output_dir) as tmp:
+        scores = score_test_split(model_dir, examples_dir, tmp, labels, config, scored_baseline)
+        result = scores.metrics
+        log.info(
+            "test accuracy %.4f, loss %.4f on %d examples (%.1f s; %s)",
+            result["accuracy"],
+            result["loss"],
+            result["num_examples"],
+            time.monotonic() - started,
+            ", ".join(f"{k}={v}" for k, v in scores.counters.items() if "." in k),
+        )
+        baseline_metrics = None
+        if scored_baseline:
+            baseline_metrics, skip_reason = _score_baseline(scored_baseline, scores)
+        baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
+        blessed, reasons = gate(
+            result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
+        )
+        if skip_reason:
+            reasons[-1] = skip_reason
+        blessing = {
+            "blessed": blessed,
+            "reasons": reasons,
+            "accuracy": result["accuracy"],
+            "threshold": config.min_accuracy,
+            "max_regression": config.max_regression,
+            "baseline_accuracy": baseline_accuracy,
+            "baseline": baseline_path if baseline_metrics else None,
+            "baseline_comparable": (
+                None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
+            ),
+            "model": model_dir,
+            "model_fingerprint": fingerprint,
+        }
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
         if baseline_metrics:
             fsutil.write_json(fsutil.join(tmp, artifacts.BASELINE_METRICS_FILE), baseline_metrics)
-        fsutil.write_atomic(fsutil.join(tmp, PREDICTIONS_FILE), _predictions_csv(preds, labels))
-        _write_plots(tmp, result, preds, labels)
+        _write_plots(tmp, result, scores.errors, labels)
         fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
     log.info("%s: %s", "BLESSED" if blessed else "NOT blessed", "; ".join(reasons))
     return blessing
 
 
 def _predictions_csv(preds: Predictions, labels: list[str]) -> str:
+    """predictions.csv of the single-process scorer (the Beam job writes the same rows)."""
+    from pipeline_components.evaluator import scoring
+
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["filename", "label", "predicted", "score", *[f"p_{c}" for c in labels]])
+    writer.writerow(scoring.predictions_header(labels))
     for name, y, p in zip(preds.filenames, preds.y_true, preds.probabilities, strict=True):
-        writer.writerow(
-            [name, labels[y], labels[p.argmax()], f"{p.max():.6f}", *[f"{v:.6f}" for v in p]]
-        )
+        writer.writerow(scoring.prediction_row(name, int(y), p, labels))
     return buf.getvalue()
 
 
-def _write_plots(out_dir: str, result: dict, preds: Predictions, labels: list[str]) -> None:
+def _write_plots(out_dir: str, result: dict, errors: list[dict], labels: list[str]) -> None:
     from pipeline_components.evaluator import plots
 
     fsutil.write_atomic(
@@ -273,5 +387,5 @@ def _write_plots(out_dir: str, result: dict, preds: Predictions, labels: list[st
         ),
     )
     fsutil.write_atomic(
-        fsutil.join(out_dir, artifacts.ERRORS_PNG), plots.errors_png(preds.errors, labels)
+        fsutil.join(out_dir, artifacts.ERRORS_PNG), plots.errors_png(errors, labels)
     )

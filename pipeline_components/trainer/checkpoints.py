@@ -25,6 +25,9 @@ def checkpoint_paths(output_dir: str) -> dict[str, str]:
         "head_weights": fsutil.join(ckpt, "head_phase.weights.npz"),
         "backup_head": fsutil.join(ckpt, "backup_head"),
         "backup_fine_tune": fsutil.join(ckpt, "backup_fine_tune"),
+        # multi-worker runs (distributed.py): tf.train.Checkpoint backups, one folder a phase
+        "backup_multi_worker_head": fsutil.join(ckpt, "backup_multi_worker_head"),
+        "backup_multi_worker_fine_tune": fsutil.join(ckpt, "backup_multi_worker_fine_tune"),
     }
 
 
@@ -53,7 +56,12 @@ def prepare_checkpoints(output_dir: str, run_key: dict) -> bool:
 def finish_checkpoints(output_dir: str) -> None:
     """After a complete run keep only the best weights; the resume state goes."""
     paths = checkpoint_paths(output_dir)
-    for key in ("backup_head", "backup_fine_tune"):
+    for key in (
+        "backup_head",
+        "backup_fine_tune",
+        "backup_multi_worker_head",
+        "backup_multi_worker_fine_tune",
+    ):
         fsutil.rmtree(paths[key])
     for key in ("run_state", "epochs", "head_done", "head_weights"):
         if fsutil.exists(paths[key]):

@@ -9,6 +9,7 @@ checkpoints.py (resume), plots.py (training curves).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Any
 
@@ -147,30 +148,125 @@ class Trainer(Component):
             f"<h2>Training</h2><table>{cfg_rows}{fact_rows}</table><div class=imgs>{figures}</div>"
         )
 
-    def main(self, argv: list[str]) -> int:
-        import argparse
-
-        from pipeline_components.trainer.executor import check_config
+    def parser(self) -> argparse.ArgumentParser:
+        """`transfer-pipeline train`'s command line."""
+        from pipeline_components.trainer import cluster
 
         parser = argparse.ArgumentParser(
             prog="transfer-pipeline train",
             description="Train the transfer-learning model on ExampleGen output; export a "
-            "SavedModel.",
+            "SavedModel. With TF_CONFIG naming several workers (or --local / "
+            "--tf-config-from-k8s), this process is one worker of a MultiWorkerMirroredStrategy "
+            "group and only the chief (worker 0) writes --output.",
             epilog="overrides: key=value, YAML values; bare keys mean trainer.*, e.g. "
             "epochs=2 image_size=[32,32] weights=none augmentation=null",
         )
         parser.add_argument("--examples", required=True, help="ExampleGen output directory")
         parser.add_argument("--output", required=True, help="Trainer output directory")
         parser.add_argument("--config", help="pipeline.yaml (its trainer: section is used)")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            help="workers of a multi-worker run (with --local or --tf-config-from-k8s)",
+        )
+        parser.add_argument(
+            "--local",
+            action="store_true",
+            help="start --workers worker processes on 127.0.0.1 with generated TF_CONFIGs (free "
+            "ports); worker 0 is the chief and prints the result",
+        )
+        parser.add_argument(
+            "--max-restarts",
+            type=int,
+            default=3,
+            help="with --local: times a failed worker is started again (default 3)",
+        )
+        parser.add_argument(
+            "--tf-config-from-k8s",
+            action="store_true",
+            help=f"build TF_CONFIG in a pod of an Indexed Job: ${cluster.K8S_INDEX}, the job "
+            "name and headless Service (flags below or their variables)",
+        )
+        parser.add_argument("--k8s-job-name", help=f"default: ${cluster.K8S_JOB_NAME}")
+        parser.add_argument("--k8s-service", help=f"default: ${cluster.K8S_SERVICE}")
+        parser.add_argument("--k8s-namespace", help=f"default: ${cluster.K8S_NAMESPACE} if set")
+        parser.add_argument(
+            "--worker-port",
+            type=int,
+            default=cluster.DEFAULT_PORT,
+            help="with --tf-config-from-k8s",
+        )
         parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        return parser
+
+    def main(self, argv: list[str]) -> int:
+        import json
+        import os
+        import sys
+
+        from pipeline_components.trainer import cluster
+
+        parser = self.parser()
         args = parser.parse_args(argv)
+        if args.local and args.tf_config_from_k8s:
+            parser.error("--local and --tf-config-from-k8s exclude each other")
+        if (args.local or args.tf_config_from_k8s) and args.workers is None:
+            parser.error("--workers N is required with --local and --tf-config-from-k8s")
+        if args.workers is not None and not (args.local or args.tf_config_from_k8s):
+            parser.error("--workers needs --local or --tf-config-from-k8s")
+        if args.workers is not None and args.workers < 1:
+            parser.error(f"--workers must be >= 1, got {args.workers}")
+        if args.max_restarts < 0:
+            parser.error(f"--max-restarts must be >= 0, got {args.max_restarts}")
+        if args.tf_config_from_k8s:
+            # before TensorFlow starts: the strategy reads TF_CONFIG when it is made
+            os.environ[cluster.ENV] = json.dumps(
+                cluster.tf_config_from_k8s(
+                    args.workers,
+                    job_name=args.k8s_job_name,
+                    service=args.k8s_service,
+                    namespace=args.k8s_namespace,
+                    port=args.worker_port,
+                )
+            )
+            print(f"{cluster.ENV}={os.environ[cluster.ENV]}", file=sys.stderr, flush=True)
         pipeline = load_for_cli(args.config, args.overrides, self.config_section)
         config = pipeline.trainer
-        check_config(config)  # before anything is written
+        from pipeline_components.trainer.executor import check_config
+
+        if args.local:
+            check_config(config)  # one error here, not one per worker
+            if args.workers > 1:
+                worker = [sys.executable, "-m", "pipeline_components.cli", "train"]
+                worker += ["--examples", args.examples, "--output", args.output]
+                worker += ["--config", args.config] if args.config else []
+                return cluster.LocalCluster(
+                    [*worker, *args.overrides], args.workers, max_restarts=args.max_restarts
+                ).run()
+            os.environ.pop(cluster.ENV, None)  # --workers 1: this process alone
+        me = cluster.read_tf_config()  # a bad TF_CONFIG fails before anything is written
+        if me is None or me.num_workers == 1:  # a worker of a group checks once it has formed
+            check_config(config)  # before anything is written
         examples = artifacts.Artifact(artifacts.EXAMPLES, args.examples)
         ctx = ExecutionContext(pipeline, config, {"examples": examples}, args.output)
-        summary = self.run_standalone(ctx)
+        try:
+            # the chief writes the output (and holds the pipeline_root's lock when the output is
+            # inside one); the other workers of a group write only to temporary directories
+            chief = me is None or me.rank == 0
+            summary = self.run_standalone(ctx) if chief else self.run(ctx)
+        except cluster.WorkerLost as e:
+            # TensorFlow's orderly shutdown waits tens of seconds for the lost peer; the group
+            # restarts sooner when this worker leaves now (its temporary directory is gone).
+            print(f"transfer-pipeline train: error: {e}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(e.exit_code)
         final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
+        if not summary.get("paths"):  # a worker of a group other than the chief
+            print(
+                f"worker {me.rank if me else '?'}: done ({final}); the chief (worker 0) wrote"
+                f" the artifacts to {args.output}"
+            )
+            return 0
         print(
             f"trained {summary['epochs_run']} epochs ({final}; best epoch "
             f"{summary['best_epoch']}); SavedModel at {summary['paths']['saved_model']}"

@@ -468,10 +468,29 @@ def library_versions() -> dict:
 
 def run_trainer(examples_dir: str, output_dir: str, config: TrainerConfig, *, callbacks=()) -> dict:
     """Train, export and write every Trainer artifact; returns the summary (also in
-    training_config.json). See the module docstring for the layout."""
+    training_config.json). See the module docstring for the layout. When TF_CONFIG names more
+    than one worker, this process is one worker of a MultiWorkerMirroredStrategy group
+    (distributed.py; only the chief writes the artifacts)."""
+    from pipeline_components.trainer.cluster import multi_worker_cluster
+
+    cluster = multi_worker_cluster()
+    if cluster is not None:
+        from pipeline_components.trainer import distributed
+
+        return distributed.run_trainer(
+            examples_dir, output_dir, config, cluster, callbacks=callbacks
+        )
     net, summary, history = train_and_evaluate(
         examples_dir, output_dir, config, callbacks=callbacks
     )
+    return write_outputs(net, summary, history, examples_dir, output_dir, config)
+
+
+def write_outputs(
+    net, summary: dict, history: dict, examples_dir: str, output_dir: str, config: TrainerConfig
+) -> dict:
+    """Export `net` and write history, plots and training_config.json (last); keeps only the
+    best weights in checkpoints/. Returns the summary with the artifacts' paths."""
     t0 = time.perf_counter()
     saved_model = export_model(net, config, summary["labels"], examples_dir, output_dir)
     log.info("exported in %.1fs", time.perf_counter() - t0)

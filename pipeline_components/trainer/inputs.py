@@ -92,6 +92,18 @@ def read_records(files: list[str], *, shuffle_files: bool, seed: int | None, det
     )
 
 
+def shard_inputs(files: list[str], shard: tuple[int, int] | None):
+    """(the files one worker reads, (num_shards, index) of the records it keeps, or None) for
+    `shard` = (number of workers, this worker's index): whole files when there are at least as
+    many files as workers (file j goes to worker j mod n), else every n-th record of all files."""
+    if shard is None:
+        return files, None
+    n, i = shard
+    if len(files) >= n:
+        return files[i::n], None
+    return files, (n, i)
+
+
 def split_bytes(files: list[str]) -> int:
     """Bytes of a split's shard files: about its serialized records' bytes, since ExampleGen
     writes GZIP files of stored (uncompressed) blocks."""
@@ -151,22 +163,38 @@ def make_dataset(
     seed: int | None = None,
     repeat: bool = False,
     num_examples: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batched (pixels, labels) of one split. `training` reshuffles every epoch (and augments
     when `augmentation` is given); other splits keep the shard order and are never augmented.
     The train shuffle buffer holds `shuffle_buffer` records (None: the whole split), capped by
     `shuffle_memory_mb` (`shuffle_buffer_size`). With a seed the order and the augmentation are
     the same on every run. `num_examples` (the split's size, when known) lets Keras know the
-    number of batches of a finite dataset."""
-    files = examples.split_files(examples_dir, split)
+    number of batches of a finite dataset. `shard` = (workers, index) keeps one worker's part of
+    the split (`shard_inputs`); `num_examples` is then that part's size, or None."""
+    all_files = examples.split_files(examples_dir, split)
+    files, record_shard = shard_inputs(all_files, shard)
     deterministic = seed is not None or not training
-    ds = read_records(files, shuffle_files=training, seed=seed, deterministic=deterministic)
+    # Record sharding needs the same record order on every worker.
+    ds = read_records(
+        files,
+        shuffle_files=training and record_shard is None,
+        seed=seed,
+        deterministic=deterministic or record_shard is not None,
+    )
+    if record_shard is not None:
+        ds = ds.shard(*record_shard)
     if num_examples is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
     if training:
-        size = num_examples if num_examples is not None else len(split_labels(examples_dir, split))
+        # sized on the whole split: a worker's part is at most that (the buffer is then a cap)
+        size = (
+            num_examples
+            if num_examples is not None and shard is None
+            else len(split_labels(examples_dir, split))
+        )
         buffer = shuffle_buffer_size(
-            files, size, records=shuffle_buffer, memory_bytes=shuffle_memory_mb * 2**20
+            all_files, size, records=shuffle_buffer, memory_bytes=shuffle_memory_mb * 2**20
         )
         # shuffle the small serialized records, not decoded float images
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)

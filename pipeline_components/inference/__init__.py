@@ -1,0 +1,10 @@
+"""Beam RunInference over the exported SavedModel's `serving_default`, shared by the Evaluator
+and the BulkInferrer (`transfer-pipeline batch-predict`). Not a component: a library that
+components import (it imports Beam and TensorFlow, so `component.py` modules never import it).
+
+- `handler.py`: `SignatureModelHandler`, a RunInference `ModelHandler` that loads the SavedModel
+  with `tf.saved_model.load` and calls the signature on batches of encoded image bytes; an image
+  the model rejects is isolated (the batch is halved until it is found) and reported, not fatal.
+- `beam_run.py`: Beam options from `beam_args`, running a pipeline with one-line errors, reading
+  its counters, and writing a small JSON result from inside a pipeline.
+"""
