@@ -563,6 +563,7 @@ def train_and_evaluate(
         "epochs_run": len(history.get("epoch", [])),
         "resumed_from_epoch": loop.resumed_from_epoch,
         "best_epoch": best_state["epoch"] if best_state else None,
+        "monitor": config.monitor,
         "best": best_state,
         "final": {k: history[k][-1] for k in METRICS if history.get(k)},
         "cached_features": plan.cached,
