@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -244,10 +245,10 @@ class ReadAndCheckFn(beam.DoFn):
     """path -> (path, bytes), or (path, reason) on the ERRORS output; hidden and system files
     (.DS_Store, Thumbs.db, dotfiles) are skipped and only counted."""
 
-    def __init__(self, max_image_pixels: int):
+    def __init__(self, max_image_pixels: int) -> None:
         self.max_image_pixels = max_image_pixels
 
-    def process(self, path: str):
+    def process(self, path: str) -> Iterator[tuple[str, bytes] | beam.pvalue.TaggedOutput]:
         if _is_hidden(path):
             Metrics.counter(COUNTER_NAMESPACE, "hidden_files_skipped").inc()
             return
@@ -263,7 +264,9 @@ class ReadAndCheckFn(beam.DoFn):
         yield from _checked(path, data, self.max_image_pixels)
 
 
-def _checked(path: str, data: bytes, max_image_pixels: int):
+def _checked(
+    path: str, data: bytes, max_image_pixels: int
+) -> Iterator[tuple[str, bytes] | beam.pvalue.TaggedOutput]:
     reason = check_image(data, max_image_pixels)
     if reason:
         yield beam.pvalue.TaggedOutput(ERRORS, (path, reason))
@@ -274,10 +277,10 @@ def _checked(path: str, data: bytes, max_image_pixels: int):
 class ParseExampleFn(beam.DoFn):
     """A serialized tf.train.Example of ExampleGen -> (image/filename, image/encoded)."""
 
-    def __init__(self, max_image_pixels: int):
+    def __init__(self, max_image_pixels: int) -> None:
         self.max_image_pixels = max_image_pixels
 
-    def process(self, record: bytes):
+    def process(self, record: bytes) -> Iterator[tuple[str, bytes] | beam.pvalue.TaggedOutput]:
         from tensorflow.core.example import example_pb2
 
         Metrics.counter(COUNTER_NAMESPACE, "records_read").inc()
@@ -295,12 +298,12 @@ class ParseExampleFn(beam.DoFn):
 class ReadImages(beam.PTransform):
     """InputSpec -> PCollection[(path, bytes)] and, on ERRORS, PCollection[(path, reason)]."""
 
-    def __init__(self, spec: InputSpec, max_image_pixels: int):
+    def __init__(self, spec: InputSpec, max_image_pixels: int) -> None:
         super().__init__()
         self.spec = spec
         self.max_image_pixels = max_image_pixels
 
-    def expand(self, pbegin):
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         if self.spec.kind == "tfrecords":
             return (
                 pbegin
@@ -372,7 +375,7 @@ def prediction_log(encoded: bytes, out: dict[str, Any], model: ModelRef) -> byte
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
     from tensorflow_serving.apis import prediction_log_pb2
 
-    def tensor(dtype, dims: list[int]) -> tensor_pb2.TensorProto:
+    def tensor(dtype: int, dims: list[int]) -> tensor_pb2.TensorProto:
         shape = tensor_shape_pb2.TensorShapeProto(
             dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]
         )
@@ -405,10 +408,14 @@ class ToRowsFn(beam.DoFn):
     """(path, PredictionResult) -> row dict (main), serialized PredictionLog (LOGS), or
     (path, reason) (ERRORS) when the model rejected the image."""
 
-    def __init__(self, model: ModelRef):
+    def __init__(self, model: ModelRef) -> None:
         self.model = model
 
-    def process(self, element):
+    # Any: a PredictionResult (example: bytes, inference: dict), whose fields Beam types as
+    # unbound TypeVars
+    def process(
+        self, element: tuple[str, Any]
+    ) -> Iterator[dict[str, Any] | beam.pvalue.TaggedOutput]:
         path, result = element
         out = result.inference
         if "error" in out:
@@ -425,14 +432,16 @@ class ToRowsFn(beam.DoFn):
 class Predict(beam.PTransform):
     """(path, bytes) -> rows (main), PredictionLogs (LOGS), model rejections (ERRORS)."""
 
-    def __init__(self, model: ModelRef, batch_size: int = 32, model_copies: int | None = None):
+    def __init__(
+        self, model: ModelRef, batch_size: int = 32, model_copies: int | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.handler = SignatureModelHandler(
             model.path, batch_size=batch_size, model_copies=model_copies
         )
 
-    def expand(self, images):
+    def expand(self, images: beam.PCollection[tuple[str, bytes]]) -> beam.pvalue.DoOutputsTuple:
         return (
             images
             | "RunInference" >> RunInference(KeyedModelHandler(self.handler))
@@ -445,7 +454,9 @@ def _error_row(item: tuple[str, str]) -> dict[str, str]:
     return {"path": item[0], "reason": item[1]}
 
 
-def _summary(per_class: list, num_errors: int, first_errors: list) -> dict[str, Any]:
+def _summary(
+    per_class: list[tuple[str, int]], num_errors: int, first_errors: list[dict[str, str]]
+) -> dict[str, Any]:
     counts = dict(sorted(per_class))
     return {
         "num_predictions": sum(counts.values()),

@@ -23,12 +23,16 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.evaluator.component import EvaluatorConfig
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,11 @@ class Scores:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-def load_serving_model(model_dir: str):
-    """(serving_default signature, class names) of a SavedModel; one-line errors."""
+def load_serving_model(
+    model_dir: str,
+) -> tuple[Any, tf.types.experimental.ConcreteFunction, list[str]]:
+    """(the loaded object, its serving_default signature, class names) of a SavedModel; one-line
+    errors. Any: tf.saved_model.load returns an untyped trackable object."""
     import tensorflow as tf
 
     if not artifacts.is_saved_model(model_dir):
@@ -106,7 +113,11 @@ def check_serving_model(model_dir: str) -> list[str]:
 
 
 def predict_split(
-    signature, examples_dir: str, split: str = "test", batch_size: int = 32, keep_errors: int = 0
+    signature: tf.types.experimental.ConcreteFunction,
+    examples_dir: str,
+    split: str = "test",
+    batch_size: int = 32,
+    keep_errors: int = 0,
 ) -> Predictions:
     """Stream the split's records through the signature in batches (only predictions are kept,
     so a split larger than memory works)."""
@@ -115,7 +126,10 @@ def predict_split(
     files = examples.split_files(examples_dir, split)
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
     ds = ds.map(examples.parse).prefetch(2)
-    probs, y_true, filenames, errors = [], [], [], []
+    probs: list[np.ndarray] = []
+    y_true: list[np.ndarray] = []
+    filenames: list[str] = []
+    errors: list[dict[str, Any]] = []
     for batch in ds:
         try:
             out = signature(images=batch[examples.ENCODED])
@@ -273,7 +287,7 @@ def score_test_split(
         p, [scoring.COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]
     )
 
-    def result(name: str, what: str):
+    def result(name: str, what: str) -> Any:
         return beam_run.read_json_result(fsutil.join(work_dir, name), what)
 
     failure = result(scoring.FAILURES_PART.format("candidate"), "failures")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -61,10 +62,10 @@ class ReadShardFn(beam.DoFn):
     shard cannot be split, so a shard is read by one worker (as Beam's ReadFromTFRecord does);
     a Reshuffle after this spreads the records over the workers."""
 
-    def setup(self):
+    def setup(self) -> None:
         import tensorflow  # noqa: F401  (once per worker, not inside the first bundle)
 
-    def process(self, element):
+    def process(self, element: tuple[int, str]) -> Iterator[tuple[tuple[int, int], bytes]]:
         import tensorflow as tf
 
         index, path = element
@@ -90,11 +91,11 @@ def parse_record(keyed: tuple[tuple[int, int], bytes]) -> tuple[Example, bytes]:
 class ReadShards(beam.PTransform):
     """The split's shard files -> PCollection[(Example, encoded bytes)]."""
 
-    def __init__(self, files: list[str]):
+    def __init__(self, files: list[str]) -> None:
         super().__init__()
         self.files = list(files)
 
-    def expand(self, pbegin):
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[tuple[Example, bytes]]:
         return (
             pbegin
             | "ListShards" >> beam.Create(list(enumerate(self.files)))
@@ -108,10 +109,12 @@ class ReadShards(beam.PTransform):
 
 
 class _ToScored(beam.DoFn):
-    def __init__(self, keep_misclassified: bool):
+    def __init__(self, keep_misclassified: bool) -> None:
         self.keep_misclassified = keep_misclassified
 
-    def process(self, element):
+    # Any: a PredictionResult (example: bytes, inference: dict), whose fields Beam types as
+    # unbound TypeVars
+    def process(self, element: tuple[Example, Any]) -> Iterator[Scored | beam.pvalue.TaggedOutput]:
         example, result = element
         if "error" in result.inference:
             Metrics.counter(COUNTER_NAMESPACE, "failed").inc()
@@ -134,14 +137,14 @@ class Score(beam.PTransform):
         batch_size: int = 32,
         model_copies: int | None = None,
         keep_misclassified: bool = False,
-    ):
+    ) -> None:
         super().__init__()
         self.handler = SignatureModelHandler(
             model_dir, batch_size=batch_size, model_copies=model_copies
         )
         self.keep_misclassified = keep_misclassified
 
-    def expand(self, pcoll):
+    def expand(self, pcoll: beam.PCollection[tuple[Example, bytes]]) -> beam.pvalue.DoOutputsTuple:
         return (
             pcoll
             | "RunInference" >> RunInference(KeyedModelHandler(self.handler))
@@ -157,25 +160,25 @@ class CountsFn(beam.CombineFn):
     """Scored -> (confusion matrix as lists, sum of -log p(true class)): what accuracy, loss
     and per-class precision/recall/F1 need, merged across workers."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
 
-    def create_accumulator(self):
+    def create_accumulator(self) -> list[Any]:
         return [np.zeros((self.num_classes, self.num_classes), dtype=np.int64), 0.0]
 
-    def add_input(self, acc, scored: Scored):
+    def add_input(self, acc: list[Any], scored: Scored) -> list[Any]:
         acc[0][scored.example.label, int(scored.probabilities.argmax())] += 1
         acc[1] += metrics.example_loss(scored.probabilities, scored.example.label)
         return acc
 
-    def merge_accumulators(self, accumulators):
+    def merge_accumulators(self, accumulators: Iterable[list[Any]]) -> list[Any]:
         merged = self.create_accumulator()
         for cm, loss_sum in accumulators:
             merged[0] += cm
             merged[1] += loss_sum
         return merged
 
-    def extract_output(self, acc):
+    def extract_output(self, acc: list[Any]) -> tuple[list[list[int]], float]:
         return acc[0].tolist(), float(acc[1])
 
 
@@ -186,12 +189,16 @@ class ScoreCountsFn(beam.CombineFn):
     def create_accumulator(self) -> dict[float, list[int]]:
         return {}
 
-    def add_input(self, acc, item):
+    def add_input(
+        self, acc: dict[float, list[int]], item: tuple[float, bool]
+    ) -> dict[float, list[int]]:
         score, positive = item
         acc.setdefault(score, [0, 0])[1 if positive else 0] += 1
         return acc
 
-    def merge_accumulators(self, accumulators):
+    def merge_accumulators(
+        self, accumulators: Iterable[dict[float, list[int]]]
+    ) -> dict[float, list[int]]:
         merged: dict[float, list[int]] = {}
         for acc in accumulators:
             for score, (neg, pos) in acc.items():
@@ -200,7 +207,7 @@ class ScoreCountsFn(beam.CombineFn):
                 counts[1] += pos
         return merged
 
-    def extract_output(self, acc):
+    def extract_output(self, acc: dict[float, list[int]]) -> dict[float, list[int]]:
         return acc
 
 
@@ -209,7 +216,9 @@ def _auc_item(scored: Scored) -> tuple[int, tuple[float, bool]]:
     return metrics.auc_bucket(score), (score, scored.example.label == 1)
 
 
-def _finish(counts: tuple[list, float], labels: list[str], auc: float | None) -> dict[str, Any]:
+def _finish(
+    counts: tuple[list[list[int]], float], labels: list[str], auc: float | None
+) -> dict[str, Any]:
     cm, loss_sum = counts
     num = int(np.sum(cm))
     return metrics.metrics_from_counts(
@@ -221,11 +230,11 @@ class ComputeMetrics(beam.PTransform):
     """PCollection[Scored] -> one metrics dict (metrics.json), equal to
     metrics.classification_metrics over all the predictions at once."""
 
-    def __init__(self, labels: list[str]):
+    def __init__(self, labels: list[str]) -> None:
         super().__init__()
         self.labels = list(labels)
 
-    def expand(self, scored):
+    def expand(self, scored: beam.PCollection[Scored]) -> beam.PCollection[dict[str, Any]]:
         counts = scored | "Counts" >> beam.CombineGlobally(CountsFn(len(self.labels)))
         if len(self.labels) != 2:
             return counts | "Finish" >> beam.Map(_finish, self.labels, None)
@@ -262,11 +271,13 @@ class WriteFragmentFn(beam.DoFn):
     """(shard, [(record, filename, label, probabilities)]) -> work/_predictions-SSSSS.csv, rows
     in record order (one shard's rows: bounded by the shard size)."""
 
-    def __init__(self, work_dir: str, labels: list[str]):
+    def __init__(self, work_dir: str, labels: list[str]) -> None:
         self.work_dir = work_dir
         self.labels = list(labels)
 
-    def process(self, element):
+    def process(
+        self, element: tuple[int, Iterable[tuple[int, str, int, np.ndarray]]]
+    ) -> Iterator[str]:
         shard, rows = element
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -278,11 +289,11 @@ class WriteFragmentFn(beam.DoFn):
 
 
 class WritePredictions(beam.PTransform):
-    def __init__(self, work_dir: str, labels: list[str]):
+    def __init__(self, work_dir: str, labels: list[str]) -> None:
         super().__init__()
         self.fn = WriteFragmentFn(work_dir, labels)
 
-    def expand(self, scored):
+    def expand(self, scored: beam.PCollection[Scored]) -> beam.PCollection[str]:
         return (
             scored
             | "ByShard"
@@ -331,11 +342,11 @@ class FirstErrors(beam.PTransform):
     """The first `n` misclassified examples in predictions.csv order -> one list of dicts
     (encoded as base64) for errors.png."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int) -> None:
         super().__init__()
         self.n = n
 
-    def expand(self, scored):
+    def expand(self, scored: beam.PCollection[Scored]) -> beam.PCollection[list[dict[str, Any]]]:
         return (
             scored
             | "Misclassified" >> beam.Filter(lambda s: bool(s.encoded))
@@ -348,7 +359,9 @@ class FirstErrors(beam.PTransform):
 class FirstFailure(beam.PTransform):
     """(Example, reason) of images the model rejected -> [] or [filename, reason] of the first."""
 
-    def expand(self, failed):
+    def expand(
+        self, failed: beam.PCollection[tuple[Example, str]]
+    ) -> beam.PCollection[list[list[str]]]:
         return (
             failed
             | "First" >> beam.combiners.Top.Smallest(1, key=lambda item: item[0].order)

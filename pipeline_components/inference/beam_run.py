@@ -7,7 +7,7 @@ stable); the Evaluator and the BulkInferrer share these.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -77,10 +77,10 @@ class WriteJson(beam.DoFn):
     """Writes each element (one, from a global combine) as JSON to `path`, atomically; a retried
     bundle rewrites the same file."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
 
-    def process(self, element: Any):
+    def process(self, element: Any) -> Iterator[str]:
         fsutil.write_json(self.path, element)
         yield self.path
 

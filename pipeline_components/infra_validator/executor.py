@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +60,9 @@ def stage_candidate(model_dir: str, model_name: str, workdir: str) -> str:
 
 
 @contextlib.contextmanager
-def serve_in_subprocess(model_base_path: str, model_name: str, timeout: float, workdir: str):
+def serve_in_subprocess(
+    model_base_path: str, model_name: str, timeout: float, workdir: str
+) -> Iterator[str]:
     """Run `transfer-pipeline serve` on a model base path in a subprocess on a free loopback
     port; yield 'host:port' once bound. The server is always stopped (SIGTERM) on exit."""
     port_file = os.path.join(workdir, "port")
@@ -116,7 +120,12 @@ def validate(
     missing = [name for name, _ in samples if name not in expected]
     if missing:
         raise PipelineError(f"{predictions_csv} has no prediction for {missing[0]}")
-    result = {"blessed": False, "reasons": [], "num_examples": len(samples), "model": model_dir}
+    result: dict[str, Any] = {
+        "blessed": False,
+        "reasons": [],
+        "num_examples": len(samples),
+        "model": model_dir,
+    }
     started, timeout = time.monotonic(), config.timeout_seconds
     with tempfile.TemporaryDirectory(prefix="infra-") as workdir:
         try:

@@ -25,6 +25,7 @@ import os
 import posixpath
 import re
 import uuid
+from typing import Any
 
 from pipeline_components.core import artifacts, contract, fsutil
 from pipeline_components.core.errors import PipelineError
@@ -277,7 +278,7 @@ def check_contract(
     return change
 
 
-def read_blessing(path: str) -> dict:
+def read_blessing(path: str) -> dict[str, Any]:
     blessing = fsutil.read_json(path, "blessing")
     if not isinstance(blessing, dict) or not isinstance(blessing.get("blessed"), bool):
         raise PipelineError(f"blessing {path} has no boolean 'blessed' field")
@@ -304,7 +305,9 @@ def run_pusher(
     if keep_versions < 1:
         raise PipelineError(f"keep_versions must be >= 1, got {keep_versions}")
     blessing = read_blessing(blessing_path)
-    infra = read_blessing(infra_blessing_path) if infra_blessing_path else {"blessed": True}
+    infra: dict[str, Any] = (
+        read_blessing(infra_blessing_path) if infra_blessing_path else {"blessed": True}
+    )
     if not artifacts.is_saved_model(model_dir):
         raise PipelineError(f"no SavedModel at {model_dir} (saved_model.pb not found)")
     result: dict = {"pushed": False, "version": None, "path": None, "model": model_dir}

@@ -32,7 +32,12 @@ def _background(rng: np.random.Generator, w: int, h: int, photo_like: bool) -> I
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def draw_shape(kind: str, rng: np.random.Generator, size=(64, 64), photo_like=False) -> Image.Image:
+def draw_shape(
+    kind: str,
+    rng: np.random.Generator,
+    size: tuple[int, int] = (64, 64),
+    photo_like: bool = False,
+) -> Image.Image:
     """One image of class `kind`: a randomly placed, sized, coloured and rotated shape."""
     w, h = size
     img = _background(rng, w, h, photo_like)
@@ -40,9 +45,10 @@ def draw_shape(kind: str, rng: np.random.Generator, size=(64, 64), photo_like=Fa
         clutter = ImageDraw.Draw(img)
         for _ in range(30):
             x, y = rng.integers(0, w), rng.integers(0, h)
-            r = int(rng.integers(2, max(3, min(w, h) // 12)))
+            dot = int(rng.integers(2, max(3, min(w, h) // 12)))  # radius
             clutter.ellipse(
-                [x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 256, 3))
+                [x - dot, y - dot, x + dot, y + dot],
+                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
             )
         img = img.filter(ImageFilter.GaussianBlur(1.2))
     draw = ImageDraw.Draw(img)
@@ -100,14 +106,14 @@ def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
 
 def generate(
     output: str,
-    classes=("circles", "squares"),
-    per_split=(40, 15, 15),
-    size=(64, 64),
+    classes: Sequence[str] = ("circles", "squares"),
+    per_split: Sequence[int] = (40, 15, 15),
+    size: tuple[int, int] = (64, 64),
     fmt: str = "jpg",
     seed: int = 0,
     photo_like: bool = False,
-    splits=SPLITS,
-) -> dict:
+    splits: Sequence[str] = SPLITS,
+) -> dict[str, dict[str, int]]:
     """Write the dataset; returns {split: {class: count}}. Splits with count 0 are not created."""
     rng = np.random.default_rng(seed)
 
@@ -125,12 +131,12 @@ def write_tree(
     fmt: str,
     splits: Sequence[str],
     write: Callable[[str, int, str], None],
-) -> dict:
+) -> dict[str, dict[str, int]]:
     """Lay out `<output>/<split>/<class>/NNNN.<fmt>`, calling write(class, index, path) for
     each file; `index` counts a class's files across splits (0, 1, 2, ...), so no two files
     of a class share one. Returns {split: {class: count}}; splits with count 0 are skipped."""
     used = dict.fromkeys(classes, 0)
-    counts: dict = {}
+    counts: dict[str, dict[str, int]] = {}
     for split, n in zip(splits, per_split, strict=True):
         if n <= 0:
             continue

@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import time
+from typing import Any
 
 import keras
 import numpy as np
@@ -34,21 +35,25 @@ class EpochLog(keras.callbacks.Callback):
     persists every finished epoch to a JSON file, so a resumed run's history has all epochs.
     Must come before the callbacks that record logs (CsvHistory, ScalarLogger)."""
 
-    def __init__(self, path: str, images_per_epoch: int, phase: str, total_epochs: int):
+    def __init__(self, path: str, images_per_epoch: int, phase: str, total_epochs: int) -> None:
         super().__init__()
         self.path, self.images, self.phase, self.total = path, images_per_epoch, phase, total_epochs
         self.records = read_epoch_records(path)
-        self._t0 = self._train_seconds = None
+        self._t0: float | None = None
+        self._train_seconds: float | None = None
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._t0, self._train_seconds = time.perf_counter(), None
 
-    def on_test_begin(self, logs=None):  # validation starts: the training part is over
+    def on_test_begin(
+        self, logs: dict[str, Any] | None = None
+    ) -> None:  # validation starts: the training part is over
         if self._t0 is not None and self._train_seconds is None:
             self._train_seconds = time.perf_counter() - self._t0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
+        assert self._t0 is not None  # Keras calls on_epoch_begin first
         seconds = time.perf_counter() - self._t0
         logs["images_per_sec"] = self.images / max(self._train_seconds or seconds, 1e-9)
         record = {"epoch": epoch + 1, "phase": self.phase, "seconds": round(seconds, 3)}
@@ -74,15 +79,15 @@ class CsvHistory(keras.callbacks.Callback):
     a Python file object (it checks `.closed`, which GFile lacks) and appends in place, which
     object stores cannot do; a resumed run's rows replace the epochs they repeat."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
-        self.rows: dict[int, dict] = {}
+        self.rows: dict[int, dict[str, Any]] = {}
         if fsutil.exists(path):
             for row in csv.DictReader(io.StringIO(fsutil.read_text(path))):
                 self.rows[int(row["epoch"])] = row
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         row = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
         self.rows[epoch] = {"epoch": epoch, **row}
         keys = sorted({k for r in self.rows.values() for k in r} - {"epoch"})
@@ -99,18 +104,18 @@ class ScalarLogger(keras.callbacks.Callback):
     summary ops, because TensorFlow 2.21 no longer installs the `tensorboard` package that
     keras.callbacks.TensorBoard needs; viewing still needs `tensorboard --logdir logs`."""
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str) -> None:
         super().__init__()
         self.log_dir = log_dir
-        self._writers = {}
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
 
-    def _writer(self, name: str):
+    def _writer(self, name: str) -> tf.summary.SummaryWriter:
         if name not in self._writers:
             path = fsutil.join(self.log_dir, name)
             self._writers[name] = tf.summary.create_file_writer(path)
         return self._writers[name]
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         from tensorflow.core.framework import summary_pb2
 
         meta = summary_pb2.SummaryMetadata(
@@ -125,13 +130,13 @@ class ScalarLogger(keras.callbacks.Callback):
                     f"epoch_{tag}", tf.constant(float(value)), step=epoch, metadata=meta
                 )
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
 
 
-def read_epoch_records(path: str) -> dict[int, dict]:
+def read_epoch_records(path: str) -> dict[int, dict[str, Any]]:
     if not fsutil.exists(path):
         return {}
     return {int(r["epoch"]): r for r in fsutil.read_json(path, "epoch log")}
@@ -158,13 +163,13 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def __init__(
         self, weights_path: str, state_path: str, target: keras.Model, monitor: str = "val_accuracy"
-    ):
+    ) -> None:
         super().__init__()
         self.weights_path, self.state_path, self.target = weights_path, state_path, target
         self.monitor = monitor
         self.best = fsutil.read_json(state_path) if fsutil.exists(state_path) else None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         if self.monitor not in logs:
             return
@@ -178,7 +183,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best = {"epoch": epoch + 1, "val_accuracy": acc, "val_loss": loss}
         fsutil.write_json(self.state_path, self.best)
 
-    def restore(self) -> dict | None:
+    def restore(self) -> dict[str, Any] | None:
         """Load the best weights into `target`; returns {epoch, val_accuracy, val_loss}."""
         if self.best is None or not fsutil.exists(self.weights_path):
             return None

@@ -40,6 +40,8 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -55,6 +57,15 @@ from pipeline_components.trainer.cluster import Cluster, WorkerLost
 from pipeline_components.trainer.component import TrainerConfig
 
 log = logging.getLogger(__name__)
+
+# What distribute_datasets_from_function takes: this worker's input pipeline's dataset.
+DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+# One global batch of a distributed dataset: (images or features, labels), values per replica.
+Batch = tuple[
+    tf.types.experimental.distributed.PerReplica, tf.types.experimental.distributed.PerReplica
+]
+# A compiled step of Steps: a global batch -> [loss sum, correct, examples] over the group.
+StepFn = Callable[[Batch], tf.Tensor]
 
 # What a worker sees when a peer dies mid-collective, or restarts: the group must restart.
 PEER_ERRORS = (
@@ -116,21 +127,21 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:300]
 
 
-def all_reduce_sum(strategy: tf.distribute.Strategy, values) -> np.ndarray:
+def all_reduce_sum(strategy: tf.distribute.Strategy, values: Sequence[float]) -> np.ndarray:
     """Sum of a float vector over every replica of every worker (also a barrier)."""
     return _sum_fn(strategy)(tf.constant(values, tf.float32)).numpy()
 
 
 @functools.cache
-def _sum_fn(strategy: tf.distribute.Strategy):
-    def replica(values):
+def _sum_fn(strategy: tf.distribute.Strategy) -> Callable[[tf.Tensor], tf.Tensor]:
+    def replica(values: tf.Tensor) -> tf.Tensor:
         # identity: a value made on this worker's device; the eager input's device (localhost)
         # leaves the collective without a destination
         values = tf.identity(values)
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
     @tf.function
-    def total(values):
+    def total(values: tf.Tensor) -> tf.Tensor:
         return strategy.experimental_local_results(strategy.run(replica, args=(values,)))[0]
 
     return total
@@ -166,7 +177,13 @@ def check_cluster(config: TrainerConfig, plan: executor.TrainingPlan, group: Gro
 # ---------------------------------------------------------------------------- input
 
 
-def live_dataset_fn(examples_dir: str, split: str, config: TrainerConfig, plan, training: bool):
+def live_dataset_fn(
+    examples_dir: str,
+    split: str,
+    config: TrainerConfig,
+    plan: executor.TrainingPlan,
+    training: bool,
+) -> DatasetFn:
     """Decoded (train: augmented) images of this worker's part of `split`, batched per replica."""
     repeat = bool(config.steps_per_epoch if training else config.validation_steps)
 
@@ -192,7 +209,14 @@ def live_dataset_fn(examples_dir: str, split: str, config: TrainerConfig, plan, 
     return dataset_fn
 
 
-def shard_features(net: keras.Model, examples_dir: str, split: str, plan, config, cluster):
+def shard_features(
+    net: keras.Model,
+    examples_dir: str,
+    split: str,
+    plan: executor.TrainingPlan,
+    config: TrainerConfig,
+    cluster: Cluster,
+) -> tuple[np.ndarray, np.ndarray]:
     """One backbone pass over this worker's part of `split`: (features, labels) as numpy."""
     extractor = model_lib.feature_extractor(net)
     extract = tf.function(lambda x: extractor(x, training=False))
@@ -216,7 +240,9 @@ def shard_features(net: keras.Model, examples_dir: str, split: str, plan, config
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def feature_dataset_fn(features, labels, config: TrainerConfig, training: bool):
+def feature_dataset_fn(
+    features: np.ndarray, labels: np.ndarray, config: TrainerConfig, training: bool
+) -> DatasetFn:
     repeat = bool(config.steps_per_epoch if training else config.validation_steps)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -235,7 +261,13 @@ def feature_dataset_fn(features, labels, config: TrainerConfig, training: bool):
     return dataset_fn
 
 
-def distributed_datasets(net, examples_dir: str, config: TrainerConfig, plan, group: Group):
+def distributed_datasets(
+    net: keras.Model,
+    examples_dir: str,
+    config: TrainerConfig,
+    plan: executor.TrainingPlan,
+    group: Group,
+) -> tuple[tf.distribute.DistributedDataset, tf.distribute.DistributedDataset, float | None]:
     """(train, validation, seconds spent caching features or None), distributed datasets."""
     strategy, seconds = group.strategy, None
     if plan.cached:
@@ -269,13 +301,20 @@ class Steps:
     """One phase's compiled steps. Each returns [sum of per-example losses, correct predictions,
     examples] over the whole group for one global batch."""
 
-    def __init__(self, strategy, model: keras.Model, optimizer, num_classes: int, element_spec):
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        num_classes: int,
+        element_spec: tuple[tf.TypeSpec, tf.TypeSpec],
+    ) -> None:
         if num_classes == 2:
             loss_fn = keras.losses.BinaryCrossentropy(reduction=None)
         else:
             loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
 
-        def stats(y, p):
+        def stats(y: tf.Tensor, p: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             per_example = loss_fn(y, p)
             if num_classes == 2:  # keras.metrics.BinaryAccuracy, threshold 0.5
                 hits = tf.equal(tf.cast(p > 0.5, y.dtype), y)[:, 0]
@@ -286,14 +325,14 @@ class Steps:
 
         zeros = tf.zeros([3])
 
-        def train_replica(x, y):
+        def train_replica(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
             ctx = tf.distribute.get_replica_context()
             n = tf.cast(tf.shape(x)[0], tf.float32)
             # the mean over the global batch: the gradients are summed over the replicas
             group_n = tf.maximum(ctx.all_reduce(tf.distribute.ReduceOp.SUM, n), 1.0)
             variables = model.trainable_variables
 
-            def forward_backward():
+            def forward_backward() -> list[tf.Tensor]:
                 with tf.GradientTape() as tape:
                     per_example, hits, _ = stats(y, model(x, training=True))
                     loss = tf.reduce_sum(per_example) / group_n
@@ -303,7 +342,9 @@ class Steps:
                 grads = tape.gradient(scaled, variables)
                 return [*grads, tf.stack([tf.reduce_sum(per_example), hits, n])]
 
-            def nothing():  # a worker out of data before the others (uneven parts of a split)
+            def nothing() -> list[
+                tf.Tensor
+            ]:  # a worker out of data before the others (uneven parts of a split)
                 return [*(tf.zeros_like(v) for v in variables), zeros]
 
             # Keras/TensorFlow kernels fail on some empty batches (a Conv2D on [0, H, W, 3]);
@@ -314,15 +355,15 @@ class Steps:
             optimizer.apply_gradients(zip(grads, variables, strict=True))
             return totals
 
-        def eval_replica(x, y):
-            def evaluate():
+        def eval_replica(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            def evaluate() -> tf.Tensor:
                 per_example, hits, n = stats(y, model(x, training=False))
                 return tf.stack([tf.reduce_sum(per_example), hits, n])
 
             return tf.cond(tf.shape(x)[0] > 0, evaluate, lambda: zeros)
 
-        def over_group(fn):
-            def step(batch):
+        def over_group(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> StepFn:
+            def step(batch: Batch) -> tf.Tensor:
                 totals = strategy.run(fn, args=batch)
                 return strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
 
@@ -331,14 +372,14 @@ class Steps:
         self.train_step, self.eval_step = over_group(train_replica), over_group(eval_replica)
 
     @staticmethod
-    def run(step, batches) -> np.ndarray:
+    def run(step: StepFn, batches: Iterable[Batch]) -> np.ndarray:
         totals = np.zeros(3)
         for batch in batches:
             totals += step(batch).numpy()
         return totals
 
 
-def agree_on_finite(ctx, grads: list) -> list:
+def agree_on_finite(ctx: tf.distribute.ReplicaContext, grads: list[tf.Tensor]) -> list[tf.Tensor]:
     """LossScaleOptimizer skips a step whose gradients are not finite, deciding on this
     replica's gradients before they are all-reduced (inside a cond that holds the all-reduce):
     replicas that decided differently would wait for each other for ever. So when any replica's
@@ -362,9 +403,9 @@ class Loop:
     train: tf.distribute.DistributedDataset
     val: tf.distribute.DistributedDataset
     resumed_from_epoch: int | None = None
-    _train_iterator: object = None
+    _train_iterator: Iterator[Batch] | None = None
 
-    def _train_batches(self):
+    def _train_batches(self) -> Iterator[Batch]:
         steps = self.phases.config.steps_per_epoch
         if not steps:
             return iter(self.train)  # one pass, reshuffled
@@ -372,7 +413,7 @@ class Loop:
             self._train_iterator = iter(self.train)
         return (next(self._train_iterator) for _ in range(steps))
 
-    def _val_batches(self):
+    def _val_batches(self) -> Iterator[Batch]:
         steps = self.phases.config.validation_steps
         if not steps:
             return iter(self.val)
@@ -399,7 +440,9 @@ class Loop:
             )
             self.resumed_from_epoch = restored
 
-    def phase(self, name: str, model: keras.Model, learning_rate: float, first: int, last: int):
+    def phase(
+        self, name: str, model: keras.Model, learning_rate: float, first: int, last: int
+    ) -> int:
         """Train `model` for epochs first..last-1 (numbered across phases); returns the number
         of epochs completed when the phase ends (EarlyStopping may end it sooner)."""
         config, plan, strategy = self.phases.config, self.phases.plan, self.group.strategy
@@ -453,8 +496,12 @@ class Loop:
 
 
 def train_and_evaluate(
-    examples_dir: str, config: TrainerConfig, group: Group, *, callbacks=()
-) -> tuple[keras.Model, dict, dict]:
+    examples_dir: str,
+    config: TrainerConfig,
+    group: Group,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[keras.Model, dict[str, Any], dict[str, list]]:
     """Like executor.train_and_evaluate, on every worker of the group; the chief's records and
     best weights are in output_dir, the others' in their temporary directory."""
     strategy, cluster = group.strategy, group.cluster
@@ -497,8 +544,8 @@ def train_and_evaluate(
         head_epochs = loop.phase(
             "head", head if plan.cached else net, config.learning_rate, 0, config.epochs
         )
-        unfrozen = []
-        if plan.fine_tune:
+        unfrozen: list[str] = []
+        if plan.fine_tune and config.fine_tune_from:  # plan.fine_tune: fine_tune_from is set
             unfrozen = model_lib.unfreeze_from(net, config.fine_tune_from)
             loop.phase(
                 "fine_tune",
@@ -516,6 +563,7 @@ def train_and_evaluate(
         "epochs_run": len(history.get("epoch", [])),
         "resumed_from_epoch": loop.resumed_from_epoch,
         "best_epoch": best_state["epoch"] if best_state else None,
+        "monitor": config.monitor,
         "best": best_state,
         "final": {k: history[k][-1] for k in METRICS if history.get(k)},
         "cached_features": plan.cached,
@@ -555,8 +603,13 @@ def worker_temp_dir(cluster: Cluster) -> str:
 
 
 def run_trainer(
-    examples_dir: str, output_dir: str, config: TrainerConfig, cluster: Cluster, *, callbacks=()
-) -> dict:
+    examples_dir: str,
+    output_dir: str,
+    config: TrainerConfig,
+    cluster: Cluster,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict[str, Any]:
     """This worker's part of a multi-worker Trainer run: train with the group; the chief then
     writes every artifact (executor.write_outputs) while the others wait; the others remove
     their temporary directory. Returns the summary (the others' has `paths: None`)."""

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
@@ -38,6 +40,9 @@ from pipeline_components.core.artifacts import (
     SERVING_SIGNATURE,
 )
 from pipeline_components.core.image_header import DEFAULT_MAX_IMAGE_PIXELS
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,9 @@ DECODE_PARALLELISM = 4
 # the check itself slow) is rejected.
 GIF_MAX_STEPS = 10_000
 _GIF_RUN = 1024
+
+# serving_default and predict_pixels: a batch in, the four outputs out
+ServingFn = Callable[[tf.Tensor], dict[str, tf.Tensor]]
 
 
 def is_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -85,15 +93,24 @@ def _gif_dims(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
     full_runs = tf.range(_GIF_RUN, dtype=tf.int64) * 256
     longest = tf.constant(_GIF_RUN, tf.int64)
 
-    def at(i):  # data[i], 0 past the end (i may be a vector)
+    def at(i: tf.Tensor) -> tf.Tensor:  # data[i], 0 past the end (i may be a vector)
         return tf.where(i < size, tf.gather(data, tf.minimum(i, size - 1)), zero)
 
-    def table(packed):  # bytes of a colour table announced by a packed field
+    def table(packed: tf.Tensor) -> tf.Tensor:
+        # bytes of a colour table announced by a packed field
         present = tf.bitwise.bitwise_and(packed, 0x80) > 0
         entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), tf.bitwise.bitwise_and(packed, 7))
         return tf.where(present, 3 * entries, zero)
 
-    def body(step, pos, in_blocks, done, total, max_w, max_h):
+    def body(
+        step: tf.Tensor,
+        pos: tf.Tensor,
+        in_blocks: tf.Tensor,
+        done: tf.Tensor,
+        total: tf.Tensor,
+        max_w: tf.Tensor,
+        max_h: tf.Tensor,
+    ) -> tuple[tf.Tensor, ...]:
         # In a chain of data sub-blocks: skip every full (255-byte) sub-block at once (encoders
         # write full ones), then the one after them.
         lengths = at(pos + full_runs)
@@ -123,7 +140,9 @@ def _gif_dims(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
             tf.maximum(max_h, tf.where(frame, height, zero)),
         )
 
-    def cond(step, pos, in_blocks, done, *_):
+    def cond(
+        step: tf.Tensor, pos: tf.Tensor, in_blocks: tf.Tensor, done: tf.Tensor, *_: tf.Tensor
+    ) -> tf.Tensor:
         return tf.logical_and(tf.logical_not(done), step < GIF_MAX_STEPS)
 
     screen_w, screen_h = _le(head, 6, 2), _le(head, 8, 2)
@@ -148,11 +167,11 @@ def image_header(encoded: tf.Tensor) -> tf.Tensor:
     # the first matching format, or len(_MAGIC) (the "not an image" branch) when none matches
     index = tf.argmax(tf.concat([tf.cast(matches, tf.int32), [1]], axis=0), output_type=tf.int32)
 
-    def dims(height, width):
+    def dims(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
         height, width = tf.abs(tf.cast(height, tf.int64)), tf.abs(tf.cast(width, tf.int64))
         return tf.stack([height, width, height * width])
 
-    def jpeg():
+    def jpeg() -> tf.Tensor:
         shape = tf.image.extract_jpeg_shape(encoded)
         return dims(shape[0], shape[1])
 
@@ -176,7 +195,7 @@ def check_image_sizes(images: tf.Tensor, max_image_pixels: int) -> tf.Operation:
     not_image = tf.debugging.Assert(tf.reduce_all(headers[:, 0] >= 0), [NOT_AN_IMAGE])
     over = tf.logical_or(headers[:, 3] > max_image_pixels, headers[:, 3] < 0)
 
-    def message():
+    def message() -> tf.Tensor:
         first = tf.argmax(tf.cast(over, tf.int32), output_type=tf.int64)
         row, text = tf.gather(headers, first), tf.strings.as_string
         limit = f"the limit of {max_image_pixels} pixels (max_image_pixels)"
@@ -196,7 +215,7 @@ def check_image_sizes(images: tf.Tensor, max_image_pixels: int) -> tf.Operation:
         return tf.debugging.Assert(tf.logical_not(any_over), [text])
 
 
-def decode_and_resize(encoded: tf.Tensor, image_size) -> tf.Tensor:
+def decode_and_resize(encoded: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
     """One encoded image -> float32 [H, W, 3] RGB in 0..255 (bilinear resize, no antialias)."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
@@ -204,7 +223,7 @@ def decode_and_resize(encoded: tf.Tensor, image_size) -> tf.Tensor:
     return tf.image.resize(image, image_size, method="bilinear")
 
 
-def input_metadata(image_size) -> dict:
+def input_metadata(image_size: Sequence[int]) -> dict[str, Any]:
     """What decode_and_resize makes of a request, for clients of `predict_pixels` and for the
     serving-contract check: recorded at export in assets/preprocessing.json."""
     height, width = (int(s) for s in image_size)
@@ -218,7 +237,7 @@ def input_metadata(image_size) -> dict:
     }
 
 
-def outputs_from_probabilities(probs: tf.Tensor, labels: list[str]) -> dict:
+def outputs_from_probabilities(probs: tf.Tensor, labels: list[str]) -> dict[str, tf.Tensor]:
     """[N, 1] sigmoid or [N, C] softmax probabilities -> the four outputs of both signatures."""
     probs = tf.cast(probs, tf.float32)
     if probs.shape[-1] == 1:
@@ -233,16 +252,19 @@ def outputs_from_probabilities(probs: tf.Tensor, labels: list[str]) -> dict:
 
 
 def build_serving_fns(
-    model, labels: list[str], image_size, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-):
+    model: keras.Model,
+    labels: list[str],
+    image_size: Sequence[int],
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> tuple[ServingFn, ServingFn]:
     """The two endpoint functions, as plain callables (traced by ExportArchive)."""
     height, width = (int(s) for s in image_size)
     max_image_pixels = _check_max_image_pixels(max_image_pixels)
 
-    def predict_pixels(pixels):
+    def predict_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return outputs_from_probabilities(model(pixels, training=False), labels)
 
-    def serving_default(images):
+    def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.control_dependencies([check_image_sizes(images, max_image_pixels)]):
             pixels = tf.map_fn(
                 lambda x: decode_and_resize(x, (height, width)),
@@ -275,14 +297,14 @@ def warmup_records(images: list[bytes], model_name: str = "") -> list[bytes]:
 
 
 def export_saved_model(
-    model,
+    model: keras.Model,
     export_dir: str,
     labels: list[str],
-    image_size,
+    image_size: Sequence[int],
     warmup_images: list[bytes] | None = None,
     *,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    preprocessing: dict | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> str:
     """Write the SavedModel to `export_dir` atomically (temporary sibling + rename).
     `assets/preprocessing.json` records the input the model expects (input_metadata) plus
@@ -315,7 +337,13 @@ def export_saved_model(
     return export_dir
 
 
-def _archive(model, serving_default, predict_pixels, height, width):
+def _archive(
+    model: keras.Model,
+    serving_default: ServingFn,
+    predict_pixels: ServingFn,
+    height: int,
+    width: int,
+) -> keras.export.ExportArchive:
     import keras
 
     archive = keras.export.ExportArchive()

@@ -22,11 +22,18 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import keras
 
 from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from pipeline_components.trainer.component import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,7 @@ def backbone_spec(name: str) -> tuple[str, str, int]:
     return spec
 
 
-def image_size_for(backbone: str, image_size) -> tuple[int, int]:
+def image_size_for(backbone: str, image_size: Sequence[int] | None) -> tuple[int, int]:
     """The configured [height, width], or the backbone's default size when it is null."""
     if image_size:
         return int(image_size[0]), int(image_size[1])
@@ -67,7 +74,7 @@ def image_size_for(backbone: str, image_size) -> tuple[int, int]:
     return size, size
 
 
-def preprocess_input(backbone: str):
+def preprocess_input(backbone: str) -> Callable[..., Any]:
     return importlib.import_module(
         f"keras.applications.{backbone_spec(backbone)[1]}"
     ).preprocess_input
@@ -78,20 +85,20 @@ class BackbonePreprocess(keras.layers.Layer):
     """The backbone's `preprocess_input` (e.g. RGB->BGR and ImageNet mean subtraction for VGG)
     as a serializable layer, so the exported model takes plain 0..255 RGB pixels."""
 
-    def __init__(self, backbone: str, **kwargs):
+    def __init__(self, backbone: str, **kwargs: Any) -> None:
         kwargs.setdefault("dtype", "float32")  # stay float32 under a mixed_float16 policy
         super().__init__(**kwargs)
         self.backbone = backbone
         self._fn = preprocess_input(backbone)
 
-    def call(self, pixels):
+    def call(self, pixels: tf.Tensor) -> tf.Tensor:
         return self._fn(pixels)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "backbone": self.backbone}
 
 
-def build_backbone(name: str, weights: str, image_size) -> keras.Model:
+def build_backbone(name: str, weights: str, image_size: Sequence[int]) -> keras.Model:
     """keras.applications `name`, include_top=False, frozen; weights: imagenet | none | path."""
     constructor = getattr(keras.applications, backbone_spec(name)[0])
     height, width = image_size
@@ -150,7 +157,9 @@ def load_backbone_weights(backbone: keras.Model, path: str, name: str = "") -> N
             tmp.cleanup()
 
 
-def build_head(feature_shape, num_classes: int, head: str, dropout: float) -> keras.Sequential:
+def build_head(
+    feature_shape: Sequence[int | None], num_classes: int, head: str, dropout: float
+) -> keras.Sequential:
     if head not in ("flatten", "global_average"):
         raise PipelineError(f"trainer.head: must be flatten or global_average, got {head!r}")
     layers = [keras.Input(tuple(feature_shape))]
@@ -167,7 +176,7 @@ def build_head(feature_shape, num_classes: int, head: str, dropout: float) -> ke
     return keras.Sequential(layers, name=HEAD)
 
 
-def create_model(config, num_classes: int) -> keras.Model:
+def create_model(config: TrainerConfig, num_classes: int) -> keras.Model:
     """The full model for a TrainerConfig: pixels 0..255 -> probabilities, backbone frozen."""
     if num_classes < 2:
         raise PipelineError(f"need at least 2 classes, got {num_classes}")
@@ -225,7 +234,7 @@ def unfreeze_from(model: keras.Model, layer_name: str) -> list[str]:
     return [layer.name for layer in backbone.layers[start:] if layer.trainable]
 
 
-def make_optimizer(name: str, learning_rate: float):
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     optimizers = {
         "rmsprop": keras.optimizers.RMSprop,
         "adam": keras.optimizers.Adam,
@@ -236,7 +245,9 @@ def make_optimizer(name: str, learning_rate: float):
     return optimizers[name](learning_rate=learning_rate)
 
 
-def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning_rate: float):
+def compile_model(
+    model: keras.Model, num_classes: int, optimizer: str, learning_rate: float
+) -> keras.Model:
     if num_classes == 2:
         loss = keras.losses.BinaryCrossentropy()
         accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
@@ -253,7 +264,7 @@ def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning
     return model
 
 
-def count_params(weights) -> int:
+def count_params(weights: Iterable[keras.Variable]) -> int:
     return int(sum(int(w.numpy().size) for w in weights))
 
 
