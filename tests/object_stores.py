@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import http.server
 import json
 import os
@@ -43,6 +44,7 @@ from pathlib import Path
 
 GCS_HOSTS = ("storage.googleapis.com", "www.googleapis.com")
 S3_REGION = "us-east-1"
+IDLE_TIMEOUT_S = 15  # the GCS emulator drops a connection that sends nothing this long
 PROJECT = "test-project"
 S3_KEY_ID, S3_SECRET = "testing-key-id", "testing-secret"  # moto accepts any
 
@@ -223,6 +225,33 @@ def _patch_emulator() -> None:
     """
     from gcp_storage_emulator import server
     from gcp_storage_emulator.storage import Storage
+
+    # One server thread served every connection in turn: a connection opened but not yet sent on
+    # (seen from the test process's own clients) held it, while the clients it waited for could
+    # not get through (a hang, never an error). A thread per connection, the storage behind one
+    # lock, and an idle connection dropped after IDLE_TIMEOUT_S.
+    storage_lock = threading.Lock()
+
+    def serialised(method):
+        def handle(self):
+            with storage_lock:
+                return method(self)
+
+        return handle
+
+    for verb in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+        name = f"do_{verb}"
+        setattr(server.RequestHandler, name, serialised(getattr(server.RequestHandler, name)))
+    server.RequestHandler.timeout = IDLE_TIMEOUT_S
+
+    def run(thread):
+        handler = functools.partial(server.RequestHandler, thread._storage)
+        thread._httpd = http.server.ThreadingHTTPServer((thread._host, thread._port), handler)
+        thread._httpd.daemon_threads = True
+        thread.is_running.set()
+        thread._httpd.serve_forever()
+
+    server.APIThread.run = run
 
     def read_raw_data(handler):
         if (handler.headers.get("Transfer-Encoding") or "").lower() == "chunked":

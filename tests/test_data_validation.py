@@ -636,6 +636,7 @@ def test_a_nightly_run_with_thumbnails_stops_before_the_trainer(make_dataset, tm
     code, out, _ = run_cli(path, capsys)
     second = newest_record(tmp_path)
     statuses = {n: c["status"] for n, c in second["components"].items()}
+    assert statuses.pop("BulkInferrer") == "skipped"  # no batch_predict.input in this config
     assert code == 0 and statuses == {
         "ExampleGen": "cached",
         "StatisticsGen": "cached",
