@@ -326,3 +326,56 @@ def test_photo_pool_links_the_same_images_into_every_dataset(tmp_path, monkeypat
     pool = tmp_path / "cache" / common.PHOTO_POOL / "40x30-jpg" / "circles"
     assert len(list(pool.iterdir())) == 5
     assert not (tmp_path / "b" / "validation").exists()
+
+
+# --- honest numbers: each ratio with its spread and the load average ---------------------------
+
+
+def test_spread_and_ratio_formatting():
+    assert common.round_ratios([2.0, 3.0, 9.0], [1.0, 2.0, 3.0]) == [2.0, 1.5, 3.0]
+    assert common.paired_ratio({"x": [2.0, 3.0, 9.0], "y": [1.0, 2.0, 3.0]}, "x", "y") == 2.0
+    assert common.spread([2.0, 1.5, 3.0]) == [1.5, 3.0]
+    assert common.spread([]) is None
+    assert common.format_ratio(2.0, [1.5, 3.0], 3) == "2.00x (1.50-3.00 over 3 rounds)"
+    assert common.format_ratio(2.0) == "2.00x"
+
+
+def test_each_ratio_in_results_md_carries_its_spread_and_the_load(fakes, monkeypatch, tmp_path):
+    """The per-round ratios come from the variants' runs (time ratios), from the serving
+    script's per-round p50 ratios and throughput runs; the row shows min-max and the load
+    average when the benchmark started and ended."""
+    eg = fake_results("example_gen")
+    eg["variants"] = {
+        "(a) loop": {"median_s": 4.0, "runs_s": [4.0, 4.0, 4.0]},
+        "(c) ours": {"median_s": 2.0, "runs_s": [2.0, 2.5, 1.6]},
+        "(d) floor": {"median_s": 1.6, "runs_s": [1.0, 2.0, 1.6]},
+    }
+    monkeypatch.setattr(example_gen, "run", lambda quick=False: eg)
+    sv = fake_results("serving")
+    sv["latency"]["m"]["p50_ratio_per_round"] = [1.1, 1.3, 1.2]
+    sv["throughput"]["runs"] = {"off": [100.0, 100.0], "on": [120.0, 180.0]}
+    monkeypatch.setattr(serving, "run", lambda quick=False: sv)
+    loads = iter([0.5, 0.75] + [1.0] * 100)
+    monkeypatch.setattr(common, "load_avg", lambda: next(loads))
+    assert bench.main(["--quick", "--in-process", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "results.md").read_text()
+    rows = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| ")}
+    # (c)/(d) per round: 2.0, 1.25, 1.0; (a)/(c): 2.0, 1.6, 2.5
+    assert "1.40x (1.00-2.00 over 3 rounds) (c)/(d) time" in rows["example_gen"]
+    assert "2.00x (1.60-2.50 over 3 rounds) (a)/(c) time" in md
+    assert "1.20x (1.10-1.30 over 3 rounds) gRPC/in-process p50" in rows["serving"]
+    assert "1.50x (1.20-1.80 over 2 rounds) on/off requests/s" in md
+    assert "load 1m start -> end" in md
+    summary = json.loads((tmp_path / "results.json").read_text())
+    b = summary["benchmarks"]
+    assert summary["load_avg_1m_start"] == 0.5
+    assert (b["example_gen"]["load_avg_1m_at_start"], b["example_gen"]["load_avg_1m_at_end"]) == (
+        0.75,
+        1.0,
+    )
+    assert "| 0.75 -> 1.0 |" in rows["example_gen"]
+    claims = b["example_gen"]["headline"]["claims"]
+    assert claims[0]["per_round"] == [2.0, 1.25, 1.0] and claims[0]["spread"] == [1.0, 2.0]
+    # a ratio without per-round figures is shown without a spread, not with a made-up one
+    assert "6.00x (a)/(b) time" in rows["input_pipeline"]
+    assert "spread" not in b["input_pipeline"]["headline"]["claims"][0]
