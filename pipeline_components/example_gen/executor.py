@@ -691,6 +691,65 @@ def _check_params(num_shards, max_bad_fraction, validation_fraction, on_duplicat
         )
 
 
+# ---------------------------------------------------------------- DirectRunner mode by input size
+
+# Without runner options, DirectRunner runs in one thread (in_memory). On a few thousand images
+# worker processes cost more to start (each imports Python, Beam and TensorFlow: ~5 CPU-s) than
+# they save; threads start free and TensorFlow's decoder releases the GIL, but the per-file
+# Python work does not, so on many files processes win (benchmarks/example_gen.py).
+DEFAULT_MULTI_PROCESSING_MIN_FILES = 10_000
+DIRECT_MODE_FLAGS = ("--direct_running_mode", "--direct_num_workers")
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    """The last value given for `flag` (`--flag=v` or `--flag v`), None if absent."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == flag:
+            value = args[i + 1] if i + 1 < len(args) else ""
+    return value
+
+
+def direct_mode_args(
+    beam_args: list[str] | None,
+    num_files: int,
+    multi_processing_min_files: int = DEFAULT_MULTI_PROCESSING_MIN_FILES,
+    cpus: int | None = None,
+) -> tuple[list[str], str]:
+    """(the Beam options to run with, why): with DirectRunner and no `--direct_running_mode` /
+    `--direct_num_workers` in `beam_args`, multi_threading on every usable core below
+    `multi_processing_min_files` files and multi_processing at or above it (in_memory on one
+    core). Options the user gave, or another runner, are left exactly as they are."""
+    args = list(beam_args or [])
+    runner = _flag_value(args, "--runner")
+    if runner is not None and runner.lower() not in ("directrunner", "direct"):
+        return args, f"runner {runner} from beam_args"
+    given = [a.split("=")[0] for a in args if a.split("=")[0] in DIRECT_MODE_FLAGS]
+    if given:
+        return args, f"{', '.join(sorted(set(given)))} from beam_args"
+    cpus = usable_cpus() if cpus is None else cpus
+    if cpus < 2:
+        return [*args, "--direct_running_mode=in_memory"], "DirectRunner in_memory: 1 usable CPU"
+    if num_files >= multi_processing_min_files:
+        mode, why = "multi_processing", f"{num_files} files >= {multi_processing_min_files}"
+    else:
+        mode, why = "multi_threading", f"{num_files} files < {multi_processing_min_files}"
+    return [
+        *args,
+        f"--direct_running_mode={mode}",
+        f"--direct_num_workers={cpus}",
+    ], f"DirectRunner {mode} x{cpus}: {why} (example_gen.multi_processing_min_files)"
+
+
 def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     args = list(beam_args or [])
     if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
@@ -732,8 +791,12 @@ def run_example_gen(
     beam_args: list[str] | None = None,
     max_image_pixels: int = image_check.DEFAULT_MAX_IMAGE_PIXELS,
     on_duplicates: str = "drop",
+    multi_processing_min_files: int = DEFAULT_MULTI_PROCESSING_MIN_FILES,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict.
+
+    Without DirectRunner options in beam_args the running mode follows the number of files
+    (`direct_mode_args`); the choice and the reason are logged.
 
     on_duplicates: an image (same sha256) in two splits is dropped from the less held-out
     split ('drop': test keeps its copy, train/validation lose theirs), only reported ('warn'),
@@ -741,6 +804,10 @@ def run_example_gen(
     _check_params(num_shards, max_bad_fraction, validation_fraction, on_duplicates)
     if max_image_pixels < 1:
         raise PipelineError(f"--max-image-pixels must be >= 1, got {max_image_pixels}")
+    if multi_processing_min_files < 0:
+        raise PipelineError(
+            f"--multi-processing-min-files must be >= 0, got {multi_processing_min_files}"
+        )
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     started = time.monotonic()
@@ -754,9 +821,11 @@ def run_example_gen(
         ", ".join(layout.splits),
         f" (validation carved from train, {carve:g})" if carve else "",
     )
+    run_args, why = direct_mode_args(beam_args, len(layout.sources), multi_processing_min_files)
+    log.info("ExampleGen: running with %s (%s)", " ".join(run_args) or "Beam's defaults", why)
     with fsutil.atomic_dir(output) as work:
         write_file_list(fsutil.join(work, FILE_LIST), layout.sources)
-        p = beam.Pipeline(options=pipeline_options(beam_args))
+        p = beam.Pipeline(options=pipeline_options(run_args))
         build_pipeline(
             p,
             layout,
