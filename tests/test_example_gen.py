@@ -16,7 +16,6 @@ from pipeline_components.core import artifacts, examples
 from pipeline_components.example_gen import executor as example_gen
 
 
-
 def _plain(key, value):
     return value.decode() if isinstance(value, bytes) and key != examples.ENCODED else value
 
