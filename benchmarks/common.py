@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 DEFAULT_RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cache_dir(name: str) -> str:
