@@ -423,26 +423,24 @@ def test_empty_carved_validation_is_an_error(make_dataset, tmp_path, capsys):
 def test_multi_processing_writes_the_same_records_as_the_default_runner(
     mixed_dataset, tmp_path, capsys, caplog
 ):
-    """The default picks the DirectRunner mode by input size (multi_threading on every core
-    for a small folder; multi_processing from --multi-processing-min-files on): whichever ran,
-    the same files byte for byte."""
+    """The default picks the DirectRunner mode by input size and cores (multi_threading on
+    every core here); options after -- win. Whichever mode ran: the same files byte for byte."""
     root, _ = mixed_dataset
     (root / "train/squares/cut.jpg").write_bytes(image_bytes("jpeg")[:200])
     # a leaked copy: its train shard is rewritten without it, identically on every runner
     shutil.copy(root / "train/circles/0001.jpg", root / "test/circles/leak.jpg")
     common = ["--data-root", root, "--num-shards", 2, "--max-bad-fraction", 0.2]
-    cpus = example_gen.usable_cpus()
-    small, large = ("multi_threading", "multi_processing") if cpus > 1 else ("in_memory",) * 2
+    chosen = "multi_threading" if example_gen.usable_cpus() > 1 else "in_memory"
+    mp = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     with caplog.at_level(logging.INFO, "pipeline_components.example_gen"):
         code, _, err = run_cli(capsys, *common, "--output", tmp_path / "default")
         assert code == 0, err
-        assert f"--direct_running_mode={small}" in caplog.text
+        assert f"--direct_running_mode={chosen}" in caplog.text
         caplog.clear()
-        code, _, err = run_cli(
-            capsys, *common, "--output", tmp_path / "mp", "--multi-processing-min-files", 1
-        )
+        code, _, err = run_cli(capsys, *common, "--output", tmp_path / "mp", "--", *mp)
         assert code == 0, err
-        assert f"--direct_running_mode={large}" in caplog.text
+        assert "--direct_running_mode=multi_processing --direct_num_workers=2" in caplog.text
+        assert "from beam_args" in caplog.text
 
     def as_set(out):
         return {tuple(sorted((k, str(v)) for k, v in r.items())) for r in read_records(out)}

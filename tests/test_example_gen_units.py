@@ -220,8 +220,10 @@ MT = "--direct_running_mode=multi_threading"
     [
         # no runner options (the default config's): the number of files decides
         (["--runner=DirectRunner"], 1999, 2, [MT, "--direct_num_workers=2"], "1999 files < 2000"),
-        (["--runner=DirectRunner"], 2000, 2, [MP, "--direct_num_workers=2"], "2000 files >= 2000"),
+        (["--runner=DirectRunner"], 2000, 4, [MP, "--direct_num_workers=4"], "2000 files >= 2000"),
         (None, 50_000, 8, [MP, "--direct_num_workers=8"], "multi_processing x8"),
+        # two cores: threads keep both busy at any size (processes only add start-up)
+        (["--runner=DirectRunner"], 50_000, 2, [MT, "--direct_num_workers=2"], "2 cores"),
         ([], 10, 4, [MT, "--direct_num_workers=4"], "multi_threading x4"),
         (["--runner", "direct"], 10, 2, [MT, "--direct_num_workers=2"], "10 files"),
         # one core: threads or processes only add overhead

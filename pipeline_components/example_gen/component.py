@@ -46,7 +46,8 @@ class ExampleGenConfig:
         le=10**9,
         key=False,
         doc="with DirectRunner and no --direct_running_mode/--direct_num_workers in beam_args: "
-        "multi_threading on every core below this many files, multi_processing from it on",
+        "multi_threading on every core below this many files (and on 2 cores), "
+        "multi_processing from it on",
     )
     removed_options: ClassVar[dict[str, str]] = {"resize_max_side": RESIZE_REMOVED}
 

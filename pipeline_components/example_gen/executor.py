@@ -739,11 +739,14 @@ def _check_params(num_shards, max_bad_fraction, validation_fraction, on_duplicat
 
 # ---------------------------------------------------------------- DirectRunner mode by input size
 
-# Without runner options, DirectRunner runs in one thread (in_memory). On a few thousand images
-# worker processes cost more to start (each imports Python, Beam and TensorFlow: ~5 CPU-s) than
-# they save; threads start free and TensorFlow's decoder releases the GIL, but the per-file
-# Python work does not, so on many files processes win (benchmarks/example_gen.py).
+# Without runner options, DirectRunner runs in one thread (in_memory). Threads start free and
+# TensorFlow's decoder releases the GIL; the per-file Python work (~40% of a file's CPU: header
+# check, sha256, building and writing the Example) does not, so threads keep at most ~2.5 cores
+# busy. Worker processes scale past that but cost ~7 CPU-s each to start (Python, Beam and
+# TensorFlow imports, the runner's gRPC): on 2 cores they lost at 2,000 and at 20,000 files
+# (benchmarks/example_gen.py, (c) vs (e)), so they are used only with more cores and many files.
 DEFAULT_MULTI_PROCESSING_MIN_FILES = 10_000
+MULTI_PROCESSING_MIN_CPUS = 3
 DIRECT_MODE_FLAGS = ("--direct_running_mode", "--direct_num_workers")
 
 
@@ -773,8 +776,9 @@ def direct_mode_args(
 ) -> tuple[list[str], str]:
     """(the Beam options to run with, why): with DirectRunner and no `--direct_running_mode` /
     `--direct_num_workers` in `beam_args`, multi_threading on every usable core below
-    `multi_processing_min_files` files and multi_processing at or above it (in_memory on one
-    core). Options the user gave, or another runner, are left exactly as they are."""
+    `multi_processing_min_files` files or on fewer than MULTI_PROCESSING_MIN_CPUS cores, and
+    multi_processing otherwise (in_memory on one core). Options the user gave, or another runner,
+    are left exactly as they are."""
     args = list(beam_args or [])
     runner = _flag_value(args, "--runner")
     if runner is not None and runner.lower() not in ("directrunner", "direct"):
@@ -785,10 +789,13 @@ def direct_mode_args(
     cpus = usable_cpus() if cpus is None else cpus
     if cpus < 2:
         return [*args, "--direct_running_mode=in_memory"], "DirectRunner in_memory: 1 usable CPU"
-    if num_files >= multi_processing_min_files:
-        mode, why = "multi_processing", f"{num_files} files >= {multi_processing_min_files}"
-    else:
+    if num_files < multi_processing_min_files:
         mode, why = "multi_threading", f"{num_files} files < {multi_processing_min_files}"
+    elif cpus < MULTI_PROCESSING_MIN_CPUS:
+        mode = "multi_threading"
+        why = f"{cpus} cores: threads keep them busy, worker processes would only add start-up"
+    else:
+        mode, why = "multi_processing", f"{num_files} files >= {multi_processing_min_files}"
     return [
         *args,
         f"--direct_running_mode={mode}",
