@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 
 DEFAULT_RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cache_dir(name: str) -> str:
@@ -89,11 +91,35 @@ def ratio(summary: dict[str, dict], slower: str, faster: str) -> float:
     return round(summary[slower]["median_s"] / summary[faster]["median_s"], 3)
 
 
+def round_ratios(slower: list[float], faster: list[float]) -> list[float]:
+    """slower/faster of each round (the i-th run of one against the i-th of the other)."""
+    return [round(s / f, 3) for s, f in zip(slower, faster, strict=True) if f > 0]
+
+
 def paired_ratio(seconds: dict[str, list[float]], slower: str, faster: str) -> float:
     """Median over rounds of slower/faster measured in the same round: robust to load that
     drifts between rounds."""
-    pairs = zip(seconds[slower], seconds[faster], strict=True)
-    return round(statistics.median(s / f for s, f in pairs), 3)
+    return round(statistics.median(round_ratios(seconds[slower], seconds[faster])), 3)
+
+
+def spread(values: list[float]) -> list[float] | None:
+    """[min, max] of per-round values (None without any): what a single median hides."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return [round(min(finite), 3), round(max(finite), 3)] if finite else None
+
+
+def format_ratio(ratio: float, lo_hi: list[float] | None = None, rounds: int | None = None) -> str:
+    """`2.16x` with its spread over rounds when known: `2.16x (1.98-2.40 over 3 rounds)`."""
+    text = f"{ratio:.2f}x"
+    if lo_hi:
+        over = f" over {rounds} rounds" if rounds else ""
+        text += f" ({lo_hi[0]:.2f}-{lo_hi[1]:.2f}{over})"
+    return text
+
+
+def load_avg() -> float | None:
+    """The 1-minute load average now (None where the system has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def environment() -> dict:
@@ -101,7 +127,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_avg_1m": load_avg(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -36,6 +36,7 @@ from pipeline_components.core import fsutil
 from pipeline_components.core.artifacts import IMAGES_INPUT
 from pipeline_components.core.errors import PipelineError
 from serving.errors import code_from_number
+from serving.tensors import typed_ndarray
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,12 @@ def string_tensor(items: list[bytes]) -> tensor_pb2.TensorProto:
     )
 
 
+def _ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """tf.make_ndarray, without its ~15 us per output for the layout servers answer with."""
+    array = typed_ndarray(proto)
+    return tf.make_ndarray(proto) if array is None else array
+
+
 def make_channel(
     target: str,
     tls: bool = False,
@@ -223,7 +230,7 @@ class PredictionClient:
         response = self._call(self._predictions.Predict, request)
         spec = response.model_spec
         return RawPrediction(
-            outputs={name: tf.make_ndarray(t) for name, t in response.outputs.items()},
+            outputs={name: _ndarray(t) for name, t in response.outputs.items()},
             model_name=spec.name,
             version=spec.version.value if spec.HasField("version") else None,
             signature_name=spec.signature_name,

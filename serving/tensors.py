@@ -157,10 +157,43 @@ def _shape_text(shape) -> str:
     return "[" + ", ".join(dims) + "]"
 
 
+# DataType -> (repeated field, numpy dtype): the layouts `typed_ndarray` reads without TensorFlow
+_TYPED_ARRAYS = {
+    _T.DT_FLOAT: ("float_val", np.float32),
+    _T.DT_DOUBLE: ("double_val", np.float64),
+    _T.DT_INT32: ("int_val", np.int32),
+    _T.DT_INT64: ("int64_val", np.int64),
+    _T.DT_BOOL: ("bool_val", np.bool_),
+}
+
+
+def typed_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray | None:
+    """tf.make_ndarray's result for the common layout (strings, or a typed repeated field with
+    one value per element) in a few microseconds instead of tens; None for any other layout
+    (tensor_content, the repeat-the-last-value encoding, other dtypes): use tf.make_ndarray."""
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    count = math.prod(shape)
+    if proto.dtype == _T.DT_STRING:
+        values = proto.string_val
+        if len(values) != count:
+            return None
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    layout = _TYPED_ARRAYS.get(proto.dtype)
+    if layout is None or proto.tensor_content:
+        return None
+    values = getattr(proto, layout[0])
+    if len(values) != count:
+        return None
+    return np.array(values, dtype=layout[1]).reshape(shape)
+
+
 def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:
     """TensorProto -> numpy; a malformed proto is INVALID_ARGUMENT naming the input."""
     try:
-        return tf.make_ndarray(proto)
+        array = typed_ndarray(proto)
+        return tf.make_ndarray(proto) if array is None else array
     except Exception as e:  # TypeError/ValueError from a malformed or unsupported proto
         kind = dtype_name(proto.dtype)
         raise invalid(

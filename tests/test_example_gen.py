@@ -15,8 +15,6 @@ from pipeline_components import cli
 from pipeline_components.core import artifacts, examples
 from pipeline_components.example_gen import executor as example_gen
 
-MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-
 
 def _plain(key, value):
     return value.decode() if isinstance(value, bytes) and key != examples.ENCODED else value
@@ -423,17 +421,26 @@ def test_empty_carved_validation_is_an_error(make_dataset, tmp_path, capsys):
 
 
 def test_multi_processing_writes_the_same_records_as_the_default_runner(
-    mixed_dataset, tmp_path, capsys
+    mixed_dataset, tmp_path, capsys, caplog
 ):
+    """The default picks the DirectRunner mode by input size and cores (multi_threading on
+    every core here); options after -- win. Whichever mode ran: the same files byte for byte."""
     root, _ = mixed_dataset
     (root / "train/squares/cut.jpg").write_bytes(image_bytes("jpeg")[:200])
     # a leaked copy: its train shard is rewritten without it, identically on every runner
     shutil.copy(root / "train/circles/0001.jpg", root / "test/circles/leak.jpg")
     common = ["--data-root", root, "--num-shards", 2, "--max-bad-fraction", 0.2]
-    code, _, err = run_cli(capsys, *common, "--output", tmp_path / "default")
-    assert code == 0, err
-    code, _, err = run_cli(capsys, *common, "--output", tmp_path / "mp", "--", *MULTI_PROCESSING)
-    assert code == 0, err
+    chosen = "multi_threading" if example_gen.usable_cpus() > 1 else "in_memory"
+    mp = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    with caplog.at_level(logging.INFO, "pipeline_components.example_gen"):
+        code, _, err = run_cli(capsys, *common, "--output", tmp_path / "default")
+        assert code == 0, err
+        assert f"--direct_running_mode={chosen}" in caplog.text
+        caplog.clear()
+        code, _, err = run_cli(capsys, *common, "--output", tmp_path / "mp", "--", *mp)
+        assert code == 0, err
+        assert "--direct_running_mode=multi_processing --direct_num_workers=2" in caplog.text
+        assert "from beam_args" in caplog.text
 
     def as_set(out):
         return {tuple(sorted((k, str(v)) for k, v in r.items())) for r in read_records(out)}

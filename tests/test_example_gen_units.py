@@ -14,6 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipeline_components.core.artifacts import SPLITS
+from pipeline_components.core.config import section_from_dict
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen import component as example_gen_spec
 from pipeline_components.example_gen import executor as example_gen
@@ -205,6 +206,55 @@ def test_parameters_are_validated():
     assert args.max_image_pixels == 40_000_000
     with pytest.raises(PipelineError, match="--validation-fraction must be in"):
         example_gen.run_example_gen("d", "o", validation_fraction=1.0)
+
+
+# ---------------------------------------------------------------- DirectRunner mode by input size
+
+
+MP = "--direct_running_mode=multi_processing"
+MT = "--direct_running_mode=multi_threading"
+
+
+@pytest.mark.parametrize(
+    "beam_args, files, cpus, added, why",
+    [
+        # no runner options (the default config's): the number of files decides
+        (["--runner=DirectRunner"], 1999, 2, [MT, "--direct_num_workers=2"], "1999 files < 2000"),
+        (["--runner=DirectRunner"], 2000, 4, [MP, "--direct_num_workers=4"], "2000 files >= 2000"),
+        (None, 50_000, 8, [MP, "--direct_num_workers=8"], "multi_processing x8"),
+        # two cores: threads keep both busy at any size (processes only add start-up)
+        (["--runner=DirectRunner"], 50_000, 2, [MT, "--direct_num_workers=2"], "2 cores"),
+        ([], 10, 4, [MT, "--direct_num_workers=4"], "multi_threading x4"),
+        (["--runner", "direct"], 10, 2, [MT, "--direct_num_workers=2"], "10 files"),
+        # one core: threads or processes only add overhead
+        ([], 50_000, 1, ["--direct_running_mode=in_memory"], "1 usable CPU"),
+        # what the user gave always wins, untouched
+        (["--direct_num_workers=1"], 50_000, 8, [], "--direct_num_workers from beam_args"),
+        ([MT], 50_000, 8, [], "--direct_running_mode from beam_args"),
+        (["--direct_running_mode", "in_memory"], 50_000, 8, [], "from beam_args"),
+        (["--runner=DataflowRunner", "--project=p"], 50_000, 8, [], "runner DataflowRunner"),
+        (["--runner", "FlinkRunner"], 5, 8, [], "runner FlinkRunner"),
+    ],
+)
+def test_direct_mode_follows_input_size_unless_beam_args_say(beam_args, files, cpus, added, why):
+    args, reason = example_gen.direct_mode_args(beam_args, files, 2000, cpus=cpus)
+    assert args == list(beam_args or []) + added
+    assert why in reason
+
+
+def test_direct_mode_threshold_is_a_ranged_config_option():
+    cfg = example_gen_spec.ExampleGenConfig()
+    assert cfg.multi_processing_min_files == example_gen.DEFAULT_MULTI_PROCESSING_MIN_FILES
+    args, _ = example_gen_spec.parse_args(
+        ["--data-root", "d", "--output", "o", "--multi-processing-min-files", "5"]
+    )
+    assert args.multi_processing_min_files == 5
+    with pytest.raises(PipelineError, match="multi_processing_min_files"):
+        section_from_dict(
+            example_gen_spec.ExampleGenConfig, {"multi_processing_min_files": -1}, "example_gen"
+        )
+    with pytest.raises(PipelineError, match="--multi-processing-min-files must be >= 0"):
+        example_gen.run_example_gen("d", "o", multi_processing_min_files=-1)
 
 
 # ---------------------------------------------------------------- PTransforms in memory

@@ -288,3 +288,37 @@ def test_clean_tf_message_keeps_the_informative_line():
         "\t [[{{node Assert/Assert}}]] [Op:__inference_signature_wrapper_1]"
     )
     assert clean_tf_message(raw) == "input 'images' holds junk"
+
+
+def test_typed_ndarray_matches_tf_make_ndarray_or_defers_to_it():
+    """The fast path (strings, typed fields with one value per element) gives exactly what
+    tf.make_ndarray gives; every other layout is left to tf.make_ndarray (None)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from serving import tensors
+
+    cases = [
+        np.array([b"a", b"\xff\x00", b""], dtype=object),
+        np.array([[b"x"], [b"y"]], dtype=object),
+        np.array([], dtype=object),
+        np.array([[0.5, 1.5]], dtype=np.float32),
+        np.array([1.0], dtype=np.float64),
+        np.array([[1, -2], [3, 4]], dtype=np.int64),
+        np.array([7], dtype=np.int32),
+        np.array([True, False]),
+    ]
+    for value in cases:
+        proto = tensors.to_tensor_proto(value)
+        fast, reference = tensors.typed_ndarray(proto), tf.make_ndarray(proto)
+        assert fast is not None and fast.dtype == reference.dtype, value
+        assert fast.shape == reference.shape and fast.tolist() == reference.tolist()
+        assert np.array_equal(tensors.to_ndarray(proto), reference)
+    # tensor_content, the repeat-the-last-value encoding, other dtypes: tf.make_ndarray's job
+    for proto in (
+        tf.make_tensor_proto(np.arange(6, dtype=np.float32).reshape(2, 3)),  # tensor_content
+        tf.make_tensor_proto(np.uint8(3), shape=[4]),
+        tf.make_tensor_proto([b"z"], shape=[3]),
+    ):
+        assert tensors.typed_ndarray(proto) is None
+        assert np.array_equal(tensors.to_ndarray(proto), tf.make_ndarray(proto))

@@ -40,6 +40,15 @@ class ExampleGenConfig:
         choices=("drop", "warn", "fail"),
         doc="an image in two splits: drop the train/validation copy, only warn, or fail",
     )
+    multi_processing_min_files: int = option(
+        10_000,
+        ge=0,
+        le=10**9,
+        key=False,
+        doc="with DirectRunner and no --direct_running_mode/--direct_num_workers in beam_args: "
+        "multi_threading on every core below this many files (and on 2 cores), "
+        "multi_processing from it on",
+    )
     removed_options: ClassVar[dict[str, str]] = {"resize_max_side": RESIZE_REMOVED}
 
 
@@ -72,6 +81,7 @@ class ExampleGen(Component):
             beam_args=cfg.beam_args or None,
             max_image_pixels=cfg.max_image_pixels,
             on_duplicates=cfg.on_duplicates,
+            multi_processing_min_files=cfg.multi_processing_min_files,
         )
         return {
             "fingerprint": stats["fingerprint"],
@@ -123,6 +133,7 @@ class ExampleGen(Component):
                 "beam_args": beam_args,
                 "max_image_pixels": args.max_image_pixels,
                 "on_duplicates": args.on_duplicates,
+                "multi_processing_min_files": args.multi_processing_min_files,
             },
             self.config_section or "",
             source="command line",
@@ -189,6 +200,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=defaults.on_duplicates,
         help="an identical image in two splits (train/test leakage): drop the train/validation "
         "copy (default; listed in stats.json), only warn, or fail",
+    )
+    p.add_argument(
+        "--multi-processing-min-files",
+        type=int,
+        default=defaults.multi_processing_min_files,
+        help="without DirectRunner options after --: multi_threading on every core below this "
+        "many files, multi_processing from it on (the choice is logged)",
     )
     args, unknown = p.parse_known_args(own)
     for arg in unknown:

@@ -36,10 +36,13 @@ log = logging.getLogger(__name__)
 
 COUNTER_NAMESPACE = "example_gen"
 # Working files inside the temporary output directory, removed before it is renamed into place.
-# The file list and per-file results travel as files, not as a Create or a ToList: a Dataflow job
-# graph has a size limit, and one worker need not hold a million results.
-FILE_LIST = "_file_list.jsonl"
-RESULTS_PREFIX = "_file_results"
+# The file lists and per-file results travel as files, one per shard, not as a Create or a
+# ToList: a Dataflow job graph has a size limit, and one worker need not hold a million results.
+# Only the shard keys go through the pipeline, so Beam handles one element per shard, not one per
+# image (per-element transforms cost ~0.1 ms each in the Python SDK, as much as a decode).
+FILE_LIST = "_file_list"  # <work>/_file_list-<split>-SSSSS.jsonl: that shard's SourceFiles
+RESULTS_PREFIX = "_file_results"  # <work>/_file_results-<split>-SSSSS.jsonl: its FileResults
+DROP_LIST = "_drop_list"  # <work>/_drop_list-<split>-SSSSS.jsonl: leaked copies to drop
 
 
 class SourceFile(NamedTuple):
@@ -327,23 +330,29 @@ class ConvertShardFn(beam.DoFn):
         import tensorflow  # noqa: F401  (once per worker, not inside the first bundle)
 
     def process(self, element):
+        (split, index), groups = element
+        yield from self.convert_shard(split, index, groups["sources"])
+
+    def convert_shard(self, split: str, index: int, sources):
         import tensorflow as tf
 
-        (split, index), groups = element
         path = _shard_file(self.output_dir, split, index, self.num_shards)
         tf.io.gfile.makedirs(fsutil.parent(path))
         # Deterministic name, whole file rewritten: a retried bundle cannot leave a duplicate.
+        counts: dict[str, int] = {}
         with tf.io.TFRecordWriter(path, _shard_options()) as writer:
-            for src in sorted(groups["sources"], key=record_order):
+            for src in sorted(sources, key=record_order):
                 result, example = convert_file(
                     self.data_root, self.labels, src, self.max_image_pixels
                 )
                 outcome = "skipped" if example is None else "kept"
-                Metrics.counter(COUNTER_NAMESPACE, f"{src.folder_split}_read").inc()
-                Metrics.counter(COUNTER_NAMESPACE, f"{src.folder_split}_{outcome}").inc()
+                for name in (f"{src.folder_split}_read", f"{src.folder_split}_{outcome}"):
+                    counts[name] = counts.get(name, 0) + 1
                 if example is not None:
                     writer.write(example)
                 yield result
+        for name, count in counts.items():  # once per shard: a counter update costs ~25 us
+            Metrics.counter(COUNTER_NAMESPACE, name).inc(count)
 
 
 class ConvertShards(beam.PTransform):
@@ -387,18 +396,65 @@ def _result_json(result: FileResult) -> str:
     return json.dumps(result._asdict())
 
 
-def write_file_list(path: str, sources: list[SourceFile]) -> None:
-    fsutil.write_atomic(path, "".join(json.dumps(list(s)) + "\n" for s in sources))
+def work_file(work_dir: str, prefix: str, split: str, index: int) -> str:
+    return fsutil.join(work_dir, f"{prefix}-{split}-{index:05d}.jsonl")
+
+
+ShardKey = tuple[str, int]  # (split, shard index)
+
+
+def plan_shards(
+    layout: Layout, carve_fraction: float | None, num_shards: int
+) -> dict[ShardKey, list[SourceFile]]:
+    """Every shard of every output split (empty ones too) with the files it will hold: validation
+    carved from train by a stable hash of the path, then the shard by another (the driver does
+    this once; workers only read their shard's list)."""
+    plan: dict[ShardKey, list[SourceFile]] = {
+        (split, i): [] for split in output_splits(layout, carve_fraction) for i in range(num_shards)
+    }
+    for src in layout.sources:
+        src = assign_split(src, carve_fraction)
+        plan[(src.split, shard_index(src.relpath, num_shards))].append(src)
+    return plan
+
+
+def write_shard_lists(work_dir: str, plan: dict[ShardKey, list[SourceFile]]) -> list[ShardKey]:
+    """One file list per shard; returns the shard keys, largest shard first (so that a runner
+    dealing them out in turn, as DirectRunner does, gives each worker a similar share)."""
+    for (split, index), sources in plan.items():
+        text = "".join(json.dumps(list(s)) + "\n" for s in sources)
+        fsutil.write_atomic(work_file(work_dir, FILE_LIST, split, index), text)
+    return sorted(plan, key=lambda key: (-len(plan[key]), key))
+
+
+def _read_jsonl(path: str) -> list:
+    return [json.loads(line) for line in fsutil.read_text(path).splitlines() if line]
 
 
 def read_results(work_dir: str) -> list[dict]:
     """The per-file results the pipeline wrote, sorted by path; removes the working files."""
     gfile = fsutil.gfile()
     paths = gfile.glob(fsutil.join(work_dir, RESULTS_PREFIX + "*"))
-    results = [json.loads(line) for p in paths for line in fsutil.read_text(p).splitlines()]
-    for p in [*paths, fsutil.join(work_dir, FILE_LIST)]:
+    results = [r for p in paths for r in _read_jsonl(p)]
+    lists = gfile.glob(fsutil.join(work_dir, FILE_LIST + "*"))
+    lists += gfile.glob(fsutil.join(work_dir, DROP_LIST + "*"))
+    for p in [*paths, *lists]:
         gfile.remove(p)
     return sorted(results, key=lambda r: r["relpath"])
+
+
+class ConvertListedShardFn(ConvertShardFn):
+    """(key, (split, index)) -> reads that shard's file list (write_shard_lists), writes the
+    shard and its results file (both with deterministic names: a retried bundle rewrites them)."""
+
+    def process(self, element):
+        _, ((split, index), *_) = element  # after the GroupByKey that deals shards to workers
+        listed = _read_jsonl(work_file(self.output_dir, FILE_LIST, split, index))
+        sources = [SourceFile(*row) for row in listed]
+        results = list(self.convert_shard(split, index, sources))
+        text = "".join(_result_json(r) + "\n" for r in results)
+        fsutil.write_atomic(work_file(self.output_dir, RESULTS_PREFIX, split, index), text)
+        yield split, index, len(results)
 
 
 def output_splits(layout: Layout, carve_fraction: float | None) -> list[str]:
@@ -412,30 +468,40 @@ def build_pipeline(
     work_dir: str,
     *,
     num_shards: int,
-    carve_fraction: float | None,
+    shard_keys: list[ShardKey],
     max_image_pixels: int | None = image_check.DEFAULT_MAX_IMAGE_PIXELS,
-    on_duplicates: str = "drop",
 ) -> None:
-    """Reads work_dir/FILE_LIST (write_file_list), writes the shards and the per-file results;
-    with on_duplicates 'drop', rewrites the shards that hold leaked copies without them."""
-    splits = output_splits(layout, carve_fraction)
-    convert = ConvertShards(
-        layout.root, layout.labels, work_dir, splits, num_shards, max_image_pixels
-    )
-    results = (
-        p
-        | "ReadFileList" >> beam.io.ReadFromText(fsutil.join(work_dir, FILE_LIST))
-        | "ParseFileList" >> beam.Map(_parse_source)
-        | "AssignSplits" >> AssignSplits(carve_fraction)
-        | "ConvertShards" >> convert
-    )
+    """Converts the shards listed in work_dir (write_shard_lists): each worker reads its shards'
+    images and writes those shards and their per-file results. The GroupByKey spreads the shards
+    over the workers (DirectRunner deals its keys out in turn)."""
+    fn = ConvertListedShardFn(layout.root, layout.labels, work_dir, num_shards, max_image_pixels)
     _ = (
-        results
-        | "ResultsToJson" >> beam.Map(_result_json)
-        | "WriteResults" >> beam.io.WriteToText(fsutil.join(work_dir, RESULTS_PREFIX))
+        p
+        | "ShardKeys" >> beam.Create([(f"{s}/{i}", (s, i)) for s, i in shard_keys])
+        | "SpreadShards" >> beam.GroupByKey()
+        | "ConvertShard" >> beam.ParDo(fn)
     )
-    if on_duplicates == "drop":
-        _ = results | "DropLeakedCopies" >> DropLeakedCopies(work_dir, num_shards)
+
+
+def build_drop_pipeline(
+    p: beam.Pipeline, work_dir: str, num_shards: int, dropped: list[dict]
+) -> list[ShardKey]:
+    """Rewrites the shards holding leaked copies (handle_duplicates' `dropped` rows) without
+    them; the lists travel as files (write_atomic), only shard keys through the pipeline."""
+    by_shard: dict[ShardKey, list[str]] = {}
+    for d in dropped:
+        by_shard.setdefault((d["split"], shard_index(d["path"], num_shards)), []).append(d["path"])
+    for (split, index), paths in by_shard.items():
+        text = "".join(json.dumps(path) + "\n" for path in sorted(paths))
+        fsutil.write_atomic(work_file(work_dir, DROP_LIST, split, index), text)
+    keys = sorted(by_shard)
+    _ = (
+        p
+        | "ShardKeys" >> beam.Create([(f"{s}/{i}", (s, i)) for s, i in keys])
+        | "SpreadShards" >> beam.GroupByKey()
+        | "RewriteShard" >> beam.ParDo(DropListedRecordsFn(work_dir, num_shards))
+    )
+    return keys
 
 
 # ---------------------------------------------------------------- duplicates across splits
@@ -452,10 +518,6 @@ def leaked_copies(group: list[dict]) -> list[dict]:
         return []
     keep = max(splits, key=SPLITS.index)
     return sorted((r for r in group if r["split"] != keep), key=lambda r: r["relpath"])
-
-
-def _digest_key(result: FileResult) -> list[tuple[str, dict]]:
-    return [(result.sha256, result._asdict())] if result.sha256 and not result.reason else []
 
 
 class DropRecordsFn(beam.DoFn):
@@ -484,29 +546,13 @@ class DropRecordsFn(beam.DoFn):
         yield split, index, len(drop)
 
 
-class DropLeakedCopies(beam.PTransform):
-    """PCollection[FileResult] (after the shards are written) -> the shards holding a leaked
-    copy (`leaked_copies`: an image also found in a more held-out split) are rewritten without
-    it. Only sha256s and paths are shuffled, never image bytes."""
+class DropListedRecordsFn(DropRecordsFn):
+    """(key, [(split, index)]) -> rewrites that shard without the records in its drop list."""
 
-    def __init__(self, output_dir: str, num_shards: int):
-        super().__init__()
-        self.output_dir, self.num_shards = output_dir, num_shards
-
-    def expand(self, results):
-        num_shards = self.num_shards
-        return (
-            results
-            | "KeyByDigest" >> beam.FlatMap(_digest_key)
-            | "GroupByDigest" >> beam.GroupByKey()
-            | "LeakedCopies" >> beam.FlatMap(lambda kv: leaked_copies(list(kv[1])))
-            | "KeyByShard"
-            >> beam.Map(
-                lambda r: ((r["split"], shard_index(r["relpath"], num_shards)), r["relpath"])
-            )
-            | "GroupByShard" >> beam.GroupByKey()
-            | "RewriteShard" >> beam.ParDo(DropRecordsFn(self.output_dir, num_shards))
-        )
+    def process(self, element):
+        _, ((split, index), *_) = element
+        paths = _read_jsonl(work_file(self.output_dir, DROP_LIST, split, index))
+        yield from super().process(((split, index), paths))
 
 
 def find_duplicates(kept: list[dict]) -> list[dict]:
@@ -691,6 +737,72 @@ def _check_params(num_shards, max_bad_fraction, validation_fraction, on_duplicat
         )
 
 
+# ---------------------------------------------------------------- DirectRunner mode by input size
+
+# Without runner options, DirectRunner runs in one thread (in_memory). Threads start free and
+# TensorFlow's decoder releases the GIL; the per-file Python work (~40% of a file's CPU: header
+# check, sha256, building and writing the Example) does not, so threads keep at most ~2.5 cores
+# busy. Worker processes scale past that but cost ~7 CPU-s each to start (Python, Beam and
+# TensorFlow imports, the runner's gRPC): on 2 cores they lost at 2,000 and at 20,000 files
+# (benchmarks/example_gen.py, (c) vs (e)), so they are used only with more cores and many files.
+DEFAULT_MULTI_PROCESSING_MIN_FILES = 10_000
+MULTI_PROCESSING_MIN_CPUS = 3
+DIRECT_MODE_FLAGS = ("--direct_running_mode", "--direct_num_workers")
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    """The last value given for `flag` (`--flag=v` or `--flag v`), None if absent."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == flag:
+            value = args[i + 1] if i + 1 < len(args) else ""
+    return value
+
+
+def direct_mode_args(
+    beam_args: list[str] | None,
+    num_files: int,
+    multi_processing_min_files: int = DEFAULT_MULTI_PROCESSING_MIN_FILES,
+    cpus: int | None = None,
+) -> tuple[list[str], str]:
+    """(the Beam options to run with, why): with DirectRunner and no `--direct_running_mode` /
+    `--direct_num_workers` in `beam_args`, multi_threading on every usable core below
+    `multi_processing_min_files` files or on fewer than MULTI_PROCESSING_MIN_CPUS cores, and
+    multi_processing otherwise (in_memory on one core). Options the user gave, or another runner,
+    are left exactly as they are."""
+    args = list(beam_args or [])
+    runner = _flag_value(args, "--runner")
+    if runner is not None and runner.lower() not in ("directrunner", "direct"):
+        return args, f"runner {runner} from beam_args"
+    given = [a.split("=")[0] for a in args if a.split("=")[0] in DIRECT_MODE_FLAGS]
+    if given:
+        return args, f"{', '.join(sorted(set(given)))} from beam_args"
+    cpus = usable_cpus() if cpus is None else cpus
+    if cpus < 2:
+        return [*args, "--direct_running_mode=in_memory"], "DirectRunner in_memory: 1 usable CPU"
+    if num_files < multi_processing_min_files:
+        mode, why = "multi_threading", f"{num_files} files < {multi_processing_min_files}"
+    elif cpus < MULTI_PROCESSING_MIN_CPUS:
+        mode = "multi_threading"
+        why = f"{cpus} cores: threads keep them busy, worker processes would only add start-up"
+    else:
+        mode, why = "multi_processing", f"{num_files} files >= {multi_processing_min_files}"
+    return [
+        *args,
+        f"--direct_running_mode={mode}",
+        f"--direct_num_workers={cpus}",
+    ], f"DirectRunner {mode} x{cpus}: {why} (example_gen.multi_processing_min_files)"
+
+
 def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     args = list(beam_args or [])
     if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
@@ -732,8 +844,12 @@ def run_example_gen(
     beam_args: list[str] | None = None,
     max_image_pixels: int = image_check.DEFAULT_MAX_IMAGE_PIXELS,
     on_duplicates: str = "drop",
+    multi_processing_min_files: int = DEFAULT_MULTI_PROCESSING_MIN_FILES,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict.
+
+    Without DirectRunner options in beam_args the running mode follows the number of files
+    (`direct_mode_args`); the choice and the reason are logged.
 
     on_duplicates: an image (same sha256) in two splits is dropped from the less held-out
     split ('drop': test keeps its copy, train/validation lose theirs), only reported ('warn'),
@@ -741,6 +857,10 @@ def run_example_gen(
     _check_params(num_shards, max_bad_fraction, validation_fraction, on_duplicates)
     if max_image_pixels < 1:
         raise PipelineError(f"--max-image-pixels must be >= 1, got {max_image_pixels}")
+    if multi_processing_min_files < 0:
+        raise PipelineError(
+            f"--multi-processing-min-files must be >= 0, got {multi_processing_min_files}"
+        )
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     started = time.monotonic()
@@ -754,23 +874,34 @@ def run_example_gen(
         ", ".join(layout.splits),
         f" (validation carved from train, {carve:g})" if carve else "",
     )
+    run_args, why = direct_mode_args(beam_args, len(layout.sources), multi_processing_min_files)
+    log.info("ExampleGen: running with %s (%s)", " ".join(run_args) or "Beam's defaults", why)
     with fsutil.atomic_dir(output) as work:
-        write_file_list(fsutil.join(work, FILE_LIST), layout.sources)
-        p = beam.Pipeline(options=pipeline_options(beam_args))
+        plan = plan_shards(layout, carve, num_shards)
+        shard_keys = write_shard_lists(work, plan)
+        p = beam.Pipeline(options=pipeline_options(run_args))
         build_pipeline(
             p,
             layout,
             work,
             num_shards=num_shards,
-            carve_fraction=carve,
+            shard_keys=shard_keys,
             max_image_pixels=max_image_pixels,
-            on_duplicates=on_duplicates,
         )
         counters = run_pipeline(p)
-        log.info("counters: %s", ", ".join(f"{k}={v}" for k, v in counters.items()))
+        carved = sum(1 for k, v in plan.items() for s in v if s.split != s.folder_split)
+        if carved:
+            counters["carved_to_validation"] = carved
         summaries = read_results(work)
         check_bad_fraction(layout, summaries, max_bad_fraction)
         dropped = handle_duplicates(summaries, on_duplicates, layout.root)
+        if dropped:  # on_duplicates drop: rewrite the shards that hold leaked copies
+            p = beam.Pipeline(options=pipeline_options(run_args))
+            build_drop_pipeline(p, work, num_shards, dropped)
+            for name, value in run_pipeline(p).items():
+                counters[name] = counters.get(name, 0) + value
+            read_results(work)  # removes the drop lists
+        log.info("counters: %s", ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
         check_classes_kept(layout, summaries, carve)
         stats = build_stats(
             layout,
