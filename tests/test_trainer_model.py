@@ -310,6 +310,31 @@ def test_seeded_augmentation_is_identical_run_to_run_and_new_each_epoch(same_ima
     assert not np.allclose(first[0][0], other[0][0])
 
 
+def test_head_on_cached_features_traces_its_train_step_once(shapes_examples, tmp_path, monkeypatch):
+    """Issue 19: the optimizer's variables exist before fit, so tf.function traces the train step
+    once (creating them in the first step made it trace twice: the second trace cost about as
+    much as 20 epochs of the head)."""
+    traces = []
+    compile_model = model.compile_model
+
+    def counting_compile(net, *args, **kwargs):
+        compiled = compile_model(net, *args, **kwargs)
+        train_step = compiled.train_step
+
+        def counted(data):  # Python runs only while tracing
+            traces.append(net.name)
+            return train_step(data)
+
+        compiled.train_step = counted
+        return compiled
+
+    monkeypatch.setattr(trainer.model_lib, "compile_model", counting_compile)
+    config = TrainerConfig(**SMALL, augmentation=None, epochs=2, steps_per_epoch=None, seed=1)
+    _, summary, _ = trainer.train_and_evaluate(shapes_examples, str(tmp_path / "out"), config)
+    assert summary["cached_features"] is True and summary["epochs_run"] == 2
+    assert traces == [model.HEAD]
+
+
 def test_training_pipeline_repeats_when_steps_need_more_than_one_pass(shapes_examples):
     # 24 train images; 10 batches of 6 = 60 images, as steps_per_epoch x batch_size may ask
     ds = _train(shapes_examples, seed=1, repeat=True)
