@@ -11,14 +11,15 @@ notebook's 20 steps x 100), iterators built inside the timed run:
 (a) ImageDataGenerator(rotation_range=40, width/height_shift_range=0.2, shear_range=0.2,
     zoom_range=0.2, horizontal_flip=True, fill_mode='nearest').flow_from_directory(...)
 (b) inputs.make_dataset(training=True, notebook augmentation, seed=42): the Trainer's default,
-    deterministic: augment.RandomAffine, one ImageDataGenerator matrix per image and one
-    XLA-compiled bilinear resampling per batch, keyed per batch so that batches run in parallel
+    deterministic: augment.RandomAffine, one ImageDataGenerator matrix and one XLA-compiled
+    bilinear resampling per image, in the decoding map, keyed per record (stateless draws), so
+    that records run in parallel and still give the same batches on every run
 (c) the same with seed=None (non-deterministic order)
 (d) the same pipeline without augmentation: read, decode, resize, shuffle, batch (the floor:
     (a)/(d) is the ratio (b) would reach if augmentation were free)
 (e) (b) with RandomAffine(resampler="projective"): TF's ImageProjectiveTransformV3 op instead
     of the XLA kernel (the same pixels up to float rounding)
-Goal (issue 3): (a)/(b) >= 5.
+Goals: (a)/(b) >= 5 (issue 3); (b) reaches >= 0.85 of the floor, (a)/(b) >= 0.85 (a)/(d) (issue 19).
 """
 
 from __future__ import annotations
@@ -207,7 +208,10 @@ def run(
         "quick": quick,
         "variants": summary,
         "ratios": ratios,
-        "goals": {"a_over_b_at_least_5": ratios["a_over_b"] >= 5},
+        "goals": {
+            "a_over_b_at_least_5": ratios["a_over_b"] >= 5,
+            "b_at_least_0.85_of_floor": ratios["a_over_b"] >= 0.85 * ratios["a_over_d"],
+        },
         "environment": common.environment(),
     }
 
@@ -225,7 +229,8 @@ def report(results: dict) -> tuple[str, str]:
         f" CPU time {r['a_over_b_cpu']}x",
         f"(a)/(c) = {r['a_over_c']}x;  augmentation cost (b)/(d) = {r['b_over_d']}x",
         f"floor, without augmentation: (a)/(d) = {r['a_over_d']}x (CPU time {r['a_over_d_cpu']}x);"
-        f" (b) reaches {round(r['a_over_b'] / r['a_over_d'], 3)} of it",
+        f" (b) reaches {round(r['a_over_b'] / r['a_over_d'], 3)} of it (goal >= 0.85:"
+        f" {'met' if results['goals']['b_at_least_0.85_of_floor'] else 'MISSED'})",
         f"TF's ImageProjectiveTransformV3 instead of the XLA kernel: (a)/(e) = {r['a_over_e']}x,"
         f" (e)/(b) = {r['e_over_b']}x",
     ]

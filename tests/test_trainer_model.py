@@ -260,6 +260,81 @@ def test_training_pipeline_is_shuffled_augmented_and_deterministic_with_a_seed(s
     assert sorted(shuffled) == sorted(in_order) and shuffled != in_order
 
 
+@pytest.fixture(scope="module")
+def same_image_examples(tmp_path_factory):
+    """A train split of 16 records of ONE 32x32 JPEG (labels alternate), 2 GZIP shards: any
+    difference between two images of a batch or two epochs is the augmentation's draws."""
+    from pipeline_components.core import artifacts
+
+    root = tmp_path_factory.mktemp("same-image")
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    jpeg = tf.io.encode_jpeg(pixels).numpy()
+    (root / "train").mkdir()
+    (root / examples.LABELS_FILE).write_text("a\nb\n")
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    for shard in range(2):
+        with tf.io.TFRecordWriter(
+            str(root / artifacts.shard_path("train", shard, 2)), options
+        ) as w:
+            for i in range(shard, 16, 2):
+                fields = {"fmt": "jpeg", "height": 32, "width": 32, "channels": 3, "sha256": ""}
+                label = i % 2
+                example = examples.make_example(
+                    encoded=jpeg, **fields, label=label, text="ab"[label], filename=f"{i}.jpg"
+                )
+                w.write(example.SerializeToString())
+    return str(root)
+
+
+def _two_epochs(examples_dir, seed):
+    """Pixels of every batch of 2 epochs (2 iterations of one dataset, as Keras fit does)."""
+    ds = _train(examples_dir, batch_size=4, augmentation=AugmentationConfig(), seed=seed)
+    return [[b[0].numpy() for b in ds] for _ in range(2)]
+
+
+def test_seeded_augmentation_is_identical_run_to_run_and_new_each_epoch(same_image_examples):
+    """Issue 19: decoding and augmentation run in one parallel map with a stateless key per
+    record, so a seeded run gives the same batches on every run (whichever thread augments which
+    record), while each epoch and each record still gets its own draws. (Checked: drawing from
+    the layer's stateful seed generator instead makes the run-to-run comparison fail.)"""
+    first, again = _two_epochs(same_image_examples, 5), _two_epochs(same_image_examples, 5)
+    for epoch in range(2):
+        assert len(first[epoch]) == 4
+        for a, b in zip(first[epoch], again[epoch], strict=True):
+            np.testing.assert_array_equal(a, b)
+    one_batch = first[0][0]
+    assert all(not np.array_equal(one_batch[0], x) for x in one_batch[1:])  # a draw per record
+    for a, b in zip(first[0], first[1], strict=True):  # the same image at every position:
+        assert not np.allclose(a, b)  # only the epoch's draws can tell the epochs apart
+    other = _two_epochs(same_image_examples, 6)
+    assert not np.allclose(first[0][0], other[0][0])
+
+
+def test_head_on_cached_features_traces_its_train_step_once(shapes_examples, tmp_path, monkeypatch):
+    """Issue 19: the optimizer's variables exist before fit, so tf.function traces the train step
+    once (creating them in the first step made it trace twice: the second trace cost about as
+    much as 20 epochs of the head)."""
+    traces = []
+    compile_model = model.compile_model
+
+    def counting_compile(net, *args, **kwargs):
+        compiled = compile_model(net, *args, **kwargs)
+        train_step = compiled.train_step
+
+        def counted(data):  # Python runs only while tracing
+            traces.append(net.name)
+            return train_step(data)
+
+        compiled.train_step = counted
+        return compiled
+
+    monkeypatch.setattr(trainer.model_lib, "compile_model", counting_compile)
+    config = TrainerConfig(**SMALL, augmentation=None, epochs=2, steps_per_epoch=None, seed=1)
+    _, summary, _ = trainer.train_and_evaluate(shapes_examples, str(tmp_path / "out"), config)
+    assert summary["cached_features"] is True and summary["epochs_run"] == 2
+    assert traces == [model.HEAD]
+
+
 def test_training_pipeline_repeats_when_steps_need_more_than_one_pass(shapes_examples):
     # 24 train images; 10 batches of 6 = 60 images, as steps_per_epoch x batch_size may ask
     ds = _train(shapes_examples, seed=1, repeat=True)

@@ -110,6 +110,36 @@ def xla_affine_transform(images, transforms):
 RESAMPLERS = {"xla": xla_affine_transform, "projective": projective_transform}
 
 
+def draw_params(u, ranges, height, width) -> dict[str, tf.Tensor]:
+    """Per-image parameters (ImageDataGenerator's names) from `u`, [N, 7] uniform draws in
+    [0, 1), and `ranges` = (rotation, width shift, height shift, shear, zoom, flip 0/1)."""
+    rotation, width_shift, height_shift, shear, zoom, flip = (ranges[i] for i in range(6))
+
+    def sym(col, r):  # U(-r, r); 0 when the range is off
+        return (2 * u[:, col] - 1) * r
+
+    height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    return {
+        "theta": sym(_THETA, rotation),
+        "tx": sym(_TX, width_shift) * width,
+        "ty": sym(_TY, height_shift) * height,
+        "shear": sym(_SHEAR, shear),
+        "zx": 1 + sym(_ZX, zoom),
+        "zy": 1 + sym(_ZY, zoom),
+        "flip": tf.cast(u[:, _FLIP] < 0.5, tf.float32) * flip,
+    }
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def xla_random_affine(images, u, ranges):
+    """`draw_params`, `affine_transforms` and `xla_affine_transform` as ONE XLA kernel: the few
+    dozen tiny matrix ops per call cost more than the resampling of a single small image when
+    they run one by one (tf.data calls this once per image)."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    params = draw_params(u, ranges, height, width)
+    return xla_affine_transform(images, affine_transforms(**params, height=height, width=width))
+
+
 @keras.saving.register_keras_serializable(package="transfer_pipeline")
 class RandomAffine(keras.layers.Layer):
     """tf_keras ImageDataGenerator's random rotation, shift, shear, zoom and horizontal flip as one
@@ -122,12 +152,13 @@ class RandomAffine(keras.layers.Layer):
     horizontal_flip. 0 / False switches a transform off. Active only with training=True (the
     default, like Keras's random layers).
 
-    Draws are stateless: keyed by `seed` passed to call (a [2] integer tensor, e.g. one per batch
-    from `tf.data.Dataset.random`, so parallel tf.data calls stay deterministic), or else by the
+    Draws are stateless: keyed by `seed` passed to call (a [2] integer tensor, e.g. one per record
+    from `inputs.record_keys`, so parallel tf.data calls stay deterministic), or else by the
     layer's own `keras.random.SeedGenerator(seed)`.
 
-    resampler: "xla" (default, `xla_affine_transform`) or "projective" (TF's
-    ImageProjectiveTransformV3); both one op per batch, the same pixels up to float rounding.
+    resampler: "xla" (default: `xla_random_affine`, parameters, matrices and resampling in one
+    XLA kernel) or "projective" (TF's ImageProjectiveTransformV3); both one resampling op per
+    call, the same pixels up to float rounding.
     """
 
     def __init__(
@@ -156,23 +187,25 @@ class RandomAffine(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = False
 
+    def ranges(self) -> list[float]:
+        """`draw_params`'s ranges."""
+        return [
+            self.rotation_range,
+            self.width_shift_range,
+            self.height_shift_range,
+            self.shear_range,
+            self.zoom_range,
+            float(self.horizontal_flip),
+        ]
+
+    @staticmethod
+    def uniforms(n, key) -> tf.Tensor:
+        """[n, 7] stateless uniform draws in [0, 1) for `key`, one row per image."""
+        return tf.random.stateless_uniform(tf.stack([n, 7]), seed=key)
+
     def sample(self, n, height, width, key) -> dict[str, tf.Tensor]:
         """The per-image parameters (ImageDataGenerator's names) for a batch of `n`."""
-        u = tf.random.stateless_uniform(tf.stack([n, 7]), seed=key)  # [n, 7] in [0, 1)
-
-        def sym(col, r):  # U(-r, r); 0 when the range is off
-            return (2 * u[:, col] - 1) * r
-
-        height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-        return {
-            "theta": sym(_THETA, self.rotation_range),
-            "tx": sym(_TX, self.width_shift_range) * width,
-            "ty": sym(_TY, self.height_shift_range) * height,
-            "shear": sym(_SHEAR, self.shear_range),
-            "zx": 1 + sym(_ZX, self.zoom_range),
-            "zy": 1 + sym(_ZY, self.zoom_range),
-            "flip": tf.cast(u[:, _FLIP] < 0.5, tf.float32) * float(self.horizontal_flip),
-        }
+        return draw_params(self.uniforms(n, key), self.ranges(), height, width)
 
     def call(self, images, training=True, seed=None):
         if not training:
@@ -180,8 +213,12 @@ class RandomAffine(keras.layers.Layer):
         images = tf.cast(images, self.compute_dtype)
         key = self.seed_generator.next() if seed is None else seed
         n, height, width = tf.unstack(tf.shape(images)[:3])
-        params = self.sample(n, height, width, tf.cast(key, tf.int64))
-        matrices = affine_transforms(**params, height=height, width=width)
+        u = self.uniforms(n, tf.cast(key, tf.int64))
+        if self.resampler == "xla":
+            return xla_random_affine(images, u, tf.constant(self.ranges(), tf.float32))
+        matrices = affine_transforms(
+            **draw_params(u, self.ranges(), height, width), height=height, width=width
+        )
         return RESAMPLERS[self.resampler](images, matrices)
 
     def compute_output_shape(self, input_shape):

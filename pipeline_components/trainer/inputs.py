@@ -2,8 +2,14 @@
 
     shards [train: in a new order each epoch] -> parallel interleave
         -> [train: shuffle serialized records, buffer = whole split up to shuffle_memory_mb]
-        -> [repeat] -> parse + decode_and_resize -> batch
-        -> [train: RandomAffine, one resampling per batch] -> prefetch
+        -> [repeat] -> [train: + one random key per record]
+        -> parse + decode_and_resize [+ RandomAffine keyed by the record's key] -> batch -> prefetch
+
+Augmentation runs in the same parallel map as decoding, one image per call, with stateless draws
+keyed per record: the key is the record's element of a seeded `tf.data.Dataset.random` stream
+(rerandomized each epoch), a function of (seed, epoch, position) only. Which thread runs which
+record therefore never changes the pixels, so the seeded (deterministic-order) pipeline keeps
+every core busy with one fine-grained ordered stage instead of a second, coarse per-batch one.
 
 Class mixing: every train batch is drawn from the whole split, reshuffled each epoch, as long as
 the split's serialized records fit in `shuffle_memory_mb` (`shuffle_buffer_size`); a larger split
@@ -47,7 +53,7 @@ def validate_augmentation(aug) -> None:
 def augmentation_layers(aug, seed: int | None = None) -> list[keras.layers.Layer]:
     """[RandomAffine] with ImageDataGenerator's meaning of each parameter (rotation and shear in
     degrees, shifts and zoom as fractions, fill 'nearest', bilinear), all composed into one
-    matrix per image and one resampling per batch; [] when augmentation is off."""
+    matrix per image and one resampling per call; [] when augmentation is off."""
     if aug is None:
         return []
     validate_augmentation(aug)
@@ -76,6 +82,15 @@ def make_augmenter(aug, seed: int | None = None):
         return None
     (layer,) = layers
     return lambda images, key: layer(images, training=True, seed=key)
+
+
+def record_keys(seed: int | None) -> tf.data.Dataset:
+    """An endless stream of [2] int64 stateless-RNG keys, one per record: (seed, a draw of
+    `tf.data.Dataset.random(seed)`), which is rerandomized each time the dataset is iterated
+    (each epoch) and otherwise depends only on the seed and the position. Without a seed: random."""
+    base = tf.constant(0 if seed is None else seed, tf.int64)
+    stream = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return stream.map(lambda r: tf.stack([base, r]))
 
 
 def read_records(files: list[str], *, shuffle_files: bool, seed: int | None, deterministic: bool):
@@ -201,22 +216,24 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     size = (int(image_size[0]), int(image_size[1]))
-    ds = ds.map(
-        lambda s: decode_example(s, size, num_classes),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
-    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     augment = make_augmenter(augmentation, seed) if training else None
-    if augment is not None:
-        # One random key per batch, from a seeded stream that differs every epoch: the draws do
-        # not depend on which parallel call runs first, so seeded runs stay deterministic.
-        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, keys).map(
-            lambda batch, key: (augment(batch[0], key), batch[1]),
+    if augment is None:
+        ds = ds.map(
+            lambda s: decode_example(s, size, num_classes),
             num_parallel_calls=AUTOTUNE,
             deterministic=deterministic,
         )
+    else:
+        # Decode and augment in one parallel map, each record with its own stateless key: the
+        # draws do not depend on which call runs first, so seeded runs stay deterministic.
+        def decode_and_augment(serialized, key):
+            pixels, label = decode_example(serialized, size, num_classes)
+            return augment(pixels[None], key)[0], label
+
+        ds = tf.data.Dataset.zip(ds, record_keys(seed)).map(
+            decode_and_augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic
+        )
+    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
     options.deterministic = deterministic
     return ds.with_options(options).prefetch(AUTOTUNE)
