@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -42,7 +43,13 @@ from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
 from serving.errors import StatusError, invalid
 
+if TYPE_CHECKING:
+    from google.protobuf import message
+
 log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]  # a task's or a batch's tensors, by input or output name
+BatchFn = Callable[[Arrays], Arrays]  # runs one merged batch
 
 # Text-proto fields of tensorflow.serving.BatchingParameters that are parsed but have no effect
 # here (they tune TF Serving's C++ scheduler or its large-batch splitting).
@@ -65,7 +72,7 @@ class BatchingParameters:
     num_batch_threads: int = os.cpu_count() or 1
     allowed_batch_sizes: tuple[int, ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         checks = (
             (self.max_batch_size >= 1, "max_batch_size must be >= 1"),
             (self.batch_timeout_micros >= 0, "batch_timeout_micros must be >= 0"),
@@ -85,7 +92,7 @@ class BatchingParameters:
                 raise ValueError(message)
 
 
-def _batching_parameters_class():
+def _batching_parameters_class() -> type[message.Message]:
     """tensorflow.serving.BatchingParameters (session_bundle_config.proto), built at runtime:
     the tensorflow-serving-api wheel ships no Python module for it."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
@@ -165,9 +172,9 @@ def load_batching_parameters(path: str) -> BatchingParameters:
 # ---------------------------------------------------------------------------------------------
 
 
-def task_size(inputs: dict[str, np.ndarray]) -> int:
+def task_size(inputs: Arrays) -> int:
     """Rows in a request: every input must share its 0th dimension (as TF Serving requires)."""
-    sizes = set()
+    sizes: set[int] = set()
     for name, array in inputs.items():
         if array.ndim == 0:
             raise invalid(
@@ -181,28 +188,28 @@ def task_size(inputs: dict[str, np.ndarray]) -> int:
 
 @dataclasses.dataclass
 class _Task:
-    inputs: dict[str, np.ndarray]
+    inputs: Arrays
     size: int
-    future: Future
+    future: Future[Arrays]
 
 
 @dataclasses.dataclass
 class _Batch:
     created: float
-    tasks: list = dataclasses.field(default_factory=list)
+    tasks: list[_Task] = dataclasses.field(default_factory=list)
     size: int = 0
 
 
 @dataclasses.dataclass
 class _Queue:
-    fn: Callable[[dict], dict]
-    batches: collections.deque = dataclasses.field(default_factory=collections.deque)
+    fn: BatchFn
+    batches: collections.deque[_Batch] = dataclasses.field(default_factory=collections.deque)
 
 
 class BatchScheduler:
     """Merges concurrent tasks into batches along dim 0, runs `fn` once per batch, splits back."""
 
-    def __init__(self, params: BatchingParameters):
+    def __init__(self, params: BatchingParameters) -> None:
         self.params = params
         self._queues: dict[Hashable, _Queue] = {}
         self._cond = threading.Condition()
@@ -217,7 +224,7 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, key: Hashable, fn: Callable[[dict], dict], inputs: dict) -> Future:
+    def submit(self, key: Hashable, fn: BatchFn, inputs: Arrays) -> Future[Arrays]:
         """Queue one task; the Future yields this task's rows of `fn`'s outputs."""
         size = task_size(inputs)
         if size > self.params.max_batch_size:
@@ -284,7 +291,7 @@ class BatchScheduler:
             or now - head.created >= timeout
         )
 
-    def _next_batch(self):
+    def _next_batch(self) -> tuple[BatchFn, _Batch] | None:
         """Pop the oldest ready batch (caller holds the lock)."""
         now = time.monotonic()
         ready = [(q.batches[0].created, k) for k, q in self._queues.items() if self._ready(q, now)]
@@ -309,11 +316,11 @@ def _padded_size(size: int, allowed: tuple[int, ...]) -> int:
     return next((a for a in allowed if a >= size), size)
 
 
-def _merge(tasks: list[_Task], allowed: tuple[int, ...]) -> tuple[dict, int]:
+def _merge(tasks: list[_Task], allowed: tuple[int, ...]) -> tuple[Arrays, int]:
     total = sum(t.size for t in tasks)
     padding = _padded_size(total, allowed) - total if total else 0
     source = next((t for t in tasks if t.size), tasks[0])  # a task with a row to repeat
-    merged = {}
+    merged: Arrays = {}
     for name in tasks[0].inputs:
         parts = [t.inputs[name] for t in tasks]
         if padding:
@@ -322,7 +329,7 @@ def _merge(tasks: list[_Task], allowed: tuple[int, ...]) -> tuple[dict, int]:
     return merged, total + padding
 
 
-def _split(outputs: dict, tasks: list[_Task], batch_size: int) -> None:
+def _split(outputs: Arrays, tasks: list[_Task], batch_size: int) -> None:
     for name, value in outputs.items():
         if value.ndim == 0 or value.shape[0] != batch_size:
             raise StatusError(
@@ -337,13 +344,13 @@ def _split(outputs: dict, tasks: list[_Task], batch_size: int) -> None:
         start = end
 
 
-def run_batch(fn: Callable[[dict], dict], batch: _Batch, allowed: tuple[int, ...] = ()) -> int:
+def run_batch(fn: BatchFn, batch: _Batch, allowed: tuple[int, ...] = ()) -> int:
     """Run a batch's (not cancelled) tasks merged; returns how many times fn ran."""
     tasks = [t for t in batch.tasks if t.future.set_running_or_notify_cancel()]
     return _run_tasks(fn, tasks, allowed) if tasks else 0
 
 
-def _run_tasks(fn, tasks: list[_Task], allowed: tuple[int, ...]) -> int:
+def _run_tasks(fn: BatchFn, tasks: list[_Task], allowed: tuple[int, ...]) -> int:
     """Merged; on failure bisect, so only the task(s) at fault fail. Never raises."""
     try:
         merged, size = _merge(tasks, allowed)

@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import numpy as np
@@ -38,7 +39,13 @@ from pipeline_components.core.errors import PipelineError
 from serving.errors import code_from_number
 from serving.tensors import typed_ndarray
 
+if TYPE_CHECKING:
+    from google.protobuf import message
+    from tensorflow.core.protobuf import meta_graph_pb2
+
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # gRPC's default is 4 MiB
@@ -49,7 +56,7 @@ _UNREACHABLE = ("connect", "dns", "socket closed", "connection reset", "unreacha
 class ServingError(PipelineError):
     """An RPC failed; `.code` is the grpc.StatusCode."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -93,15 +100,15 @@ class VersionStatus:
     error_message: str
 
 
-def _tensor_infos(infos) -> dict[str, dict]:
-    out = {}
+def _tensor_infos(infos: Mapping[str, meta_graph_pb2.TensorInfo]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
     for name, info in infos.items():
         shape = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
         out[name] = {"dtype": types_pb2.DataType.Name(info.dtype), "shape": shape}
     return out
 
 
-def _read_labels(labels) -> list[str] | None:
+def _read_labels(labels: Sequence[str] | str | os.PathLike[str] | None) -> list[str] | None:
     if labels is None:
         return None
     if isinstance(labels, str | os.PathLike):
@@ -113,14 +120,14 @@ def _read_labels(labels) -> list[str] | None:
     return [str(label) for label in labels]
 
 
-def check_image_path(path) -> str:
+def check_image_path(path: str | os.PathLike[str]) -> str:
     path = str(path)
     if not fsutil.exists(path) or fsutil.isdir(path):
         raise PipelineError(f"image file {path} does not exist")
     return path
 
 
-def read_image(image) -> bytes:
+def read_image(image: str | os.PathLike[str] | bytes | bytearray | memoryview) -> bytes:
     """A path (local, gs://, s3://) or bytes -> encoded image bytes."""
     if isinstance(image, bytes | bytearray | memoryview):
         return bytes(image)
@@ -191,7 +198,7 @@ class PredictionClient:
         retries: int = 3,
         backoff_s: float = 0.1,
         labels: Sequence[str] | str | None = None,
-    ):
+    ) -> None:
         if version is not None and version_label:
             raise PipelineError("give a model version or a version label, not both")
         self.target = target
@@ -297,7 +304,7 @@ class PredictionClient:
     def __enter__(self) -> PredictionClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- internals -------------------------------------------------------------------------
@@ -311,7 +318,7 @@ class PredictionClient:
         elif self.version_label:
             spec.version_label = self.version_label
 
-    def _call(self, rpc, request):
+    def _call(self, rpc: Callable[..., _T], request: message.Message) -> _T:
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
@@ -416,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         labels=args.labels,
     )
     with client:
-        results = []
+        results: list[tuple[str, Prediction]] = []
         for start in range(0, len(args.images), args.batch_size):
             chunk = args.images[start : start + args.batch_size]
             results += zip(chunk, client.predict(chunk), strict=True)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import grpc
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # tf.errors codes are the gRPC codes (both follow google.rpc.Code).
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -55,6 +59,6 @@ def clean_tf_message(message: str) -> str:
     return match.group(1) if match else text
 
 
-def from_tf_error(error) -> StatusError:
+def from_tf_error(error: tf.errors.OpError) -> StatusError:
     """tf.errors.OpError -> StatusError with the same code and a clean message."""
     return StatusError(code_from_number(error.error_code), clean_tf_message(error.message))

@@ -8,9 +8,13 @@ this list: requests never turn it into a path.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
+
+if TYPE_CHECKING:
+    from tensorflow_serving.config import model_server_config_pb2
 
 POLICIES = ("latest", "all", "specific")
 
@@ -33,7 +37,7 @@ class ModelConfig:
         return set(sorted(on_disk)[-self.num_versions :])
 
 
-def _from_proto(config, source: str) -> ModelConfig:
+def _from_proto(config: model_server_config_pb2.ModelConfig, source: str) -> ModelConfig:
     where = f"{source}: model '{config.name}'"
     if not config.name:
         raise PipelineError(f"{source}: a model config has no name")

@@ -34,7 +34,9 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -49,6 +51,10 @@ from serving.errors import StatusError, clean_tf_message, clip, from_tf_error, i
 from serving.model_config import ModelConfig
 from serving.tensors import RequestBudget, check_request_tensor, dtype_name, to_ndarray
 
+if TYPE_CHECKING:
+    from tensorflow.core.framework import tensor_pb2
+    from tensorflow_serving.apis import model_pb2
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -59,7 +65,7 @@ DEFAULT_LOAD_RETRY_INTERVAL_S = 60.0  # TF Serving's --load_retry_interval_micro
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
-def _shape_text(shape) -> str:
+def _shape_text(shape: Sequence[int | None]) -> str:
     dims = ["-1" if d is None else str(d) for d in shape]
     return "[" + ", ".join(dims[:8] + (["..."] if len(dims) > 8 else [])) + "]"
 
@@ -67,7 +73,7 @@ def _shape_text(shape) -> str:
 class Signature:
     """One SignatureDef of a loaded SavedModel: checks inputs like TF Serving, then runs."""
 
-    def __init__(self, name: str, fn):
+    def __init__(self, name: str, fn: tf.types.experimental.ConcreteFunction) -> None:
         self.name = name
         self.fn = fn
         self.inputs: dict[str, tf.TensorSpec] = dict(fn.structured_input_signature[1])
@@ -82,7 +88,9 @@ class Signature:
             for name, spec in self.inputs.items()
         }
 
-    def decode(self, protos: Mapping, budget: RequestBudget | None = None) -> dict[str, np.ndarray]:
+    def decode(
+        self, protos: Mapping[str, tensor_pb2.TensorProto], budget: RequestBudget | None = None
+    ) -> dict[str, np.ndarray]:
         """Request TensorProtos -> numpy arrays, or INVALID_ARGUMENT naming the input at fault.
         Every input's dtype, shape and size is checked (against `budget`, the request's limits)
         before any of them is materialised."""
@@ -100,7 +108,7 @@ class Signature:
             self._check_one(name, proto, budget)
         return {name: to_ndarray(proto, name) for name, proto in protos.items()}
 
-    def _check_one(self, name: str, proto, budget: RequestBudget) -> None:
+    def _check_one(self, name: str, proto: tensor_pb2.TensorProto, budget: RequestBudget) -> None:
         dtype, dims = self._expected[name]
         if proto.dtype != dtype:
             raise invalid(
@@ -117,7 +125,7 @@ class Signature:
                 f"{self.name} expects {_shape_text(dims)}"
             )
 
-    def output_filter(self, names) -> tuple[str, ...]:
+    def output_filter(self, names: Sequence[str]) -> tuple[str, ...]:
         if not names:
             return self.outputs
         for name in names:
@@ -145,7 +153,7 @@ class Servable:
 
     _uids = itertools.count()
 
-    def __init__(self, name: str, version: int, path: str):
+    def __init__(self, name: str, version: int, path: str) -> None:
         self.name, self.version, self.path = name, version, path
         self.uid = next(self._uids)
         self._model = tf.saved_model.load(path, tags=["serve"])
@@ -167,14 +175,14 @@ class Servable:
             )
         return self.signatures[name]
 
-    def call(self, signature: Signature, arrays: dict) -> dict[str, np.ndarray]:
+    def call(self, signature: Signature, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.num_calls = next(self._calls) + 1
         return signature(arrays)
 
     def run(
         self,
         signature: Signature,
-        arrays: dict,
+        arrays: dict[str, np.ndarray],
         scheduler: BatchScheduler | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
@@ -196,7 +204,7 @@ class Servable:
                 "deadline exceeded while waiting in the batch queue",
             ) from None
 
-    def mergeable(self, arrays: dict) -> bool:
+    def mergeable(self, arrays: dict[str, np.ndarray]) -> bool:
         """False when a string input of a model exported here holds an element that is not a
         complete JPEG/PNG/GIF/BMP within the model's pixel limit, judged from headers alone."""
         if self.max_image_pixels is None:
@@ -270,7 +278,7 @@ def configure_tensorflow(intra_op: int = 0, inter_op: int = 0, spinning: bool = 
 
 
 def versions_to_unload(
-    loaded: set[int], aspired: set[int], keep: set[int] = frozenset()
+    loaded: set[int], aspired: set[int], keep: AbstractSet[int] = frozenset()
 ) -> set[int]:
     """TF Serving's AvailabilityPreservingPolicy, applied until nothing changes: unaspired
     versions go once an aspired version serves (or none is aspired); otherwise only the newest
@@ -281,7 +289,7 @@ def versions_to_unload(
     return set(unaspired[:-1])
 
 
-def _fingerprint(path: str):
+def _fingerprint(path: str) -> tuple[tuple[str, int, int], ...]:
     stats = []
     for name in artifacts.SAVED_MODEL_FILES:
         file = fsutil.join(path, name)
@@ -315,7 +323,7 @@ class ModelManager:
         max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
         load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
         allow_version_labels_for_unavailable_models: bool = False,
-    ):
+    ) -> None:
         if max_num_load_retries < 0 or load_retry_interval_s < 0:
             raise PipelineError("--max-num-load-retries and the retry interval must be >= 0")
         self.models = {m.name: m for m in models}
@@ -338,7 +346,7 @@ class ModelManager:
 
     # -- lookups (request path) ------------------------------------------------------------
 
-    def resolve(self, spec) -> Servable:
+    def resolve(self, spec: model_pb2.ModelSpec) -> Servable:
         """ModelSpec -> loaded Servable; TF Serving's status codes and messages otherwise."""
         name = spec.name
         choice = spec.WhichOneof("version_choice")
@@ -478,7 +486,7 @@ class ModelManager:
         if interval_s <= 0:
             return
 
-        def loop():
+        def loop() -> None:
             while not self._stopping.wait(interval_s):
                 try:
                     models = loader()
@@ -510,7 +518,7 @@ class ModelManager:
         if self._thread is not None or (interval_s <= 0 and self._next_retry() is None):
             return
 
-        def loop():
+        def loop() -> None:
             while True:
                 waits = [interval_s] if interval_s > 0 else []
                 if (due := self._next_retry()) is not None:

@@ -29,7 +29,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -61,7 +63,13 @@ from serving.tensors import (
     to_tensor_proto,
 )
 
+if TYPE_CHECKING:
+    from google.protobuf import message
+    from tensorflow_serving.apis import model_pb2
+
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DEFAULT_PORT = 8500
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -85,7 +93,7 @@ class ServerLimits:
     max_connection_idle_s: float = 300.0  # --max-connection-idle-seconds
     max_connection_age_s: float = 1800.0  # --max-connection-age-seconds
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             if not getattr(self, field.name) > 0:
                 flag = (
@@ -111,7 +119,9 @@ class ServerLimits:
         ]
 
 
-def _model_spec(target, name: str, version: int, signature_name: str | None = None) -> None:
+def _model_spec(
+    target: model_pb2.ModelSpec, name: str, version: int, signature_name: str | None = None
+) -> None:
     target.name = name
     target.version.value = version
     if signature_name is not None:
@@ -122,11 +132,13 @@ class PredictionService:
     """tensorflow.serving.PredictionService as plain methods: request -> response, or
     StatusError. `Server` calls them (Predict in a worker thread, the others on the loop)."""
 
-    def __init__(self, manager: ModelManager, limits: ServerLimits | None = None):
+    def __init__(self, manager: ModelManager, limits: ServerLimits | None = None) -> None:
         self.manager = manager
         self.limits = limits or ServerLimits()
 
-    def predict(self, request, timeout: float | None = None) -> predict_pb2.PredictResponse:
+    def predict(
+        self, request: predict_pb2.PredictRequest, timeout: float | None = None
+    ) -> predict_pb2.PredictResponse:
         servable = self.manager.resolve(request.model_spec)
         signature = servable.signature(request.model_spec.signature_name)
         wanted = signature.output_filter(list(request.output_filter))
@@ -139,7 +151,9 @@ class PredictionService:
             response.outputs[name].CopyFrom(to_tensor_proto(outputs[name]))
         return response
 
-    def metadata(self, request, timeout=None) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    def metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, timeout: float | None = None
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         if not request.metadata_field:
             raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
@@ -155,8 +169,8 @@ class PredictionService:
         return response
 
     @staticmethod
-    def unimplemented(method: str):
-        def fail(request, timeout=None):
+    def unimplemented(method: str) -> Callable[[message.Message, float | None], NoReturn]:
+        def fail(request: message.Message, timeout: float | None = None) -> NoReturn:
             raise StatusError(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"{method} is not implemented by this server: the models export predict "
@@ -169,10 +183,12 @@ class PredictionService:
 class ModelService:
     """tensorflow.serving.ModelService as plain methods (see PredictionService)."""
 
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
 
-    def status(self, request, timeout=None) -> get_model_status_pb2.GetModelStatusResponse:
+    def status(
+        self, request: get_model_status_pb2.GetModelStatusRequest, timeout: float | None = None
+    ) -> get_model_status_pb2.GetModelStatusResponse:
         if not request.HasField("model_spec"):
             raise invalid("Missing ModelSpec")
         spec = request.model_spec
@@ -185,7 +201,9 @@ class ModelService:
         return response
 
     @staticmethod
-    def reload_config(request, timeout=None):
+    def reload_config(
+        request: model_management_pb2.ReloadConfigRequest, timeout: float | None = None
+    ) -> NoReturn:
         raise StatusError(
             grpc.StatusCode.UNIMPLEMENTED,
             "HandleReloadConfigRequest is not implemented by this server; restart it with "
@@ -195,16 +213,17 @@ class ModelService:
 
 @dataclasses.dataclass(frozen=True)
 class _Method:
-    request: type
-    fn: Callable  # (request, timeout) -> response; raises StatusError
+    request: type[message.Message]
+    # (request, timeout) -> response; raises StatusError. None: the RPC's handler answers.
+    fn: Callable[[Any, float | None], message.Message] | None
     blocking: bool  # runs TensorFlow: in a worker thread, not on the event loop
-    model: Callable = lambda request: request.model_spec.name  # for log lines
+    model: Callable[[Any], str] = lambda request: request.model_spec.name  # for log lines
 
 
 class _Server:
     """The grpc.aio server, its event loop thread and the worker threads for Predict."""
 
-    def __init__(self, manager: ModelManager, limits: ServerLimits, max_threads: int):
+    def __init__(self, manager: ModelManager, limits: ServerLimits, max_threads: int) -> None:
         self.manager = manager
         self.limits = limits
         self.loop = asyncio.new_event_loop()
@@ -218,11 +237,11 @@ class _Server:
         self.health = self.call(self._make_health())
         self.server = self.call(self._make_server())
 
-    def call(self, coro, timeout: float | None = 30.0):
+    def call(self, coro: Coroutine[Any, Any, _T], timeout: float | None = 30.0) -> _T:
         """Run a coroutine on the loop from another thread; its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    async def _make_health(self):
+    async def _make_health(self) -> health.aio.HealthServicer:
         return health.aio.HealthServicer()
 
     async def _make_server(self) -> grpc.aio.Server:
@@ -235,7 +254,7 @@ class _Server:
         )
         return server
 
-    def _handlers(self):
+    def _handlers(self) -> Iterator[tuple[str, dict[str, grpc.RpcMethodHandler]]]:
         p, m = self.prediction, self.models
         services = {
             "tensorflow.serving.PredictionService": {
@@ -294,17 +313,25 @@ class _Server:
             },
         )
 
-    def _deadline(self, context) -> float:
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """Seconds this RPC may take in all: the server's limit or the client's, if sooner."""
         remaining = context.time_remaining()
         limit = self.limits.request_timeout_s
         return limit if remaining is None else min(limit, remaining)
 
-    def _unary(self, method: str, spec: _Method, handler=None):
+    def _unary(
+        self,
+        method: str,
+        spec: _Method,
+        handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[message.Message]]
+        | None = None,
+    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[message.Message]]:
         """A unary RPC, registered as client-streaming so that reading the request happens
         under the server-side deadline (a unary handler only starts once the body is in)."""
 
-        async def rpc(request_iterator, context):
+        async def rpc(
+            request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> message.Message:
             started = time.monotonic()
             budget = self._deadline(context)
             read = asyncio.ensure_future(context.read())
@@ -318,10 +345,12 @@ class _Server:
             if handler is not None:  # health: the library's async servicer
                 return await handler(request, context)
             try:
+                fn = spec.fn
+                assert fn is not None  # only health's _Method has none, and it has a handler
                 if not spec.blocking:
-                    return spec.fn(request, None)
+                    return fn(request, None)
                 left = budget - (time.monotonic() - started)
-                return await asyncio.wait_for(self._in_worker(spec.fn, request, left), left)
+                return await asyncio.wait_for(self._in_worker(fn, request, left), left)
             except StatusError as e:
                 error = e
             except (asyncio.TimeoutError, TimeoutError):
@@ -335,8 +364,10 @@ class _Server:
 
         return rpc
 
-    async def _in_worker(self, fn, request, timeout: float):
-        def run():
+    async def _in_worker(
+        self, fn: Callable[[Any, float | None], _T], request: message.Message, timeout: float
+    ) -> _T:
+        def run() -> _T:
             with self._busy_lock:
                 self.busy += 1
             try:
@@ -348,7 +379,10 @@ class _Server:
         return await self.loop.run_in_executor(self.executor, run)
 
     @staticmethod
-    async def _fail(context, method: str, model: str, error: StatusError):
+    async def _fail(
+        context: grpc.aio.ServicerContext, method: str, model: str, error: StatusError
+    ) -> None:
+        """Log and abort the RPC with `error` (context.abort raises)."""
         level = logging.ERROR if error.code == grpc.StatusCode.INTERNAL else logging.WARNING
         log.log(level, "%s model=%r: %s: %s", method, clip(model), error.code.name, error.message)
         await context.abort(error.code, error.message)
@@ -378,7 +412,7 @@ def _update_health(server: _Server, manager: ModelManager) -> None:
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     everything = True
-    statuses = {}
+    statuses: dict[str, int] = {}
     for name in manager.models:
         ok = manager.available(name)
         everything &= ok
@@ -386,7 +420,7 @@ def _update_health(server: _Server, manager: ModelManager) -> None:
     for name in SERVICE_NAMES:
         statuses[name] = serving if everything else not_serving
 
-    async def apply():
+    async def apply() -> None:
         for name, status in statuses.items():
             await server.health.set(name, status)
 
@@ -444,7 +478,7 @@ class ServerHandle:
     def __enter__(self) -> ServerHandle:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop(grace=1.0)
 
 
@@ -452,7 +486,12 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _models(model_base_path, model_name, model_config_file, models) -> list[ModelConfig]:
+def _models(
+    model_base_path: str | None,
+    model_name: str,
+    model_config_file: str | None,
+    models: Iterable[ModelConfig] | None,
+) -> list[ModelConfig]:
     given = [x is not None for x in (model_base_path, model_config_file, models)]
     if sum(given) != 1:
         raise PipelineError("give exactly one of --model-base-path or --model-config-file")
@@ -548,7 +587,7 @@ def start_server(
     return handle
 
 
-def _bind(server: _Server, address: str, credentials) -> int:
+def _bind(server: _Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     try:
         if credentials is None:
             bound = server.server.add_insecure_port(address)
@@ -672,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("--batching-parameters-file has no effect without --enable-batching")
     stop = threading.Event()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: draining in-flight requests", signal.Signals(signum).name)
         stop.set()
 
@@ -700,7 +739,7 @@ def _write_port_file(path: str, port: int) -> None:
         raise PipelineError(f"cannot write the port file {path}: {e}") from None
 
 
-def _serve_until_signalled(args, stop: threading.Event) -> ServerHandle | None:
+def _serve_until_signalled(args: argparse.Namespace, stop: threading.Event) -> ServerHandle | None:
     configure_tensorflow(
         args.tensorflow_intra_op_parallelism,
         args.tensorflow_inter_op_parallelism,

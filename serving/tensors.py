@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
@@ -62,13 +64,13 @@ def dtype_name(dtype_enum: int) -> str:
         return f"DataType {int(dtype_enum)}"
 
 
-def shape_proto(shape) -> tensor_shape_pb2.TensorShapeProto:
+def shape_proto(shape: Iterable[int]) -> tensor_shape_pb2.TensorShapeProto:
     return tensor_shape_pb2.TensorShapeProto(
         dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in shape]
     )
 
 
-def to_tensor_proto(value) -> tensor_pb2.TensorProto:
+def to_tensor_proto(value: npt.ArrayLike | tf.Tensor) -> tensor_pb2.TensorProto:
     """numpy array (or tf.Tensor) -> TensorProto with typed repeated fields."""
     array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
     if array.dtype == object or array.dtype.kind in "SU":
@@ -152,7 +154,7 @@ def check_request_tensor(
     return shape
 
 
-def _shape_text(shape) -> str:
+def _shape_text(shape: Sequence[int]) -> str:
     dims = [str(d) for d in shape[:8]] + (["..."] if len(shape) > 8 else [])
     return "[" + ", ".join(dims) + "]"
 

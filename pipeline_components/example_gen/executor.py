@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import time
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -31,6 +32,9 @@ from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen import image_check
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +186,7 @@ def list_sources(data_root: str) -> Layout:
     splits = [s for s in SPLITS if classes[s]]
     for split in splits[1:]:
         _check_same_classes(root, split, classes[split], labels)
-    index = {name: i for i, name in enumerate(labels)}
+    index: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     sources = [
         SourceFile(rel, split, split, index.get(_class_of(rel), -1))
         for split in splits
@@ -291,11 +295,11 @@ def assign_split(src: SourceFile, validation_fraction: float | None) -> SourceFi
 class AssignSplits(beam.PTransform):
     """With validation_fraction set (no validation/ folder), move that share of train."""
 
-    def __init__(self, validation_fraction: float | None):
+    def __init__(self, validation_fraction: float | None) -> None:
         super().__init__()
         self.validation_fraction = validation_fraction
 
-    def expand(self, sources):
+    def expand(self, sources: beam.PCollection[SourceFile]) -> beam.PCollection[SourceFile]:
         return sources | "CarveValidation" >> beam.Map(assign_split, self.validation_fraction)
 
 
@@ -303,7 +307,7 @@ def _shard_file(output_dir: str, split: str, index: int, num_shards: int) -> str
     return fsutil.join(output_dir, *shard_name(split, index, num_shards).split("/"))
 
 
-def _shard_options():
+def _shard_options() -> tf.io.TFRecordOptions:
     import tensorflow as tf
 
     return tf.io.TFRecordOptions(compression_type="GZIP", compression_level=GZIP_LEVEL)
@@ -317,23 +321,27 @@ class ConvertShardFn(beam.DoFn):
     """
 
     def __init__(
-        self, data_root, labels, output_dir, num_shards,
-        max_image_pixels=image_check.DEFAULT_MAX_IMAGE_PIXELS,
-    ):  # fmt: skip
+        self, data_root: str, labels: Sequence[str], output_dir: str, num_shards: int,
+        max_image_pixels: int | None = image_check.DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:  # fmt: skip
         self.data_root = data_root
         self.labels = list(labels)
         self.output_dir = output_dir
         self.num_shards = num_shards
         self.max_image_pixels = max_image_pixels
 
-    def setup(self):
+    def setup(self) -> None:
         import tensorflow  # noqa: F401  (once per worker, not inside the first bundle)
 
-    def process(self, element):
+    def process(
+        self, element: tuple[ShardKey, Mapping[str, Iterable[Any]]]
+    ) -> Iterator[FileResult]:
         (split, index), groups = element
         yield from self.convert_shard(split, index, groups["sources"])
 
-    def convert_shard(self, split: str, index: int, sources):
+    def convert_shard(
+        self, split: str, index: int, sources: Iterable[SourceFile]
+    ) -> Iterator[FileResult]:
         import tensorflow as tf
 
         path = _shard_file(self.output_dir, split, index, self.num_shards)
@@ -366,14 +374,14 @@ class ConvertShards(beam.PTransform):
     """
 
     def __init__(
-        self, data_root, labels, output_dir, splits, num_shards,
-        max_image_pixels=image_check.DEFAULT_MAX_IMAGE_PIXELS,
-    ):  # fmt: skip
+        self, data_root: str, labels: Sequence[str], output_dir: str, splits: Sequence[str],
+        num_shards: int, max_image_pixels: int | None = image_check.DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.fn = ConvertShardFn(data_root, labels, output_dir, num_shards, max_image_pixels)
         self.shards = [(s, i) for s in splits for i in range(num_shards)]
 
-    def expand(self, sources):
+    def expand(self, sources: beam.PCollection[SourceFile]) -> beam.PCollection[FileResult]:
         num_shards = self.fn.num_shards
         keyed = sources | "KeyByShard" >> beam.Map(
             lambda s: ((s.split, shard_index(s.relpath, num_shards)), s)
@@ -447,7 +455,10 @@ class ConvertListedShardFn(ConvertShardFn):
     """(key, (split, index)) -> reads that shard's file list (write_shard_lists), writes the
     shard and its results file (both with deterministic names: a retried bundle rewrites them)."""
 
-    def process(self, element):
+    # Not ConvertShardFn's element and output: this DoFn reuses its convert_shard only.
+    def process(  # type: ignore[override]
+        self, element: tuple[str, Iterable[ShardKey]]
+    ) -> Iterator[tuple[str, int, int]]:
         _, ((split, index), *_) = element  # after the GroupByKey that deals shards to workers
         listed = _read_jsonl(work_file(self.output_dir, FILE_LIST, split, index))
         sources = [SourceFile(*row) for row in listed]
@@ -524,10 +535,10 @@ class DropRecordsFn(beam.DoFn):
     """((split, shard), [relpath, ...]) -> rewrites that shard without those records (same
     order, same options: the output stays identical across runners; a retry is a no-op)."""
 
-    def __init__(self, output_dir: str, num_shards: int):
+    def __init__(self, output_dir: str, num_shards: int) -> None:
         self.output_dir, self.num_shards = output_dir, num_shards
 
-    def process(self, element):
+    def process(self, element: tuple[ShardKey, Iterable[str]]) -> Iterator[tuple[str, int, int]]:
         import tensorflow as tf
 
         (split, index), relpaths = element
@@ -549,7 +560,9 @@ class DropRecordsFn(beam.DoFn):
 class DropListedRecordsFn(DropRecordsFn):
     """(key, [(split, index)]) -> rewrites that shard without the records in its drop list."""
 
-    def process(self, element):
+    def process(  # type: ignore[override]
+        self, element: tuple[str, Iterable[ShardKey]]
+    ) -> Iterator[tuple[str, int, int]]:
         _, ((split, index), *_) = element
         paths = _read_jsonl(work_file(self.output_dir, DROP_LIST, split, index))
         yield from super().process(((split, index), paths))
@@ -624,7 +637,7 @@ def build_stats(
     summaries: list[dict],
     *,
     num_shards: int,
-    carve_fraction,
+    carve_fraction: float | None,
     on_duplicates: str = "drop",
     dropped: list[dict] | None = None,
 ) -> dict:
@@ -680,7 +693,7 @@ def check_bad_fraction(layout: Layout, summaries: list[dict], max_bad_fraction: 
             )
 
 
-def check_classes_kept(layout: Layout, summaries: list[dict], carve_fraction) -> None:
+def check_classes_kept(layout: Layout, summaries: list[dict], carve_fraction: float | None) -> None:
     for split in layout.splits:
         for label, name in enumerate(layout.labels):
             rows = [r for r in summaries if r["folder_split"] == split and r["label"] == label]
@@ -724,7 +737,9 @@ def format_summary(stats: dict) -> str:
 # ---------------------------------------------------------------- running
 
 
-def _check_params(num_shards, max_bad_fraction, validation_fraction, on_duplicates) -> None:
+def _check_params(
+    num_shards: int, max_bad_fraction: float, validation_fraction: float, on_duplicates: str
+) -> None:
     if num_shards < 1:
         raise PipelineError(f"--num-shards must be >= 1, got {num_shards}")
     if not 0 <= max_bad_fraction <= 1:

@@ -11,9 +11,13 @@ import hashlib
 import posixpath
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline_components.core import image_header
 from pipeline_components.core.image_header import DEFAULT_MAX_IMAGE_PIXELS
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Formats tf.io.decode_image reads and we keep. WebP is stored re-encoded as lossless PNG of the
 # pixels tf.io.decode_image gives: the documented image/format is jpeg|png|gif|bmp, and the serving
@@ -91,7 +95,7 @@ def _tf_message(error: Exception) -> str:
     return " ".join(_TF_NOISE.sub("", text).split())
 
 
-def decode(data: bytes, channels: int = 0):
+def decode(data: bytes, channels: int = 0) -> tf.Tensor:
     """tf.io.decode_image as training uses it; a decode failure raises SkipFile."""
     import tensorflow as tf
 

@@ -25,6 +25,8 @@ Also, ImageDataGenerator reads a shift range >= 1 as pixels; here it is always a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -34,14 +36,24 @@ import tensorflow as tf
 _THETA, _TX, _TY, _SHEAR, _ZX, _ZY, _FLIP = range(7)
 
 
-def _matrices(rows) -> tf.Tensor:
+def _matrices(rows: Sequence[Sequence[tf.Tensor]]) -> tf.Tensor:
     """[[a, b, c], [d, e, f]] of [N] tensors -> [N, 3, 3] with last row [0, 0, 1]."""
     n = tf.shape(rows[0][0])
     zero, one = tf.zeros(n), tf.ones(n)
     return tf.stack([tf.stack(r, axis=-1) for r in (*rows, (zero, zero, one))], axis=-2)
 
 
-def affine_transforms(theta, tx, ty, shear, zx, zy, flip, height: int, width: int) -> tf.Tensor:
+def affine_transforms(
+    theta: tf.Tensor,
+    tx: tf.Tensor,
+    ty: tf.Tensor,
+    shear: tf.Tensor,
+    zx: tf.Tensor,
+    zy: tf.Tensor,
+    flip: tf.Tensor,
+    height: int | tf.Tensor,
+    width: int | tf.Tensor,
+) -> tf.Tensor:
     """ImageDataGenerator's output -> input matrices for a batch, as [N, 8] rows for
     `ImageProjectiveTransformV3`. All arguments [N] float32 (flip: 1.0 mirrors), in
     `ImageDataGenerator.apply_transform`'s terms: theta and shear in degrees, tx the shift of the
@@ -66,7 +78,7 @@ def affine_transforms(theta, tx, ty, shear, zx, zy, flip, height: int, width: in
     return tf.reshape(m, [-1, 9])[:, :8]
 
 
-def projective_transform(images, transforms):
+def projective_transform(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     """[N, H, W, C] images through per-image [N, 8] output -> input transforms: TF's one op,
     bilinear, fill 'nearest' (out-of-image coordinates clamp to the edge, as scipy's 'nearest')."""
     return tf.raw_ops.ImageProjectiveTransformV3(
@@ -80,7 +92,7 @@ def projective_transform(images, transforms):
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
-def xla_affine_transform(images, transforms):
+def xla_affine_transform(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     """`projective_transform` for affine transforms (last row [0, 0, 1]) as one XLA kernel: the
     source coordinates once per pixel (not per channel, as the TF op does), 4 gathers of [C]
     pixels, blend; ~3x less CPU than the TF op. Same pixels up to float rounding.
@@ -99,7 +111,7 @@ def xla_affine_transform(images, transforms):
     pixels = tf.reshape(tf.cast(images, tf.float32), [-1, c])
     first = (tf.range(n) * h * w)[:, None, None]  # index of each image's first pixel
 
-    def at(row, col):
+    def at(row: tf.Tensor, col: tf.Tensor) -> tf.Tensor:
         return tf.gather(pixels, first + row * w + col)
 
     top = at(y0, x0) + fx * (at(y0, x1) - at(y0, x0))
@@ -110,12 +122,17 @@ def xla_affine_transform(images, transforms):
 RESAMPLERS = {"xla": xla_affine_transform, "projective": projective_transform}
 
 
-def draw_params(u, ranges, height, width) -> dict[str, tf.Tensor]:
+def draw_params(
+    u: tf.Tensor,
+    ranges: Sequence[float] | tf.Tensor,
+    height: int | tf.Tensor,
+    width: int | tf.Tensor,
+) -> dict[str, tf.Tensor]:
     """Per-image parameters (ImageDataGenerator's names) from `u`, [N, 7] uniform draws in
     [0, 1), and `ranges` = (rotation, width shift, height shift, shear, zoom, flip 0/1)."""
     rotation, width_shift, height_shift, shear, zoom, flip = (ranges[i] for i in range(6))
 
-    def sym(col, r):  # U(-r, r); 0 when the range is off
+    def sym(col: int, r: float | tf.Tensor) -> tf.Tensor:  # U(-r, r); 0 when the range is off
         return (2 * u[:, col] - 1) * r
 
     height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
@@ -131,7 +148,7 @@ def draw_params(u, ranges, height, width) -> dict[str, tf.Tensor]:
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
-def xla_random_affine(images, u, ranges):
+def xla_random_affine(images: tf.Tensor, u: tf.Tensor, ranges: tf.Tensor) -> tf.Tensor:
     """`draw_params`, `affine_transforms` and `xla_affine_transform` as ONE XLA kernel: the few
     dozen tiny matrix ops per call cost more than the resampling of a single small image when
     they run one by one (tf.data calls this once per image)."""
@@ -171,8 +188,8 @@ class RandomAffine(keras.layers.Layer):
         horizontal_flip: bool = False,
         seed: int | None = None,
         resampler: str = "xla",
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.rotation_range = float(rotation_range)
         self.width_shift_range = float(width_shift_range)
@@ -199,15 +216,19 @@ class RandomAffine(keras.layers.Layer):
         ]
 
     @staticmethod
-    def uniforms(n, key) -> tf.Tensor:
+    def uniforms(n: int | tf.Tensor, key: tf.Tensor) -> tf.Tensor:
         """[n, 7] stateless uniform draws in [0, 1) for `key`, one row per image."""
         return tf.random.stateless_uniform(tf.stack([n, 7]), seed=key)
 
-    def sample(self, n, height, width, key) -> dict[str, tf.Tensor]:
+    def sample(
+        self, n: int | tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor, key: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
         """The per-image parameters (ImageDataGenerator's names) for a batch of `n`."""
         return draw_params(self.uniforms(n, key), self.ranges(), height, width)
 
-    def call(self, images, training=True, seed=None):
+    def call(
+        self, images: tf.Tensor, training: bool = True, seed: tf.Tensor | None = None
+    ) -> tf.Tensor:
         if not training:
             return images
         images = tf.cast(images, self.compute_dtype)
@@ -221,10 +242,10 @@ class RandomAffine(keras.layers.Layer):
         )
         return RESAMPLERS[self.resampler](images, matrices)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "rotation_range": self.rotation_range,

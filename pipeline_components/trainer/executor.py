@@ -17,6 +17,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -81,7 +83,7 @@ def distribution_strategy() -> tf.distribute.Strategy:
 
 
 @contextlib.contextmanager
-def dtype_policy(name: str):
+def dtype_policy(name: str) -> Iterator[None]:
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:
@@ -168,7 +170,9 @@ def build_model(config: TrainerConfig, plan: TrainingPlan) -> keras.Model:
     return net
 
 
-def make_datasets(net, examples_dir: str, config: TrainerConfig, plan: TrainingPlan):
+def make_datasets(
+    net: keras.Model, examples_dir: str, config: TrainerConfig, plan: TrainingPlan
+) -> tuple[tf.data.Dataset, tf.data.Dataset, float | None]:
     """(train, validation, seconds spent caching features or None)."""
     data = plan.data_args(config)
     if not plan.cached:
@@ -264,6 +268,7 @@ class Phases:
     def fine_tune(self, head_epochs: int) -> list[str]:
         """Unfreeze from `fine_tune_from` and train on; returns the unfrozen layers' names."""
         config = self.config
+        assert config.fine_tune_from  # plan.fine_tune: fine_tune_from is set
         unfrozen = model_lib.unfreeze_from(self.net, config.fine_tune_from)
         model_lib.compile_model(
             self.net, self.plan.num_classes, config.optimizer, config.fine_tune_learning_rate
@@ -282,7 +287,11 @@ def build_optimizer(model: keras.Model) -> None:
 
 
 def train_and_evaluate(
-    examples_dir: str, output_dir: str, config: TrainerConfig, *, callbacks=()
+    examples_dir: str,
+    output_dir: str,
+    config: TrainerConfig,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict, dict]:
     """Train on `train`, validate on `validation`; returns (model with the best epoch's weights,
     summary, history). `callbacks` are appended to the trainer's own (e.g. for tests)."""
@@ -334,7 +343,12 @@ def train_and_evaluate(
     return net, summary, history
 
 
-def _log_start(config: TrainerConfig, plan: TrainingPlan, strategy, resumed_after) -> None:
+def _log_start(
+    config: TrainerConfig,
+    plan: TrainingPlan,
+    strategy: tf.distribute.Strategy,
+    resumed_after: int | None,
+) -> None:
     log.info(
         "training %s on %d train / %d validation images, %d classes, %dx%d: %s features, %s,"
         " %d replica(s)%s",
@@ -350,7 +364,15 @@ def _log_start(config: TrainerConfig, plan: TrainingPlan, strategy, resumed_afte
     )
 
 
-def cached_features(net, examples_dir, split, *, image_size, batch_size, num_classes):
+def cached_features(
+    net: keras.Model,
+    examples_dir: str,
+    split: str,
+    *,
+    image_size: Sequence[int],
+    batch_size: int,
+    num_classes: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """One backbone pass over a split: (features, labels) as numpy arrays, reading order."""
     labels = np.asarray(inputs.split_labels(examples_dir, split))
     ds = inputs.make_dataset(
@@ -366,7 +388,15 @@ def cached_features(net, examples_dir, split, *, image_size, batch_size, num_cla
     return features, labels
 
 
-def feature_dataset(features, labels, *, batch_size, training, seed, repeat):
+def feature_dataset(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int | None,
+    repeat: bool,
+) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((features, labels))
     if training:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
@@ -375,7 +405,9 @@ def feature_dataset(features, labels, *, batch_size, training, seed, repeat):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def live_datasets(examples_dir, config, data, n_train, n_val):
+def live_datasets(
+    examples_dir: str, config: TrainerConfig, data: dict[str, Any], n_train: int, n_val: int
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Decoded (and, for train, augmented) images, the backbone runs every epoch."""
     train = inputs.make_dataset(
         examples_dir,
@@ -399,7 +431,9 @@ def live_datasets(examples_dir, config, data, n_train, n_val):
     return train, val
 
 
-def cached_datasets(net, examples_dir, config, data):
+def cached_datasets(
+    net: keras.Model, examples_dir: str, config: TrainerConfig, data: dict[str, Any]
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """One backbone pass over train and validation; the head then trains on these features."""
     bs = config.batch_size
     train_x, train_y = cached_features(net, examples_dir, "train", **data)
@@ -433,7 +467,7 @@ def history_from_records(records: dict[int, dict]) -> dict[str, list]:
     return {k: [r.get(k) for r in ordered] for k in keys}
 
 
-def _fingerprint(examples_dir: str):
+def _fingerprint(examples_dir: str) -> str | None:
     try:
         return examples.read_stats(examples_dir).get("fingerprint")
     except PipelineError:
@@ -443,7 +477,9 @@ def _fingerprint(examples_dir: str):
 # ---------------------------------------------------------------------------- outputs
 
 
-def export_model(net, config: TrainerConfig, labels, examples_dir: str, output_dir: str) -> str:
+def export_model(
+    net: keras.Model, config: TrainerConfig, labels: list[str], examples_dir: str, output_dir: str
+) -> str:
     """`<output_dir>/saved_model` with a few real training images as TF Serving warmup."""
     size = model_lib.image_size_for(config.backbone, config.image_size)
     backbone = net.get_layer(model_lib.BACKBONE)
@@ -476,7 +512,13 @@ def library_versions() -> dict:
     }
 
 
-def run_trainer(examples_dir: str, output_dir: str, config: TrainerConfig, *, callbacks=()) -> dict:
+def run_trainer(
+    examples_dir: str,
+    output_dir: str,
+    config: TrainerConfig,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict:
     """Train, export and write every Trainer artifact; returns the summary (also in
     training_config.json). See the module docstring for the layout. When TF_CONFIG names more
     than one worker, this process is one worker of a MultiWorkerMirroredStrategy group
@@ -497,7 +539,12 @@ def run_trainer(examples_dir: str, output_dir: str, config: TrainerConfig, *, ca
 
 
 def write_outputs(
-    net, summary: dict, history: dict, examples_dir: str, output_dir: str, config: TrainerConfig
+    net: keras.Model,
+    summary: dict,
+    history: dict,
+    examples_dir: str,
+    output_dir: str,
+    config: TrainerConfig,
 ) -> dict:
     """Export `net` and write history, plots and training_config.json (last); keeps only the
     best weights in checkpoints/. Returns the summary with the artifacts' paths."""

@@ -24,6 +24,8 @@ Labels: float32 [1] for two classes (sigmoid head), int32 class indices for more
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
@@ -32,6 +34,9 @@ from pipeline_components.core import examples, fsutil
 from pipeline_components.core.config import check_section
 from pipeline_components.trainer.augment import RandomAffine
 from pipeline_components.trainer.export import decode_and_resize
+
+if TYPE_CHECKING:
+    from pipeline_components.trainer.component import AugmentationConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +48,16 @@ DEFAULT_SHUFFLE_MEMORY_MB = 1024
 RECORD_OVERHEAD_BYTES = 512
 
 
-def validate_augmentation(aug) -> None:
+def validate_augmentation(aug: AugmentationConfig | None) -> None:
     """The augmentation section's ranges (AugmentationConfig's options), for callers that build
     it in code rather than from pipeline.yaml."""
     if aug is not None:
         check_section(aug, "trainer.augmentation", "config")
 
 
-def augmentation_layers(aug, seed: int | None = None) -> list[keras.layers.Layer]:
+def augmentation_layers(
+    aug: AugmentationConfig | None, seed: int | None = None
+) -> list[keras.layers.Layer]:
     """[RandomAffine] with ImageDataGenerator's meaning of each parameter (rotation and shear in
     degrees, shifts and zoom as fractions, fill 'nearest', bilinear), all composed into one
     matrix per image and one resampling per call; [] when augmentation is off."""
@@ -74,7 +81,9 @@ def augmentation_layers(aug, seed: int | None = None) -> list[keras.layers.Layer
     ]
 
 
-def make_augmenter(aug, seed: int | None = None):
+def make_augmenter(
+    aug: AugmentationConfig | None, seed: int | None = None
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None:
     """A callable (batch, key) -> augmented batch, or None when augmentation is off. `key` ([2]
     integers) picks the batch's random draws, so the same key gives the same augmentation."""
     layers = augmentation_layers(aug, seed)
@@ -93,7 +102,9 @@ def record_keys(seed: int | None) -> tf.data.Dataset:
     return stream.map(lambda r: tf.stack([base, r]))
 
 
-def read_records(files: list[str], *, shuffle_files: bool, seed: int | None, deterministic: bool):
+def read_records(
+    files: list[str], *, shuffle_files: bool, seed: int | None, deterministic: bool
+) -> tf.data.Dataset:
     """Serialized tf.train.Examples from GZIP shards, read in parallel (interleave)."""
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_files:
@@ -107,7 +118,9 @@ def read_records(files: list[str], *, shuffle_files: bool, seed: int | None, det
     )
 
 
-def shard_inputs(files: list[str], shard: tuple[int, int] | None):
+def shard_inputs(
+    files: list[str], shard: tuple[int, int] | None
+) -> tuple[list[str], tuple[int, int] | None]:
     """(the files one worker reads, (num_shards, index) of the records it keeps, or None) for
     `shard` = (number of workers, this worker's index): whole files when there are at least as
     many files as workers (file j goes to worker j mod n), else every n-th record of all files."""
@@ -152,7 +165,9 @@ def shuffle_buffer_size(
     return size
 
 
-def decode_example(serialized, image_size, num_classes: int):
+def decode_example(
+    serialized: tf.Tensor, image_size: Sequence[int], num_classes: int
+) -> tuple[tf.Tensor, tf.Tensor]:
     """One serialized Example -> (float32 [H, W, 3] pixels 0..255, label)."""
     features = examples.parse(serialized)
     pixels = decode_and_resize(features[examples.ENCODED], image_size)
@@ -168,11 +183,11 @@ def make_dataset(
     examples_dir: str,
     split: str,
     *,
-    image_size,
+    image_size: Sequence[int],
     batch_size: int,
     num_classes: int,
     training: bool = False,
-    augmentation=None,
+    augmentation: AugmentationConfig | None = None,
     shuffle_buffer: int | None = None,
     shuffle_memory_mb: int = DEFAULT_SHUFFLE_MEMORY_MB,
     seed: int | None = None,
@@ -215,19 +230,21 @@ def make_dataset(
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    size = (int(image_size[0]), int(image_size[1]))
+    height_width = (int(image_size[0]), int(image_size[1]))
     augment = make_augmenter(augmentation, seed) if training else None
     if augment is None:
         ds = ds.map(
-            lambda s: decode_example(s, size, num_classes),
+            lambda s: decode_example(s, height_width, num_classes),
             num_parallel_calls=AUTOTUNE,
             deterministic=deterministic,
         )
     else:
         # Decode and augment in one parallel map, each record with its own stateless key: the
         # draws do not depend on which call runs first, so seeded runs stay deterministic.
-        def decode_and_augment(serialized, key):
-            pixels, label = decode_example(serialized, size, num_classes)
+        def decode_and_augment(
+            serialized: tf.Tensor, key: tf.Tensor
+        ) -> tuple[tf.Tensor, tf.Tensor]:
+            pixels, label = decode_example(serialized, height_width, num_classes)
             return augment(pixels[None], key)[0], label
 
         ds = tf.data.Dataset.zip(ds, record_keys(seed)).map(
