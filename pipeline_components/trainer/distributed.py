@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -51,7 +50,7 @@ from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.trainer import executor, inputs
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.callbacks import METRICS, BestCheckpoint, read_epoch_records
+from pipeline_components.trainer.callbacks import BestCheckpoint, read_epoch_records
 from pipeline_components.trainer.checkpoints import checkpoint_paths, prepare_checkpoints
 from pipeline_components.trainer.cluster import Cluster, WorkerLost
 from pipeline_components.trainer.component import TrainerConfig
@@ -558,29 +557,18 @@ def train_and_evaluate(
         trainable = model_lib.count_params(net.trainable_weights)
 
     history = executor.history_from_records(read_epoch_records(paths["epochs"]))
-    rates = history.get("images_per_sec") or [0.0]
-    summary = {
-        "epochs_run": len(history.get("epoch", [])),
-        "resumed_from_epoch": loop.resumed_from_epoch,
-        "best_epoch": best_state["epoch"] if best_state else None,
-        "monitor": config.monitor,
-        "best": best_state,
-        "final": {k: history[k][-1] for k in METRICS if history.get(k)},
-        "cached_features": plan.cached,
-        "feature_cache_seconds": feature_seconds,
-        "images_per_sec": statistics.median(rates[1:] or rates),  # the first epoch traces
-        "mixed_precision": plan.mixed,
-        "replicas": strategy.num_replicas_in_sync,
-        "image_size": list(plan.image_size),
-        "num_classes": plan.num_classes,
-        "labels": plan.labels,
-        "head": {"pooling": config.head, "activation": model_lib.head_type(plan.num_classes)},
-        "trainable_params": trainable,
-        "fine_tuned_layers": unfrozen,
-        "num_examples": plan.num_examples,
-        "fingerprint": plan.fingerprint,
-        "workers": cluster.num_workers,
-    }
+    summary = executor.training_summary(
+        config,
+        plan,
+        strategy,
+        history,
+        best_state,
+        loop.resumed_from_epoch,
+        feature_seconds,
+        trainable,
+        unfrozen,
+    )
+    summary["workers"] = cluster.num_workers
     return net, summary, history
 
 

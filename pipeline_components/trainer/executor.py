@@ -318,28 +318,17 @@ def train_and_evaluate(
         trainable = model_lib.count_params(net.trainable_weights)
 
     history = history_from_records(read_epoch_records(paths["epochs"]))
-    rates = history.get("images_per_sec") or [0.0]
-    summary = {
-        "epochs_run": len(history.get("epoch", [])),
-        "resumed_from_epoch": start_epoch if resumed else None,
-        "best_epoch": best_state["epoch"] if best_state else None,
-        "monitor": config.monitor,
-        "best": best_state,
-        "final": {k: history[k][-1] for k in METRICS if history.get(k)},
-        "cached_features": plan.cached,
-        "feature_cache_seconds": feature_seconds,
-        "images_per_sec": statistics.median(rates[1:] or rates),  # the first epoch traces
-        "mixed_precision": plan.mixed,
-        "replicas": strategy.num_replicas_in_sync,
-        "image_size": list(plan.image_size),
-        "num_classes": plan.num_classes,
-        "labels": plan.labels,
-        "head": {"pooling": config.head, "activation": model_lib.head_type(plan.num_classes)},
-        "trainable_params": trainable,
-        "fine_tuned_layers": unfrozen,
-        "num_examples": plan.num_examples,
-        "fingerprint": plan.fingerprint,
-    }
+    summary = training_summary(
+        config,
+        plan,
+        strategy,
+        history,
+        best_state,
+        start_epoch if resumed else None,
+        feature_seconds,
+        trainable,
+        unfrozen,
+    )
     return net, summary, history
 
 
@@ -582,3 +571,39 @@ def write_outputs(
     fsutil.write_json(summary["paths"]["training_config"], record)
     finish_checkpoints(output_dir)
     return summary
+
+
+def training_summary(
+    config: TrainerConfig,
+    plan: Any,
+    strategy: tf.distribute.Strategy,
+    history: dict,
+    best_state: dict | None,
+    resumed_from_epoch: int | None,
+    feature_seconds: float | None,
+    trainable: int,
+    unfrozen: list,
+) -> dict[str, Any]:
+    """The Trainer's summary (training_summary.json), one definition for one and many workers."""
+    rates = history.get("images_per_sec") or [0.0]
+    return {
+        "epochs_run": len(history.get("epoch", [])),
+        "resumed_from_epoch": resumed_from_epoch,
+        "best_epoch": best_state["epoch"] if best_state else None,
+        "monitor": config.monitor,
+        "best": best_state,
+        "final": {k: history[k][-1] for k in METRICS if history.get(k)},
+        "cached_features": plan.cached,
+        "feature_cache_seconds": feature_seconds,
+        "images_per_sec": statistics.median(rates[1:] or rates),  # the first epoch traces
+        "mixed_precision": plan.mixed,
+        "replicas": strategy.num_replicas_in_sync,
+        "image_size": list(plan.image_size),
+        "num_classes": plan.num_classes,
+        "labels": plan.labels,
+        "head": {"pooling": config.head, "activation": model_lib.head_type(plan.num_classes)},
+        "trainable_params": trainable,
+        "fine_tuned_layers": unfrozen,
+        "num_examples": plan.num_examples,
+        "fingerprint": plan.fingerprint,
+    }
