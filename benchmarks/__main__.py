@@ -188,8 +188,25 @@ def _input_pipeline(r: dict) -> tuple[str, list[dict]]:
     workload = (
         f"{r['num_images']} JPEGs -> {s}x{s}, batch {r['batch_size']}, {_rounds(r['repeats'])}"
     )
+    b_runs, d_runs = _variant(r, "(b)").get("runs_s"), _variant(r, "(d)").get("runs_s")
+    share_per_round = (
+        common.round_ratios(d_runs, b_runs) if b_runs and len(b_runs) == len(d_runs) else None
+    )
+    cpu = ratios.get("b_over_d_cpu")
+    share_floor = f"(d): {_s(d)}" + (
+        f"; CPU time (b)/(d) = {_x(cpu)}: augmentation's own CPU, which 2 cores cannot hide"
+        if cpu
+        else ""
+    )
     return workload, [
-        claim(ratios["a_over_b"], "(a)/(b) time", goals["a_over_b_at_least_5"], floor)
+        claim(ratios["a_over_b"], "(a)/(b) time", goals["a_over_b_at_least_5"], floor),
+        claim(
+            ratios["a_over_b"] / ratios["a_over_d"],
+            "(b)'s share of the floor: (a)/(b) over (a)/(d)",
+            goals.get("b_at_least_0.85_of_floor"),
+            share_floor,
+            share_per_round,
+        ),
     ]
 
 
@@ -231,7 +248,8 @@ def _serving(r: dict) -> tuple[str, list[dict]]:
         claim(
             tp["speedup_on_over_off"],
             "on/off requests/s",
-            tp.get("goal_met"),
+            # the goal's alternative: the README says when to enable it, and on does no harm
+            bool(tp.get("goal_met") or tp.get("no_harm")),
             f"{tp['requests_per_s']['off']} -> {tp['requests_per_s']['on']} requests/s",
             common.round_ratios(tp["runs"]["on"], tp["runs"]["off"]) if "runs" in tp else None,
         ),
@@ -341,8 +359,11 @@ BENCHMARKS = {
         Benchmark(
             "input_pipeline",
             "benchmarks.input_pipeline",
-            ("(a) notebook's ImageDataGenerator -> (b) Trainer's tf.data, same augmentation",),
-            ("(a)/(b) >= 5 (issue 3)",),
+            (
+                "(a) notebook's ImageDataGenerator -> (b) Trainer's tf.data, same augmentation",
+                "(d) the same tf.data without augmentation (floor) -> (b) seed=42, augmented",
+            ),
+            ("(a)/(b) >= 5 (issue 3)", "(b) >= 0.85 of the floor (issue 19)"),
             _input_pipeline,
         ),
         Benchmark(

@@ -176,7 +176,7 @@ def fake_results(name: str) -> dict:
         "batch_inference": {"b_within_1.3x_of_a": True, "c_faster_than_a": False},
         "example_gen": {"b_no_slower_than_a": True},
         "statistics_gen": {"none_set": True},
-        "input_pipeline": {"a_over_b_at_least_5": True},
+        "input_pipeline": {"a_over_b_at_least_5": True, "b_at_least_0.85_of_floor": False},
         "training": {"a_over_b_at_least_10": False},
         "multi_worker": {"b_faster_in_every_round": False},
     }[name]
@@ -241,6 +241,9 @@ def test_aggregator_reports_a_failing_benchmark_and_still_writes_the_others(
     assert "**failed**" in rows["serving"]
     assert "1.40x (a)/(b) time" in rows["example_gen"] and "| yes |" in rows["example_gen"]
     assert "6.00x (a)/(b) time" in rows["input_pipeline"]
+    # issue 19's claim on its own row: (a)/(b) over (a)/(d) = 6 / 9, goal 0.85, missed
+    (share,) = [ln for ln in md.splitlines() if "share of the floor" in ln]
+    assert "0.67x (b)'s share of the floor" in share and "| **no** |" in share
     assert (out / "results" / "example_gen.md").exists()
     assert "### example_gen" in md  # the details section carries each script's own table
     assert "FAILED: training, serving" in capsys.readouterr().err
