@@ -391,7 +391,8 @@ def feature_dataset(
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).prefetch(inputs.PREFETCH_BATCHES)
+    return ds.with_options(inputs.fixed_parallelism_options())
 
 
 def live_datasets(
