@@ -160,13 +160,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 
 # DataType -> (repeated field, numpy dtype): the layouts `typed_ndarray` reads without TensorFlow
-_TYPED_ARRAYS = {
-    _T.DT_FLOAT: ("float_val", np.float32),
-    _T.DT_DOUBLE: ("double_val", np.float64),
-    _T.DT_INT32: ("int_val", np.int32),
-    _T.DT_INT64: ("int64_val", np.int64),
-    _T.DT_BOOL: ("bool_val", np.bool_),
-}
+_TYPED_ARRAYS = {dtype: (field, np_type) for np_type, (field, dtype) in _TYPED_FIELDS.items()}
 
 
 def typed_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray | None:

@@ -31,6 +31,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.errors import PipelineError
+from pipeline_components.core.machine import usable_cpus
 from pipeline_components.example_gen import image_check
 
 if TYPE_CHECKING:
@@ -763,13 +764,6 @@ def _check_params(
 DEFAULT_MULTI_PROCESSING_MIN_FILES = 10_000
 MULTI_PROCESSING_MIN_CPUS = 3
 DIRECT_MODE_FLAGS = ("--direct_running_mode", "--direct_num_workers")
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _flag_value(args: list[str], flag: str) -> str | None:

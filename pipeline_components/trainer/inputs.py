@@ -26,7 +26,6 @@ Labels: float32 [1] for two classes (sigmoid head), int32 class indices for more
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -35,6 +34,7 @@ import tensorflow as tf
 
 from pipeline_components.core import examples, fsutil
 from pipeline_components.core.config import check_section
+from pipeline_components.core.machine import usable_cpus
 from pipeline_components.trainer.augment import RandomAffine
 from pipeline_components.trainer.export import decode_and_resize
 
@@ -55,10 +55,7 @@ RECORD_OVERHEAD_BYTES = 512
 def input_parallelism() -> int:
     """Threads for each parallel stage of an input pipeline: the CPU cores this process may run
     on (what tf.data's autotuner would budget, fixed up front)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # no sched_getaffinity (macOS)
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def fixed_parallelism_options(deterministic: bool | None = None) -> tf.data.Options:
