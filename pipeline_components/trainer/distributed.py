@@ -171,40 +171,17 @@ def worker_temp_dir(cluster: Cluster) -> str:
 # ---------------------------------------------------------------------------- input
 
 
-def image_dataset_fn(
-    examples_dir: str, split: str, config: TrainerConfig, plan: TrainingPlan, training: bool
+def per_replica(
+    build: Callable[..., tf.data.Dataset], global_batch: int, *, shard: bool
 ) -> DatasetFn:
-    """Decoded (train: augmented) images of this worker's part of `split`, batched per replica."""
+    """What distribute_datasets_from_function takes, from a datasets.py function `build`: its
+    dataset for one input pipeline of this worker, batched per replica, seeded per pipeline, and
+    with `shard` this worker's part of the split."""
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        return datasets.image_dataset(
-            examples_dir,
-            split,
-            config,
-            plan,
-            training=training,
-            batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-            pipeline=ctx.input_pipeline_id,
-            shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
-        )
-
-    return dataset_fn
-
-
-def features_dataset_fn(
-    features: np.ndarray, labels: np.ndarray, config: TrainerConfig, training: bool
-) -> DatasetFn:
-    """This worker's cached features of a split, batched per replica."""
-
-    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        return datasets.features_dataset(
-            features,
-            labels,
-            config,
-            training=training,
-            batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-            pipeline=ctx.input_pipeline_id,
-        )
+        part = {"shard": (ctx.num_input_pipelines, ctx.input_pipeline_id)} if shard else {}
+        batch_size = ctx.get_per_replica_batch_size(global_batch)
+        return build(batch_size=batch_size, pipeline=ctx.input_pipeline_id, **part)
 
     return dataset_fn
 
@@ -285,13 +262,23 @@ class MultiWorker(Runtime):
                 len(parts["validation"][1]),
                 seconds,
             )
-            train_fn = features_dataset_fn(*parts["train"], config, training=True)
-            val_fn = features_dataset_fn(*parts["validation"], config, training=False)
+            # the features are this worker's part already
+            train_fn = functools.partial(
+                datasets.features_dataset, *parts["train"], config, training=True
+            )
+            val_fn = functools.partial(
+                datasets.features_dataset, *parts["validation"], config, training=False
+            )
         else:
-            train_fn = image_dataset_fn(examples_dir, "train", config, plan, training=True)
-            val_fn = image_dataset_fn(examples_dir, "validation", config, plan, training=False)
-        train = self.strategy.distribute_datasets_from_function(train_fn)
-        val = self.strategy.distribute_datasets_from_function(val_fn)
+            train_fn = functools.partial(
+                datasets.image_dataset, examples_dir, "train", config, plan, training=True
+            )
+            val_fn = functools.partial(
+                datasets.image_dataset, examples_dir, "validation", config, plan, training=False
+            )
+        distribute = self.strategy.distribute_datasets_from_function
+        train = distribute(per_replica(train_fn, config.batch_size, shard=not plan.cached))
+        val = distribute(per_replica(val_fn, config.batch_size, shard=not plan.cached))
         return train, val, seconds
 
     def phase(
