@@ -85,9 +85,10 @@ class Runtime(abc.ABC):
     is_chief: bool = True  # writes the artifacts (executor.write_outputs)
     resumed_from_epoch: int | None = None  # set once the runtime knows (prepare or a phase)
 
+    @abc.abstractmethod
     def scope(self) -> contextlib.AbstractContextManager[Any]:
-        """Held around the whole run, from the config check to the summary."""
-        return contextlib.nullcontext()
+        """Held around the whole run, from the config check to the summary (one process: the
+        strategy's scope; a group: lost peers become WorkerLost)."""
 
     @abc.abstractmethod
     def check(self, config: TrainerConfig, plan: TrainingPlan) -> None:
