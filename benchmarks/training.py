@@ -2,7 +2,7 @@
 
     python -m benchmarks.training [--quick] [--epochs E] [--num-images N] [--size S] [--repeats R]
 
-The same Trainer call (`trainer.train_and_evaluate`, frozen VGG19, Flatten + Dense(1, sigmoid),
+The same Trainer call (`training.train_and_evaluate`, frozen VGG19, Flatten + Dense(1, sigmoid),
 RMSprop, batch 32, no augmentation, every callback on) on the same ExampleGen output, twice:
 (a) cache_features=false: decode + backbone forward pass every epoch, then the head step;
 (b) cache_features=true: one backbone pass over train + validation, then E epochs on the features;
@@ -69,11 +69,14 @@ def config(size: int, epochs: int, cache: str):
 
 
 def train(examples: str, size: int, epochs: int, cache: str, expect_cached: bool) -> None:
-    from pipeline_components.trainer import executor as trainer
+    from pipeline_components.trainer import training
+    from pipeline_components.trainer.fit import OneProcess
 
     out = tempfile.mkdtemp(prefix="bench-training-")
     try:
-        _, summary, _ = trainer.train_and_evaluate(examples, out, config(size, epochs, cache))
+        _, summary, _ = training.train_and_evaluate(
+            examples, config(size, epochs, cache), OneProcess(out)
+        )
         assert summary["cached_features"] is expect_cached and summary["epochs_run"] == epochs
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -81,13 +84,12 @@ def train(examples: str, size: int, epochs: int, cache: str, expect_cached: bool
 
 def backbone_pass(examples: str, size: int) -> None:
     """(c): build the model, then one forward pass of the backbone over train + validation."""
-    from pipeline_components.trainer import executor as trainer
-    from pipeline_components.trainer import model
+    from pipeline_components.trainer import datasets, model
 
     net = model.create_model(config(size, 1, "true"), 2)
     data = {"image_size": (size, size), "batch_size": BATCH, "num_classes": 2}
     for split in ("train", "validation"):
-        trainer.cached_features(net, examples, split, **data)
+        datasets.cached_features(net, examples, split, **data)
 
 
 class RetraceCounter(logging.Handler):

@@ -1,2 +1,4 @@
-"""Trainer: Examples -> a SavedModel with its own preprocessing (spec: component.py; training run:
-executor.py; model.py, inputs.py, augment.py, export.py, callbacks.py, checkpoints.py, plots.py)."""
+"""Trainer: Examples -> a SavedModel with its own preprocessing (spec: component.py; executor.py
+picks the runtime and writes the artifacts; training.py, the one training skeleton; runtime.py,
+fit.py, distributed.py, steps.py, cluster.py: one process or a multi-worker group; plan.py,
+datasets.py, inputs.py, augment.py, model.py, export.py, callbacks.py, checkpoints.py, plots.py)."""

@@ -2,9 +2,10 @@
 
     transfer-pipeline train --examples O --output T [--config pipeline.yaml] [key=value ...]
 
-The package: executor.py (the training run, step by step), model.py (backbone + head), inputs.py
-and augment.py (tf.data input pipeline), export.py (the serving signatures), callbacks.py,
-checkpoints.py (resume), plots.py (training curves).
+The package: executor.py (picks the runtime, writes the artifacts), training.py (the training
+run, step by step, for both runtimes: fit.py one process, distributed.py a multi-worker group),
+model.py (backbone + head), datasets.py, inputs.py and augment.py (tf.data input pipelines),
+export.py (the serving signatures), callbacks.py, checkpoints.py (resume), plots.py.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Trainer(Component):
     gpu = True  # the one step that gets a GPU when each step is scheduled on its own (KFP)
 
     def preflight(self, config: Any) -> None:
-        from pipeline_components.trainer.executor import check_config
+        from pipeline_components.trainer.plan import check_config
 
         check_config(config)
 
@@ -232,7 +233,7 @@ class Trainer(Component):
             print(f"{cluster.ENV}={os.environ[cluster.ENV]}", file=sys.stderr, flush=True)
         pipeline = load_for_cli(args.config, args.overrides, self.config_section)
         config = pipeline.trainer
-        from pipeline_components.trainer.executor import check_config
+        from pipeline_components.trainer.plan import check_config
 
         if args.local:
             check_config(config)  # one error here, not one per worker

@@ -258,29 +258,40 @@ def make_dataset(
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    height_width = (int(image_size[0]), int(image_size[1]))
     augment = make_augmenter(augmentation, seed) if training else None
+    ds = decode_records(ds, image_size, num_classes, augment, seed, deterministic)
+    threads = input_parallelism()
+    ds = ds.batch(batch_size, num_parallel_calls=threads, deterministic=deterministic)
+    return ds.with_options(fixed_parallelism_options(deterministic)).prefetch(PREFETCH_BATCHES)
+
+
+def decode_records(
+    ds: tf.data.Dataset,
+    image_size: Sequence[int],
+    num_classes: int,
+    augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None,
+    seed: int | None,
+    deterministic: bool,
+) -> tf.data.Dataset:
+    """Serialized records -> (pixels, label), decoded (and augmented) in one parallel map."""
+    height_width = (int(image_size[0]), int(image_size[1]))
     threads = input_parallelism()
     if augment is None:
-        ds = ds.map(
+        return ds.map(
             lambda s: decode_example(s, height_width, num_classes),
             num_parallel_calls=threads,
             deterministic=deterministic,
         )
-    else:
-        # Decode and augment in one parallel map, each record with its own stateless key: the
-        # draws do not depend on which call runs first, so seeded runs stay deterministic.
-        def decode_and_augment(
-            serialized: tf.Tensor, key: tf.Tensor
-        ) -> tuple[tf.Tensor, tf.Tensor]:
-            pixels, label = decode_example(serialized, height_width, num_classes)
-            return augment(pixels[None], key)[0], label
 
-        ds = tf.data.Dataset.zip(ds, record_keys(seed)).map(
-            decode_and_augment, num_parallel_calls=threads, deterministic=deterministic
-        )
-    ds = ds.batch(batch_size, num_parallel_calls=threads, deterministic=deterministic)
-    return ds.with_options(fixed_parallelism_options(deterministic)).prefetch(PREFETCH_BATCHES)
+    # Decode and augment in one parallel map, each record with its own stateless key: the
+    # draws do not depend on which call runs first, so seeded runs stay deterministic.
+    def decode_and_augment(serialized: tf.Tensor, key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        pixels, label = decode_example(serialized, height_width, num_classes)
+        return augment(pixels[None], key)[0], label
+
+    return tf.data.Dataset.zip(ds, record_keys(seed)).map(
+        decode_and_augment, num_parallel_calls=threads, deterministic=deterministic
+    )
 
 
 def encoded_images(examples_dir: str, split: str, n: int) -> list[bytes]:
