@@ -43,6 +43,9 @@ import time
 import numpy as np
 
 from benchmarks import common
+from benchmarks.headline import Benchmark, claim
+from benchmarks.headline import rounds as _rounds
+from benchmarks.headline import times as _x
 
 NAME = "serving"
 MODELS = {"mobilenet_v2_100_224": 224, "mobilenet_v2_035_96": 96, "small_cnn_64": 64}
@@ -424,6 +427,58 @@ def report(results: dict) -> tuple[str, str]:
          f"Environment: {results['environment']}"]
     )  # fmt: skip
     return text, markdown
+
+
+def headline_claims(r: dict) -> tuple[str, list[dict]]:
+    primary = r["models"]["primary"]
+    latency, tp = r["latency"][primary], r["throughput"]
+    in_process, noop = latency["in_process"]["p50_ms"], latency["noop_rpc_p50_ms"]
+    floor = (
+        f"no-op RPC p50 {noop:.2f} ms on top of {in_process:.2f} ms in-process:"
+        f" {_x((in_process + noop) / in_process)} is the least this client + server can add"
+    )
+    rounds = len(latency["p50_ratio_per_round"])
+    workload = f"{primary}, single-image requests, {_rounds(rounds)}; {tp['clients']} clients"
+    return workload, [
+        claim(
+            latency["p50_ratio_grpc_over_in_process"],
+            "gRPC/in-process p50",
+            r["goal_met"],
+            floor,
+            latency["p50_ratio_per_round"],
+        ),
+        claim(
+            tp["speedup_on_over_off"],
+            "on/off requests/s",
+            # the goal's alternative: the README says when to enable it, and on does no harm
+            bool(tp.get("goal_met") or tp.get("no_harm")),
+            f"{tp['requests_per_s']['off']} -> {tp['requests_per_s']['on']} requests/s",
+            common.round_ratios(tp["runs"]["on"], tp["runs"]["off"]) if "runs" in tp else None,
+        ),
+    ]
+
+
+BENCHMARK = Benchmark(
+    NAME,
+    50,
+    (
+        "SavedModel called in-process -> gRPC to `transfer-pipeline serve`, 1 client",
+        "server batching off -> on (shipped parameters), 8 concurrent clients",
+    ),
+    (
+        "p50 ratio <= 1.15 (issue 19)",
+        "on/off >= 1.3 with the shipped batching_parameters.txt, or README says when"
+        " to enable it and the shipped ones do no harm (issue 19)",
+    ),
+    headline_claims,
+    smoke={
+        "rounds": 1,
+        "requests": 10,
+        "throughput_rounds": 1,
+        "throughput_seconds": 0.5,
+        "models": ("mobilenet_v2_035_96",),
+    },
+)
 
 
 def main(argv: list[str] | None = None) -> int:
