@@ -91,10 +91,11 @@ class Pusher(Component):
         r = entry.get("result") or {}
         labels = " ".join(f"{k}={v}" for k, v in (r.get("labels") or {}).items())
         labels = f" [{labels}]" if labels else ""
+        repaired = "".join(f"; {_repair_note(x)}" for x in r.get("repaired", []))
         if r.get("pushed"):
             label = r.get("label", "stable")
-            return f"pushed version {r['version']} as {label} -> {r['path']}{labels}"
-        return f"not pushed: {r.get('reason', '')}{labels}"
+            return f"pushed version {r['version']} as {label} -> {r['path']}{labels}{repaired}"
+        return f"not pushed: {r.get('reason', '')}{labels}{repaired}"
 
     def record_fields(self, entry: dict) -> dict:
         r = entry.get("result")
@@ -167,6 +168,17 @@ class Pusher(Component):
         return 0
 
 
+def _repair_note(item: dict) -> str:
+    """A few words for what the push's repair did (pusher/journal.py says it in full)."""
+    if item.get("action") == "finished":
+        return f"finished the interrupted push of version {item['version']}"
+    if item.get("action") == "rolled_back":
+        return f"rolled back the interrupted push of version {item['version']}"
+    if item.get("action") == "models_config":
+        return "rewrote models.config from the registry"
+    return f"removed {len(item.get('removed', []))} leftover(s) of interrupted pushes"
+
+
 def _serving_html(r: dict) -> str:
     if "labels" not in r:
         return ""
@@ -186,8 +198,10 @@ def _serving_html(r: dict) -> str:
         else "<p>No version was rolled back.</p>"
     )
     served = ", ".join(map(str, r.get("served_versions", []))) or "none"
+    repaired = "".join(f"<li>{e(text)}</li>" for text in r.get("repaired_text", []))
+    repaired = f"<p>Repaired before pushing:</p><ul>{repaired}</ul>" if repaired else ""
     return (
-        f"<h2>Serving</h2><p>served versions: {e(served)}; labels in "
+        f"<h2>Serving</h2>{repaired}<p>served versions: {e(served)}; labels in "
         f"<code>{e(r.get('models_config', ''))}</code>:</p><table>{labels}</table>"
         f"{rolled_table}"
     )
