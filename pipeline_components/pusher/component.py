@@ -87,6 +87,23 @@ class Pusher(Component):
                 ) from None
             raise
 
+    def recover(self, pipeline: Any) -> list[dict]:
+        """Finish or roll back a push a dead run left, and remove its leftovers, under the
+        model's registry lock (pusher/journal.py). A registry held by a live push elsewhere, or
+        a serving_dir this process cannot write, is left for the Pusher itself."""
+        from pipeline_components.core import fsutil, locking
+        from pipeline_components.pusher.journal import describe
+        from pipeline_components.pusher.versions import ModelVersions
+
+        versions = ModelVersions(pipeline.serving_dir, pipeline.model_name)
+        if not (versions.exists() or fsutil.isdir(versions.base_path)):
+            return []
+        try:
+            with versions.locked("transfer-pipeline gc", wait_s=5.0):
+                return [{**item, "text": describe(item)} for item in versions.repaired]
+        except (locking.PipelineLocked, OSError) as e:
+            return [{"action": "not_repaired", "text": f"serving_dir not checked: {e}"}]
+
     def summary(self, entry: dict) -> str:
         r = entry.get("result") or {}
         labels = " ".join(f"{k}={v}" for k, v in (r.get("labels") or {}).items())
