@@ -21,7 +21,8 @@ version, and every push passes through this state (TF Serving loads N from its f
 and moves labels from its config poll). A crash there leaves it until the repair.
 
 The repair (`repair`) runs whenever the lock is taken: by the next Pusher execution, `versions`,
-`rollback` and `promote` (and by a Pusher that failed with an error, at once). The lock proves the
+`rollback`, `promote`, `gc` and the start of `transfer-pipeline run` (the Pusher's `recover`),
+and by a Pusher that failed with an error, at once. The lock proves the
 process that wrote the journal is gone (a live holder keeps it). It
 - finishes the push forward (3, 4, 5) when version N is complete with the journal's
   fingerprint. Once N is in place, clients asking for the latest version have been answered by
@@ -35,7 +36,8 @@ process that wrote the journal is gone (a live holder keeps it). It
 - removes what interrupted pushes left: `.N.tmp-*` copies and `.claim-N` files (older
   Pusher versions) in the base path, `.staging/<model>-*` copies, the registry's temporary
   siblings; and rewrites models.config when it disagrees with the registry.
-It reports each thing it did (push.json `repaired`, `transfer-pipeline versions`, the log).
+It reports each thing it did (push.json `repaired`, `transfer-pipeline versions`, run.json
+`cleanup`, the log).
 """
 
 from __future__ import annotations
