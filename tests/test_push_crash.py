@@ -27,7 +27,9 @@ from evalfixtures import export_threshold_model
 from pipeline_components import cli
 from pipeline_components.core import artifacts, fsutil
 from pipeline_components.pusher import executor as pusher
+from pipeline_components.pusher import journal
 from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.versions import ModelVersions
 from serving.model_config import load_model_config_file
 
 pytestmark = pytest.mark.timeout(600)
@@ -280,8 +282,28 @@ def test_kill_9_mid_push_is_finished_by_the_next_push(models, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
+    assert "repaired: finished the interrupted push of version 2 as stable" in out
     assert "not pushed: identical to version 2" in out  # finished by the repair, not pushed twice
     record = json.loads((tmp_path / "push.json").read_text())
     assert record["repaired"][0]["action"] == "finished" and record["labels"] == {"stable": 2}
     view = client_view(serving)
     assert view["latest"] == 2 and view["fingerprint"] == fsutil.tree_fingerprint(str(b))
+
+
+def test_versions_never_repairs_a_push_in_progress(models, tmp_path, capsys):
+    """A journal whose pusher still holds the lock is a push in progress: `versions` lists
+    what is there and says so, and leaves it to that pusher."""
+    a, b = models
+    serving = tmp_path / "serving"
+    push(serving, a, bless(tmp_path, a), keep=3)
+    registry = ModelVersions(str(serving), MODEL)
+    with registry.locked("transfer-pipeline push", "run-live") as held:
+        intent = {"version": 2, "fingerprint": "f" * 64, "label": "stable", "keep_versions": 3}
+        journal.begin(held, {**intent, "run_id": "run-live"})
+        capsys.readouterr()
+        assert cli.main(["versions", "--serving-dir", str(serving), "--model-name", MODEL]) == 0
+        out, err = capsys.readouterr()
+        assert "a push of version 2 is in progress (run run-live)" in out
+        assert "not repaired:" in err and "is locked by run run-live" in err
+        assert "repaired:" not in out
+    assert json.loads((serving / "_versions" / f"{MODEL}.json").read_text())["pending"]

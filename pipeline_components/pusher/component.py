@@ -178,6 +178,8 @@ class Pusher(Component):
             ),
         }
         result = self.run_standalone(ExecutionContext(pipeline, config, inputs, args.output))
+        for text in result.get("repaired_text", []):
+            print(f"repaired: {text}")
         if result["pushed"]:
             print(f"pushed version {result['version']} as {args.label} to {result['path']}")
         else:
