@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from pipeline_components.core import children
 from pipeline_components.core.errors import PipelineError
 
 # Commands that are not pipeline components: command -> ("module" with main(argv), or
@@ -30,6 +31,11 @@ TOOLS = {
     "promote": (
         "pipeline_components.pusher.versions:promote_main",
         "move the stable label to a version (default: the canary)",
+    ),
+    "gc": (
+        "pipeline_components.orchestration.gc",
+        "remove what dead runs left (temporary outputs, records left running, an interrupted "
+        "push); refused while a run holds the pipeline_root",
     ),
     "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
     "predict": ("serving.client", "send images to a TF Serving gRPC endpoint"),
@@ -109,6 +115,7 @@ def dispatch(command: str, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    children.die_with_parent()  # started by the pipeline (core/children.py): die with it
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

@@ -31,7 +31,10 @@ the names and functions here, so a layout changes in one file. The layouts:
     <serving_dir>/models.config             TF Serving's model config: every pushed model,
                                             its version policy and labels (stable, canary)
     <serving_dir>/_versions/<model_name>.json       every version ever pushed: fingerprint,
-                                            accuracy, push time, labels, rollback state
+                                            accuracy, push time, labels, rollback state, and
+                                            the journal of a push in progress (`pending`)
+    <serving_dir>/_versions/<model_name>.json.lock  held by a push, rollback or promotion
+    <serving_dir>/_versions/models.config.lock      held while models.config is rewritten
     <serving_dir>/_rolled_back/<model_name>/<version>/  rolled-back versions, moved aside
 
     <pipeline_root>/<Component>/<n>/        execution n's output directory
@@ -121,6 +124,7 @@ LOCK_FILE = "lock.json"  # <pipeline_root>/lock.json: core/locking.py
 MODELS_CONFIG = "models.config"
 VERSIONS_DIR = "_versions"
 ROLLED_BACK_DIR = "_rolled_back"
+MODELS_CONFIG_LOCK = "models.config.lock"  # in VERSIONS_DIR; model locks end in .json.lock
 
 # The SavedModel's serving contract (trainer/export.py writes it; clients, the Evaluator and the
 # InfraValidator call it): two signatures with the same four outputs.
@@ -223,6 +227,11 @@ def served_versions(base_path: str) -> dict[int, str]:
 def models_config_path(serving_dir: str) -> str:
     """`<serving_dir>/models.config`: the ModelServerConfig the Pusher maintains."""
     return fsutil.join(serving_dir, MODELS_CONFIG)
+
+
+def models_config_lock_path(serving_dir: str) -> str:
+    """`<serving_dir>/_versions/models.config.lock`: held while models.config is rewritten."""
+    return fsutil.join(serving_dir, VERSIONS_DIR, MODELS_CONFIG_LOCK)
 
 
 def version_registry_path(serving_dir: str, model_name: str) -> str:

@@ -150,6 +150,13 @@ class Component:
         """Produce the outputs under ctx.output_dir; returns a JSON-able result summary."""
         raise NotImplementedError(f"{type(self).__name__}.run")
 
+    def recover(self, pipeline: Any) -> list[dict]:
+        """Repair what a dead execution of this component left *outside* pipeline_root (the
+        Pusher: an interrupted push in the serving directory), for `transfer-pipeline gc` and
+        the start of every run (orchestration/gc.py; what it left inside the root is handled
+        there for every component). Returns what it did: dicts with a `text` line each."""
+        return []
+
     # -- presentation ----------------------------------------------------------------------
 
     def summary(self, entry: dict) -> str:

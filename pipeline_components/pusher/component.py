@@ -87,14 +87,32 @@ class Pusher(Component):
                 ) from None
             raise
 
+    def recover(self, pipeline: Any) -> list[dict]:
+        """Finish or roll back a push a dead run left, and remove its leftovers, under the
+        model's registry lock (pusher/journal.py). A registry held by a live push elsewhere, or
+        a serving_dir this process cannot write, is left for the Pusher itself."""
+        from pipeline_components.core import fsutil, locking
+        from pipeline_components.pusher.journal import describe
+        from pipeline_components.pusher.versions import ModelVersions
+
+        versions = ModelVersions(pipeline.serving_dir, pipeline.model_name)
+        if not (versions.exists() or fsutil.isdir(versions.base_path)):
+            return []
+        try:
+            with versions.locked("transfer-pipeline gc", wait_s=5.0):
+                return [{**item, "text": describe(item)} for item in versions.repaired]
+        except (locking.PipelineLocked, OSError) as e:
+            return [{"action": "not_repaired", "text": f"serving_dir not checked: {e}"}]
+
     def summary(self, entry: dict) -> str:
         r = entry.get("result") or {}
         labels = " ".join(f"{k}={v}" for k, v in (r.get("labels") or {}).items())
         labels = f" [{labels}]" if labels else ""
+        repaired = "".join(f"; {_repair_note(x)}" for x in r.get("repaired", []))
         if r.get("pushed"):
             label = r.get("label", "stable")
-            return f"pushed version {r['version']} as {label} -> {r['path']}{labels}"
-        return f"not pushed: {r.get('reason', '')}{labels}"
+            return f"pushed version {r['version']} as {label} -> {r['path']}{labels}{repaired}"
+        return f"not pushed: {r.get('reason', '')}{labels}{repaired}"
 
     def record_fields(self, entry: dict) -> dict:
         r = entry.get("result")
@@ -160,11 +178,24 @@ class Pusher(Component):
             ),
         }
         result = self.run_standalone(ExecutionContext(pipeline, config, inputs, args.output))
+        for text in result.get("repaired_text", []):
+            print(f"repaired: {text}")
         if result["pushed"]:
             print(f"pushed version {result['version']} as {args.label} to {result['path']}")
         else:
             print(f"not pushed: {result['reason']}")
         return 0
+
+
+def _repair_note(item: dict) -> str:
+    """A few words for what the push's repair did (pusher/journal.py says it in full)."""
+    if item.get("action") == "finished":
+        return f"finished the interrupted push of version {item['version']}"
+    if item.get("action") == "rolled_back":
+        return f"rolled back the interrupted push of version {item['version']}"
+    if item.get("action") == "models_config":
+        return "rewrote models.config from the registry"
+    return f"removed {len(item.get('removed', []))} leftover(s) of interrupted pushes"
 
 
 def _serving_html(r: dict) -> str:
@@ -186,8 +217,10 @@ def _serving_html(r: dict) -> str:
         else "<p>No version was rolled back.</p>"
     )
     served = ", ".join(map(str, r.get("served_versions", []))) or "none"
+    repaired = "".join(f"<li>{e(text)}</li>" for text in r.get("repaired_text", []))
+    repaired = f"<p>Repaired before pushing:</p><ul>{repaired}</ul>" if repaired else ""
     return (
-        f"<h2>Serving</h2><p>served versions: {e(served)}; labels in "
+        f"<h2>Serving</h2>{repaired}<p>served versions: {e(served)}; labels in "
         f"<code>{e(r.get('models_config', ''))}</code>:</p><table>{labels}</table>"
         f"{rolled_table}"
     )
