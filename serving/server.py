@@ -12,7 +12,8 @@ a thread: a client that sends headers and never the body costs no worker. Every 
 server-side deadline (`--request-timeout-seconds`, or the client's if sooner) that covers
 reading the request, waiting for a worker and running the model; status, metadata and health
 answer on the event loop and never wait for a worker. gRPC limits concurrent RPCs, streams per
-connection, idle and old connections, and pings dead peers (keepalive). Request tensors are
+connection (a client queues calls over the limit: see ServerLimits.grpc_options), idle and old
+connections, and pings dead peers (keepalive). Request tensors are
 checked before they are materialised (serving.tensors). Shutdown ends within the drain time
 plus a few seconds whatever is running.
 """
@@ -109,7 +110,15 @@ class ServerLimits:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+            # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client queues calls over it (and one
+            # that ignores it gets REFUSED_STREAM for the extra streams)
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            # gRPC's overload protection (on by default) also refuses a new stream while more
+            # than max_concurrent_streams are still *allocated*: streams already answered but
+            # not yet freed count, so a client that keeps 100 calls in flight got a share
+            # refused (UNAVAILABLE "Stream removed"). Off: the limit is the HTTP/2 one, which
+            # clients honour; the server-wide bound is max_concurrent_rpcs.
+            ("grpc.http.overload_protection", 0),
             ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
             ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -652,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exits within this + 5 s",
     )
     d = ServerLimits()
-    limits = p.add_argument_group("limits on what one client may take (see README)")
+    limits = p.add_argument_group("limits on what one client may take (docs/serving.md)")
     for flag, kind, default, text in (
         ("--max-message-bytes", int, d.max_message_bytes, "largest request (RESOURCE_EXHAUSTED)"),
         ("--max-request-bytes", int, d.max_request_bytes,
@@ -662,9 +671,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("--request-timeout-seconds", float, d.request_timeout_s,
          "server-side deadline of every RPC: reading, queueing, running (DEADLINE_EXCEEDED)"),
         ("--max-concurrent-rpcs", int, d.max_concurrent_rpcs,
-         "RPCs in progress at once, stalled ones included (RESOURCE_EXHAUSTED)"),
+         "RPCs in progress on the whole server, stalled ones included (RESOURCE_EXHAUSTED)"),
         ("--max-concurrent-streams", int, d.max_concurrent_streams,
-         "RPCs in progress on one connection (HTTP/2 flow control: the client waits)"),
+         "RPCs in progress on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a "
+         "client queues the rest; one that does not gets REFUSED_STREAM)"),
         ("--keepalive-time-seconds", float, d.keepalive_time_s,
          "ping a connection after this long without traffic"),
         ("--keepalive-timeout-seconds", float, d.keepalive_timeout_s,

@@ -326,6 +326,123 @@ def test_stalled_connections_do_not_starve_predict_or_health(model_dir):
         handle.stop(grace=1)
 
 
+# -- many calls at once: well-behaved clients wait, rude ones are refused ------------------
+
+
+def concurrent_calls(target: str, calls: int, channels: int) -> list:
+    """`calls` Predicts in flight at once over `channels` fresh channels; the failures."""
+    opened = [grpc.insecure_channel(target) for _ in range(channels)]
+    try:
+        stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in opened]
+        request = images_request([IMAGE])
+        futures = [stubs[i % channels].Predict.future(request, timeout=60) for i in range(calls)]
+        failures = []
+        for future in futures:  # each bounded by its deadline
+            try:
+                assert len(future.result().outputs["scores"].float_val) == 1
+            except grpc.RpcError as e:
+                failures.append(f"{e.code().name}: {e.details()}")
+        return failures
+    finally:
+        for channel in opened:
+            channel.close()
+
+
+def test_200_calls_at_once_on_one_channel_or_on_200_channels_all_succeed(model_dir):
+    """gRPC's normal use is one channel with many calls in flight. A connection carries at most
+    --max-concurrent-streams (100) at once: a client queues the rest until a stream ends. The
+    server refused them instead (13-24% UNAVAILABLE "Stream removed (RST_STREAM error code 7)"):
+    gRPC's overload protection counted streams not yet freed after their answer."""
+    handle = start_server(str(model_dir), "m", poll_wait_seconds=0)
+    try:
+        shared = [concurrent_calls(handle.target, 200, channels=1) for _ in range(5)]
+        separate = concurrent_calls(handle.target, 200, channels=200)
+    finally:
+        handle.stop(grace=1)
+    assert [len(f) for f in shared] == [0] * 5, {f for round_ in shared for f in round_}
+    assert separate == []
+
+
+class RudeH2Connection:
+    """A raw HTTP/2 connection that reads the server's SETTINGS but ignores its stream limit,
+    opening stalled gRPC calls (headers and 5 bytes promising 1 MB, never the rest)."""
+
+    def __init__(self, port: int):
+        import h2.config
+        import h2.connection
+
+        class Rude(h2.connection.H2Connection):
+            open_outbound_streams = property(lambda self: 0)  # h2 would enforce the limit
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.port = port
+        self.conn = Rude(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.refused: set[int] = set()
+        self.statuses: dict[int, str] = {}
+        while self.conn.remote_settings.max_concurrent_streams > 10_000:  # not seen yet
+            self.read(1.0)
+
+    def open_stalled(self, count: int) -> None:
+        for _ in range(count):
+            stream = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(stream, [
+                (":method", "POST"), (":scheme", "http"),
+                (":path", "/tensorflow.serving.PredictionService/Predict"),
+                (":authority", f"127.0.0.1:{self.port}"), ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ])  # fmt: skip
+            self.conn.send_data(stream, b"\x00" + struct.pack(">I", 1 << 20))
+        self.sock.sendall(self.conn.data_to_send())
+
+    def read(self, seconds: float) -> None:
+        import h2.events
+
+        self.sock.settimeout(seconds)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.StreamReset) and event.error_code == 7:
+                self.refused.add(event.stream_id)
+            if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                found = {_text(k): _text(v) for k, v in event.headers}
+                if "grpc-status" in found:
+                    self.statuses[event.stream_id] = found["grpc-status"]
+        self.sock.sendall(self.conn.data_to_send())
+
+
+def test_streams_over_the_limits_are_refused_and_the_server_stays_responsive(model_dir):
+    """The bounds the fix keeps: a client that ignores the advertised stream limit gets
+    REFUSED_STREAM for every stream over it, RPCs over --max-concurrent-rpcs (server-wide) get
+    RESOURCE_EXHAUSTED, and stalled calls end at --request-timeout-seconds."""
+    limits = ServerLimits(max_concurrent_streams=10, max_concurrent_rpcs=16, request_timeout_s=4)
+    handle = start_server(str(model_dir), "m", limits=limits, poll_wait_seconds=0)
+    rude = []
+    try:
+        rude = [RudeH2Connection(handle.port), RudeH2Connection(handle.port)]
+        rude[0].open_stalled(15)  # 10 fit the connection, 5 do not
+        time.sleep(0.3)
+        rude[1].open_stalled(10)  # fit the connection; 4 are over the server's 16
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            for r in rude:
+                r.read(0.05)
+        assert len(rude[0].refused) == 5 and not rude[1].refused
+        assert list(rude[1].statuses.values()).count("8") == 4  # RESOURCE_EXHAUSTED
+        assert not rude[0].statuses  # the 10 accepted streams are still waiting for bodies
+        while len(rude[0].statuses) < 10 and time.monotonic() < deadline + 5:
+            rude[0].read(0.1)
+        assert set(rude[0].statuses.values()) == {"4"}  # DEADLINE_EXCEEDED, by the server
+        assert concurrent_calls(handle.target, 20, channels=1) == []  # slots free again
+    finally:
+        for r in rude:
+            r.sock.close()
+        handle.stop(grace=1)
+
+
 # -- batching: one client's bad or empty request never fails its batch-mates ---------------
 
 
