@@ -133,7 +133,8 @@ class ServerProcess:
         command = [
             sys.executable, "-m", "pipeline_components.cli", "serve",
             "--model-config-file", config, "--port", "0", "--port-file", self.port_file,
-            "--file-system-poll-wait-seconds", "0",
+            "--file-system-poll-wait-seconds", "0", "--rest-api-port", "auto",
+            "--rest-api-port-file", self.port_file + "-rest",
         ]  # fmt: skip
         if batching:
             params = os.path.join(work, "batching_parameters.txt")

@@ -162,7 +162,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(base, tmp_path):
     command = [
         sys.executable, "-m", "pipeline_components.cli", "serve",
         "--model-base-path", str(base), "--model-name", "m", "--port", "0",
-        "--port-file", str(port_file), "--enable-batching",
+        "--port-file", str(port_file), "--rest-api-port", "0", "--enable-batching",
         "--batching-parameters-file", str(params),
     ]  # fmt: skip
     proc = subprocess.Popen(

@@ -140,11 +140,14 @@ def model_dir(tmp_path_factory) -> Path:
 
 @contextlib.contextmanager
 def server_process(base: Path, work: Path, *args: str):
-    """`transfer-pipeline serve` in its own process (what is measured is its RSS alone)."""
+    """`transfer-pipeline serve` in its own process (what is measured is its RSS alone), gRPC
+    and REST on free ports; yields (process with .rest_url, gRPC target)."""
     port_file = work / f"port-{time.monotonic_ns()}"
+    rest_port_file = work / f"rest-port-{time.monotonic_ns()}"
     command = [
         sys.executable, "-m", "pipeline_components.cli", "serve", "--model-base-path", str(base),
-        "--model-name", "m", "--port", "0", "--port-file", str(port_file), *args,
+        "--model-name", "m", "--port", "0", "--port-file", str(port_file),
+        "--rest-api-port", "auto", "--rest-api-port-file", str(rest_port_file), *args,
     ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     log_path = work / f"server-{time.monotonic_ns()}.log"
@@ -157,6 +160,7 @@ def server_process(base: Path, work: Path, *args: str):
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)
         proc.log_path = log_path
+        proc.rest_url = f"http://127.0.0.1:{rest_port_file.read_text().strip()}"
         yield proc, f"127.0.0.1:{port_file.read_text().strip()}"
     finally:
         if proc.poll() is None:
