@@ -226,7 +226,7 @@ class PredictionClient:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _predict_chunk(self, chunk: list[tuple[int, bytes]]) -> list[Result]:
+    def _predict_chunk(self, chunk: list[tuple[int, bytes]], probed: bool = False) -> list[Result]:
         """One request; on an error that one image may cause, the halves again (so a bad
         image costs about 2 log2(n) extra requests, and the others get their answers)."""
         images = [data for _, data in chunk]
@@ -237,10 +237,20 @@ class PredictionClient:
         except Exception as e:
             if error_code(e) not in PER_IMAGE_CODES:
                 raise
+            if not probed and self._fails_without_images(e):
+                raise  # about the request, not an image: an unknown label, signature, ...
             if len(chunk) == 1:
                 return [PredictionFailure(e)]
         half = len(chunk) // 2
-        return self._predict_chunk(chunk[:half]) + self._predict_chunk(chunk[half:])
+        return self._predict_chunk(chunk[:half], True) + self._predict_chunk(chunk[half:], True)
+
+    def _fails_without_images(self, error: Exception) -> bool:
+        """Does a request of 0 images fail the same way? (Then no image is at fault.)"""
+        try:
+            self._call(self.transport.predict_images, self.model, [])
+        except Exception as probe:
+            return error_code(probe) == error_code(error) and str(probe) == str(error)
+        return False
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         delay = self.backoff_s
