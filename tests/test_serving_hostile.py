@@ -691,6 +691,162 @@ def test_seeded_fuzz_gets_only_readme_statuses_and_the_server_stays_up(live):
     assert status_kb(proc.pid, "VmRSS") / 1024 - rss < 300
 
 
+# -- REST: the same hostile requests as JSON ---------------------------------------------------
+
+REST_CODES = {200, 400, 404, 413, 501}  # serving/rest.py's table, without 5xx for a bad request
+
+
+def random_json(rng, depth: int = 0):
+    kind = int(rng.integers(0, 8 if depth < 6 else 5))
+    if kind == 0:
+        return float(rng.choice([0.5, -1e308, 1e308, 3.0, float("nan")]))
+    if kind == 1:
+        return int(rng.choice([0, -1, 2**31, 2**63, -(2**64)]))
+    if kind == 2:
+        return str(rng.choice(["", "x" * 300, "images", "🐶", "\u0000"]))
+    if kind == 3:
+        return bool(rng.random() < 0.5)
+    if kind == 4:
+        return None
+    if kind == 5:
+        return {"b64": str(rng.choice(["", "!!", "eA==", "eA", "=" * 5]))}
+    if kind == 6:
+        return [random_json(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))]
+    keys = ["instances", "inputs", "signature_name", "images", "pixels", "b64"]
+    return {
+        str(rng.choice(keys)): random_json(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))
+    }
+
+
+def fuzz_rest_request(rng, images: list[bytes]) -> tuple[str, str, bytes]:
+    """(method, path, body) of a seeded hostile REST request."""
+    import base64
+    import json
+
+    path = str(rng.choice([
+        "/v1/models/m:predict", "/v1/models/m:predict", "/v1/models/m/versions/1:predict",
+        "/v1/models/nope:predict", "/v1/models/m/labels/x:predict",
+        "/v1/models/m/versions/99:predict",
+        "/v1/models/m%ff:predict", "/v1/models/" + "m" * 5000 + ":predict", "/v1/models/m:classify",
+        "/v1/models/m", "/v1/models/m/metadata", "/v1/models/m/versions/99999999999999999999",
+        "/v1/../etc/passwd", "/",
+    ]))  # fmt: skip
+    method = "GET" if ":" not in path.rsplit("/", 1)[-1] and rng.random() < 0.7 else "POST"
+    b64 = lambda data: {"b64": base64.b64encode(data).decode()}  # noqa: E731
+    kind = int(rng.integers(0, 9))
+    if kind == 0:  # random JSON documents
+        body = json.dumps(random_json(rng)).encode()
+    elif kind == 1:  # images, mutated or truncated, in either format
+        data = bytearray(images[int(rng.integers(0, len(images)))])
+        for _ in range(int(rng.integers(0, 6))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        if rng.random() < 0.3:
+            data = data[: int(rng.integers(0, len(data)))]
+        key = str(rng.choice(["instances", "inputs"]))
+        body = json.dumps({key: [b64(IMAGE), b64(bytes(data))]}).encode()
+    elif kind == 2:  # bombs
+        body = json.dumps(
+            {"instances": [b64(BOMB_CACHE[int(rng.integers(0, len(BOMB_CACHE)))])]}
+        ).encode()
+    elif kind == 3:  # nesting, deep and very deep
+        depth = int(rng.choice([5, 31, 33, 1000, 100_000]))
+        body = b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}"
+    elif kind == 4:  # pixels of random shapes, types and sizes
+        shape = [int(rng.integers(0, 3)), int(rng.choice([1, 16, 17])), 16, 3]
+        values = np.round(rng.random(int(np.prod(shape))), 2).reshape(shape).tolist()
+        body = json.dumps({"signature_name": "predict_pixels",
+                           str(rng.choice(["instances", "inputs"])): values}).encode()  # fmt: skip
+    elif kind == 5:  # bytes that are not JSON, or not UTF-8
+        body = rng.bytes(int(rng.integers(0, 400)))
+    elif kind == 6:  # truncated valid bodies
+        body = json.dumps({"instances": [b64(IMAGE)] * 3}).encode()
+        body = body[: int(rng.integers(0, len(body)))]
+    elif kind == 7:  # many instances: over the batch, over the string budget
+        count = int(rng.choice([0, 1, 9, 10_001]))
+        body = json.dumps({"instances": [b64(IMAGE[:8])] * count}).encode()
+    else:  # valid
+        body = json.dumps(
+            {"instances": [b64(img) for img in images[: int(rng.integers(1, 4))]]}
+        ).encode()
+    return method, path, body
+
+
+def test_seeded_rest_fuzz_never_answers_5xx_and_the_server_stays_up(live):
+    import http.client
+
+    proc, stub = live
+    BOMB_CACHE[:] = [make() for make in BOMBS.values()]
+    rng = np.random.default_rng(20261130)
+    images = real_images(rng)
+    requests = [fuzz_rest_request(rng, images) for _ in range(600)]
+    host, port = proc.rest_url.removeprefix("http://").split(":")
+    rss = status_kb(proc.pid, "VmRSS") / 1024
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def worker(chunk):
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        for method, path, body in chunk:
+            try:
+                connection.request(method, path, body=body if method == "POST" else None)
+                response = connection.getresponse()
+                answer = response.read()
+            except (http.client.HTTPException, ConnectionError):  # closed after a 413
+                connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=60)
+                continue
+            assert response.getheader("Content-Type", "").startswith("application/json"), answer
+            if response.status != 200:
+                message = __import__("json").loads(answer)["error"]
+                assert "\n" not in message and len(message) < 1000, message[:200]
+            with lock:
+                codes[response.status] = codes.get(response.status, 0) + 1
+
+    threads = [threading.Thread(target=worker, args=(requests[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    print("REST fuzz statuses:", codes)
+    assert sum(codes.values()) >= 590, codes
+    assert set(codes) <= REST_CODES, codes
+    assert codes.get(200, 0) > 50 and codes.get(400, 0) > 200, codes
+    assert proc.poll() is None
+    assert stub.Predict(images_request([IMAGE]), timeout=10).outputs["scores"]
+    assert status_kb(proc.pid, "VmRSS") / 1024 - rss < 300
+
+
+def test_rest_slow_idle_and_excess_clients_are_bounded(model_dir):
+    """A body that never comes ends at the request timeout (504, connection closed); a
+    connection that sends nothing is closed; connections over the limit get 503."""
+    limits = ServerLimits(request_timeout_s=2.0, rest_max_connections=4)
+    handle = start_server(str(model_dir), "m", limits=limits, poll_wait_seconds=0, rest_api_port=0)
+    sockets = []
+    try:
+        slow = socket.create_connection(("127.0.0.1", handle.rest_port), timeout=10)
+        sockets.append(slow)
+        slow.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")  # fmt: skip
+        idle = socket.create_connection(("127.0.0.1", handle.rest_port), timeout=10)
+        sockets.append(idle)
+        start = time.monotonic()
+        answer = slow.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:100]
+        assert b"waiting for the request body (--request-timeout-seconds)" in answer
+        assert idle.recv(100) == b""  # closed by the server, nothing sent
+        assert time.monotonic() - start < 10
+        sockets += [socket.create_connection(("127.0.0.1", handle.rest_port)) for _ in range(4)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", handle.rest_port), timeout=10)
+        sockets.append(extra)
+        refused = extra.recv(65536)
+        assert refused.startswith(b"HTTP/1.1 503") and b"--rest-max-connections" in refused
+    finally:
+        for sock in sockets:
+            sock.close()
+        handle.stop(grace=1)
+
+
 def test_bad_limit_flags_are_one_line_errors(model_dir, capsys):
     from pipeline_components import cli
 
