@@ -245,6 +245,19 @@ def _serving(r: dict) -> tuple[str, list[dict]]:
             floor,
             latency["p50_ratio_per_round"],
         ),
+        *(
+            [
+                claim(
+                    latency["p50_ratio_rest_over_in_process"],
+                    "REST/in-process p50",
+                    None,
+                    f"the same request as JSON (base64), TF-free client; {floor}",
+                    latency["p50_ratio_rest_per_round"],
+                )
+            ]
+            if "p50_ratio_rest_over_in_process" in latency
+            else []
+        ),
         claim(
             tp["speedup_on_over_off"],
             "on/off requests/s",
@@ -378,10 +391,12 @@ BENCHMARKS = {
             "benchmarks.serving",
             (
                 "SavedModel called in-process -> gRPC to `transfer-pipeline serve`, 1 client",
+                "SavedModel called in-process -> REST to the same server, TF-free client",
                 "server batching off -> on (shipped parameters), 8 concurrent clients",
             ),
             (
                 "p50 ratio <= 1.15 (issue 19)",
+                "none: reported beside gRPC, same run (issue 30)",
                 "on/off >= 1.3 with the shipped batching_parameters.txt, or README says when"
                 " to enable it and the shipped ones do no harm (issue 19)",
             ),
