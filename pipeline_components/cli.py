@@ -31,8 +31,8 @@ TOOLS = {
         "pipeline_components.pusher.versions:promote_main",
         "move the stable label to a version (default: the canary)",
     ),
-    "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
-    "predict": ("serving.client", "send images to a TF Serving gRPC endpoint"),
+    "serve": ("serving.server", "TF-Serving-compatible gRPC and REST server over model versions"),
+    "predict": ("serving.client", "send images to TF Serving over gRPC or REST"),
     "validate-data": (
         "pipeline_components.tools.validate_data",
         "statistics, schema and anomalies of an ExampleGen output (data validation alone)",
