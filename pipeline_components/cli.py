@@ -37,8 +37,8 @@ TOOLS = {
         "remove what dead runs left (temporary outputs, records left running, an interrupted "
         "push); refused while a run holds the pipeline_root",
     ),
-    "serve": ("serving.server", "TF-Serving-compatible gRPC server over a model base path"),
-    "predict": ("serving.client", "send images to a TF Serving gRPC endpoint"),
+    "serve": ("serving.server", "TF-Serving-compatible gRPC and REST server over model versions"),
+    "predict": ("serving.client", "send images to TF Serving over gRPC or REST"),
     "validate-data": (
         "pipeline_components.tools.validate_data",
         "statistics, schema and anomalies of an ExampleGen output (data validation alone)",

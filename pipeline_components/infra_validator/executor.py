@@ -71,6 +71,7 @@ def serve_in_subprocess(
     cmd = [sys.executable, "-m", "pipeline_components.cli", "serve"]
     cmd += ["--model-base-path", model_base_path, "--model-name", model_name]
     cmd += ["--host", "127.0.0.1", "--port", "0", "--port-file", port_file]
+    cmd += ["--rest-api-port", "0"]  # gRPC only: the REST default (8501) may be taken
     with open(log_path, "wb") as server_log:  # it dies with this process (core/children.py)
         proc = subprocess.Popen(
             cmd, stdout=server_log, stderr=subprocess.STDOUT, **children.popen_options()

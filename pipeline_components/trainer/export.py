@@ -9,8 +9,9 @@ The Keras `model` given here maps float32 RGB pixels [N, H, W, 3] in 0..255 (the
 - `predict_pixels`:  `pixels` DT_FLOAT [-1, H, W, 3] -> model;
 
 both returning `probabilities` [-1, C] (C >= 2, `[1-p, p]` for a sigmoid head), `scores` [-1],
-`class_ids` [-1] int64 and `classes` [-1] string. `decode_and_resize` is also what the Trainer's
-tf.data pipeline uses, so training and serving see identical pixels.
+`class_ids` [-1] int64 and `classes` [-1] string; 0 images in are 0 rows of each out (the empty
+batch never reaches the model: TensorFlow's Conv2D fails on one). `decode_and_resize` is also
+what the Trainer's tf.data pipeline uses, so training and serving see identical pixels.
 
 Decompression bombs: before anything is decoded, `serving_default` reads each image's width and
 height from its header (JPEG via `tf.image.extract_jpeg_shape`, PNG IHDR, GIF logical screen and
@@ -261,8 +262,20 @@ def build_serving_fns(
     height, width = (int(s) for s in image_size)
     max_image_pixels = _check_max_image_pixels(max_image_pixels)
 
+    def run(pixels: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model(pixels, training=False), tf.float32)
+
     def predict_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        return outputs_from_probabilities(model(pixels, training=False), labels)
+        # An empty batch never reaches the model: TensorFlow's CPU Conv2D returns an empty
+        # input unchanged, so the next convolution of every backbone fails ("input depth must
+        # be evenly divisible by filter depth: 3 vs 64"). 0 images in: 0 rows of each output
+        # (the model's width, from one blank image: only ever run for an empty request).
+        probs = tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: run(pixels),
+            lambda: run(tf.zeros([1, height, width, 3]))[:0],
+        )
+        return outputs_from_probabilities(probs, labels)
 
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.control_dependencies([check_image_sizes(images, max_image_pixels)]):
