@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
 )
 
 from pipeline_components.core import fsutil
-from pipeline_components.core.artifacts import IMAGES_INPUT
+from pipeline_components.core.artifacts import IMAGES_INPUT, parse_labels
 from pipeline_components.core.errors import PipelineError
 from serving.errors import code_from_number
 from serving.tensors import typed_ndarray
@@ -116,7 +116,7 @@ def _read_labels(labels: Sequence[str] | str | os.PathLike[str] | None) -> list[
             text = fsutil.read_text(str(labels))
         except Exception:
             raise PipelineError(f"labels file {labels} does not exist or cannot be read") from None
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return parse_labels(text)
     return [str(label) for label in labels]
 
 

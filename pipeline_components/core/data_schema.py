@@ -25,8 +25,8 @@ the comments that explain each field.
 from __future__ import annotations
 
 import decimal
-import json
 import math
+import re
 from typing import Any
 
 import yaml
@@ -161,7 +161,30 @@ def _bounds(b: dict) -> str:
 
 
 def _names(names: list) -> str:
-    return "[" + ", ".join(json.dumps(n) if isinstance(n, str) else str(n) for n in names) + "]"
+# What a YAML double-quoted scalar may hold as it is: the characters PyYAML's reader accepts,
+# less the ones YAML folds as line breaks (NEL, LS, PS) and the byte-order mark. Everything
+# else is escaped, and no character outside the BMP is (json.dumps writes a surrogate pair,
+# `\ud83d\udc36`, which YAML reads back as two lone surrogates instead of one emoji).
+_LITERAL = re.compile(
+    "[\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+def quote(text: str) -> str:
+    """`text` as a YAML double-quoted scalar that reads back as exactly `text` (any alphabet,
+    emoji included, written as themselves; quotes, backslashes and control characters escaped)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif _LITERAL.match(ch):
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02X}" if ord(ch) <= 0xFF else f"\\u{ord(ch):04X}")
+    return '"' + "".join(out) + '"'
+
+
+    return "[" + ", ".join(quote(n) if isinstance(n, str) else str(n) for n in names) + "]"
 
 
 HEADER = """\
@@ -204,5 +227,5 @@ def render(schema: dict, origin: str = "") -> str:
         shares = spec.get("class_shares") or {}
         lines.append("    class_shares:" + ("" if shares else " {}"))
         for name, b in shares.items():
-            lines.append(f"      {json.dumps(name)}: {_bounds(b)}")
+            lines.append(f"      {quote(name)}: {_bounds(b)}")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline_components.core import fsutil
-from pipeline_components.core.artifacts import LABELS_FILE, STATS_FILE, shard_pattern
+from pipeline_components.core.artifacts import LABELS_FILE, STATS_FILE, parse_labels, shard_pattern
 from pipeline_components.core.errors import PipelineError
 
 ENCODED = "image/encoded"
@@ -98,7 +98,7 @@ def read_labels(examples_dir: str) -> list[str]:
     path = fsutil.join(examples_dir, LABELS_FILE)
     if not fsutil.exists(path):
         raise PipelineError(f"{path} does not exist (is {examples_dir} an ExampleGen output?)")
-    labels = [line.strip() for line in fsutil.read_text(path).splitlines() if line.strip()]
+    labels = parse_labels(fsutil.read_text(path))
     if len(labels) < 2:
         raise PipelineError(f"{path} lists {len(labels)} class(es); at least 2 are needed")
     return labels

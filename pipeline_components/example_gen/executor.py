@@ -151,10 +151,10 @@ def _empty_class_folders(root: str, split: str, classes: set[str]) -> list[str]:
         return []
     return [
         name
-        for name in fsutil.listdir(split_dir)
+        for name in sorted(os.listdir(split_dir))  # not gfile: it fails on non-UTF-8 names
         if name not in classes
         and image_check.name_skip_reason([name, "x"]) is None
-        and fsutil.isdir(os.path.join(split_dir, name))
+        and os.path.isdir(os.path.join(split_dir, name))
     ]
 
 
@@ -169,6 +169,7 @@ def list_sources(data_root: str) -> Layout:
     classes = {s: {c for c in map(_class_of, rels) if c} for s, rels in found.items()}
     for split in SPLITS:
         folder = FileSystems.join(root, split)
+        _check_class_names(folder, classes[split])
         optional = split == "validation" and not found[split]
         if not classes[split] and not optional:
             raise PipelineError(
@@ -177,7 +178,8 @@ def list_sources(data_root: str) -> Layout:
             )
         empty = _empty_class_folders(root, split, classes[split])
         if empty:
-            raise PipelineError(f"class folder {FileSystems.join(folder, empty[0])} is empty")
+            shown = image_check.shown(empty[0])
+            raise PipelineError(f"class folder {FileSystems.join(folder, shown)} is empty")
     labels = sorted(classes["train"])
     if len(labels) < 2:
         raise PipelineError(
@@ -209,10 +211,20 @@ def data_fingerprint(data_root: str, beam_args: list[str] | None = None) -> dict
     return {"num_files": len(listing), "sha256": digest}
 
 
+def _check_class_names(folder: str, names: set[str]) -> None:
+    """A class name goes everywhere (labels.txt, the schema, the model's outputs, CSVs): one that
+    cannot be written byte-exactly is refused, naming the folder."""
+    for name in sorted(names):
+        problem = image_check.name_problem(name)
+        if problem:
+            shown = FileSystems.join(folder, image_check.shown(name))
+            raise PipelineError(f"class folder {shown}: the name {problem}; rename it")
+
+
 def _warn_unknown_folders(root: str) -> None:
-    for name in fsutil.listdir(root):
+    for name in sorted(os.listdir(root)):  # not gfile: it fails on non-UTF-8 names
         path = os.path.join(root, name)
-        if name not in SPLITS and not name.startswith(".") and fsutil.isdir(path):
+        if name not in SPLITS and not name.startswith(".") and os.path.isdir(path):
             log.warning("ignoring %s: split folders are %s", path, ", ".join(SPLITS))
 
 
@@ -256,6 +268,9 @@ def convert_file(
         reason = image_check.name_skip_reason(src.relpath.split("/")[1:])
         if reason:
             raise image_check.SkipFile(reason, bad=False)
+        problem = image_check.name_problem(src.relpath)
+        if problem:  # it could not be written as image/filename, nor in stats or CSVs
+            raise image_check.SkipFile(f"file name {problem}")
         try:
             data = read_file(FileSystems.join(data_root, *src.relpath.split("/")))
         except Exception as e:  # permission denied, object vanished, ...

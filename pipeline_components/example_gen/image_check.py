@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,35 @@ class StoredImage:
     width: int
     channels: int
     source_fmt: str  # sniffed from the file's bytes
+
+
+def name_problem(name: str) -> str | None:
+    """Why a file or folder name cannot be written byte-exactly wherever names go (labels.txt
+    lines, TFRecord UTF-8 strings, CSV rows, YAML, the console), or None. Any alphabet, emoji
+    and spaces are fine; bytes that are not UTF-8 (a surrogate after Python's decoding) and
+    control characters (line breaks among them) are not."""
+    for ch in name:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            return "is not valid UTF-8"
+        if category in ("Cc", "Zl", "Zp"):
+            return f"holds the control character U+{ord(ch):04X}"
+    return None
+
+
+def shown(name: str) -> str:
+    """A name for a one-line message: what name_problem refuses as escapes (\\xff for a byte
+    that is not UTF-8, \\n, \\u2028), everything else as it is."""
+    out = []
+    for ch in name:
+        code, category = ord(ch), unicodedata.category(ch)
+        if category == "Cs":
+            out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
+        elif category in ("Cc", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def name_skip_reason(parts: list[str]) -> str | None:
