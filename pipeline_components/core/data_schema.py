@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from pipeline_components.core import fsutil
+from pipeline_components.core.config import safe_load
 from pipeline_components.core.data_stats import FEATURES, UNITS
 from pipeline_components.core.errors import PipelineError
 
@@ -124,7 +125,7 @@ def parse(data: Any, source: str = "schema") -> dict:
 
 def loads(text: str, source: str = "schema") -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -160,7 +161,6 @@ def _bounds(b: dict) -> str:
     return f"{{min: {_value(b.get('min'))}, max: {_value(b.get('max'))}}}"
 
 
-def _names(names: list) -> str:
 # What a YAML double-quoted scalar may hold as it is: the characters PyYAML's reader accepts,
 # less the ones YAML folds as line breaks (NEL, LS, PS) and the byte-order mark. Everything
 # else is escaped, and no character outside the BMP is (json.dumps writes a surrogate pair,
@@ -184,6 +184,7 @@ def quote(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def _names(names: list) -> str:
     return "[" + ", ".join(quote(n) if isinstance(n, str) else str(n) for n in names) + "]"
 
 
