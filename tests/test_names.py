@@ -193,6 +193,10 @@ def test_names_from_any_alphabet_round_trip_through_a_whole_run(tmp_path):
     # the model and the Evaluator
     model_labels = Path(comps["Trainer"], "saved_model", "assets", "labels.txt")
     assert model_labels.read_bytes() == labels_bytes
+    # (and example_gen.exif_transpose, on by default, reached the exported model)
+    preprocessing = Path(comps["Trainer"], "saved_model", "assets", "preprocessing.json")
+    recorded = json.loads(preprocessing.read_text())["exif_transpose"]
+    assert recorded is stats["exif_transpose"] is True
     with open(Path(comps["Evaluator"], "predictions.csv"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [k for k in rows[0] if k.startswith("p_")] == [f"p_{n}" for n in LABELS]

@@ -5,7 +5,8 @@ A client of a served model depends on
 - its signatures: their names, and each input's and output's name, dtype and shape
   (`probabilities` [-1, C] carries the number of classes);
 - the input it expects (`assets/preprocessing.json`, written at export: image size, channels,
-  colour order, pixel range, resize method), which `predict_pixels` clients reproduce.
+  colour order, pixel range, resize method, whether a JPEG's EXIF orientation is applied), which
+  `predict_pixels` clients reproduce.
 
 `read_contract(saved_model)` reads these without loading the model (saved_model.pb is parsed as
 a protocol buffer); `differences(served, candidate)` names every difference in words, e.g.
@@ -22,7 +23,12 @@ from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core.errors import PipelineError
 
 # preprocessing.json keys a client must match; the others (backbone, ...) are informational
-CLIENT_PREPROCESSING_KEYS = ("image_size", "channels", "color", "pixel_range", "resize")
+CLIENT_PREPROCESSING_KEYS = (
+    "image_size", "channels", "color", "pixel_range", "resize", "exif_transpose"
+)  # fmt: skip
+# What a key recorded since means for a model exported before it (the EXIF orientation was
+# ignored until `example_gen.exif_transpose`).
+ABSENT_PREPROCESSING = {"exif_transpose": False}
 
 
 def read_signature_defs(path: str) -> dict:
@@ -146,8 +152,10 @@ def differences(served: dict, candidate: dict) -> list[str]:
     old_pre, new_pre = served.get("preprocessing"), candidate.get("preprocessing")
     if old_pre is not None and new_pre is not None:
         for key in CLIENT_PREPROCESSING_KEYS:
-            if key != "image_size" and old_pre.get(key) != new_pre.get(key):
-                found.append(f"preprocessing {key!r} {old_pre.get(key)} -> {new_pre.get(key)}")
+            old_v = old_pre.get(key, ABSENT_PREPROCESSING.get(key))
+            new_v = new_pre.get(key, ABSENT_PREPROCESSING.get(key))
+            if key != "image_size" and old_v != new_v:
+                found.append(f"preprocessing {key!r} {old_v} -> {new_v}")
     return found
 
 

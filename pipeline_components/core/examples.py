@@ -108,6 +108,17 @@ def read_stats(examples_dir: str) -> dict:
     return fsutil.read_json(fsutil.join(examples_dir, STATS_FILE), "ExampleGen statistics")
 
 
+def exif_transpose(examples_dir: str) -> bool:
+    """Whether readers of these examples apply a JPEG's EXIF orientation (stats.json, from
+    `example_gen.exif_transpose`); examples written before the option: False, as they were read
+    then. A missing stats.json: True, the option's default."""
+    try:
+        stats = read_stats(examples_dir)
+    except PipelineError:
+        return True
+    return bool(stats.get("exif_transpose", False))
+
+
 def num_examples(examples_dir: str, split: str) -> int | None:
     """From stats.json; None when unknown."""
     try:

@@ -635,11 +635,18 @@ def handle_duplicates(summaries: list[dict], policy: str, data_root: str) -> lis
 RECORD_ORDER = "path-hash"
 
 
-def fingerprint(labels: list[str], kept: list[dict]) -> str:
+def fingerprint(labels: list[str], kept: list[dict], exif_transpose: bool = True) -> str:
     """Stable hash of what the examples hold: labels, record order, sorted (split, path,
-    sha256)."""
+    sha256), and how their images are read (exif_transpose: the Trainer's pixels)."""
     items = sorted((r["split"], r["relpath"], r["sha256"]) for r in kept)
-    blob = json.dumps({"labels": labels, "record_order": RECORD_ORDER, "examples": items})
+    blob = json.dumps(
+        {
+            "labels": labels,
+            "record_order": RECORD_ORDER,
+            "examples": items,
+            "exif_transpose": exif_transpose,
+        }
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -656,6 +663,7 @@ def build_stats(
     carve_fraction: float | None,
     on_duplicates: str = "drop",
     dropped: list[dict] | None = None,
+    exif_transpose: bool = True,
 ) -> dict:
     kept = [r for r in summaries if not r["reason"]]
     splits = {}
@@ -686,8 +694,9 @@ def build_stats(
         "duplicates": find_duplicates(found),
         "on_duplicates": on_duplicates,
         "dropped_duplicates": list(dropped or []),
-        "fingerprint": fingerprint(layout.labels, kept),
+        "fingerprint": fingerprint(layout.labels, kept, exif_transpose),
         "record_order": RECORD_ORDER,
+        "exif_transpose": exif_transpose,
         "source_formats": dict(sorted(formats.items())),
         "data_root": layout.root,
         "validation": f"carved from train ({carve_fraction:g})" if carve_fraction else "folder",
@@ -869,8 +878,13 @@ def run_example_gen(
     max_image_pixels: int = image_check.DEFAULT_MAX_IMAGE_PIXELS,
     on_duplicates: str = "drop",
     multi_processing_min_files: int = DEFAULT_MULTI_PROCESSING_MIN_FILES,
+    exif_transpose: bool = True,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict.
+
+    exif_transpose is recorded, not applied: the stored bytes are the files' own, and every
+    decoder of them (the Trainer's, the exported model's) turns a JPEG as its EXIF orientation
+    says when it is set (trainer/exif.py). It is part of the data fingerprint.
 
     Without DirectRunner options in beam_args the running mode follows the number of files
     (`direct_mode_args`); the choice and the reason are logged.
@@ -934,6 +948,7 @@ def run_example_gen(
             carve_fraction=carve,
             on_duplicates=on_duplicates,
             dropped=dropped,
+            exif_transpose=exif_transpose,
         )
         fsutil.write_atomic(
             fsutil.join(work, artifacts.LABELS_FILE), "\n".join(layout.labels) + "\n"

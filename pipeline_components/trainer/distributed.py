@@ -196,6 +196,7 @@ def live_dataset_fn(
             image_size=plan.image_size,
             batch_size=ctx.get_per_replica_batch_size(config.batch_size),
             num_classes=plan.num_classes,
+            exif_transpose=plan.exif_transpose,
             training=training,
             augmentation=config.augmentation if training else None,
             shuffle_buffer=config.shuffle_buffer,
@@ -225,6 +226,7 @@ def shard_features(
         image_size=plan.image_size,
         batch_size=config.batch_size,
         num_classes=plan.num_classes,
+        exif_transpose=plan.exif_transpose,
         shard=(cluster.num_workers, cluster.rank),
     )
     xs, ys = [], []

@@ -124,6 +124,7 @@ class TrainingPlan:
     mixed: bool  # mixed_float16
     fine_tune: bool  # a second phase with part of the backbone unfrozen
     fingerprint: str | None  # of the examples (stats.json)
+    exif_transpose: bool = True  # apply a JPEG's EXIF orientation (the examples' stats.json)
 
     @property
     def num_classes(self) -> int:
@@ -134,6 +135,7 @@ class TrainingPlan:
             "image_size": self.image_size,
             "batch_size": config.batch_size,
             "num_classes": self.num_classes,
+            "exif_transpose": self.exif_transpose,
         }
 
     def run_key(self, config: TrainerConfig) -> dict:
@@ -159,6 +161,7 @@ def plan_training(examples_dir: str, config: TrainerConfig) -> TrainingPlan:
         mixed=use_mixed_precision(config),
         fine_tune=bool(config.fine_tune_from) and config.fine_tune_epochs > 0,
         fingerprint=_fingerprint(examples_dir),
+        exif_transpose=examples.exif_transpose(examples_dir),
     )
 
 
@@ -361,6 +364,7 @@ def cached_features(
     image_size: Sequence[int],
     batch_size: int,
     num_classes: int,
+    exif_transpose: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One backbone pass over a split: (features, labels) as numpy arrays, reading order."""
     labels = np.asarray(inputs.split_labels(examples_dir, split))
@@ -371,6 +375,7 @@ def cached_features(
         batch_size=batch_size,
         num_classes=num_classes,
         num_examples=len(labels),
+        exif_transpose=exif_transpose,
     )
     features = model_lib.feature_extractor(net).predict(ds.map(lambda x, y: x), verbose=0)
     labels = labels.astype(np.float32)[:, None] if num_classes == 2 else labels.astype(np.int32)
@@ -489,6 +494,7 @@ def export_model(
         warmup_images=warmup,
         max_image_pixels=config.max_image_pixels,
         preprocessing={"backbone": config.backbone, "preprocess_input": "inside the model"},
+        exif_transpose=examples.exif_transpose(examples_dir),
     )
 
 
@@ -600,6 +606,7 @@ def training_summary(
         "mixed_precision": plan.mixed,
         "replicas": strategy.num_replicas_in_sync,
         "image_size": list(plan.image_size),
+        "exif_transpose": plan.exif_transpose,
         "num_classes": plan.num_classes,
         "labels": plan.labels,
         "head": {"pooling": config.head, "activation": model_lib.head_type(plan.num_classes)},

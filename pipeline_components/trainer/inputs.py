@@ -194,11 +194,11 @@ def shuffle_buffer_size(
 
 
 def decode_example(
-    serialized: tf.Tensor, image_size: Sequence[int], num_classes: int
+    serialized: tf.Tensor, image_size: Sequence[int], num_classes: int, exif_transpose: bool = True
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One serialized Example -> (float32 [H, W, 3] pixels 0..255, label)."""
     features = examples.parse(serialized)
-    pixels = decode_and_resize(features[examples.ENCODED], image_size)
+    pixels = decode_and_resize(features[examples.ENCODED], image_size, exif_transpose)
     label = features[examples.LABEL]
     if num_classes == 2:
         label = tf.reshape(tf.cast(label, tf.float32), [1])
@@ -214,6 +214,7 @@ def make_dataset(
     image_size: Sequence[int],
     batch_size: int,
     num_classes: int,
+    exif_transpose: bool = True,
     training: bool = False,
     augmentation: AugmentationConfig | None = None,
     shuffle_buffer: int | None = None,
@@ -229,7 +230,9 @@ def make_dataset(
     `shuffle_memory_mb` (`shuffle_buffer_size`). With a seed the order and the augmentation are
     the same on every run. `num_examples` (the split's size, when known) lets Keras know the
     number of batches of a finite dataset. `shard` = (workers, index) keeps one worker's part of
-    the split (`shard_inputs`); `num_examples` is then that part's size, or None."""
+    the split (`shard_inputs`); `num_examples` is then that part's size, or None.
+    `exif_transpose`: apply a JPEG's EXIF orientation, as the exported model will
+    (`examples.exif_transpose`: what ExampleGen recorded)."""
     all_files = examples.split_files(examples_dir, split)
     files, record_shard = shard_inputs(all_files, shard)
     deterministic = seed is not None or not training
@@ -263,7 +266,7 @@ def make_dataset(
     threads = input_parallelism()
     if augment is None:
         ds = ds.map(
-            lambda s: decode_example(s, height_width, num_classes),
+            lambda s: decode_example(s, height_width, num_classes, exif_transpose),
             num_parallel_calls=threads,
             deterministic=deterministic,
         )
@@ -273,7 +276,7 @@ def make_dataset(
         def decode_and_augment(
             serialized: tf.Tensor, key: tf.Tensor
         ) -> tuple[tf.Tensor, tf.Tensor]:
-            pixels, label = decode_example(serialized, height_width, num_classes)
+            pixels, label = decode_example(serialized, height_width, num_classes, exif_transpose)
             return augment(pixels[None], key)[0], label
 
         ds = tf.data.Dataset.zip(ds, record_keys(seed)).map(
