@@ -95,6 +95,21 @@ def test_a_file_name_that_is_not_utf8_is_skipped_as_bad():
     assert image_check.shown(name) == "cats/caf\\xe9.jpg"
 
 
+def test_a_c_locale_without_utf8_mode_is_named_as_the_cause(tmp_path):
+    (tmp_path / "dogs 🐶").mkdir()
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = (
+        "import os, sys; from pipeline_components.example_gen.image_check import name_problem;"
+        "print(name_problem(os.listdir(sys.argv[1])[0]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.stdout.strip() == (
+        "is UTF-8 but this process reads file names as ascii (run it with PYTHONUTF8=1 or a "
+        "UTF-8 locale)"
+    )
+
+
 # ------------------------------------------------------------------------------ end to end
 
 

@@ -218,7 +218,8 @@ def _check_class_names(folder: str, names: set[str]) -> None:
         problem = image_check.name_problem(name)
         if problem:
             shown = FileSystems.join(folder, image_check.shown(name))
-            raise PipelineError(f"class folder {shown}: the name {problem}; rename it")
+            fix = "" if "PYTHONUTF8" in problem else "; rename it"  # else the locale is at fault
+            raise PipelineError(f"class folder {shown}: the name {problem}{fix}")
 
 
 def _warn_unknown_folders(root: str) -> None:

@@ -8,8 +8,10 @@ TensorFlow; ExampleGen's Beam DoFn calls `check_image` once per file.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -63,10 +65,21 @@ def name_problem(name: str) -> str | None:
     for ch in name:
         category = unicodedata.category(ch)
         if category == "Cs":
-            return "is not valid UTF-8"
+            return _not_utf8(name)
         if category in ("Cc", "Zl", "Zp"):
             return f"holds the control character U+{ord(ch):04X}"
     return None
+
+
+def _not_utf8(name: str) -> str:
+    try:  # the bytes as listed (undoing Python's surrogateescape)
+        os.fsencode(name).decode("utf-8")
+    except UnicodeError:
+        return "is not valid UTF-8"
+    return (  # Python in a C locale with UTF-8 mode switched off
+        f"is UTF-8 but this process reads file names as {sys.getfilesystemencoding()} "
+        "(run it with PYTHONUTF8=1 or a UTF-8 locale)"
+    )
 
 
 def shown(name: str) -> str:
