@@ -8,7 +8,9 @@ take seconds to import and `--help` should not.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import logging
 import os
 import sys
@@ -102,6 +104,18 @@ def setup_logging() -> None:
         handler.addFilter(_drop_import_noise)
 
 
+def print_anything() -> None:
+    """Never die printing a name: stdout and stderr keep the encoding the environment chose
+    (UTF-8 nearly always), and a character it cannot encode (an emoji under
+    PYTHONIOENCODING=ascii or a Latin-1 locale, a lone surrogate from a non-UTF-8 file name) is
+    written as a backslash escape instead of raising UnicodeEncodeError. Files are UTF-8 always."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, io.UnsupportedOperation):  # closed or detached
+                reconfigure(errors="backslashreplace")
+
+
 def dispatch(command: str, argv: list[str]) -> int:
     """Run one command's main(argv)."""
     from pipeline_components.core import registry
@@ -117,6 +131,7 @@ def dispatch(command: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     children.die_with_parent()  # started by the pipeline (core/children.py): die with it
     argv = list(sys.argv[1:] if argv is None else argv)
+    print_anything()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

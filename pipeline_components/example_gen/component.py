@@ -1,7 +1,8 @@
 """ExampleGen's spec: image folders under `data_root` -> Examples (executor.py runs the Beam job).
 
 transfer-pipeline example-gen --data-root D --output O [--num-shards 4]
-    [--max-bad-fraction 0.01] [--validation-fraction 0.1] [--on-duplicates drop] [-- BEAM_ARGS]
+    [--max-bad-fraction 0.01] [--validation-fraction 0.1] [--on-duplicates drop]
+    [--no-exif-transpose] [-- BEAM_ARGS]
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class ExampleGenConfig:
         "multi_threading on every core below this many files (and on 2 cores), "
         "multi_processing from it on",
     )
+    exif_transpose: bool = option(
+        True,
+        doc="turn a JPEG as its EXIF orientation says (a phone photo taken upright) wherever it "
+        "is decoded: in training and in the exported model's serving_default alike; the stored "
+        "bytes stay the file's own",
+    )
     removed_options: ClassVar[dict[str, str]] = {"resize_max_side": RESIZE_REMOVED}
 
 
@@ -82,6 +89,7 @@ class ExampleGen(Component):
             max_image_pixels=cfg.max_image_pixels,
             on_duplicates=cfg.on_duplicates,
             multi_processing_min_files=cfg.multi_processing_min_files,
+            exif_transpose=cfg.exif_transpose,
         )
         return {
             "fingerprint": stats["fingerprint"],
@@ -90,6 +98,7 @@ class ExampleGen(Component):
             "skipped": len(stats.get("skipped", [])),
             "duplicates": len(stats.get("duplicates", [])),
             "dropped_duplicates": len(stats.get("dropped_duplicates", [])),
+            "exif_transpose": stats["exif_transpose"],
         }
 
     def summary(self, entry: dict) -> str:
@@ -134,6 +143,7 @@ class ExampleGen(Component):
                 "max_image_pixels": args.max_image_pixels,
                 "on_duplicates": args.on_duplicates,
                 "multi_processing_min_files": args.multi_processing_min_files,
+                "exif_transpose": args.exif_transpose,
             },
             self.config_section or "",
             source="command line",
@@ -207,6 +217,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=defaults.multi_processing_min_files,
         help="without DirectRunner options after --: multi_threading on every core below this "
         "many files, multi_processing from it on (the choice is logged)",
+    )
+    p.add_argument(
+        "--exif-transpose",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.exif_transpose,
+        help="apply a JPEG's EXIF orientation where images are decoded (training, serving); "
+        "recorded in stats.json",
     )
     args, unknown = p.parse_known_args(own)
     for arg in unknown:

@@ -158,6 +158,7 @@ def training_summary(
         "mixed_precision": plan.mixed,
         "replicas": replicas,
         "image_size": list(plan.image_size),
+        "exif_transpose": plan.exif_transpose,
         "num_classes": plan.num_classes,
         "labels": plan.labels,
         "head": {"pooling": config.head, "activation": model_lib.head_type(plan.num_classes)},
