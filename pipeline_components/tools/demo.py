@@ -39,13 +39,7 @@ def predict_with_local_server(serving_dir: str, model_name: str, images: list[st
     return header + "\n" + format_table(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipeline_components import cli
-    from pipeline_components.core import config
-    from pipeline_components.orchestration import runner
-    from pipeline_components.orchestration.summary import summary_table
-    from pipeline_components.tools import sample_data
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="transfer-pipeline demo",
         description="make demo: sample data, the whole pipeline, gRPC predictions from the"
@@ -58,7 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         help="key=value config overrides, e.g. pipeline_root=/pipeline_root on a read-only root",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline_components import cli
+    from pipeline_components.core import config
+    from pipeline_components.orchestration import runner
+    from pipeline_components.orchestration.summary import summary_table
+    from pipeline_components.tools import sample_data
+
+    args = build_parser().parse_args(argv)
     cli.quiet_tensorflow()
     cli.setup_logging()
 
