@@ -24,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-transfer-pipeline:image-test}
 HOST_PYTHON=${HOST_PYTHON:-.venv/bin/python}
+[[ "$HOST_PYTHON" != */* ]] || HOST_PYTHON=$(cd "$(dirname "$HOST_PYTHON")" && pwd)/$(basename "$HOST_PYTHON")
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/containers.conf}
 UID_GID=10001:10001   # the Dockerfile's APP_UID, the manifests' runAsUser/runAsGroup
 WEIGHTS_FILE=vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5
@@ -31,6 +32,10 @@ START=$SECONDS
 T0=$SECONDS
 
 say() { printf 'image-test: %s\n' "$*"; }
+# TensorFlow's C++ start-up lines (absl, oneDNN, "no CUDA drivers") and the pipeline's INFO log.
+quiet() {
+    grep -vE '^WARNING: All log messages before absl|^[IWE][0-9]{4} [0-9:.]+ +[0-9]+ \w+\.cc:[0-9]+\]|^[0-9:]{8} (INFO|WARNING) ' || true
+}
 step() {
     say "[$(( SECONDS - T0 ))s] $*"
     T0=$SECONDS
@@ -61,7 +66,8 @@ cleanup() {
     if [ "${KEEP:-0}" != 1 ]; then
         rm -rf "$WORK"
         podman rmi -f "$IMAGE-weights" > /dev/null 2>&1 || true
-        podman image prune -f > /dev/null 2>&1 || true
+        # dangling images older than a week: the deps stage of recent builds stays cached
+        podman image prune -f --filter until=168h > /dev/null 2>&1 || true
     else
         say "kept $WORK"
     fi
@@ -108,7 +114,7 @@ step "without weights the local config fails at once, naming both ways to supply
 "${RUN[@]}" --network none -v "$WORK/data:/data" -v "$WORK/pipeline_root:/pipeline_root" \
     -v "$WORK/serving_models:/serving_models" "$IMAGE" \
     demo data_root=/data/shapes pipeline_root=/pipeline_root serving_dir=/serving_models \
-    2>&1 | tee "$WORK/demo.log" | grep -vE '^[0-9:]{8} (INFO|WARNING)' || true
+    2>&1 | tee "$WORK/demo.log" | quiet || true
 grep -q "^gRPC predictions from the local server" "$WORK/demo.log" \
     || { say "FAILED: the demo printed no predictions"; tail -30 "$WORK/demo.log"; exit 1; }
 step "the demo in the image"
@@ -120,18 +126,18 @@ podman run -d --name "$SERVER" "${POD[@]}" -p 127.0.0.1::8500 \
 port=$(podman port "$SERVER" 8500/tcp | head -1 | awk -F: '{print $NF}')
 images=()
 for cls in circles stripes; do
-    images+=("$WORK/data/shapes/test/$cls/$(ls "$WORK/data/shapes/test/$cls" | head -1)")
+    images+=("data/shapes/test/$cls/$(ls "$WORK/data/shapes/test/$cls" | head -1)")
 done
 for attempt in $(seq 60); do
-    if "$HOST_PYTHON" -m pipeline_components.cli predict --server "127.0.0.1:$port" \
-        --model-name shapes --timeout 10 "${images[@]}" > "$WORK/predict.txt" 2>&1; then
+    if (cd "$WORK" && "$HOST_PYTHON" -m pipeline_components.cli predict --model-name shapes \
+        --server "127.0.0.1:$port" --timeout 10 "${images[@]}") > "$WORK/predict.txt" 2>&1; then
         break
     fi
     [ "$attempt" = 60 ] && { cat "$WORK/predict.txt"; podman logs "$SERVER" | tail; exit 1; }
     sleep 2
 done
 say "gRPC predictions from the image's server (127.0.0.1:$port -> container :8500):"
-sed "s|$WORK/||" "$WORK/predict.txt"
+quiet < "$WORK/predict.txt"
 podman stop --time 30 "$SERVER" > /dev/null
 code=$(podman inspect --format '{{.State.ExitCode}}' "$SERVER")
 [ "$code" = 0 ] || { say "FAILED: serve exited $code on SIGTERM"; podman logs "$SERVER" | tail; exit 1; }
@@ -139,7 +145,7 @@ step "serve answered Predict through a published port and drained on SIGTERM (ex
 
 # --- 5. weights at run time: a mounted file ----------------------------------------------------
 "${RUN[@]}" --network none -v "$WORK/weights:/weights" -v "$PWD/tests/vgg19_notop_h5.py:/t.py:ro" \
-    --entrypoint python3 "$IMAGE" /t.py "/weights/$WEIGHTS_FILE"
+    --entrypoint python3 "$IMAGE" /t.py "/weights/$WEIGHTS_FILE" 2>&1 | quiet
 # The local overlay's pipeline.yaml as the ConfigMap mounts it, on the demo's images at 64x64
 # (the shipped 224x224 takes ~12x the CPU), weights from the mounted volume.
 "${RUN[@]}" --network none "${LOCAL_CONFIG[@]}" -v "$WORK/data:/data:ro" \
@@ -147,7 +153,7 @@ step "serve answered Predict through a published port and drained on SIGTERM (ex
     -v "$WORK/serving_models2:/serving_models" "$IMAGE" \
     run --config /etc/transfer-pipeline/pipeline.yaml data_root=/data/shapes \
     "trainer.image_size=[64,64]" "trainer.weights=/weights/$WEIGHTS_FILE" \
-    2>&1 | tee "$WORK/local.log" | grep -vE '^[0-9:]{8} (INFO|WARNING)' || true
+    2>&1 | tee "$WORK/local.log" | quiet || true
 grep -qE '^Evaluator +completed' "$WORK/local.log" \
     || { say "FAILED: the local config did not reach the Evaluator"; tail -30 "$WORK/local.log"; exit 1; }
 step "k8s/overlays/local/pipeline.yaml with weights from a mounted volume reached the gate"

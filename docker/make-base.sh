@@ -32,7 +32,7 @@ if [ ! -s "$tarball" ]; then
         || { tail -20 "$CACHE/debootstrap.log"; exit 1; }
     if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
         cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
-        chroot "$rootfs" update-ca-certificates > /dev/null
+        chroot "$rootfs" update-ca-certificates > /dev/null 2>&1
     fi
     # pip's own CA bundle does not know the machine's CAs; the system bundle does.
     printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$rootfs/etc/pip.conf"
@@ -48,7 +48,7 @@ if [ ! -s "$tarball" ]; then
     trap - EXIT
     find "$CACHE" -maxdepth 1 -name "base-$SUITE-*.tar" ! -name "$(basename "$tarball")" -delete
 fi
-podman import \
+podman import --quiet \
     --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change "LABEL base-key=$key" \

@@ -942,7 +942,15 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
     if weights == "imagenet" and read_only_root:
         problems.append("weights: imagenet downloads at run time on a read-only root filesystem")
     elif weights not in ("imagenet", "none") and weights != baked_weights_path():
-        problems.append(f"trainer.weights={weights} is not the file the image bakes")
+        # Supplied at run time (docs/container.md): a file on a volume, or a path TF can read.
+        where = f"trainer.weights={weights}"
+        if scheme(weights) == "":
+            if volume_at(pod, container, weights) is None:
+                problems.append(f"{where}: not the file the image bakes, and on no volume")
+        elif scheme(weights) not in tf_schemes:
+            problems.append(f"{where}: TensorFlow has no {scheme(weights)}:// file system")
+        elif CREDENTIALS.get(scheme(weights)) not in annotations:
+            problems.append(f"{where} without credentials for {scheme(weights)}://")
     if cfg.trainer.backbone != "vgg19":
         problems.append("the image bakes VGG19 weights only")
     gpu = "nvidia.com/gpu" in container["resources"]["limits"]
@@ -970,6 +978,22 @@ def test_path_checks_catch_what_the_platforms_cannot_do():
     for sa in (d for d in gke if d["kind"] == "ServiceAccount"):
         del sa["metadata"]["annotations"]
     assert any("iam.gke.io" in p for p in pipeline_config_problems(pipeline_config(gke), gke))
+    # Weights supplied at run time: on a volume or Cloud Storage with credentials, not elsewhere.
+    gke, local = render("overlays/gke"), render("overlays/local")
+    for docs, weights, problem in (
+        (gke, "gs://my-bucket/vgg19_notop.h5", None),
+        (local, "/data/weights/vgg19_notop.h5", None),  # on the pipeline-data claim
+        (local, "/opt/weights/vgg19_notop.h5", "on no volume"),
+        (eks, "s3://my-bucket/vgg19_notop.h5", "no s3:// file system"),
+        (eks, "gs://my-bucket/vgg19_notop.h5", "without credentials for gs://"),
+    ):
+        base = pipeline_config(docs)
+        trainer = dataclasses.replace(base.trainer, weights=weights)
+        found = pipeline_config_problems(
+            dataclasses.replace(base, sections={**base.sections, "trainer": trainer}), docs
+        )
+        found = [p for p in found if p.startswith("trainer.weights=")]
+        assert found == [] if problem is None else len(found) == 1 and problem in found[0], found
     # A GPU CronJob that would train on the CPU without a word.
     sections = {**cfg.sections, "trainer": dataclasses.replace(cfg.trainer, require_gpu=False)}
     quiet = dataclasses.replace(cfg, sections=sections)
