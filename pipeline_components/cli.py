@@ -45,6 +45,10 @@ TOOLS = {
         "pipeline_components.tools.validate_data",
         "statistics, schema and anomalies of an ExampleGen output (data validation alone)",
     ),
+    "demo": (
+        "pipeline_components.tools.demo",
+        "make demo: sample data, the whole pipeline, gRPC predictions (configs/demo.yaml)",
+    ),
     "sample-data": (
         "pipeline_components.tools.sample_data",
         "generate a small learnable image dataset",

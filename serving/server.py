@@ -76,6 +76,7 @@ _T = TypeVar("_T")
 
 DEFAULT_PORT = 8500
 DEFAULT_REST_API_PORT = 8501
+HOST_ENV = "TRANSFER_PIPELINE_SERVE_HOST"  # --host's default; the Dockerfile sets 0.0.0.0
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_THREADS = max(16, 4 * (os.cpu_count() or 1))
 SIGNATURE_DEF = "signature_def"
@@ -667,7 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a new label may name a version not loaded yet (TF Serving's flag of that name)",
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port; 0 picks a free one")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get(HOST_ENV, "127.0.0.1"),
+        help=f"address to listen on (0.0.0.0: all); default ${HOST_ENV}, else 127.0.0.1",
+    )
     p.add_argument("--port-file", help="write the bound port here once serving (atomic)")
     p.add_argument(
         "--rest-api-port",

@@ -45,7 +45,7 @@ def check_config(config: TrainerConfig) -> None:
     use_cached_features(config)
     weights = config.weights.strip()
     if weights.lower() not in ("imagenet", "none") and not fsutil.exists(weights):
-        raise PipelineError(f"trainer.weights: weights file {weights} does not exist")
+        raise model_lib.missing_weights(weights)
     if config.require_gpu and not tf.config.list_physical_devices("GPU"):
         raise PipelineError(
             "trainer.require_gpu: TensorFlow sees no GPU (built with CUDA:"
