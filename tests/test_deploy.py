@@ -51,8 +51,8 @@ from pipeline_components.core import artifacts, config
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import demo as demo_lib
-from pipeline_components.trainer import executor as trainer_executor
 from pipeline_components.trainer import model as model_lib
+from pipeline_components.trainer import plan as trainer_plan
 from serving import server as server_lib
 from serving.batching import BatchingParameters, parse_batching_parameters
 from serving.server import ServerLimits
@@ -733,7 +733,7 @@ def test_missing_weights_error_names_both_ways_to_supply_them():
         weights = pipeline_config(render(target)).trainer.weights
         assert weights == baked_weights_path() and not os.path.exists(weights)
         with pytest.raises(PipelineError) as e:
-            trainer_executor.check_config(
+            trainer_plan.check_config(
                 dataclasses.replace(pipeline_config(render(target)).trainer, require_gpu=False)
             )
         message = str(e.value)
