@@ -16,7 +16,7 @@ from pipeline_components.core import examples
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import sample_data
 from pipeline_components.trainer import executor as trainer
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 
 PER_CLASS = 1000
 pytestmark = pytest.mark.slow  # 2,040 images through Beam and tf.data: ~40 s on 2 cores

@@ -2,13 +2,13 @@
 
 import pytest
 
-from pipeline_components.core import config
+from pipeline_components.core import config, registry
 from pipeline_components.core.errors import PipelineError
 
 
 def test_defaults_reproduce_the_notebook():
-    cfg = config.from_dict({})
-    t = cfg.trainer
+    cfg = registry.config_from_dict({})
+    t = cfg.sections["trainer"]
     assert (t.backbone, t.weights, t.image_size, t.head) == (
         "vgg19",
         "imagenet",
@@ -17,10 +17,12 @@ def test_defaults_reproduce_the_notebook():
     )
     assert (t.batch_size, t.steps_per_epoch, t.epochs, t.optimizer) == (100, 20, 100, "rmsprop")
     assert t.augmentation.rotation_range == 40 and t.augmentation.horizontal_flip is True
-    assert cfg.evaluator.min_accuracy == 0.9 and cfg.pusher.keep_versions == 3
+    assert (
+        cfg.sections["evaluator"].min_accuracy == 0.9 and cfg.sections["pusher"].keep_versions == 3
+    )
     # issue 12: whole-split reshuffle (capped at 1 GiB), one monitor, leaked copies dropped
     assert (t.shuffle_buffer, t.shuffle_memory_mb, t.monitor) == (None, 1024, "val_accuracy")
-    assert cfg.example_gen.on_duplicates == "drop"
+    assert cfg.sections["example_gen"].on_duplicates == "drop"
 
 
 def test_design_example_yaml_loads(tmp_path):
@@ -52,9 +54,9 @@ evaluator: {min_accuracy: 0.9, max_regression: 0.01}
 pusher: {keep_versions: 3}
 """
     )
-    cfg = config.load(str(path))
-    assert cfg.model_name == "cats_dogs" and cfg.trainer.learning_rate == 0.001
-    assert isinstance(cfg.trainer.augmentation.rotation_range, float)
+    cfg = registry.load_config(str(path))
+    assert cfg.model_name == "cats_dogs" and cfg.sections["trainer"].learning_rate == 0.001
+    assert isinstance(cfg.sections["trainer"].augmentation.rotation_range, float)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,7 @@ pusher: {keep_versions: 3}
 )
 def test_bad_values_are_one_line_errors_naming_the_key(data, message):
     with pytest.raises(PipelineError) as e:
-        config.from_dict(data, source="p.yaml")
+        registry.config_from_dict(data, source="p.yaml")
     assert message in str(e.value)
     assert str(e.value).startswith("p.yaml: ") and "\n" not in str(e.value)
 
@@ -108,17 +110,17 @@ def test_overrides_and_null_augmentation():
     data = config.apply_overrides(
         {}, ["trainer.epochs=2", "trainer.augmentation=null", "trainer.learning_rate=1e-9"]
     )
-    cfg = config.from_dict(data)
-    assert cfg.trainer.epochs == 2 and cfg.trainer.augmentation is None
-    assert cfg.trainer.learning_rate == 1e-9
+    cfg = registry.config_from_dict(data)
+    assert cfg.sections["trainer"].epochs == 2 and cfg.sections["trainer"].augmentation is None
+    assert cfg.sections["trainer"].learning_rate == 1e-9
     with pytest.raises(PipelineError, match="expected key=value"):
         config.apply_overrides({}, ["epochs"])
 
 
 def test_unreadable_and_invalid_yaml(tmp_path):
     with pytest.raises(PipelineError, match="does not exist"):
-        config.load(str(tmp_path / "missing.yaml"))
+        registry.load_config(str(tmp_path / "missing.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer: {epochs: 2\n")
     with pytest.raises(PipelineError, match="not valid YAML"):
-        config.load(str(bad))
+        registry.load_config(str(bad))

@@ -44,6 +44,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline_components import cli
 from pipeline_components.core import artifacts, config
+from pipeline_components.core.registry import config_from_dict
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.trainer import model as model_lib
 from serving.batching import BatchingParameters, parse_batching_parameters
@@ -191,7 +192,7 @@ def configmap_data(docs, name: str) -> dict[str, str]:
 
 def pipeline_config(docs) -> config.PipelineConfig:
     raw = yaml.safe_load(configmap_data(docs, "pipeline-config")["pipeline.yaml"])
-    return config.from_dict(raw, source="pipeline-config ConfigMap")
+    return config_from_dict(raw, source="pipeline-config ConfigMap")
 
 
 def service_account(docs, pod: dict) -> dict:
@@ -592,7 +593,7 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
     pod = cron_pod(docs)
     container = pod["spec"]["containers"][0]
     problems = []
-    beam_args = cfg.example_gen.beam_args
+    beam_args = cfg.sections["example_gen"].beam_args
     runner = beam_flag(beam_args, "runner") or "DirectRunner"
     if runner == "DataflowRunner":
         # Dataflow workers read data_root and write under pipeline_root: no pod volumes there.
@@ -631,17 +632,19 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
             problems.append(f"{key}={path}: TensorFlow has no {scheme(path)}:// file system")
     if scheme(cfg.data_root) == "s3" and not beam_flag(beam_args, "s3_region_name"):
         problems.append("s3:// data without --s3_region_name")
-    weights = cfg.trainer.weights
+    weights = cfg.sections["trainer"].weights
     read_only_root = container["securityContext"].get("readOnlyRootFilesystem")
     if weights == "imagenet" and read_only_root:
         problems.append("weights: imagenet downloads at run time on a read-only root filesystem")
     elif weights not in ("imagenet", "none") and weights != baked_weights_path():
         problems.append(f"trainer.weights={weights} is not the file the image bakes")
-    if cfg.trainer.backbone != "vgg19":
+    if cfg.sections["trainer"].backbone != "vgg19":
         problems.append("the image bakes VGG19 weights only")
     gpu = "nvidia.com/gpu" in container["resources"]["limits"]
-    if cfg.trainer.require_gpu != gpu:
-        problems.append(f"trainer.require_gpu={cfg.trainer.require_gpu} with a GPU limit: {gpu}")
+    if cfg.sections["trainer"].require_gpu != gpu:
+        problems.append(
+            f"trainer.require_gpu={cfg.sections['trainer'].require_gpu} with a GPU limit: {gpu}"
+        )
     return problems
 
 
@@ -665,7 +668,10 @@ def test_path_checks_catch_what_the_platforms_cannot_do():
         del sa["metadata"]["annotations"]
     assert any("iam.gke.io" in p for p in pipeline_config_problems(pipeline_config(gke), gke))
     # A GPU CronJob that would train on the CPU without a word.
-    sections = {**cfg.sections, "trainer": dataclasses.replace(cfg.trainer, require_gpu=False)}
+    sections = {
+        **cfg.sections,
+        "trainer": dataclasses.replace(cfg.sections["trainer"], require_gpu=False),
+    }
     quiet = dataclasses.replace(cfg, sections=sections)
     assert any("require_gpu" in p for p in pipeline_config_problems(quiet, eks))
 
@@ -673,9 +679,9 @@ def test_path_checks_catch_what_the_platforms_cannot_do():
 def test_dataflow_example_config_is_coherent():
     """overlays/gke/pipeline.dataflow.yaml, the Dataflow variant, is not rendered by default."""
     raw = yaml.safe_load((K8S / "overlays/gke/pipeline.dataflow.yaml").read_text())
-    cfg = config.from_dict(raw, source="pipeline.dataflow.yaml")
+    cfg = config_from_dict(raw, source="pipeline.dataflow.yaml")
     docs = render("overlays/gke")
-    assert beam_flag(cfg.example_gen.beam_args, "runner") == "DataflowRunner"
+    assert beam_flag(cfg.sections["example_gen"].beam_args, "runner") == "DataflowRunner"
     assert pipeline_config_problems(cfg, docs) == []
     assert cfg.serving_dir == pipeline_config(docs).serving_dir, "TF Serving reads this one"
     # Workers install the wheel the Dockerfile builds into <WORKDIR>/dist.
@@ -685,7 +691,7 @@ def test_dataflow_example_config_is_coherent():
     workdir = [r for k, r in steps[:i] if k == "WORKDIR"][-1]
     name = PYPROJECT["project"]["name"].replace("-", "_")
     wheel = f"{workdir}/dist/{name}-{PYPROJECT['project']['version']}-py3-none-any.whl"
-    assert beam_flag(cfg.example_gen.beam_args, "extra_package") == wheel
+    assert beam_flag(cfg.sections["example_gen"].beam_args, "extra_package") == wheel
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -928,11 +934,13 @@ def model_footprint(backbone: str, image_size: tuple[int, int]) -> tuple[int, in
 def serving_memory_needed(cfg: config.PipelineConfig, params: BatchingParameters) -> float:
     """Bytes TF Serving needs with every batch thread running a full batch (see ACTIVATION_
     HEADROOM and RUNTIME for what is measured and what is assumed)."""
-    size = model_lib.image_size_for(cfg.trainer.backbone, cfg.trainer.image_size)
-    activations, weights = model_footprint(cfg.trainer.backbone, tuple(size))
+    size = model_lib.image_size_for(
+        cfg.sections["trainer"].backbone, cfg.sections["trainer"].image_size
+    )
+    activations, weights = model_footprint(cfg.sections["trainer"].backbone, tuple(size))
     per_image = size[0] * size[1] * 3 * 4 + ACTIVATION_HEADROOM * activations
     # policy `all`: every kept version is loaded, plus the new one before retention drops one
-    copies = cfg.pusher.keep_versions + 1
+    copies = cfg.sections["pusher"].keep_versions + 1
     return RUNTIME + copies * weights + params.num_batch_threads * params.max_batch_size * per_image
 
 
@@ -1472,15 +1480,15 @@ def test_kubeflow_overlay_has_the_claims_the_compiled_spec_mounts(tmp_path):
     for executor in k8s.values():
         for m in executor["pvcMount"]:
             mounted.add((m["constant"], m["mountPath"]))
-    assert mounted == set(cfg.kfp.volumes.items())
+    assert mounted == set(cfg.sections["kfp"].volumes.items())
     for claim, _ in mounted:
         spec_ = pvcs[claim]["spec"]
         assert spec_["accessModes"] == ["ReadWriteMany"] and spec_.get("storageClassName"), claim
     # the image every task runs is the overlay's, as the Deployment's registry
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     images = {e["container"]["image"] for e in executors.values()}
-    assert images == {cfg.kfp.image}
-    assert cfg.kfp.image.split(":")[-1] == PYPROJECT["project"]["version"]
+    assert images == {cfg.sections["kfp"].image}
+    assert cfg.sections["kfp"].image.split(":")[-1] == PYPROJECT["project"]["version"]
     # TF Serving reads <serving_dir>/<model_name> on the claim the tasks write it to
     serving = serving_pod(docs)
     (tfs,) = serving["spec"]["containers"]
@@ -1492,10 +1500,10 @@ def test_kubeflow_overlay_has_the_claims_the_compiled_spec_mounts(tmp_path):
     (model,) = models.model_config_list.config
     serving_mount, serving_vol = volume_at(serving, tfs, model.base_path)
     claim = serving_vol["persistentVolumeClaim"]["claimName"]
-    task_mount = cfg.kfp.volumes[claim]
+    task_mount = cfg.sections["kfp"].volumes[claim]
     assert posixpath.relpath(model.base_path, serving_mount["mountPath"]) == posixpath.relpath(
         posixpath.join(cfg.serving_dir, cfg.model_name), task_mount
     )
     # the GPU pool the Trainer's task selects is the one overlays/gpu's nodes carry
     gpu_selector = cron_pod(render("overlays/gpu"))["spec"]["nodeSelector"]
-    assert cfg.kfp.gpu.node_selector == gpu_selector
+    assert cfg.sections["kfp"].gpu.node_selector == gpu_selector

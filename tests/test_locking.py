@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline_components import cli
-from pipeline_components.core import codeprint, config, locking, registry
+from pipeline_components.core import codeprint, locking, registry
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import runner
 from pipeline_components.trainer import executor as trainer
@@ -218,7 +218,7 @@ def test_running_execution_of_a_live_process_is_not_resumed(tmp_path):
 
 def test_force_never_resumes_an_interrupted_trainer(make_dataset, tmp_path, monkeypatch):
     data = make_dataset(per_split=(4, 2, 2))
-    cfg = config.load(str(write_config(tmp_path, data)))
+    cfg = registry.load_config(str(write_config(tmp_path, data)))
     seen = []
 
     def killed_trainer(examples_dir, output_dir, config, **kwargs):
@@ -294,9 +294,10 @@ def test_sigterm_releases_the_root_for_the_jobs_retry(make_dataset, tmp_path):
 def test_only_a_component_folder_of_a_pipeline_root_counts_as_inside_it(tmp_path):
     root = tmp_path / "root"
     (root / "runs").mkdir(parents=True)
-    assert locking.pipeline_root_of(str(root / "Trainer" / "7")) == str(root)
-    assert locking.pipeline_root_of(str(root / "Evaluator" / "3" / "x")) == str(root)
+    names = {c.name for c in registry.components()}
+    assert locking.pipeline_root_of(str(root / "Trainer" / "7"), names) == str(root)
+    assert locking.pipeline_root_of(str(root / "Evaluator" / "3" / "x"), names) == str(root)
     # a project folder with TensorBoard's runs/ is not a pipeline_root
-    assert locking.pipeline_root_of(str(root / "out" / "trainer")) is None
+    assert locking.pipeline_root_of(str(root / "out" / "trainer"), names) is None
     (root / "lock.json").write_text("{}")
-    assert locking.pipeline_root_of(str(root / "out" / "trainer")) == str(root)
+    assert locking.pipeline_root_of(str(root / "out" / "trainer"), names) == str(root)

@@ -14,7 +14,7 @@ from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import sample_data
 from pipeline_components.trainer import executor as trainer
 from pipeline_components.trainer import inputs, model
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.export import decode_and_resize
 
 SMALL = {"weights": "none", "image_size": [32, 32], "batch_size": 8}

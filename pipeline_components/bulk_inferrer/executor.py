@@ -35,6 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
+from pipeline_components.bulk_inferrer.config import BatchPredictConfig
 from pipeline_components.core import artifacts, examples, fsutil, image_header
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.inference import beam_run
@@ -553,6 +554,30 @@ class BatchPredictOptions:
     max_image_pixels: int | None = None  # None: the model's recorded limit (or the default)
     model_copies: int | None = None
     beam_args: list[str] | None = None
+
+
+def options_from(cfg: BatchPredictConfig) -> BatchPredictOptions:
+    """The run's options from the `batch_predict:` section."""
+    return BatchPredictOptions(
+        output_format=cfg.output_format,
+        batch_size=cfg.batch_size,
+        num_shards=cfg.num_shards,
+        max_image_pixels=cfg.max_image_pixels,
+        model_copies=cfg.model_copies,
+        beam_args=list(cfg.beam_args) or None,
+    )
+
+
+def run_result(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a pipeline run records of summary.json (the execution's result)."""
+    return {
+        "input": summary["input"],
+        "model_version": summary["model"]["version"],
+        "num_predictions": summary["num_predictions"],
+        "per_class": summary["per_class"],
+        "num_errors": summary["num_errors"],
+        "seconds": summary["seconds"],
+    }
 
 
 def run_batch_predict(

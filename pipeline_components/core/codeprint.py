@@ -149,13 +149,13 @@ def dependency_versions() -> tuple[tuple[str, str], ...]:
 
 def seeds_for(module: str) -> list[str]:
     """The files a component's code starts from: every .py file of the package of the module
-    that defines it (its spec, executor and internals), or that module alone when it is not
-    part of a first-party package (a test's toy component, a plugin)."""
+    that defines it (its config, spec, executor, present and internals), first-party or not (a
+    plugin's package), or that module alone when it is in no package (a test's toy component)."""
     file = module_file(module)
     if file is None:
-        mod = sys.modules.get(module)
-        path = getattr(mod, "__file__", None)
-        return [path] if path else []
+        file = getattr(sys.modules.get(module), "__file__", None)
+        if not file:
+            return []
     directory = os.path.dirname(file)
     if module.count(".") == 0:
         return [file]

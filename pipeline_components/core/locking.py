@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from pipeline_components.core import artifacts, fsutil
@@ -431,12 +431,10 @@ def hold(
         yield lock
 
 
-def pipeline_root_of(path: str) -> str | None:
+def pipeline_root_of(path: str, names: Collection[str]) -> str | None:
     """The pipeline_root a path lies in, or None: an ancestor that holds the lock file, or
-    `runs/` with the path under one of its component folders (`<root>/Trainer/7`)."""
-    from pipeline_components.core import registry
-
-    names = {c.name for c in registry.components()}
+    `runs/` with the path under one of its component folders (`<root>/Trainer/7`; `names`: the
+    components' names)."""
     current = str(path).rstrip("/")
     if not fsutil.is_remote(current):
         current = os.path.abspath(current)
@@ -455,9 +453,12 @@ def pipeline_root_of(path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def hold_for_output(output_dir: str, command: str) -> Iterator[PipelineLock | None]:
-    """A standalone component writing into a pipeline_root holds its lock meanwhile."""
-    root = pipeline_root_of(output_dir) if output_dir else None
+def hold_for_output(
+    output_dir: str, command: str, names: Collection[str]
+) -> Iterator[PipelineLock | None]:
+    """A standalone component writing into a pipeline_root holds its lock meanwhile (`names`:
+    the components' names, see pipeline_root_of)."""
+    root = pipeline_root_of(output_dir, names) if output_dir else None
     if root is None:
         yield None
         return

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_components import __version__
-from pipeline_components.core import artifacts, fsutil, locking, registry
+from pipeline_components.core import artifacts, commandline, fsutil, locking, registry
 from pipeline_components.core import config as config_lib
 from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import Component, ExecutionContext, output_uri
@@ -273,7 +273,7 @@ class Pipeline:
         order = registry.pipeline_order()
         for component in order:  # fail in seconds, not after the components before it
             if component.config_section:
-                component.preflight(self.cfg.section(component.config_section))
+                component.preflight(component.section_of(self.cfg))
         for component in order:
             self.step(component)
 
@@ -283,7 +283,7 @@ class Pipeline:
             self.run.skip(component.name, missing)
             self._mark_skipped(component, f"{component.name} was skipped")
             return
-        config = self.cfg.section(component.config_section) if component.config_section else None
+        config = component.section_of(self.cfg)
         ctx = ExecutionContext(self.cfg, config, inputs, "", run_id=self.run.run_id)
         reason = component.skip_reason(ctx)
         if reason:
@@ -420,18 +420,21 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline run",
-        description="Run every pipeline component in order (cached): "
+def parser() -> argparse.ArgumentParser:
+    p = commandline.new_parser(
+        "run",
+        "Run every pipeline component in order (cached): "
         + " -> ".join(c.name for c in registry.pipeline_order()),
     )
-    p.add_argument("--config", required=True, help="pipeline.yaml")
+    commandline.add_config_arguments(p, None, required=True)
     p.add_argument("--force", action="store_true", help="ignore the cache, run every component")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a failed run's record")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.epochs=2")
-    args = p.parse_args(argv)
-    cfg = config_lib.load(args.config, args.overrides)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    cfg, _ = commandline.load_config(args.config, args.overrides, None)
     try:
         with _sigterm_interrupts():
             record = run_pipeline(cfg, args.force, args.resume, args.config)

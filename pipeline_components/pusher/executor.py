@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline_components.core import artifacts, contract, fsutil
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 from pipeline_components.pusher.versions import ModelVersions, check_model_name
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline_components.core import artifacts, fsutil, locking
+from pipeline_components.core import artifacts, commandline, fsutil, locking
 from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -389,9 +389,31 @@ def _move_aside(src: str, serving_dir: str, model_name: str, version: int) -> st
 # ------------------------------------------------------------------------------ commands
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--serving-dir", required=True, help="the Pusher's serving directory")
-    p.add_argument("--model-name", required=True, help="the served model's name")
+COMMANDS = {
+    "versions": "List every pushed version of a model: state (served, rolled_back, removed), "
+    "labels, accuracy, push time, fingerprint.",
+    "rollback": "Serve an older version as stable and move the newer ones aside (not deleted); "
+    "the Pusher will not push their models again.",
+    "promote": "Move the `stable` label to a version (default: the canary).",
+}
+VERSION_HELP = {
+    "rollback": "the version to serve (default: the one before the newest)",
+    "promote": "the version to make stable (default: the canary)",
+}
+
+
+def parser(command: str) -> argparse.ArgumentParser:
+    """The command line of `versions`, `rollback` or `promote` (core/commandline.py): the model
+    by --serving-dir and --model-name, or --config / KEY=VALUE."""
+    p = commandline.new_parser(command, COMMANDS[command])
+    commandline.add_served_model_arguments(p)
+    if command in VERSION_HELP:
+        p.add_argument("--version", type=int, metavar="N", help=VERSION_HELP[command])
+    if command == "rollback":
+        p.add_argument("--reason", default="", help="recorded in the registry")
+    if command == "versions":
+        p.add_argument("--json", action="store_true", help="print JSON")
+    return p
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -415,14 +437,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def versions_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline versions",
-        description="List every pushed version of a model: state (served, rolled_back, "
-        "removed), labels, accuracy, push time, fingerprint.",
-    )
-    _common(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    args = p.parse_args(argv)
+    args = commandline.parse_served_model(parser("versions"), argv)
     versions = ModelVersions(args.serving_dir, args.model_name).load()
     versions.sync()  # read-only: what the disk says now, not saved
     rows = versions.rows()
@@ -436,19 +451,9 @@ def versions_main(argv: list[str] | None = None) -> int:
 
 
 def rollback_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline rollback",
-        description="Serve an older version as stable and move the newer ones aside (not "
-        "deleted); the Pusher will not push their models again.",
-    )
-    _common(p)
-    p.add_argument(
-        "--to", type=int, help="the version to serve (default: the one before the newest)"
-    )
-    p.add_argument("--reason", default="", help="recorded in the registry")
-    args = p.parse_args(argv)
+    args = commandline.parse_served_model(parser("rollback"), argv)
     with ModelVersions(args.serving_dir, args.model_name).locked("transfer-pipeline rollback") as v:
-        result = v.rollback(args.to, args.reason)
+        result = v.rollback(args.version, args.reason)
     moved = ", ".join(str(m["version"]) for m in result["rolled_back"])
     print(
         f"model {args.model_name}: version {result['to']} is stable; rolled back {moved} "
@@ -458,13 +463,7 @@ def rollback_main(argv: list[str] | None = None) -> int:
 
 
 def promote_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline promote",
-        description="Move the `stable` label to a version (default: the canary).",
-    )
-    _common(p)
-    p.add_argument("--version", type=int, help="the version to make stable (default: canary)")
-    args = p.parse_args(argv)
+    args = commandline.parse_served_model(parser("promote"), argv)
     with ModelVersions(args.serving_dir, args.model_name).locked("transfer-pipeline promote") as v:
         result = v.promote(args.version)
     print(

@@ -53,7 +53,7 @@ from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.callbacks import BestCheckpoint, read_epoch_records
 from pipeline_components.trainer.checkpoints import checkpoint_paths, prepare_checkpoints
 from pipeline_components.trainer.cluster import Cluster, WorkerLost
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from pipeline_components.trainer.checkpoints import (
     finish_checkpoints,
     prepare_checkpoints,
 )
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
