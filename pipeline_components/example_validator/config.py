@@ -37,7 +37,9 @@ class SeverityConfig:
 
 @dataclasses.dataclass
 class ExampleValidatorConfig:
-    severity: SeverityConfig = option(factory=SeverityConfig)
+    severity: SeverityConfig = option(
+        factory=SeverityConfig, doc="fail, warn or off for each kind of anomaly"
+    )
     max_class_share_drift: float = option(
         0.1, gt=0, le=1, doc="L-infinity distance of class shares from the baseline's"
     )
