@@ -467,6 +467,29 @@ def _summary(
     }
 
 
+def _write_predictions(
+    rows: beam.PCollection, out_dir: str, output_format: str, num_shards: int, model: ModelRef
+) -> None:
+    """predictions-*.jsonl, or predictions-*.csv with a header in every shard."""
+    prefix = fsutil.join(out_dir, artifacts.BATCH_PREDICTIONS_PREFIX)
+    if output_format == "csv":
+        _ = (
+            rows
+            | "ToCsv" >> beam.Map(csv_row)
+            | "WriteCsv"
+            >> beam.io.WriteToText(
+                prefix, file_name_suffix=".csv", num_shards=num_shards, header=csv_header(model)
+            )
+        )
+    else:
+        _ = (
+            rows
+            | "ToJson" >> beam.Map(json.dumps)
+            | "WriteJsonLines"
+            >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl", num_shards=num_shards)
+        )
+
+
 def build_pipeline(
     p: beam.Pipeline,
     spec: InputSpec,
@@ -483,29 +506,7 @@ def build_pipeline(
     read = p | "ReadImages" >> ReadImages(spec, max_image_pixels)
     predicted = read.images | "Predict" >> Predict(model, batch_size, model_copies)
     rows = predicted.rows
-    if output_format == "csv":
-        _ = (
-            rows
-            | "ToCsv" >> beam.Map(csv_row)
-            | "WriteCsv"
-            >> beam.io.WriteToText(
-                fsutil.join(out_dir, artifacts.BATCH_PREDICTIONS_PREFIX),
-                file_name_suffix=".csv",
-                num_shards=num_shards,
-                header=csv_header(model),
-            )
-        )
-    else:
-        _ = (
-            rows
-            | "ToJson" >> beam.Map(json.dumps)
-            | "WriteJsonLines"
-            >> beam.io.WriteToText(
-                fsutil.join(out_dir, artifacts.BATCH_PREDICTIONS_PREFIX),
-                file_name_suffix=".jsonl",
-                num_shards=num_shards,
-            )
-        )
+    _write_predictions(rows, out_dir, output_format, num_shards, model)
     _ = predicted[LOGS] | "WritePredictionLogs" >> beam.io.WriteToTFRecord(
         fsutil.join(out_dir, artifacts.PREDICTION_LOGS_PREFIX),
         file_name_suffix=artifacts.PREDICTION_LOGS_SUFFIX,

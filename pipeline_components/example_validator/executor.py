@@ -142,16 +142,7 @@ def _drift_anomaly(
     )
 
 
-def validate(
-    stats: dict,
-    schema: dict,
-    baseline: dict | None,
-    config: ExampleValidatorConfig,
-    baseline_missing: str | None = None,
-) -> list[dict]:
-    """Every anomaly of `stats` against the schema and the baseline statistics (if any)."""
-    found = _Found(config.severity)
-    labels, expected = list(stats["labels"]), list(schema["classes"])
+def _schema_classes(found: _Found, labels: list[str], expected: list[str]) -> None:
     for c in expected:
         if c not in labels:
             found.add(
@@ -164,6 +155,19 @@ def validate(
                 f"class {c!r} is not in the schema (classes: {', '.join(expected)})",
                 classes=[c],
             )
+
+
+def validate(
+    stats: dict,
+    schema: dict,
+    baseline: dict | None,
+    config: ExampleValidatorConfig,
+    baseline_missing: str | None = None,
+) -> list[dict]:
+    """Every anomaly of `stats` against the schema and the baseline statistics (if any)."""
+    found = _Found(config.severity)
+    labels = list(stats["labels"])
+    _schema_classes(found, labels, list(schema["classes"]))
     formats, channels = set(schema["formats"]), {str(c) for c in schema["channels"]}
     for split, s in stats["splits"].items():
         for c in labels:

@@ -181,15 +181,9 @@ class Run:
         ):
             log.info("%s: reused from this run's earlier attempt", step.name)
             return previous
-        if step.cacheable and not self.force:
-            hit = find_execution(component_dir, key, ("completed",))
-            if hit:
-                entry = {**hit, "status": "cached", "cached": True, "duration_s": 0.0}
-                entry["cached_from_run"] = hit.get("run_id")
-                self.record["components"][step.name] = entry
-                self.save()
-                log.info("%s: cached (execution %s)", step.name, hit["execution_id"])
-                return entry
+        hit = self._cached(step, component_dir, key)
+        if hit is not None:
+            return hit
         resumable = None
         if step.resumable and not self.force:
             resumable = find_execution(component_dir, key, ("running", "failed"))
@@ -227,6 +221,20 @@ class Run:
             entry["finished"] = now()
             entry["duration_s"] = round(time.monotonic() - t0, 2)
             self._write_execution(component_dir, entry)
+        return entry
+
+    def _cached(self, step: Step, component_dir: str, key: str) -> dict | None:
+        """The entry of a completed execution with this key, reused (None: run it)."""
+        if not step.cacheable or self.force:
+            return None
+        hit = find_execution(component_dir, key, ("completed",))
+        if not hit:
+            return None
+        entry = {**hit, "status": "cached", "cached": True, "duration_s": 0.0}
+        entry["cached_from_run"] = hit.get("run_id")
+        self.record["components"][step.name] = entry
+        self.save()
+        log.info("%s: cached (execution %s)", step.name, hit["execution_id"])
         return entry
 
     def _claim_execution_id(self, component_dir: str) -> int:
