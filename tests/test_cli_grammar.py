@@ -84,30 +84,6 @@ def test_every_component_command_shows_config_overrides_and_defaults(component, 
         assert f"(default: {commandline.show(default)})" in out
 
 
-def test_every_option_of_every_section_has_a_doc():
-    """The doc is the help of its flag, or of its key in --help's list of the others."""
-    import dataclasses
-    import typing
-
-    def walk(cls, prefix):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            yield f"{prefix}.{f.name}", f.metadata.get("doc")
-            inner = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
-            for tp in inner or [hints[f.name]]:
-                if dataclasses.is_dataclass(tp):
-                    yield from walk(tp, f"{prefix}.{f.name}")
-
-    undocumented = [
-        key
-        for c in registry.components()
-        if c.config_class
-        for key, doc in walk(c.config_class, c.config_section)
-        if not doc
-    ]
-    assert undocumented == []
-
-
 @pytest.mark.parametrize("command", sorted(TOOL_PARSERS) + ["validate-data", "step"])
 def test_every_tool_that_reads_the_config_takes_config_and_overrides(command, capsys):
     out = help_of(command, capsys)

@@ -190,8 +190,9 @@ def test_registry_refuses_clashes_and_cycles():
     assert "A" not in [c.name for c in registry.components()]
 
 
-def test_every_numeric_option_declares_a_range():
-    """Every numeric key of every section is range-checked (a declared `option` range)."""
+def test_every_numeric_option_declares_a_range_and_every_option_a_doc():
+    """Every numeric key of every section is range-checked (a declared `option` range), and
+    every key has a `doc`: the help of its flag, or of its key in --help's list of the others."""
     import typing
 
     def walk(cls, prefix):
@@ -199,19 +200,21 @@ def test_every_numeric_option_declares_a_range():
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            yield f"{prefix}.{f.name}", f.metadata, inner[0]
             if dataclasses.is_dataclass(inner[0]):
                 yield from walk(inner[0], f"{prefix}.{f.name}")
-            elif inner[0] in (int, float):
-                yield f"{prefix}.{f.name}", config.has_range(f.metadata)
 
-    unchecked = [
-        where
+    options = [
+        option
         for c in registry.components()
         if c.config_class
-        for where, ok in walk(c.config_class, c.config_section)
-        if not ok
+        for option in walk(c.config_class, c.config_section)
+    ]
+    unchecked = [
+        where for where, meta, tp in options if tp in (int, float) and not config.has_range(meta)
     ]
     assert unchecked == []
+    assert [where for where, meta, _ in options if not meta.get("doc")] == []
 
 
 def test_serving_does_not_import_the_orchestration_or_the_components():
@@ -232,6 +235,8 @@ def test_serving_does_not_import_the_orchestration_or_the_components():
 def test_help_imports_neither_tensorflow_nor_beam():
     code = (
         "import sys\nfrom pipeline_components import cli\ncli.usage()\n"
+        "from pipeline_components.core import commandline, registry\n"
+        "[commandline.parser(c).format_help() for c in registry.components() if c.command]\n"
         "print([m for m in ('tensorflow', 'apache_beam', 'keras') if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -4,10 +4,11 @@ executor reaching back into its spec, core reaching up into the registry."""
 
 from __future__ import annotations
 
-import ast
 import os
 import textwrap
 from collections.abc import Iterable
+
+from pipeline_components.core import codeprint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("pipeline_components", "serving")
@@ -33,30 +34,11 @@ def modules(root: str, packages: Iterable[str] = PACKAGES) -> dict[str, str]:
     return found
 
 
-def imports_of(path: str, module: str) -> set[str]:
-    """Every module name a file imports, anywhere in it (functions too; relative resolved)."""
-    with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), path)
-    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import mod`
-    return names
-
-
 def import_graph(root: str, packages: Iterable[str] = PACKAGES) -> dict[str, set[str]]:
     """{module: the modules of the packages it imports}."""
     found = modules(root, packages)
-    return {
-        name: {m for m in imports_of(path, name) if m in found and m != name}
+    return {  # the parser the cache keys use: functions' and relative imports included
+        name: {m for m in codeprint.imported_modules(path, name) if m in found and m != name}
         for name, path in found.items()
     }
 

@@ -61,7 +61,7 @@ def module_file(module: str) -> str | None:
     return None
 
 
-def _imported_modules(path: str, module: str) -> set[str]:
+def imported_modules(path: str, module: str) -> set[str]:
     """First-party modules a source file imports (relative imports resolved)."""
     with open(path, "rb") as f:
         tree = ast.parse(f.read(), filename=path)
@@ -111,7 +111,7 @@ def source_closure(seeds: list[str]) -> dict[str, str]:
         # a file outside the first-party packages (a test's component, a plugin): it counts,
         # and so does what it imports of ours
         files[f"<{os.path.basename(seed)}>"] = seed
-        for dep in _imported_modules(seed, ""):
+        for dep in imported_modules(seed, ""):
             if (dep_file := module_file(dep)) is not None:
                 pending.append((dep, dep_file))
     while pending:
@@ -120,7 +120,7 @@ def source_closure(seeds: list[str]) -> dict[str, str]:
             continue
         files[name] = path
         parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
-        for dep in [*parents, *_imported_modules(path, name)]:
+        for dep in [*parents, *imported_modules(path, name)]:
             if dep not in files and (dep_file := module_file(dep)) is not None:
                 pending.append((dep, dep_file))
     return files
