@@ -1,2 +1,4 @@
-"""Trainer: Examples -> a SavedModel with its own preprocessing (spec: component.py; training run:
-executor.py; model.py, inputs.py, augment.py, export.py, callbacks.py, checkpoints.py, plots.py)."""
+"""Trainer: Examples -> a SavedModel with its own preprocessing. config.py: its section;
+component.py: the spec; executor.py: the training run (model.py, inputs.py, augment.py,
+export.py, callbacks.py, checkpoints.py, plots.py, cluster.py); present.py: its run-table line
+and report section."""
