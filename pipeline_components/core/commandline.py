@@ -448,7 +448,7 @@ def parser(component: Component[Any]) -> argparse.ArgumentParser:
         for name in component.reads:
             add_option(top, fields[name], str, False, name, name in component.requires)
     if component.config_class is not None:
-        group = p.add_argument_group(f"{section}: options")
+        group = p.add_argument_group(f"options of the {section} section")
         for f, kind, nullable in option_fields(component.config_class):
             add_option(group, f, kind, nullable, f.name)
     if component.flags:
