@@ -2,7 +2,8 @@
 
     python -m benchmarks [--quick | --smoke] [--only NAME ...] [--out DIR] [--in-process]
 
-Benchmarks, in this order: example_gen, statistics_gen, input_pipeline, training, serving,
+Benchmarks: every module of this package that declares `BENCHMARK` (benchmarks/headline.py), in
+its `order`; today example_gen, statistics_gen, input_pipeline, training, serving,
 batch_inference, multi_worker. Each is its script's `run(quick)` followed by its `report()`, exactly
 as `python -m benchmarks.<name>` does, and each runs in a fresh `python` subprocess: TensorFlow
 fixes its thread pools at first use (the serving benchmark sets the server's thread settings, which
@@ -35,7 +36,6 @@ import importlib
 import importlib.metadata
 import inspect
 import json
-import math
 import os
 import platform
 import re
@@ -47,32 +47,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from benchmarks import common
+from benchmarks import common, headline
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MODES = ("full", "quick", "smoke")
 DEFAULT_TIMEOUT_S = {"full": 3600, "quick": 900, "smoke": 900}
-
-# --smoke: keyword arguments for each script's run(quick=True, ...). Arguments a script's run()
-# does not take are dropped, so a script whose signature changes still runs (at its quick size).
-SMOKE = {
-    "example_gen": {"num_images": 40, "repeats": 1, "large": 0},
-    "statistics_gen": {"num_images": 40, "repeats": 1},
-    "input_pipeline": {"num_images": 20, "repeats": 1, "size": 64},
-    "training": {"epochs": 2, "num_images": 20, "size": 32, "repeats": 1},
-    "serving": {
-        "rounds": 1,
-        "requests": 10,
-        "throughput_rounds": 1,
-        "throughput_seconds": 0.5,
-        "models": ("mobilenet_v2_035_96",),
-    },
-    "batch_inference": {"num_images": 40, "repeats": 1},
-    "multi_worker": {"num_images": 16, "size": 32, "epochs": 2, "steps": 1, "repeats": 1},
-}
 
 # TensorFlow's start-up lines (printed before its log level applies): kept out of the console.
 NOISE = re.compile(
@@ -81,351 +62,8 @@ NOISE = re.compile(
 )
 
 
-# ---------------------------------------------------------------------------------------------
-# Headlines: the one place that knows where each result keeps its claims.
-
-
-def claim(
-    ratio: float,
-    label: str,
-    met: bool | None,
-    floor: str,
-    per_round: list[float] | None = None,
-) -> dict:
-    """One measured claim: `ratio` (a float), what it is (`label`), goal met, the floor, and
-    the same ratio in each round (`per_round`, for its spread; found from the variants' runs
-    by `headline` when the label is `(x)/(y) time` and none is given)."""
-    ratio = float(ratio)
-    if not math.isfinite(ratio):
-        raise ValueError(f"ratio {label} is {ratio}")
-    out = {"ratio": round(ratio, 3), "ratio_label": label, "met": met, "floor": floor}
-    if per_round:
-        out["per_round"] = [round(float(r), 3) for r in per_round]
-        out["spread"] = common.spread(out["per_round"])
-    return out
-
-
-_TIME_RATIO = re.compile(r"^(\([a-z0-9_-]+\))/(\([a-z0-9_-]+\)) (time|training images/s)")
-
-
-def per_round_ratios(results: dict, label: str) -> list[float] | None:
-    """The ratio a label names, `(x)/(y) time` (or `training images/s`), in every round, from
-    the two variants' per-round figures; None when the results do not hold them."""
-    match = _TIME_RATIO.match(label)
-    if not match:
-        return None
-    x, y, kind = match.groups()
-    field = "runs_s" if kind == "time" else "training_images_per_s_runs"
-    try:
-        xs, ys = _variant(results, x).get(field), _variant(results, y).get(field)
-    except (KeyError, AttributeError):
-        return None
-    if not xs or not ys or len(xs) != len(ys):
-        return None
-    return common.round_ratios(xs, ys)
-
-
-def _variant(results: dict, tag: str) -> dict:
-    """The variant whose name starts with `tag`, e.g. "(a)"."""
-    for name, v in results["variants"].items():
-        if name == tag or name.startswith(tag + " "):
-            return v
-    raise KeyError(f"no variant {tag} in {list(results['variants'])}")
-
-
-def _s(seconds: float) -> str:
-    return f"{seconds:.3g} s"
-
-
-def _x(ratio: float) -> str:
-    return f"{ratio:.2f}x"
-
-
-def _rounds(n: int) -> str:
-    return f"{n} round" + ("" if n == 1 else "s")
-
-
-def _example_gen(r: dict) -> tuple[str, list[dict]]:
-    ratios, goals = r["ratios"], r["goals"]
-    a, d = _variant(r, "(a)")["median_s"], _variant(r, "(d)")["median_s"]
-    w, h = r["image_size"]
-    claims = [
-        claim(
-            ratios["a_over_b"],
-            "(a)/(b) time",
-            goals["b_no_slower_than_a"],
-            f"(d) read + decode in 2 warm processes: {_s(d)}; (a)/(d) = {_x(a / d)}: the"
-            f" speedup if (b) ran at the floor; (b)/(d) = {_x(ratios['b_over_d'])}",
-        )
-    ]
-    workload = f"{r['num_images']} JPEGs {w}x{h} (default: {r['default_mode']})"
-    big = r.get("large")
-    if big:
-        bd = _variant(big, "(d)")["median_s"]
-        per_round = per_round_ratios(big, "(b)/(d) time")
-        claims.append(
-            claim(
-                ratios["large_b_over_d"],
-                f"(b)/(d) time at {big['num_images']}",
-                goals["large_b_within_1.5x_of_d"],
-                f"(d) read + decode in 2 warm processes: {_s(bd)}; (c)/(d) ="
-                f" {_x(ratios['large_c_over_d'])}, (e)/(d) = {_x(ratios['large_e_over_d'])}",
-                per_round,
-            )
-        )
-        workload += f"; {big['num_images']} (default: {big['default_mode']})"
-    return f"{workload}, {_rounds(r['repeats'])}", claims
-
-
-def _input_pipeline(r: dict) -> tuple[str, list[dict]]:
-    ratios, goals = r["ratios"], r["goals"]
-    d = _variant(r, "(d)")["median_s"]
-    s = r["image_size"][0]
-    floor = (
-        f"(d) the same tf.data without augmentation: {_s(d)}; (a)/(d) = {_x(ratios['a_over_d'])}:"
-        " the ratio if augmentation were free"
-    )
-    workload = (
-        f"{r['num_images']} JPEGs -> {s}x{s}, batch {r['batch_size']}, {_rounds(r['repeats'])}"
-    )
-    b_runs, d_runs = _variant(r, "(b)").get("runs_s"), _variant(r, "(d)").get("runs_s")
-    share_per_round = (
-        common.round_ratios(d_runs, b_runs) if b_runs and len(b_runs) == len(d_runs) else None
-    )
-    cpu = ratios.get("b_over_d_cpu")
-    share_floor = f"(d): {_s(d)}" + (
-        f"; CPU time (b)/(d) = {_x(cpu)}: augmentation's own CPU, which 2 cores cannot hide"
-        if cpu
-        else ""
-    )
-    return workload, [
-        claim(ratios["a_over_b"], "(a)/(b) time", goals["a_over_b_at_least_5"], floor),
-        claim(
-            ratios["a_over_b"] / ratios["a_over_d"],
-            "(b)'s share of the floor: (a)/(b) over (a)/(d)",
-            goals.get("b_at_least_0.85_of_floor"),
-            share_floor,
-            share_per_round,
-        ),
-    ]
-
-
-def _training(r: dict) -> tuple[str, list[dict]]:
-    ratios, goals = r["ratios"], r["goals"]
-    c = _variant(r, "(c)")["median_s"]
-    s = r["image_size"][0]
-    floor = (
-        f"(c) one backbone pass over train + validation: {_s(c)}; (b)/(c) ="
-        f" {_x(ratios['b_over_floor'])}; (a)/(c) = {_x(ratios['ideal_a_over_b'])}: the ratio if the"
-        " head epochs were free"
-    )
-    workload = (
-        f"VGG19, {r['num_images']} images {s}x{s}, {r['epochs']} epochs, {_rounds(r['repeats'])}"
-    )
-    return workload, [
-        claim(ratios["a_over_b"], "(a)/(b) time", goals["a_over_b_at_least_10"], floor)
-    ]
-
-
-def _serving(r: dict) -> tuple[str, list[dict]]:
-    primary = r["models"]["primary"]
-    latency, tp = r["latency"][primary], r["throughput"]
-    in_process, noop = latency["in_process"]["p50_ms"], latency["noop_rpc_p50_ms"]
-    floor = (
-        f"no-op RPC p50 {noop:.2f} ms on top of {in_process:.2f} ms in-process:"
-        f" {_x((in_process + noop) / in_process)} is the least this client + server can add"
-    )
-    rounds = len(latency["p50_ratio_per_round"])
-    workload = f"{primary}, single-image requests, {_rounds(rounds)}; {tp['clients']} clients"
-    return workload, [
-        claim(
-            latency["p50_ratio_grpc_over_in_process"],
-            "gRPC/in-process p50",
-            r["goal_met"],
-            floor,
-            latency["p50_ratio_per_round"],
-        ),
-        claim(
-            tp["speedup_on_over_off"],
-            "on/off requests/s",
-            # the goal's alternative: the README says when to enable it, and on does no harm
-            bool(tp.get("goal_met") or tp.get("no_harm")),
-            f"{tp['requests_per_s']['off']} -> {tp['requests_per_s']['on']} requests/s",
-            common.round_ratios(tp["runs"]["on"], tp["runs"]["off"]) if "runs" in tp else None,
-        ),
-    ]
-
-
-def _batch_inference(r: dict) -> tuple[str, list[dict]]:
-    ratios, goals = r["ratios"], r["goals"]
-    a, d = _variant(r, "(a)")["median_s"], _variant(r, "(d)")["median_s"]
-    w, h = r["image_size"]
-    workload = f"{r['num_images']} JPEGs {w}x{h}, {r['model']}, {_rounds(r['repeats'])}"
-    loop = f"(a) the plain loop: {_s(a)}"
-    return workload, [
-        claim(ratios["b_over_a"], "(b)/(a) time", goals["b_within_1.3x_of_a"], loop),
-        claim(ratios["a_over_c"], "(a)/(c) time", goals["c_faster_than_a"], loop),
-        claim(ratios["e_over_d"], "(e)/(d) time", None, f"(d) one process: {_s(d)}"),
-    ]
-
-
-def _statistics_gen(r: dict) -> tuple[str, list[dict]]:
-    ratios = r["ratios"]
-    c = _variant(r, "(c)")["median_s"]
-    t = _variant(r, "(t)")["median_s"]
-    return f"{r['num_images']} JPEGs 500x375 (example_gen's), {_rounds(r['repeats'])}", [
-        claim(
-            ratios["s_over_c"],
-            "(s)/(c) time",
-            None,
-            f"(c) ExampleGen itself: {_s(c)}; (t) StatisticsGen in one process: {_s(t)}",
-        ),
-        claim(
-            ratios["p_over_t"],
-            "(p)/(t) time",
-            None,
-            f"(t)/(c) = {_x(ratios['t_over_c'])}: in one process, as a share of ExampleGen's",
-        ),
-    ]
-
-
-def _multi_worker(r: dict) -> tuple[str, list[dict]]:
-    ratios, goals = r["ratios"], r["goals"]
-    s = r["image_size"][0]
-    floor = (
-        f"whole command (b)/(a) = {_x(ratios['b_over_a_wall_time'])}: two TensorFlow runtimes"
-        " and a gRPC all-reduce per step on the same cores; no GPU or second node here"
-    )
-    workload = (
-        f"VGG16, {r['num_images']} images {s}x{s}, {r['epochs']} epochs x"
-        f" {r['steps_per_epoch']} steps, batch {r['batch_size']}, {_rounds(r['repeats'])}"
-    )
-    return workload, [
-        claim(
-            ratios["b_over_a_training_images_per_s"],
-            "(b)/(a) training images/s"
-            + (", faster in every round" if goals["b_faster_in_every_round"] else ""),
-            None,  # no goal set: reported
-            floor,
-        )
-    ]
-
-
-def _generic(r: dict) -> tuple[str, list[dict]]:
-    """For a benchmark without its own extractor: every ratio, goals listed in the label."""
-    goals = r.get("goals", {})
-    claims = [claim(v, k, None, "") for k, v in r["ratios"].items()]
-    if goals and claims:
-        claims[0]["met"] = all(goals.values())
-        claims[0]["ratio_label"] += " (goals: " + ", ".join(goals) + ")"
-    return "", claims
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    name: str
-    module: str
-    compared: tuple[str, ...]  # per claim: "baseline -> ours"
-    goals: tuple[str, ...]  # per claim, as its issue set it
-    extract: Callable[[dict], tuple[str, list[dict]]]  # results -> (workload, claims)
-
-
-BENCHMARKS = {
-    b.name: b
-    for b in (
-        Benchmark(
-            "example_gen",
-            "benchmarks.example_gen",
-            (
-                "(a) plain Python loop -> (b) ExampleGen default (DirectRunner mode by size)",
-                "(d) read + decode floor, 2 warm processes -> (b) ExampleGen default",
-            ),
-            (
-                "(a)/(b) >= 1 at 2,000 images: no slower than the loop (issue 19)",
-                "(b)/(d) <= 1.5 at 20,000 images (issue 19)",
-            ),
-            _example_gen,
-        ),
-        Benchmark(
-            "statistics_gen",
-            "benchmarks.statistics_gen",
-            (
-                "(c) ExampleGen multi_processing x2 -> (s) StatisticsGen on its output, x2",
-                "(p) plain tf.data + numpy loop -> (t) StatisticsGen in one process",
-            ),
-            ("none set; its cost reported (issue 15)", "none set; reported (issue 15)"),
-            _statistics_gen,
-        ),
-        Benchmark(
-            "input_pipeline",
-            "benchmarks.input_pipeline",
-            (
-                "(a) notebook's ImageDataGenerator -> (b) Trainer's tf.data, same augmentation",
-                "(d) the same tf.data without augmentation (floor) -> (b) seed=42, augmented",
-            ),
-            ("(a)/(b) >= 5 (issue 3)", "(b) >= 0.85 of the floor (issue 19)"),
-            _input_pipeline,
-        ),
-        Benchmark(
-            "training",
-            "benchmarks.training",
-            ("(a) frozen backbone every epoch -> (b) cached backbone features",),
-            ("(a)/(b) >= 10 for 20 epochs (issue 3)",),
-            _training,
-        ),
-        Benchmark(
-            "serving",
-            "benchmarks.serving",
-            (
-                "SavedModel called in-process -> gRPC to `transfer-pipeline serve`, 1 client",
-                "server batching off -> on (shipped parameters), 8 concurrent clients",
-            ),
-            (
-                "p50 ratio <= 1.15 (issue 19)",
-                "on/off >= 1.3 with the shipped batching_parameters.txt, or README says when"
-                " to enable it and the shipped ones do no harm (issue 19)",
-            ),
-            _serving,
-        ),
-        Benchmark(
-            "batch_inference",
-            "benchmarks.batch_inference",
-            (
-                "(a) plain loop calling the signature, 1 process -> (b) batch-predict in_memory",
-                "(a) plain loop -> (c) batch-predict multi_processing x2",
-                "(d) Evaluator in one process (before) -> (e) Evaluator on Beam in_memory",
-            ),
-            (
-                "(b)/(a) <= 1.3 (issue 16)",
-                "(a)/(c) > 1 where the work outweighs start-up (issue 16)",
-                "none set; reported (issue 16)",
-            ),
-            _batch_inference,
-        ),
-        Benchmark(
-            "multi_worker",
-            "benchmarks.multi_worker",
-            ("(a) 1 worker (`train`) -> (b) 2 local workers (`train --workers 2 --local`)",),
-            ("none: reported; 2 shared CPU cores, no speedup expected (issue 18)",),
-            _multi_worker,
-        ),
-    )
-}
-
-
-def headline(bench: Benchmark, results: dict) -> dict:
-    workload, claims = bench.extract(results)
-    for c in claims:
-        if "spread" not in c:
-            per_round = per_round_ratios(results, c["ratio_label"])
-            if per_round:
-                c["per_round"], c["spread"] = per_round, common.spread(per_round)
-    for c, compared, goal in zip(claims, bench.compared, bench.goals, strict=False):
-        c["compared"], c["goal"] = compared, goal
-    for c in claims:
-        c.setdefault("compared", bench.name)
-        c.setdefault("goal", "")
-    return {"workload": workload, "claims": claims}
+BENCHMARKS = headline.discover()  # every script that declares BENCHMARK, in table order
+SMOKE = {name: dict(b.smoke) for name, b in BENCHMARKS.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,7 +230,43 @@ def cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+HEADER = [
+    "benchmark", "compared: baseline -> ours", "workload", "measured ratio", "goal", "met",
+    "physical floor", "time", "load 1m start -> end",
+]  # fmt: skip
+EXPLAINED = [
+    "",
+    "Each ratio is a median over several rounds in which the variants ran in turn on the same"
+    " data, so that load from other processes hits them alike; in brackets, the lowest and"
+    " highest of the same ratio in single rounds (every round is in results/<name>.json)."
+    " A ratio `(x)/(y) time` above 1 means (y) is that many times faster. The floor is the"
+    " least the job can cost on this machine: the ratio against it says how much is left to"
+    " gain. The load average is the 1-minute one when the benchmark started and ended: above"
+    " the number of cores, other processes shared the machine and the spread widens.",
+    "Time is each benchmark's wall time, its process start and any data generation included.",
+]
+
+
 def markdown(summary: dict, out_dir: str) -> str:
+    """results.md: the run's header, the headline table, then each benchmark's own table."""
+    rows = [row for name, b in summary["benchmarks"].items() for row in table_rows(name, b)]
+    lines = [
+        *header_lines(summary),
+        common.markdown_table(HEADER, [[cell(v) for v in row] for row in rows]),
+        *EXPLAINED,
+    ]
+    details = []
+    for name, b in summary["benchmarks"].items():
+        if b["status"] == "ok" and b.get("markdown"):
+            body = [("#### " + ln.lstrip("# ")) if ln.startswith("#") else ln for ln in
+                    b["markdown"].strip().splitlines()]  # fmt: skip
+            details += ["", f"### {name}", "", "\n".join(body)]
+    if details:
+        lines += ["", "## Details", *details]
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(summary: dict) -> list[str]:
     m = summary["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     lines = [
@@ -612,61 +286,34 @@ def markdown(summary: dict, out_dir: str) -> str:
         lines += ["**Smoke run: sizes too small for the ratios to mean anything.**", ""]
     earlier = {n: b.get("run_started") for n, b in summary["benchmarks"].items() if b.get("kept")}
     if earlier:
-        lines += [
-            "Rows from earlier runs: "
-            + ", ".join(f"{n} ({started})" for n, started in earlier.items())
-            + ".",
-            "",
-        ]
-    header = [
-        "benchmark", "compared: baseline -> ours", "workload", "measured ratio", "goal", "met",
-        "physical floor", "time", "load 1m start -> end",
-    ]  # fmt: skip
-    rows = []
-    for name, b in summary["benchmarks"].items():
+        listed = ", ".join(f"{n} ({started})" for n, started in earlier.items())
+        lines += [f"Rows from earlier runs: {listed}.", ""]
+    return lines
+
+
+def table_rows(name: str, b: dict) -> list[list[str]]:
+    """A benchmark's rows of the headline table: one per claim, or one saying it failed."""
+    if b["status"] != "ok":
         bench = BENCHMARKS.get(name)
-        if b["status"] != "ok":
-            compared = "; ".join(bench.compared) if bench else name
-            goal = "; ".join(bench.goals) if bench else ""
-            error = b["error"]
-            rows.append(
-                [name, compared, "", "**failed**", goal, "-", f"error: {error}", "", load_cell(b)]
-            )
-            continue
-        for i, c in enumerate(b["headline"]["claims"]):
-            met = {True: "yes", False: "**no**", None: "-"}[c["met"]]
-            rows.append([
-                name if i == 0 else "",
-                c["compared"],
-                b["headline"]["workload"] if i == 0 else "",
-                ratio_cell(c),
-                c["goal"],
-                met,
-                c["floor"],
-                duration(b["duration_s"]) if i == 0 else "",
-                load_cell(b) if i == 0 else "",
-            ])  # fmt: skip
-    lines.append(common.markdown_table(header, [[cell(v) for v in row] for row in rows]))
-    lines += [
-        "",
-        "Each ratio is a median over several rounds in which the variants ran in turn on the same"
-        " data, so that load from other processes hits them alike; in brackets, the lowest and"
-        " highest of the same ratio in single rounds (every round is in results/<name>.json)."
-        " A ratio `(x)/(y) time` above 1 means (y) is that many times faster. The floor is the"
-        " least the job can cost on this machine: the ratio against it says how much is left to"
-        " gain. The load average is the 1-minute one when the benchmark started and ended: above"
-        " the number of cores, other processes shared the machine and the spread widens.",
-        "Time is each benchmark's wall time, its process start and any data generation included.",
-    ]
-    details = []
-    for name, b in summary["benchmarks"].items():
-        if b["status"] == "ok" and b.get("markdown"):
-            body = [("#### " + ln.lstrip("# ")) if ln.startswith("#") else ln for ln in
-                    b["markdown"].strip().splitlines()]  # fmt: skip
-            details += ["", f"### {name}", "", "\n".join(body)]
-    if details:
-        lines += ["", "## Details", *details]
-    return "\n".join(lines) + "\n"
+        compared = "; ".join(bench.compared) if bench else name
+        goal = "; ".join(bench.goals) if bench else ""
+        error = b["error"]
+        return [[name, compared, "", "**failed**", goal, "-", f"error: {error}", "", load_cell(b)]]
+    rows = []
+    for i, c in enumerate(b["headline"]["claims"]):
+        met = {True: "yes", False: "**no**", None: "-"}[c["met"]]
+        rows.append([
+            name if i == 0 else "",
+            c["compared"],
+            b["headline"]["workload"] if i == 0 else "",
+            ratio_cell(c),
+            c["goal"],
+            met,
+            c["floor"],
+            duration(b["duration_s"]) if i == 0 else "",
+            load_cell(b) if i == 0 else "",
+        ])  # fmt: skip
+    return rows
 
 
 def ratio_cell(c: dict) -> str:
@@ -702,6 +349,37 @@ def keep_earlier_rows(summary: dict, path: str) -> None:
     summary["benchmarks"] = merged
 
 
+def run_entry(name: str, mode: str, out_dir: str, isolation: str, timeout: float | None) -> dict:
+    """Run one benchmark; its entry of results.json (status, time, load, headline, results)."""
+    began = time.perf_counter()
+    load_at_start = common.load_avg()
+    if name not in BENCHMARKS:
+        outcome = {"ok": False, "error": f"unknown benchmark; known: {', '.join(BENCHMARKS)}"}
+    elif isolation == "subprocess":
+        outcome = run_subprocess(name, mode, out_dir, timeout)
+    else:
+        outcome = run_in_process(name, mode, out_dir)
+    entry: dict = {
+        "status": "ok",
+        "duration_s": round(time.perf_counter() - began, 1),
+        "load_avg_1m_at_start": load_at_start,
+        "load_avg_1m_at_end": common.load_avg(),
+    }
+    if outcome["ok"]:
+        results = outcome["results"]
+        try:
+            entry["headline"] = headline.headline(BENCHMARKS[name], results)
+        except Exception as e:
+            entry.update(status="failed", error=f"unreadable results: {describe(e)}")
+        entry["results"] = results
+        entry["markdown"] = outcome.get("markdown", "")  # the script's own table
+    else:
+        entry.update(status="failed", error=outcome["error"])
+        if outcome.get("log_tail"):
+            entry["log_tail"] = outcome["log_tail"]
+    return entry
+
+
 def run_all(
     names: list[str],
     mode: str,
@@ -727,33 +405,8 @@ def run_all(
     ordered = [n for n in BENCHMARKS if n in names] + [n for n in names if n not in BENCHMARKS]
     for i, name in enumerate(ordered, 1):
         print(f"=== [{i}/{len(ordered)}] {name} ({mode}) ===", flush=True)
-        began = time.perf_counter()
-        load_at_start = common.load_avg()
-        if name not in BENCHMARKS:
-            outcome = {"ok": False, "error": f"unknown benchmark; known: {', '.join(BENCHMARKS)}"}
-        elif isolation == "subprocess":
-            outcome = run_subprocess(name, mode, out_dir, timeout)
-        else:
-            outcome = run_in_process(name, mode, out_dir)
-        entry: dict = {
-            "status": "ok",
-            "duration_s": round(time.perf_counter() - began, 1),
-            "run_started": summary["started"],
-            "load_avg_1m_at_start": load_at_start,
-            "load_avg_1m_at_end": common.load_avg(),
-        }
-        if outcome["ok"]:
-            results = outcome["results"]
-            try:
-                entry["headline"] = headline(BENCHMARKS[name], results)
-            except Exception as e:
-                entry.update(status="failed", error=f"unreadable results: {describe(e)}")
-            entry["results"] = results
-            entry["markdown"] = outcome.get("markdown", "")  # the script's own table
-        else:
-            entry.update(status="failed", error=outcome["error"])
-            if outcome.get("log_tail"):
-                entry["log_tail"] = outcome["log_tail"]
+        entry = run_entry(name, mode, out_dir, isolation, timeout)
+        entry["run_started"] = summary["started"]
         summary["benchmarks"][name] = entry
         state = entry["status"] if entry["status"] == "ok" else f"FAILED: {entry['error']}"
         print(f"=== {name}: {state} in {duration(entry['duration_s'])} ===", flush=True)

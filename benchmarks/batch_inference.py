@@ -34,6 +34,10 @@ import sys
 import tempfile
 
 from benchmarks import common
+from benchmarks.headline import Benchmark, claim
+from benchmarks.headline import rounds as _rounds
+from benchmarks.headline import seconds as _s
+from benchmarks.headline import variant as _variant
 
 NAME = "batch_inference"
 SIZE = (500, 375)
@@ -247,6 +251,37 @@ def report(results: dict) -> tuple[str, str]:
         f"(load {env['load_avg_1m']})"
     )
     return common.render(title, header, rows, notes)
+
+
+def headline_claims(r: dict) -> tuple[str, list[dict]]:
+    ratios, goals = r["ratios"], r["goals"]
+    a, d = _variant(r, "(a)")["median_s"], _variant(r, "(d)")["median_s"]
+    w, h = r["image_size"]
+    workload = f"{r['num_images']} JPEGs {w}x{h}, {r['model']}, {_rounds(r['repeats'])}"
+    loop = f"(a) the plain loop: {_s(a)}"
+    return workload, [
+        claim(ratios["b_over_a"], "(b)/(a) time", goals["b_within_1.3x_of_a"], loop),
+        claim(ratios["a_over_c"], "(a)/(c) time", goals["c_faster_than_a"], loop),
+        claim(ratios["e_over_d"], "(e)/(d) time", None, f"(d) one process: {_s(d)}"),
+    ]
+
+
+BENCHMARK = Benchmark(
+    NAME,
+    60,
+    (
+        "(a) plain loop calling the signature, 1 process -> (b) batch-predict in_memory",
+        "(a) plain loop -> (c) batch-predict multi_processing x2",
+        "(d) Evaluator in one process (before) -> (e) Evaluator on Beam in_memory",
+    ),
+    (
+        "(b)/(a) <= 1.3 (issue 16)",
+        "(a)/(c) > 1 where the work outweighs start-up (issue 16)",
+        "none set; reported (issue 16)",
+    ),
+    headline_claims,
+    smoke={"num_images": 40, "repeats": 1},
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,12 +108,11 @@ def trainer_config(seed: int, epochs: int, per_class: int, old: bool):
 
 def first_epoch_shares(examples_dir: str, config, per_class: int) -> list[float]:
     """Share of the second class in each batch of the first epoch, as fit() sees them."""
-    from pipeline_components.trainer import executor as trainer
+    from pipeline_components.trainer import datasets
+    from pipeline_components.trainer.plan import plan_training
 
-    plan = trainer.plan_training(examples_dir, config)
-    train, _ = trainer.live_datasets(
-        examples_dir, config, plan.data_args(config), plan.num_examples["train"], 1
-    )
+    plan = plan_training(examples_dir, config)
+    train, _ = datasets.live_datasets(examples_dir, config, plan)
     steps = config.steps_per_epoch
     return [round(float(y.numpy().mean()), 2) for _, y in train.take(steps)]
 
@@ -131,8 +130,8 @@ def train_once(examples_dir: str, config) -> dict:
     import keras
     import numpy as np
 
-    from pipeline_components.trainer import executor as trainer
-    from pipeline_components.trainer import inputs
+    from pipeline_components.trainer import inputs, training
+    from pipeline_components.trainer.fit import OneProcess
 
     test_ds = inputs.make_dataset(
         examples_dir, "test", image_size=(32, 32), batch_size=100, num_classes=2
@@ -148,8 +147,8 @@ def train_once(examples_dir: str, config) -> dict:
     out = tempfile.mkdtemp(prefix="bench-class-order-")
     try:
         t0 = time.perf_counter()
-        net, summary, history = trainer.train_and_evaluate(
-            examples_dir, out, config, callbacks=[TestAccuracy()]
+        net, summary, history = training.train_and_evaluate(
+            examples_dir, config, OneProcess(out), callbacks=[TestAccuracy()]
         )
         seconds = time.perf_counter() - t0
     finally:

@@ -34,6 +34,11 @@ import sys
 import tempfile
 
 from benchmarks import common
+from benchmarks.headline import Benchmark, claim, per_round_ratios
+from benchmarks.headline import rounds as _rounds
+from benchmarks.headline import seconds as _s
+from benchmarks.headline import times as _x
+from benchmarks.headline import variant as _variant
 
 NAME = "example_gen"
 SIZE = (500, 375)
@@ -284,6 +289,54 @@ def report(results: dict) -> tuple[str, str]:
         f"{results['image_size'][1]}, {env['cpus']} CPUs (load {env['load_avg_1m']})"
     )
     return common.render(title, header, rows, notes)
+
+
+def headline_claims(r: dict) -> tuple[str, list[dict]]:
+    ratios, goals = r["ratios"], r["goals"]
+    a, d = _variant(r, "(a)")["median_s"], _variant(r, "(d)")["median_s"]
+    w, h = r["image_size"]
+    claims = [
+        claim(
+            ratios["a_over_b"],
+            "(a)/(b) time",
+            goals["b_no_slower_than_a"],
+            f"(d) read + decode in 2 warm processes: {_s(d)}; (a)/(d) = {_x(a / d)}: the"
+            f" speedup if (b) ran at the floor; (b)/(d) = {_x(ratios['b_over_d'])}",
+        )
+    ]
+    workload = f"{r['num_images']} JPEGs {w}x{h} (default: {r['default_mode']})"
+    big = r.get("large")
+    if big:
+        bd = _variant(big, "(d)")["median_s"]
+        per_round = per_round_ratios(big, "(b)/(d) time")
+        claims.append(
+            claim(
+                ratios["large_b_over_d"],
+                f"(b)/(d) time at {big['num_images']}",
+                goals["large_b_within_1.5x_of_d"],
+                f"(d) read + decode in 2 warm processes: {_s(bd)}; (c)/(d) ="
+                f" {_x(ratios['large_c_over_d'])}, (e)/(d) = {_x(ratios['large_e_over_d'])}",
+                per_round,
+            )
+        )
+        workload += f"; {big['num_images']} (default: {big['default_mode']})"
+    return f"{workload}, {_rounds(r['repeats'])}", claims
+
+
+BENCHMARK = Benchmark(
+    NAME,
+    10,
+    (
+        "(a) plain Python loop -> (b) ExampleGen default (DirectRunner mode by size)",
+        "(d) read + decode floor, 2 warm processes -> (b) ExampleGen default",
+    ),
+    (
+        "(a)/(b) >= 1 at 2,000 images: no slower than the loop (issue 19)",
+        "(b)/(d) <= 1.5 at 20,000 images (issue 19)",
+    ),
+    headline_claims,
+    smoke={"num_images": 40, "repeats": 1, "large": 0},
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,9 @@ import sys
 import tempfile
 
 from benchmarks import common
+from benchmarks.headline import Benchmark, claim
+from benchmarks.headline import rounds as _rounds
+from benchmarks.headline import times as _x
 
 NAME = "multi_worker"
 BATCH = 32
@@ -178,6 +181,38 @@ def report(results: dict) -> tuple[str, str]:
         f" {results['epochs']} epochs x {results['steps_per_epoch']} steps"
     )
     return common.render(title, header, rows, notes)
+
+
+def headline_claims(r: dict) -> tuple[str, list[dict]]:
+    ratios, goals = r["ratios"], r["goals"]
+    s = r["image_size"][0]
+    floor = (
+        f"whole command (b)/(a) = {_x(ratios['b_over_a_wall_time'])}: two TensorFlow runtimes"
+        " and a gRPC all-reduce per step on the same cores; no GPU or second node here"
+    )
+    workload = (
+        f"VGG16, {r['num_images']} images {s}x{s}, {r['epochs']} epochs x"
+        f" {r['steps_per_epoch']} steps, batch {r['batch_size']}, {_rounds(r['repeats'])}"
+    )
+    return workload, [
+        claim(
+            ratios["b_over_a_training_images_per_s"],
+            "(b)/(a) training images/s"
+            + (", faster in every round" if goals["b_faster_in_every_round"] else ""),
+            None,  # no goal set: reported
+            floor,
+        )
+    ]
+
+
+BENCHMARK = Benchmark(
+    NAME,
+    70,
+    ("(a) 1 worker (`train`) -> (b) 2 local workers (`train --workers 2 --local`)",),
+    ("none: reported; 2 shared CPU cores, no speedup expected (issue 18)",),
+    headline_claims,
+    smoke={"num_images": 16, "size": 32, "epochs": 2, "steps": 1, "repeats": 1},
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,11 @@ import tempfile
 
 from benchmarks import common
 from benchmarks.example_gen import WORKERS, make_dataset
+from benchmarks.headline import Benchmark, claim
+from benchmarks.headline import rounds as _rounds
+from benchmarks.headline import seconds as _s
+from benchmarks.headline import times as _x
+from benchmarks.headline import variant as _variant
 
 NAME = "statistics_gen"
 VARIANTS = {
@@ -162,6 +167,39 @@ def report(results: dict) -> tuple[str, str]:
         f"(load {env['load_avg_1m']})"
     )
     return common.render(title, header, rows, notes)
+
+
+def headline_claims(r: dict) -> tuple[str, list[dict]]:
+    ratios = r["ratios"]
+    c = _variant(r, "(c)")["median_s"]
+    t = _variant(r, "(t)")["median_s"]
+    return f"{r['num_images']} JPEGs 500x375 (example_gen's), {_rounds(r['repeats'])}", [
+        claim(
+            ratios["s_over_c"],
+            "(s)/(c) time",
+            None,
+            f"(c) ExampleGen itself: {_s(c)}; (t) StatisticsGen in one process: {_s(t)}",
+        ),
+        claim(
+            ratios["p_over_t"],
+            "(p)/(t) time",
+            None,
+            f"(t)/(c) = {_x(ratios['t_over_c'])}: in one process, as a share of ExampleGen's",
+        ),
+    ]
+
+
+BENCHMARK = Benchmark(
+    NAME,
+    20,
+    (
+        "(c) ExampleGen multi_processing x2 -> (s) StatisticsGen on its output, x2",
+        "(p) plain tf.data + numpy loop -> (t) StatisticsGen in one process",
+    ),
+    ("none set; its cost reported (issue 15)", "none set; reported (issue 15)"),
+    headline_claims,
+    smoke={"num_images": 40, "repeats": 1},
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,10 @@ class Signature:
         self.fn = fn
         self.inputs: dict[str, tf.TensorSpec] = dict(fn.structured_input_signature[1])
         self.outputs: tuple[str, ...] = tuple(sorted(fn.structured_outputs))
+        # input name -> DataType enum, sorted by name (what a JSON body is converted to)
+        self.input_dtypes = {
+            name: self.inputs[name].dtype.as_datatype_enum for name in sorted(self.inputs)
+        }
         # per input: (DataType enum, dims with None for unknown, or None for unknown rank),
         # computed once: TensorSpec's own checks cost tens of microseconds per request
         self._expected = {

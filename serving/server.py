@@ -1,9 +1,10 @@
-"""`transfer-pipeline serve`: a TF-Serving-compatible gRPC server over a model base path.
+"""`transfer-pipeline serve`: a TF-Serving-compatible gRPC and REST server over a model base path.
 
 Speaks tensorflow.serving.PredictionService (Predict, GetModelMetadata; Classify, Regress and
 MultiInference answer UNIMPLEMENTED), tensorflow.serving.ModelService (GetModelStatus) and
-grpc.health.v1.Health over `<base_path>/<version>/` SavedModels, with TF Serving's status codes.
-Flags mirror tensorflow_model_server's (`--model_base_path` -> `--model-base-path`, ...).
+grpc.health.v1.Health over `<base_path>/<version>/` SavedModels, with TF Serving's status codes,
+and TF Serving's REST API on `--rest-api-port` (serving.rest) on the same event loop, models and
+limits. Flags mirror tensorflow_model_server's (`--model_base_path` -> `--model-base-path`, ...).
 
     transfer-pipeline serve --model-base-path serving_models/cats_dogs --model-name cats_dogs
 
@@ -12,7 +13,8 @@ a thread: a client that sends headers and never the body costs no worker. Every 
 server-side deadline (`--request-timeout-seconds`, or the client's if sooner) that covers
 reading the request, waiting for a worker and running the model; status, metadata and health
 answer on the event loop and never wait for a worker. gRPC limits concurrent RPCs, streams per
-connection, idle and old connections, and pings dead peers (keepalive). Request tensors are
+connection (a client queues calls over the limit: see ServerLimits.grpc_options), idle and old
+connections, and pings dead peers (keepalive). Request tensors are
 checked before they are materialised (serving.tensors). Shutdown ends within the drain time
 plus a few seconds whatever is running.
 """
@@ -50,6 +52,7 @@ from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchingParameters, BatchScheduler, load_batching_parameters
 from serving.errors import StatusError, clip, invalid
 from serving.model_config import ModelConfig, load_model_config_file
+from serving.rest import RestApi
 from serving.servables import (
     DEFAULT_LOAD_RETRY_INTERVAL_S,
     DEFAULT_MAX_NUM_LOAD_RETRIES,
@@ -72,6 +75,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_PORT = 8500
+DEFAULT_REST_API_PORT = 8501
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_THREADS = max(16, 4 * (os.cpu_count() or 1))
 SIGNATURE_DEF = "signature_def"
@@ -92,6 +96,10 @@ class ServerLimits:
     keepalive_timeout_s: float = 20.0  # --keepalive-timeout-seconds
     max_connection_idle_s: float = 300.0  # --max-connection-idle-seconds
     max_connection_age_s: float = 1800.0  # --max-connection-age-seconds
+    # REST (serving.rest); its body limit is max_message_bytes, its deadline request_timeout_s
+    rest_max_json_depth: int = 32  # --rest-max-json-depth
+    rest_max_concurrent_requests: int = 256  # --rest-max-concurrent-requests
+    rest_max_connections: int = 1024  # --rest-max-connections
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -109,7 +117,15 @@ class ServerLimits:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+            # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client queues calls over it (and one
+            # that ignores it gets REFUSED_STREAM for the extra streams)
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            # gRPC's overload protection (on by default) also refuses a new stream while more
+            # than max_concurrent_streams are still *allocated*: streams already answered but
+            # not yet freed count, so a client that keeps 100 calls in flight got a share
+            # refused (UNAVAILABLE "Stream removed"). Off: the limit is the HTTP/2 one, which
+            # clients honour; the server-wide bound is max_concurrent_rpcs.
+            ("grpc.http.overload_protection", 0),
             ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
             ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -236,6 +252,21 @@ class _Server:
         self.models = ModelService(manager)
         self.health = self.call(self._make_health())
         self.server = self.call(self._make_server())
+        self.rest: RestApi | None = None
+
+    def start_rest(self, host: str, port: int) -> int:
+        """Serve the REST API on host:port (0: a free port) on this loop; the bound port."""
+
+        async def start() -> int:
+            self.rest = RestApi(
+                self.prediction, self.models, self.manager, self.limits, self._rest_blocking
+            )
+            return await self.rest.start(host, port)
+
+        return self.call(start())
+
+    async def _rest_blocking(self, call: Callable[[], bytes], timeout: float) -> bytes:
+        return await self._in_worker(lambda request, left: call(), None, timeout)
 
     def call(self, coro: Coroutine[Any, Any, _T], timeout: float | None = 30.0) -> _T:
         """Run a coroutine on the loop from another thread; its result."""
@@ -365,7 +396,7 @@ class _Server:
         return rpc
 
     async def _in_worker(
-        self, fn: Callable[[Any, float | None], _T], request: message.Message, timeout: float
+        self, fn: Callable[[Any, float | None], _T], request: message.Message | None, timeout: float
     ) -> _T:
         def run() -> _T:
             with self._busy_lock:
@@ -389,7 +420,10 @@ class _Server:
 
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        stops = [self.server.stop(grace)]
+        if self.rest is not None:
+            stops.append(self.rest.stop(grace))
+        await asyncio.gather(*stops)
 
 
 def _timeout(seconds: float, what: str) -> StatusError:
@@ -429,16 +463,24 @@ def _update_health(server: _Server, manager: ModelManager) -> None:
 
 @dataclasses.dataclass
 class ServerHandle:
-    """A running server: `.port`, `.target`, `.stop(grace)`; a context manager."""
+    """A running server: `.port`, `.target` (gRPC), `.rest_port`, `.rest_url` (REST, None when
+    off), `.stop(grace)`; a context manager."""
 
     server: _Server
     host: str
     port: int
     manager: ModelManager
+    rest_port: int | None = None
 
     @property
     def target(self) -> str:
         return f"{_host_for_url(self.host)}:{self.port}"
+
+    @property
+    def rest_url(self) -> str | None:
+        if self.rest_port is None:
+            return None
+        return f"http://{_host_for_url(self.host)}:{self.rest_port}"
 
     @property
     def serving(self) -> bool:
@@ -528,8 +570,11 @@ def start_server(
     load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
     model_config_file_poll_wait_seconds: float = 0.0,
     allow_version_labels_for_unavailable_models: bool = False,
+    rest_api_port: int | None = None,
 ) -> ServerHandle:
     """Start serving; returns once the versions present at startup are loaded.
+
+    rest_api_port: also serve TF Serving's REST API on this port (0: a free one; None: off).
 
     With a model config file, `model_config_file_poll_wait_seconds` > 0 re-reads it that
     often (models, policies and labels change without a restart; 0 reads it once, as TF
@@ -562,13 +607,14 @@ def start_server(
     manager.listeners.append(lambda: _update_health(server, manager))
     try:
         bound = _bind(server, f"{_host_for_url(host)}:{port}", server_credentials)
+        rest_bound = None if rest_api_port is None else server.start_rest(host, rest_api_port)
     except PipelineError:
-        server.call(server.server.stop(None))
+        server.call(server._stop(0.0))
         server.loop.call_soon_threadsafe(server.loop.stop)
         if scheduler is not None:
             scheduler.stop()
         raise
-    handle = ServerHandle(server, host, bound, manager)
+    handle = ServerHandle(server, host, bound, manager, rest_bound)
     try:
         # Like tensorflow_model_server: the port answers once the versions present at startup
         # are loaded (a client connecting earlier is UNAVAILABLE and retries, not NOT_FOUND).
@@ -604,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="transfer-pipeline serve",
         description="TF-Serving-compatible gRPC server (PredictionService, ModelService, "
-        "health) over <model-base-path>/<version>/ SavedModels.",
+        "health) and REST API over <model-base-path>/<version>/ SavedModels.",
     )
     p.add_argument("--model-base-path", help="folder (or gs://, s3://) of numeric version dirs")
     p.add_argument("--model-name", default="default", help="name clients ask for")
@@ -623,6 +669,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port; 0 picks a free one")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--port-file", help="write the bound port here once serving (atomic)")
+    p.add_argument(
+        "--rest-api-port",
+        type=_rest_port,
+        default=DEFAULT_REST_API_PORT,
+        help="TF Serving's REST API (/v1/models/...) on this port; 0 turns it off; auto: a "
+        "free port",
+    )
+    p.add_argument("--rest-api-port-file", help="write the bound REST port here once serving")
     p.add_argument("--enable-batching", action="store_true", help="server-side dynamic batching")
     p.add_argument("--batching-parameters-file", help="TF Serving batching_parameters.txt")
     p.add_argument(
@@ -652,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exits within this + 5 s",
     )
     d = ServerLimits()
-    limits = p.add_argument_group("limits on what one client may take (see README)")
+    limits = p.add_argument_group("limits on what one client may take (docs/serving.md)")
     for flag, kind, default, text in (
         ("--max-message-bytes", int, d.max_message_bytes, "largest request (RESOURCE_EXHAUSTED)"),
         ("--max-request-bytes", int, d.max_request_bytes,
@@ -662,9 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("--request-timeout-seconds", float, d.request_timeout_s,
          "server-side deadline of every RPC: reading, queueing, running (DEADLINE_EXCEEDED)"),
         ("--max-concurrent-rpcs", int, d.max_concurrent_rpcs,
-         "RPCs in progress at once, stalled ones included (RESOURCE_EXHAUSTED)"),
+         "RPCs in progress on the whole server, stalled ones included (RESOURCE_EXHAUSTED)"),
         ("--max-concurrent-streams", int, d.max_concurrent_streams,
-         "RPCs in progress on one connection (HTTP/2 flow control: the client waits)"),
+         "RPCs in progress on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a "
+         "client queues the rest; one that does not gets REFUSED_STREAM)"),
         ("--keepalive-time-seconds", float, d.keepalive_time_s,
          "ping a connection after this long without traffic"),
         ("--keepalive-timeout-seconds", float, d.keepalive_timeout_s,
@@ -673,6 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
          "close a connection without RPCs after this long"),
         ("--max-connection-age-seconds", float, d.max_connection_age_s,
          "close any connection after this long (+ --request-timeout-seconds for its RPCs)"),
+        ("--rest-max-json-depth", int, d.rest_max_json_depth,
+         "REST: how deep a request body's arrays and objects may nest (400)"),
+        ("--rest-max-concurrent-requests", int, d.rest_max_concurrent_requests,
+         "REST: predictions in progress at once; more wait within their deadline"),
+        ("--rest-max-connections", int, d.rest_max_connections,
+         "REST: open connections; more are answered 503 and closed"),
     ):  # fmt: skip
         limits.add_argument(flag, type=kind, default=default, help=text)
     p.add_argument(
@@ -702,7 +763,23 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
         keepalive_timeout_s=args.keepalive_timeout_seconds,
         max_connection_idle_s=args.max_connection_idle_seconds,
         max_connection_age_s=args.max_connection_age_seconds,
+        rest_max_json_depth=args.rest_max_json_depth,
+        rest_max_concurrent_requests=args.rest_max_concurrent_requests,
+        rest_max_connections=args.rest_max_connections,
     )
+
+
+def _rest_port(text: str) -> int | None:
+    """--rest-api-port: a port, 0 (off, as TF Serving's flag) or auto (a free port)."""
+    if text == "auto":
+        return 0
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number or auto: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535 or auto, got {port}")
+    return port or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -763,20 +840,24 @@ def _serve_until_signalled(args: argparse.Namespace, stop: threading.Event) -> S
         allow_version_labels_for_unavailable_models=(
             args.allow_version_labels_for_unavailable_models
         ),
+        rest_api_port=args.rest_api_port,
     )
     try:
         while not stop.is_set() and not handle.wait_until_serving(0.2):
             stop.wait(0.2)
         if not stop.is_set():
+            if args.rest_api_port_file and handle.rest_port is not None:
+                _write_port_file(args.rest_api_port_file, handle.rest_port)
             if args.port_file:
                 _write_port_file(args.port_file, handle.port)
             models = ", ".join(
                 f"{n} {handle.manager.loaded_versions(n)}" for n in handle.manager.models
             )
             log.info(
-                "serving %s on %s (batching %s)",
+                "serving %s on %s, REST on %s (batching %s)",
                 models,
                 handle.target,
+                handle.rest_url or "off",
                 "on" if args.enable_batching else "off",
             )
         while not stop.wait(1.0):

@@ -37,6 +37,8 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from pipeline_components.core import children
+
 PARAM = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 OUTPUT_FILE = re.compile(r"\{\{\$\.outputs\.parameters\['([^']+)'\]\.output_file\}\}")
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
@@ -302,12 +304,12 @@ class LocalRun:
             if self.call is not None:
                 code, stdout, stderr = self.call(argv)
             else:
-                proc = subprocess.run(
+                proc = subprocess.run(  # the task dies with this launcher (core/children.py)
                     [program, *argv[1:]],
                     capture_output=True,
                     text=True,
-                    env={**os.environ, **(self.env or {})},
                     timeout=900,
+                    **children.popen_options({**os.environ, **(self.env or {})}),
                 )
                 code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
             self.attempts.append(Attempt(name, argv, code, stdout, stderr))

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -20,6 +21,7 @@ from benchmarks import (
     batch_inference,
     common,
     example_gen,
+    headline,
     input_pipeline,
     multi_worker,
     serving,
@@ -390,3 +392,51 @@ def test_each_ratio_in_results_md_carries_its_spread_and_the_load(fakes, monkeyp
     # a ratio without per-round figures is shown without a spread, not with a made-up one
     assert "6.00x (a)/(b) time" in rows["input_pipeline"]
     assert "spread" not in b["input_pipeline"]["headline"]["claims"][0]
+
+
+# --- discovery: a benchmark is one file ---------------------------------------------------------
+
+
+def test_the_benchmarks_declare_themselves_in_table_order():
+    assert NAMES == [
+        "example_gen", "statistics_gen", "input_pipeline", "training", "serving",
+        "batch_inference", "multi_worker",
+    ]  # fmt: skip
+    for name, module in MODULES.items():
+        assert module.BENCHMARK is not None and bench.BENCHMARKS[name].module == module.__name__
+        assert bench.SMOKE[name] == dict(module.BENCHMARK.smoke)
+
+
+def test_a_new_benchmark_is_found_without_editing_the_runner(tmp_path, monkeypatch):
+    """A module that declares BENCHMARK is discovered (in its order); one that does not is not."""
+    pkg = tmp_path / "morebench"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("VALUE = 1\n")
+    for name, order in (("zeta", 5), ("alpha", 7)):
+        (pkg / f"{name}.py").write_text(
+            textwrap.dedent(f"""
+            from benchmarks.headline import Benchmark, generic
+
+            def run(quick=False, n=1):
+                return {{"ratios": {{"x_over_y": 2.0}}, "goals": {{"x_fast": True}}}}
+
+            def report(results):
+                return "text", "table"
+
+            BENCHMARK = Benchmark("{name}", {order}, ("x -> y",), ("x/y >= 2",), generic,
+                                  smoke={{"n": 2}})
+        """)
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = headline.discover("morebench")
+    assert list(found) == ["zeta", "alpha"]  # by order, not by name
+    assert found["zeta"].module == "morebench.zeta" and found["alpha"].smoke == {"n": 2}
+    line = headline.headline(found["zeta"], {"ratios": {"x_over_y": 2.0}, "goals": {"x": True}})
+    assert line["claims"][0]["ratio"] == 2.0 and line["claims"][0]["goal"] == "x/y >= 2"
+    (pkg / "dup.py").write_text(
+        "from benchmarks.headline import Benchmark, generic\n"
+        "BENCHMARK = Benchmark('zeta', 1, (), (), generic)\n"
+    )
+    with pytest.raises(ValueError, match="two benchmarks are named zeta"):
+        headline.discover("morebench")

@@ -15,8 +15,9 @@ import tensorflow as tf
 from pipeline_components.core import examples
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import sample_data
-from pipeline_components.trainer import executor as trainer
+from pipeline_components.trainer import datasets
 from pipeline_components.trainer.config import TrainerConfig
+from pipeline_components.trainer.plan import plan_training
 
 PER_CLASS = 1000
 pytestmark = pytest.mark.slow  # 2,040 images through Beam and tf.data: ~40 s on 2 cores
@@ -59,10 +60,8 @@ def test_every_batch_mixes_classes_and_each_epoch_has_a_new_order(sorted_example
     # the default config, but 32x32 images (the batches' classes do not depend on the size)
     config = TrainerConfig(weights="none", image_size=[32, 32])
     assert (config.batch_size, config.steps_per_epoch) == (100, 20)  # 20 x 100 = one pass
-    plan = trainer.plan_training(sorted_examples, config)
-    train, _ = trainer.live_datasets(
-        sorted_examples, config, plan.data_args(config), 2 * PER_CLASS, 20
-    )
+    plan = plan_training(sorted_examples, config)
+    train, _ = datasets.live_datasets(sorted_examples, config, plan)
     # fit(steps_per_epoch=20) reads the repeated dataset with one iterator: 20 batches an epoch
     stream = [labels.numpy()[:, 0] for _, labels in train.take(60)]
     epochs = []
@@ -78,9 +77,7 @@ def test_every_batch_mixes_classes_and_each_epoch_has_a_new_order(sorted_example
     assert not np.array_equal(epochs[1], epochs[2])
     # without augmentation the images themselves show it: same images, a new order each epoch
     plain = TrainerConfig(weights="none", image_size=[32, 32], augmentation=None)
-    train, _ = trainer.live_datasets(
-        sorted_examples, plain, plan.data_args(plain), 2 * PER_CLASS, 20
-    )
+    train, _ = datasets.live_datasets(sorted_examples, plain, plan)
     stream = np.concatenate([x.numpy().sum(axis=(1, 2, 3)) for x, _ in train.take(40)])
     sums = [stream[:2000], stream[2000:]]
     np.testing.assert_allclose(np.sort(sums[0]), np.sort(sums[1]), rtol=1e-6)

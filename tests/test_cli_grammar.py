@@ -14,7 +14,7 @@ import yaml
 from pipeline_components import cli
 from pipeline_components.core import commandline, registry
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import kfp, runner, step
+from pipeline_components.orchestration import gc, kfp, runner, step
 from pipeline_components.pusher import versions
 from pipeline_components.tools import validate_data
 
@@ -38,6 +38,7 @@ BASE = {
 # tools that read the config: their parsers
 TOOL_PARSERS = {
     "run": runner.parser,
+    "gc": gc.parser,
     "compile-kfp": kfp.parser,
     "versions": lambda: versions.parser("versions"),
     "rollback": lambda: versions.parser("rollback"),

@@ -18,6 +18,7 @@ TensorFlow starting in each worker process, twice in the second test).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -154,21 +155,61 @@ def test_split(examples_dir: str) -> tuple[list[bytes], list[str]]:
 test_split.__test__ = False  # a helper, not a test
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def one_and_two_workers(easy_examples, tmp_path_factory) -> dict:
+    """The same config trained by two workers (`--workers 2 --local`) and by one process, with
+    what each logged. Augmentation off: cached features, each worker running the backbone over
+    its half."""
+    root = tmp_path_factory.mktemp("one_and_two")
+    multi, single, scratch = root / "multi", root / "single", root / "scratch"
+    proc = launcher(easy_examples, multi, scratch, "augmentation=null", "steps_per_epoch=null")
+    out, err, threads = collect(proc)
+    rc = finish(proc, threads)
+    argv = ["train", "--examples", easy_examples, "--output", str(single), *SETTINGS]
+    lines = _Lines()
+    logger = logging.getLogger("pipeline_components")
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        single_rc = cli.main([*argv, "augmentation=null", "steps_per_epoch=null"])
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    return {
+        "multi": multi,
+        "single": single,
+        "scratch": scratch,
+        "rc": rc,
+        "out": out,
+        "log": "".join(err),
+        "single_rc": single_rc,
+        "single_log": lines.lines,
+    }
+
+
 @pytest.mark.slow
 def test_two_workers_train_like_one_and_the_chief_exports_a_model_that_serves(
-    easy_examples, tmp_path
+    one_and_two_workers, easy_examples, tmp_path
 ):
     import tensorflow as tf
 
     from serving.client import PredictionClient
     from serving.server import start_server
 
-    multi, single, scratch = tmp_path / "multi", tmp_path / "single", tmp_path / "scratch"
-    # augmentation off: cached features, each worker running the backbone over its half
-    proc = launcher(easy_examples, multi, scratch, "augmentation=null", "steps_per_epoch=null")
-    out, err, threads = collect(proc)
-    assert finish(proc, threads) == 0, "".join(err[-60:])
-    log = "".join(err)
+    runs = one_and_two_workers
+    multi, single, scratch = runs["multi"], runs["single"], runs["scratch"]
+    log, out = runs["log"], runs["out"]
+    assert runs["rc"] == 0, log[-6000:]
     assert any(line.startswith("trained 3 epochs") for line in out), out  # the chief's result
     assert "[worker 1] worker 1: done" in log
 
@@ -178,8 +219,7 @@ def test_two_workers_train_like_one_and_the_chief_exports_a_model_that_serves(
     assert f"removed its temporary directory {temp_dir}" in log
     assert list(scratch.iterdir()) == []
 
-    argv = ["train", "--examples", easy_examples, "--output", str(single), *SETTINGS]
-    assert cli.main([*argv, "augmentation=null", "steps_per_epoch=null"]) == 0
+    assert runs["single_rc"] == 0
 
     # the chief's output is a single-worker run's output, file for file
     assert files(multi) == files(single)
@@ -216,6 +256,64 @@ def test_two_workers_train_like_one_and_the_chief_exports_a_model_that_serves(
     acc_single = np.mean([p == t for p, t in zip(alone, truth, strict=True)])
     assert acc_single >= 0.75, f"the easy split is not learnt by one worker: {acc_single}"
     assert abs(acc_multi - acc_single) <= ACCURACY_TOLERANCE, (acc_multi, acc_single)
+
+
+@pytest.mark.slow
+def test_one_process_and_two_workers_go_through_one_training_skeleton(one_and_two_workers):
+    """Issue 27: one skeleton (trainer/training.py) with two runtimes. Both runs log the same
+    start line, record the same per-epoch fields, pick the best epoch by the same monitor from
+    their own records, and write the same summary and training record, the group adding only
+    how many workers trained."""
+    runs = one_and_two_workers
+    assert runs["rc"] == 0 and runs["single_rc"] == 0, runs["log"][-6000:]
+    started = r"training vgg16 on 48 train / 16 validation images, 2 classes, 32x32: cached"
+    started += r" features, float32, (.+)$"
+    (alone,) = [m[1] for line in runs["single_log"] if (m := re.search(started, line))]
+    group = re.findall(r"worker (\d)/2 \(.*?\): " + started, runs["log"], re.M)
+    assert alone == "1 replica(s)"
+    assert sorted(group) == [(rank, "2 replicas in sync, global batch 8") for rank in "01"]
+
+    records = {
+        name: json.loads((runs[name] / "training_config.json").read_text())
+        for name in ("single", "multi")
+    }
+    one, two = records["single"], records["multi"]
+    assert list(one) == list(two)  # the same training record, written by one write_outputs
+    for key in ("config", "labels", "image_size", "head"):
+        assert one[key] == two[key], key
+    sizes = {"train": 48, "validation": 16}
+    assert one["data"]["num_examples"] == two["data"]["num_examples"] == sizes
+    # one summary definition: the same fields in the same order, the group adds `workers`
+    assert [k for k in two["summary"] if k != "workers"] == list(one["summary"])
+    assert two["summary"]["workers"] == 2 and "workers" not in one["summary"]
+    for field in ("epochs_run", "monitor", "cached_features", "num_classes", "trainable_params"):
+        assert one["summary"][field] == two["summary"][field], field
+    assert (one["summary"]["replicas"], two["summary"]["replicas"]) == (1, 2)
+
+    # one per-epoch record: the same fields per epoch in history.json and history.csv
+    histories = {
+        name: json.loads((runs[name] / "history.json").read_text()) for name in ("single", "multi")
+    }
+    assert list(histories["single"]) == list(histories["multi"])
+    assert {"epoch", "phase", "seconds", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(
+        histories["multi"]
+    )
+    assert "images_per_sec" in histories["multi"]
+    for history in histories.values():
+        assert history["epoch"] == [1, 2, 3] and history["phase"] == ["head"] * 3
+    csv_headers = [
+        (runs[name] / "history.csv").read_text().splitlines()[0] for name in ("single", "multi")
+    ]
+    assert csv_headers[0] == csv_headers[1]
+
+    # the best checkpoint follows trainer.monitor over each run's own records
+    for name, record in records.items():
+        summary, history = record["summary"], histories[name]
+        assert summary["monitor"] == "val_accuracy"
+        best = summary["best_epoch"]
+        assert summary["best"]["epoch"] == best
+        assert summary["best"]["val_accuracy"] == history["val_accuracy"][best - 1]
+        assert summary["best"]["val_accuracy"] == max(history["val_accuracy"])
 
 
 @pytest.mark.slow

@@ -293,7 +293,7 @@ def test_a_non_finite_gradient_anywhere_makes_every_replica_skip_the_step():
     import numpy as np
     import tensorflow as tf
 
-    from pipeline_components.trainer.distributed import agree_on_finite
+    from pipeline_components.trainer.steps import agree_on_finite
 
     ctx = tf.distribute.get_replica_context()  # the default strategy's single replica
     fine = [tf.constant([1.0, 2.0]), tf.constant([[3.0]], tf.float16)]

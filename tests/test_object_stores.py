@@ -246,7 +246,11 @@ def test_failed_object_store_push_leaves_no_version_and_no_staging(
             model_name="m",
         )
     left = [n for n in gcs.emulator.object_names(gcs.name, "serving/") if not n.endswith("/")]
-    assert len(copied) == 3 and left == [], left  # no version files, no claim, no staging copy
+    # no version files, no staging copy; the registry's journal records the push rolled back
+    assert len(copied) == 3 and left == ["serving/_versions/m.json"], left
+    registry = json.loads(fsutil.read_text(f"{gcs.url}/serving/_versions/m.json"))
+    assert "pending" not in registry and registry["versions"] == {}
+    assert [e["action"] for e in registry["events"]] == ["push_abandoned"]
 
 
 # ---------------------------------------------------------------- the whole pipeline on gs://

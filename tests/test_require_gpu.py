@@ -13,7 +13,7 @@ import yaml
 from pipeline_components import cli
 from pipeline_components.core import registry
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.trainer import executor as trainer
+from pipeline_components.trainer.plan import check_config
 
 pytestmark = pytest.mark.skipif(
     bool(tf.config.list_physical_devices("GPU")), reason="these tests need a TF without a GPU"
@@ -38,15 +38,13 @@ def test_check_config_fails_in_one_line_when_tensorflow_sees_no_gpu(monkeypatch)
         "trainer"
     ]
     with pytest.raises(PipelineError) as e:
-        trainer.check_config(cfg)
+        check_config(cfg)
     message = str(e.value)
     assert message.startswith("trainer.require_gpu: TensorFlow sees no GPU") and "\n" not in message
     assert f"built with CUDA: {tf.test.is_built_with_cuda()}" in message
     assert "CUDA_VISIBLE_DEVICES=0" in message  # what the device plugin handed the container
     # Off (the default), the same machine trains on the CPU as before.
-    trainer.check_config(
-        registry.config_from_dict({"trainer": {"weights": "none"}}).sections["trainer"]
-    )
+    check_config(registry.config_from_dict({"trainer": {"weights": "none"}}).sections["trainer"])
 
 
 def test_train_command_stops_before_reading_data(tmp_path, capsys):

@@ -12,10 +12,12 @@ from pipeline_components import cli
 from pipeline_components.core import examples
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import sample_data
+from pipeline_components.trainer import datasets, inputs, model, training
 from pipeline_components.trainer import executor as trainer
-from pipeline_components.trainer import inputs, model
+from pipeline_components.trainer.callbacks import weights_from_bytes
 from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.export import decode_and_resize
+from pipeline_components.trainer.fit import OneProcess
 
 SMALL = {"weights": "none", "image_size": [32, 32], "batch_size": 8}
 
@@ -56,7 +58,9 @@ def trained_binary(binary_examples, tmp_path_factory):
     config = TrainerConfig(**SMALL, epochs=2, steps_per_epoch=2, seed=3)
     initial = _initial_model(config, 2)
     out = tmp_path_factory.mktemp("trained_binary")
-    net, summary, history = trainer.train_and_evaluate(binary_examples, str(out), config)
+    net, summary, history = training.train_and_evaluate(
+        binary_examples, config, OneProcess(str(out))
+    )
     return {
         "config": config,
         "initial": initial,
@@ -205,8 +209,8 @@ def test_multiclass_end_to_end_with_cached_features(make_dataset, tmp_path):
     net = _initial_model(config, 3)  # frozen random backbone: the same one the trainer built
     head = net.get_layer(model.HEAD)
     best = (tmp_path / "trainer" / "checkpoints" / "best.weights.npz").read_bytes()
-    head.set_weights(trainer.weights_from_bytes(best))
-    features, feature_labels = trainer.cached_features(
+    head.set_weights(weights_from_bytes(best))
+    features, feature_labels = datasets.cached_features(
         net, ex, "validation", image_size=(32, 32), batch_size=8, num_classes=3
     )
     assert list(feature_labels) == labels
@@ -250,8 +254,8 @@ def test_fine_tune_second_phase_trains_the_named_layers_onward(binary_examples, 
         def on_epoch_end(self, epoch, logs=None):
             snapshots.on_epoch_end(epoch, logs)
 
-    net, summary, history = trainer.train_and_evaluate(
-        binary_examples, str(tmp_path), config, callbacks=[Attach()]
+    net, summary, history = training.train_and_evaluate(
+        binary_examples, config, OneProcess(str(tmp_path)), callbacks=[Attach()]
     )
     assert summary["cached_features"] is False  # the backbone changes in phase 2
     assert history["phase"] == ["head", "fine_tune"] and history["epoch"] == [1, 2]
@@ -310,8 +314,8 @@ def test_fine_tuning_resnet50_keeps_batch_norm_statistics_and_inference_mode(
     initial = _initial_model(config, 2)
     encoded, _ = _raw(binary_examples, "validation")
     probe = _BatchNormProbe(_pixels(encoded))
-    _, summary, history = trainer.train_and_evaluate(
-        binary_examples, str(tmp_path), config, callbacks=[probe]
+    _, summary, history = training.train_and_evaluate(
+        binary_examples, config, OneProcess(str(tmp_path)), callbacks=[probe]
     )
     assert history["phase"] == ["head", "fine_tune"] and probe.seen is not None
     assert "conv1_conv" in summary["fine_tuned_layers"]
@@ -426,7 +430,9 @@ def test_training_loss_goes_down_on_learnable_shapes(make_dataset, tmp_path):
         epochs=30,
         steps_per_epoch=None,
     )
-    _, summary, history = trainer.train_and_evaluate(ex, str(tmp_path / "trainer"), config)
+    _, summary, history = training.train_and_evaluate(
+        ex, config, OneProcess(str(tmp_path / "trainer"))
+    )
     loss = history["loss"]
     assert summary["cached_features"] is True
     assert np.mean(loss[-3:]) < 0.7 * loss[0], loss

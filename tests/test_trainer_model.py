@@ -13,10 +13,14 @@ from pipeline_components.core import commandline, examples
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import sample_data
-from pipeline_components.trainer import executor as trainer
-from pipeline_components.trainer import inputs, model
+from pipeline_components.trainer import datasets, inputs, model, training
+from pipeline_components.trainer import plan as plan_lib
+from pipeline_components.trainer.callbacks import BestCheckpoint
+from pipeline_components.trainer.checkpoints import checkpoint_paths, prepare_checkpoints
 from pipeline_components.trainer.config import AugmentationConfig, TrainerConfig
 from pipeline_components.trainer.export import decode_and_resize
+from pipeline_components.trainer.fit import OneProcess
+from pipeline_components.trainer.runtime import Run
 
 SMALL = {"weights": "none", "image_size": [32, 32]}
 
@@ -189,19 +193,21 @@ def test_no_augmentation_and_bad_values():
 
 
 def test_cache_features_only_when_backbone_frozen_and_no_augmentation():
-    assert not trainer.use_cached_features(TrainerConfig())  # the notebook augments
-    assert trainer.use_cached_features(TrainerConfig(augmentation=None))
-    assert trainer.use_cached_features(
+    assert not plan_lib.use_cached_features(TrainerConfig())  # the notebook augments
+    assert plan_lib.use_cached_features(TrainerConfig(augmentation=None))
+    assert plan_lib.use_cached_features(
         TrainerConfig(augmentation=AugmentationConfig(0, 0, 0, 0, 0, False))
     )
-    assert not trainer.use_cached_features(TrainerConfig(augmentation=None, cache_features="false"))
-    assert not trainer.use_cached_features(
+    assert not plan_lib.use_cached_features(
+        TrainerConfig(augmentation=None, cache_features="false")
+    )
+    assert not plan_lib.use_cached_features(
         TrainerConfig(augmentation=None, fine_tune_from="block5_conv1")
     )
     with pytest.raises(PipelineError, match="trainer.cache_features: true needs.*augmentation"):
-        trainer.use_cached_features(TrainerConfig(cache_features="true"))
+        plan_lib.use_cached_features(TrainerConfig(cache_features="true"))
     with pytest.raises(PipelineError, match="fine_tune_from is set"):
-        trainer.use_cached_features(
+        plan_lib.use_cached_features(
             TrainerConfig(augmentation=None, fine_tune_from="x", cache_features="true")
         )
 
@@ -324,7 +330,7 @@ def test_input_pipelines_set_their_parallelism_and_leave_the_autotuner_off(
         "train": _train(same_image_examples, batch_size=4, augmentation=aug, seed=5),
         "train, unseeded": _train(same_image_examples, batch_size=4, augmentation=aug),
         "evaluation": _train(same_image_examples, batch_size=4, training=False),
-        "cached features": trainer.feature_dataset(
+        "cached features": datasets.feature_dataset(
             np.zeros((8, 3), np.float32),
             np.zeros((8, 1), np.float32),
             batch_size=4,
@@ -357,9 +363,11 @@ def test_head_on_cached_features_traces_its_train_step_once(shapes_examples, tmp
         compiled.train_step = counted
         return compiled
 
-    monkeypatch.setattr(trainer.model_lib, "compile_model", counting_compile)
+    monkeypatch.setattr(model, "compile_model", counting_compile)
     config = TrainerConfig(**SMALL, augmentation=None, epochs=2, steps_per_epoch=None, seed=1)
-    _, summary, _ = trainer.train_and_evaluate(shapes_examples, str(tmp_path / "out"), config)
+    _, summary, _ = training.train_and_evaluate(
+        shapes_examples, config, OneProcess(str(tmp_path / "out"))
+    )
     assert summary["cached_features"] is True and summary["epochs_run"] == 2
     assert traces == [model.HEAD]
 
@@ -453,7 +461,7 @@ def test_unfreezing_keeps_every_batch_norm_frozen_and_in_inference_mode(backbone
 def _monitor_callbacks(tmp_path, **config):
     """The callbacks the Trainer's head phase runs with, attached to a tiny model."""
     cfg = TrainerConfig(**SMALL, early_stopping_patience=2, **config)
-    plan = trainer.TrainingPlan(
+    plan = plan_lib.TrainingPlan(
         labels=["a", "b"],
         image_size=(32, 32),
         num_examples={"train": 10, "validation": 4},
@@ -464,11 +472,11 @@ def _monitor_callbacks(tmp_path, **config):
     )
     target = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     target.stop_training = False  # what fit() sets before the callbacks run
-    paths = trainer.checkpoint_paths(str(tmp_path))
-    trainer.prepare_checkpoints(str(tmp_path), plan.run_key(cfg))
-    best = trainer.BestCheckpoint(paths["best_weights"], paths["best_state"], target, cfg.monitor)
-    phases = trainer.Phases(target, cfg, plan, str(tmp_path), None, None, best)
-    callbacks = phases._callbacks("head")
+    paths = checkpoint_paths(str(tmp_path))
+    prepare_checkpoints(str(tmp_path), plan.run_key(cfg))
+    best = BestCheckpoint(paths["best_weights"], paths["best_state"], target, cfg.monitor)
+    run = Run(target, cfg, plan, str(tmp_path), None, None, best)
+    callbacks = run.callbacks("head")
     stopping = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
     assert len(stopping) == 1
     for c in (stopping[0], best):

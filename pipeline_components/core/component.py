@@ -19,6 +19,8 @@ TensorFlow or Beam imports) and listed in `core/registry.py`. It declares
   what it imports, core/codeprint.py);
 - `run(ctx)`: the one executor function; the same function runs from `transfer-pipeline run`
   and from its CLI subcommand;
+- `recover(pipeline)`: repairs what a dead execution left outside pipeline_root (the Pusher's
+  interrupted push), called by `transfer-pipeline gc` and at the start of every run;
 - `presenter`: its package's `present.py`, whose functions `summary(entry)` (the one line for
   the run table and the report), `report_html(entry, record)` (its section of report.html),
   `report_alerts(entry)` (lines shown at the top of report.html) and `record_fields(entry)`
@@ -222,6 +224,13 @@ class Component(Generic[ConfigT]):
         result = cmd.run(cmd.context())
         print(self.summary({"status": "completed", "result": result}) or "done")
         return 0
+
+    def recover(self, pipeline: PipelineConfig) -> list[dict]:
+        """Repair what a dead execution of this component left *outside* pipeline_root (the
+        Pusher: an interrupted push in the serving directory), for `transfer-pipeline gc` and
+        the start of every run (orchestration/gc.py; what it left inside the root is handled
+        there for every component). Returns what it did: dicts with a `text` line each."""
+        return []
 
     # -- presentation: the presenter's functions -----------------------------------------
 

@@ -12,9 +12,11 @@ Defaults reproduce the reference notebook (frozen VGG19, 224x224, batch 100, 20 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -23,6 +25,13 @@ import yaml
 from pipeline_components.core.errors import PipelineError
 
 CORE_FIELDS = ("pipeline_name", "pipeline_root", "data_root", "serving_dir", "model_name")
+ROOTS = ("pipeline_root", "data_root", "serving_dir")
+# A name that becomes a path component and a label: `<serving_dir>/<model_name>/`, TF Serving's
+# model name (REST `/v1/models/<name>`: no '/' or ':'), `_versions/<model_name>.json`, the
+# KFP pipeline name (compile-kfp narrows it further to lowercase), run records. Letters, digits,
+# '_', '.', '-', starting with a letter or digit (so never '..'), at most 128 characters.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = "1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 # Sections that say how the pipeline is deployed rather than configure a component
 # (section -> "module:Class", imported when a config is loaded); never part of a cache key.
 SETTINGS_SECTIONS = {"kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig"}
@@ -244,10 +253,45 @@ def from_dict(
         else:
             known = ", ".join(sorted([*CORE_FIELDS, *classes]))
             raise PipelineError(f"{source}: unknown key '{key}' (known: {known})")
+    check_core(core, source)
     for name, cls in classes.items():
         sections.setdefault(name, cls())
         check_section(sections[name], name, source)
     return PipelineConfig(**core, sections=sections)
+
+
+def check_core(core: Mapping[str, Any], source: str) -> None:
+    """The top-level names and roots, when the config loads: a name that would become a path
+    component or a label (model_name, pipeline_name) follows NAME; a root is a folder or not
+    there yet (never an existing file, nor below one) and holds no control character."""
+    for key in ("pipeline_name", "model_name"):
+        value = core.get(key)
+        if value is not None and not NAME.fullmatch(value):
+            raise PipelineError(f"{source}: {key}: must be {NAME_RULE}, got {value!r}")
+    for key in ROOTS:
+        if key in core:
+            check_root(key, core[key], source)
+
+
+def check_root(key: str, path: str, source: str) -> None:
+    def fail(what: str, why: str = "") -> None:
+        raise PipelineError(f"{source}: {key}: must be {what}, got {path!r}{why}")
+
+    if not path.strip():
+        fail("a folder's path")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in path):
+        fail("a path without control characters")
+    if "://" in path:  # gs://, s3://: checked where it is used, with the right credentials
+        return
+    local = os.path.abspath(path)
+    existing = local
+    while not os.path.lexists(existing):  # the nearest part of it that exists
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            return
+        existing = parent
+    if not os.path.isdir(existing):
+        fail("a folder", " (a file)" if existing == local else f" (below {existing}, a file)")
 
 
 def section_from_dict(cls: type, data: dict | None, prefix: str, source: str = "config") -> Any:
@@ -255,6 +299,49 @@ def section_from_dict(cls: type, data: dict | None, prefix: str, source: str = "
     obj = _convert(data or {}, cls, prefix, source)
     check_section(obj, prefix, source)
     return obj
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a key given twice in one mapping, at any depth (PyYAML
+    keeps the last one silently): `duplicate key 'trainer.epochs' (first on line 5)`, marked at
+    the second."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}  # id(node) -> its dotted key, set by its parent
+
+    def _note(self, node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            self._paths[id(node)] = path
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._note(item, f"{path}[{i}]")
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        where = self._paths.get(id(node), "")
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges, not repeats
+                continue
+            key = self.construct_object(key_node, deep=True)
+            path = f"{where}.{key}" if where else str(key)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{path}' (first on line {first.line + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            self._note(value_node, path)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load, refusing duplicate keys: for every YAML a person writes (pipeline.yaml,
+    overrides, --config-text, schema.yaml)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
 
 
 def load_yaml(path: str) -> dict:
@@ -265,7 +352,7 @@ def load_yaml(path: str) -> dict:
     except Exception:
         raise PipelineError(f"config file {path} does not exist or cannot be read") from None
     try:
-        return yaml.safe_load(text) or {}
+        return safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -283,7 +370,9 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "override") 
             raise PipelineError(f"{source} {item!r}: expected key=value, e.g. trainer.epochs=2")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = safe_load(raw)
+        except yaml.constructor.ConstructorError as e:  # a duplicate key
+            raise PipelineError(f"{source} {item!r}: {e.problem}") from None
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str) and _NUMBER.fullmatch(value):  # YAML 1.1 reads 1e-9 as text

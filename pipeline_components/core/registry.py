@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import importlib.metadata
 import logging
+import re
 from collections.abc import Iterator
 
 from pipeline_components.core import config as config_lib
@@ -59,7 +60,24 @@ def _load() -> list[Component]:
     return _components
 
 
+# A component's name is a folder of every pipeline_root (`<pipeline_root>/<name>/<n>/`), a KFP
+# task's display name and a key of run.json; its config section a pipeline.yaml key and the
+# prefix of KFP parameter names. A plugin cannot pick one that escapes pipeline_root.
+COMPONENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+SECTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 def _add(into: list[Component], component: Component) -> None:
+    if not isinstance(component.name, str) or not COMPONENT_NAME.fullmatch(component.name):
+        raise PipelineError(
+            f"component name {component.name!r} must be a letter then letters, digits or '_'"
+        )
+    section = component.config_section
+    if section and not SECTION_NAME.fullmatch(section):
+        raise PipelineError(
+            f"component {component.name}: config section {section!r} must be a lowercase letter "
+            "then lowercase letters, digits or '_'"
+        )
     for other in into:
         if other.name == component.name:
             raise PipelineError(f"two components are named {component.name}")

@@ -1,7 +1,8 @@
 """ExampleGen's spec: image folders under `data_root` -> Examples (executor.py runs the Beam job).
 
 transfer-pipeline example-gen --data-root D --output O [--num-shards 4] [--config FILE]
-    [--max-bad-fraction 0.01] [--on-duplicates drop] [KEY=VALUE ...] [-- BEAM_ARGS]
+    [--max-bad-fraction 0.01] [--on-duplicates drop] [--no-exif-transpose] [KEY=VALUE ...]
+    [-- BEAM_ARGS]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ExampleGen(Component[ExampleGenConfig]):
             max_image_pixels=cfg.max_image_pixels,
             on_duplicates=cfg.on_duplicates,
             multi_processing_min_files=cfg.multi_processing_min_files,
+            exif_transpose=cfg.exif_transpose,
         )
         return {
             "fingerprint": stats["fingerprint"],
@@ -55,6 +57,7 @@ class ExampleGen(Component[ExampleGenConfig]):
             "skipped": len(stats.get("skipped", [])),
             "duplicates": len(stats.get("duplicates", [])),
             "dropped_duplicates": len(stats.get("dropped_duplicates", [])),
+            "exif_transpose": stats["exif_transpose"],
         }
 
 

@@ -44,4 +44,10 @@ class ExampleGenConfig:
         "multi_threading on every core below this many files (and on 2 cores), "
         "multi_processing from it on",
     )
+    exif_transpose: bool = option(
+        True,
+        doc="turn a JPEG as its EXIF orientation says (a phone photo taken upright) wherever it "
+        "is decoded: in training and in the exported model's serving_default alike; the stored "
+        "bytes stay the file's own",
+    )
     removed_options: ClassVar[dict[str, str]] = {"resize_max_side": RESIZE_REMOVED}

@@ -17,6 +17,9 @@ run's record from its first incomplete component. A component that is not cachea
 Pusher) always runs. One run at a time: the run holds `<pipeline_root>/lock.json`
 (core/locking.py) and a second one fails naming the holder.
 
+A run first removes what dead runs left (orchestration/gc.py: temporaries, records left
+running, an interrupted push), reported in run.json `cleanup`.
+
 Exit codes: 0 run completed (model pushed, or rightly not pushed); 1 a component or the config
 failed (one line on stderr, details in run.json and error.log); 2 bad command line.
 """
@@ -361,7 +364,11 @@ def _run_locked(
     run_id: str,
     lock: locking.PipelineLock,
 ) -> dict:
+    cleanup = _collect_garbage(cfg, run_id)
     run = Run(cfg, force, resume, config_path, run_id, lock)
+    if cleanup:
+        run.record["cleanup"] = cleanup
+        run.save()
     log.info("run %s of pipeline %s (record: %s)", run.run_id, cfg.pipeline_name, run.record_path)
     try:
         Pipeline(cfg, run).execute()
@@ -382,6 +389,23 @@ def _run_locked(
     finally:
         _finish(run)
     return run.record
+
+
+def _collect_garbage(cfg: PipelineConfig, run_id: str) -> dict | None:
+    """What dead runs left, removed now that this run holds the root (orchestration/gc.py);
+    None when there was nothing. A failure here is logged, never fails the run."""
+    from pipeline_components.orchestration import gc
+
+    try:
+        report = gc.collect(cfg, run_id, recent=gc.RECENT)
+    except Exception as e:
+        log.warning("could not clean up after earlier runs: %s", _one_line(e))
+        return {"error": _one_line(e)}
+    if not gc.found_anything(report):
+        return None
+    for line in gc.describe(report):
+        log.info("%s", line)
+    return report
 
 
 class RunFailed(PipelineError):

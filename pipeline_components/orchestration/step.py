@@ -142,7 +142,7 @@ def config_data(path: str | None, text: str | None) -> tuple[dict, str]:
     """The config's content (before parameters) and where it came from."""
     if text is not None:
         try:
-            data = yaml.safe_load(text) or {}
+            data = config_lib.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise UsageError(f"--config-text is not valid YAML: {e}") from None
         source = "--config-text"

@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline_components.core import artifacts
 from pipeline_components.core.component import CommandLine, Component, ExecutionContext, Input
+from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.pusher import present
 from pipeline_components.pusher.config import PusherConfig
@@ -71,8 +72,27 @@ class Pusher(Component[PusherConfig]):
                 ) from None
             raise
 
+    def recover(self, pipeline: PipelineConfig) -> list[dict]:
+        """Finish or roll back a push a dead run left, and remove its leftovers, under the
+        model's registry lock (pusher/journal.py). A registry held by a live push elsewhere, or
+        a serving_dir this process cannot write, is left for the Pusher itself."""
+        from pipeline_components.core import fsutil, locking
+        from pipeline_components.pusher.journal import describe
+        from pipeline_components.pusher.versions import ModelVersions
+
+        versions = ModelVersions(pipeline.serving_dir, pipeline.model_name)
+        if not (versions.exists() or fsutil.isdir(versions.base_path)):
+            return []
+        try:
+            with versions.locked("transfer-pipeline gc", wait_s=5.0):
+                return [{**item, "text": describe(item)} for item in versions.repaired]
+        except (locking.PipelineLocked, OSError) as e:
+            return [{"action": "not_repaired", "text": f"serving_dir not checked: {e}"}]
+
     def run_command(self, cmd: CommandLine[PusherConfig]) -> int:
         result = cmd.run(cmd.context())
+        for text in result.get("repaired_text", []):
+            print(f"repaired: {text}")
         if result["pushed"]:
             label = cmd.config.version_label
             print(f"pushed version {result['version']} as {label} to {result['path']}")

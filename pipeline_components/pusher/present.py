@@ -21,10 +21,22 @@ def summary(entry: dict) -> str:
     r = result(entry)
     labels = pairs(r.get("labels"))
     labels = f" [{labels}]" if labels else ""
+    repaired = "".join(f"; {repair_note(x)}" for x in r.get("repaired", []))
     if r.get("pushed"):
         label = r.get("label", "stable")
-        return f"pushed version {r['version']} as {label} -> {r['path']}{labels}"
-    return f"not pushed: {r.get('reason', '')}{labels}"
+        return f"pushed version {r['version']} as {label} -> {r['path']}{labels}{repaired}"
+    return f"not pushed: {r.get('reason', '')}{labels}{repaired}"
+
+
+def repair_note(item: dict) -> str:
+    """A few words for what the push's repair did (pusher/journal.py says it in full)."""
+    if item.get("action") == "finished":
+        return f"finished the interrupted push of version {item['version']}"
+    if item.get("action") == "rolled_back":
+        return f"rolled back the interrupted push of version {item['version']}"
+    if item.get("action") == "models_config":
+        return "rewrote models.config from the registry"
+    return f"removed {len(item.get('removed', []))} leftover(s) of interrupted pushes"
 
 
 def record_fields(entry: dict) -> dict:
@@ -64,9 +76,12 @@ def _serving_html(r: dict) -> str:
         else "<p>No version was rolled back.</p>"
     )
     served = ", ".join(map(str, r.get("served_versions", []))) or "none"
+    repaired = r.get("repaired_text", [])
+    repaired_html = f"<p>Repaired before pushing:</p>{bullets(repaired)}" if repaired else ""
     return section(
         "Serving",
-        f"<p>served versions: {e(served)}; labels in {code(r.get('models_config', ''))}:</p>"
+        repaired_html
+        + f"<p>served versions: {e(served)}; labels in {code(r.get('models_config', ''))}:</p>"
         + key_values(r["labels"].items(), num=True)
         + rolled_table,
     )

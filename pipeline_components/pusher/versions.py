@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,6 +79,7 @@ class ModelVersions:
             "versions": {},
             "events": [],
         }
+        self.repaired: list[dict] = []  # what `locked()` repaired (pusher/journal.py)
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -97,12 +99,25 @@ class ModelVersions:
         fsutil.write_json(self.path, self.data)
 
     @contextlib.contextmanager
-    def locked(self, command: str, run_id: str | None = None) -> Iterator[ModelVersions]:
+    def locked(
+        self, command: str, run_id: str | None = None, wait_s: float = 600.0
+    ) -> Iterator[ModelVersions]:
         """Hold this model's registry lock (pushers, rollbacks and promotions of one model
-        wait for each other), loaded on entry."""
+        wait for each other), loaded on entry and repaired: a push a dead process left
+        unfinished is finished or rolled back first (pusher/journal.py; what was done is in
+        `self.repaired`)."""
+        from pipeline_components.pusher import journal
+
         what = f"the versions of model {self.model_name} in {self.serving_dir}"
-        with locking.hold_file(self.path + ".lock", what, run_id, command, wait_s=600.0):
-            yield self.load()
+        with locking.hold_file(self.path + ".lock", what, run_id, command, wait_s=wait_s):
+            self.load()
+            self.repaired = journal.repair(self)
+            yield self
+
+    def pending(self) -> dict | None:
+        """The journal of a push in progress (or interrupted): pusher/journal.py."""
+        pending = self.data.get("pending")
+        return dict(pending) if isinstance(pending, dict) else None
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -117,8 +132,14 @@ class ModelVersions:
         return self.data["versions"].get(str(v))
 
     def max_version(self) -> int:
-        """The highest version number ever pushed (rolled back and removed ones included)."""
-        return max((int(v) for v in self.data["versions"]), default=0)
+        """The highest version number ever pushed or being pushed (rolled back, removed and
+        abandoned ones included)."""
+        pending = self.pending()
+        return max(
+            [int(v) for v in self.data["versions"]]
+            + ([int(pending["version"])] if pending else []),
+            default=0,
+        )
 
     def rolled_back(self, fingerprint: str) -> dict | None:
         """The registry entry of a rolled-back version with this content fingerprint."""
@@ -148,7 +169,7 @@ class ModelVersions:
 
     # -- changes -----------------------------------------------------------------------------
 
-    def _event(self, action: str, **fields: Any) -> None:
+    def event(self, action: str, **fields: Any) -> None:
         self.data["events"].append({"at": now(), "action": action, **fields})
 
     def sync(self) -> None:
@@ -178,31 +199,23 @@ class ModelVersions:
             labels.pop(CANARY, None)
         self.data["labels"] = labels
 
-    def add_push(
-        self,
-        version: int,
-        fingerprint: str,
-        label: str,
-        *,
-        run_id: str | None = None,
-        accuracy: float | None = None,
-        source: str | None = None,
-        extra: dict | None = None,
-    ) -> dict[str, int]:
-        """Register a version just pushed and label it: `stable` (a canary is then dropped),
-        or `canary` (also `stable` when there is no stable version yet)."""
+    def apply_push(self, pending: dict) -> dict[str, int]:
+        """Register the version a push (its journal, pusher/journal.py) put in place and label
+        it: `stable` (a canary is then dropped), or `canary` (also `stable` when there is no
+        stable version yet). In memory: the journal saves it once the push is done."""
+        version, label = int(pending["version"]), pending["label"]
         if label not in LABELS:
             raise PipelineError(f"version label must be one of {list(LABELS)}, got {label!r}")
         self.data["versions"][str(version)] = {
             "version": version,
-            "fingerprint": fingerprint,
+            "fingerprint": pending["fingerprint"],
             "state": "served",
             "pushed_at": now(),
             "pushed_as": label,
-            "run_id": run_id,
-            "accuracy": accuracy,
-            "source": source,
-            **(extra or {}),
+            "run_id": pending.get("run_id"),
+            "accuracy": pending.get("accuracy"),
+            "source": pending.get("source"),
+            **(pending.get("extra") or {}),
         }
         labels = self.labels()
         if label == STABLE or STABLE not in labels:
@@ -212,7 +225,6 @@ class ModelVersions:
         else:
             labels[CANARY] = version
         self.data["labels"] = labels
-        self._event("push", version=version, label=label, run_id=run_id)
         return labels
 
     def mark_removed(self, versions: list[int]) -> None:
@@ -221,7 +233,7 @@ class ModelVersions:
             if entry is not None and entry.get("state") == "served":
                 entry.update(state="removed", removed_at=now())
         if versions:
-            self._event("retention", removed=versions)
+            self.event("retention", removed=versions)
 
     def rollback(self, to: int | None = None, reason: str = "") -> dict:
         """Serve `to` (default: the newest version older than the newest) as stable and move
@@ -264,13 +276,13 @@ class ModelVersions:
         moved = []
         for v in newer:
             entry = self.data["versions"][str(v)]
-            dest = _move_aside(on_disk[v], self.serving_dir, self.model_name, v)
+            dest = move_aside(on_disk[v], self.serving_dir, self.model_name, v)
             entry.update(
                 state="rolled_back", rolled_back_at=at, moved_to=dest, reason=reason or None
             )
             moved.append({"version": v, "fingerprint": entry["fingerprint"], "moved_to": dest})
             self.save()
-        self._event("rollback", to=to, rolled_back=newer, reason=reason or None)
+        self.event("rollback", to=to, rolled_back=newer, reason=reason or None)
         self.save()
         self.write_models_config()
         log.info("model %s: rolled back to version %d; moved aside %s", self.model_name, to, newer)
@@ -297,16 +309,27 @@ class ModelVersions:
         if labels.get(CANARY, 0) <= version:
             labels.pop(CANARY, None)
         self.data["labels"] = labels
-        self._event("promote", version=version, previous_stable=previous)
+        self.event("promote", version=version, previous_stable=previous)
         self.save()
         self.write_models_config()
         return {"stable": version, "previous_stable": previous, "labels": self.labels()}
 
     # -- models.config -----------------------------------------------------------------------
 
-    def write_models_config(self) -> str:
-        """Rewrite this model's entry of `<serving_dir>/models.config` (other models' entries
-        are kept): policy `all`, labels only on versions that exist."""
+    def config_labels(self) -> dict[str, int] | None:
+        """This model's labels as `models.config` has them now; None without an entry."""
+        config = self._read_models_config()
+        for entry in config.model_config_list.config:
+            if entry.name == self.model_name:
+                return dict(entry.version_labels)
+        return None
+
+    def served_labels(self) -> dict[str, int]:
+        """The labels `models.config` should have: the registry's, on versions that exist."""
+        on_disk = self.on_disk()
+        return {k: v for k, v in self.labels().items() if v in on_disk}
+
+    def _read_models_config(self) -> Any:
         from google.protobuf import text_format
         from tensorflow_serving.config import model_server_config_pb2
 
@@ -317,6 +340,25 @@ class ModelVersions:
                 text_format.Parse(fsutil.read_text(path), config)
             except text_format.ParseError as e:
                 raise PipelineError(f"{path}: not a valid ModelServerConfig: {e}") from None
+        return config
+
+    def write_models_config(self) -> str:
+        """Rewrite this model's entry of `<serving_dir>/models.config` (other models' entries
+        are kept): policy `all`, labels only on versions that exist. Under the serving_dir's
+        models.config lock: pushers of different models each rewrite the whole file, and a
+        temporary copy left by a killed writer is removed there."""
+        lock = artifacts.models_config_lock_path(self.serving_dir)
+        what = f"models.config in {self.serving_dir}"
+        with locking.hold_file(lock, what, None, "write models.config", wait_s=600.0):
+            for name in _config_leftovers(self.serving_dir):
+                fsutil.rmtree(fsutil.join(self.serving_dir, name))
+            return self._write_models_config()
+
+    def _write_models_config(self) -> str:
+        from google.protobuf import text_format
+
+        path = artifacts.models_config_path(self.serving_dir)
+        config = self._read_models_config()
         entries = config.model_config_list.config
         kept = [c for c in entries if c.name != self.model_name]
         del entries[:]
@@ -327,10 +369,9 @@ class ModelVersions:
             model_platform="tensorflow",
         )
         entry.model_version_policy.all.SetInParent()
-        on_disk = self.on_disk()
-        for label, version in self.labels().items():
-            if version in on_disk:  # tensorflow/serving#1608: never a label on a missing one
-                entry.version_labels[label] = version
+        for label, version in self.served_labels().items():
+            # tensorflow/serving#1608: never a label on a missing version
+            entry.version_labels[label] = version
         header = (
             "# Written by transfer-pipeline (pusher/versions.py): policy `all` and the labels\n"
             "# stable/canary, only on versions that exist. Read by TF Serving with\n"
@@ -367,11 +408,19 @@ class ModelVersions:
         return rows
 
 
+def _config_leftovers(serving_dir: str) -> list[str]:
+    """Temporary copies of models.config a killed writer left (write_atomic's siblings)."""
+    if not fsutil.isdir(serving_dir):
+        return []
+    prefix = f".{artifacts.MODELS_CONFIG}.tmp-"
+    return [n for n in fsutil.listdir(serving_dir) if n.startswith(prefix)]
+
+
 def _absolute(path: str) -> str:
     return path if fsutil.is_remote(path) else os.path.abspath(path)
 
 
-def _move_aside(src: str, serving_dir: str, model_name: str, version: int) -> str:
+def move_aside(src: str, serving_dir: str, model_name: str, version: int) -> str:
     """Move a version directory out of the base path (not deleted), complete or not at all at
     its destination."""
     dest = artifacts.rolled_back_path(serving_dir, model_name, version)
@@ -382,7 +431,7 @@ def _move_aside(src: str, serving_dir: str, model_name: str, version: int) -> st
         fsutil.copy_tree(src, dest)
         fsutil.rmtree(src)
     else:
-        os.rename(src, dest)  # one file system: atomic
+        fsutil.rename(src, dest)  # one file system: atomic
     return dest
 
 
@@ -390,8 +439,9 @@ def _move_aside(src: str, serving_dir: str, model_name: str, version: int) -> st
 
 
 COMMANDS = {
-    "versions": "List every pushed version of a model: state (served, rolled_back, removed), "
-    "labels, accuracy, push time, fingerprint.",
+    "versions": "List every pushed version of a model: state (served, rolled_back, removed, "
+    "abandoned), labels, accuracy, push time, fingerprint. A push a dead process left "
+    "unfinished is finished or rolled back first, and said so.",
     "rollback": "Serve an older version as stable and move the newer ones aside (not deleted); "
     "the Pusher will not push their models again.",
     "promote": "Move the `stable` label to a version (default: the canary).",
@@ -438,21 +488,54 @@ def format_rows(rows: list[dict]) -> str:
 
 def versions_main(argv: list[str] | None = None) -> int:
     args = commandline.parse_served_model(parser("versions"), argv)
-    versions = ModelVersions(args.serving_dir, args.model_name).load()
-    versions.sync()  # read-only: what the disk says now, not saved
+    versions, note = _repaired_for_listing(ModelVersions(args.serving_dir, args.model_name))
+    versions.sync()  # what the disk says now, not saved
     rows = versions.rows()
+    pending = versions.pending()
     if args.json:
-        print(json.dumps({"labels": versions.labels(), "versions": rows}, indent=2))
-    elif not rows:
+        out = {"labels": versions.labels(), "versions": rows, "repaired": versions.repaired}
+        print(json.dumps({**out, "pending": pending, "note": note}, indent=2))
+        return 0
+    print_repairs(versions)
+    if note:
+        print(note, file=sys.stderr)
+    if pending:
+        run = pending.get("run_id") or "-"
+        print(f"a push of version {pending['version']} is in progress (run {run})")
+    if not rows:
         print(f"no versions of model {args.model_name} in {args.serving_dir}")
     else:
         print(format_rows(rows))
     return 0
 
 
+def _repaired_for_listing(versions: ModelVersions) -> tuple[ModelVersions, str | None]:
+    """The registry, repaired under its lock when it can be taken within seconds; otherwise
+    (a live push holds it, or the serving_dir is read-only) as it is, with a note why."""
+    if not (versions.exists() or fsutil.isdir(versions.base_path)):
+        return versions, None
+    try:
+        with versions.locked("transfer-pipeline versions", wait_s=5.0):
+            return versions, None
+    except locking.PipelineLocked as e:
+        note = f"not repaired: {e}"
+    except OSError as e:
+        note = f"not repaired: cannot take the lock {versions.path}.lock: {e.strerror or e}"
+    return versions.load(), note
+
+
+def print_repairs(versions: ModelVersions) -> None:
+    """One line per repair `locked()` made (pusher/journal.py)."""
+    from pipeline_components.pusher.journal import describe
+
+    for item in versions.repaired:
+        print(f"model {versions.model_name}: repaired: {describe(item)}")
+
+
 def rollback_main(argv: list[str] | None = None) -> int:
     args = commandline.parse_served_model(parser("rollback"), argv)
     with ModelVersions(args.serving_dir, args.model_name).locked("transfer-pipeline rollback") as v:
+        print_repairs(v)
         result = v.rollback(args.version, args.reason)
     moved = ", ".join(str(m["version"]) for m in result["rolled_back"])
     print(
@@ -465,6 +548,7 @@ def rollback_main(argv: list[str] | None = None) -> int:
 def promote_main(argv: list[str] | None = None) -> int:
     args = commandline.parse_served_model(parser("promote"), argv)
     with ModelVersions(args.serving_dir, args.model_name).locked("transfer-pipeline promote") as v:
+        print_repairs(v)
         result = v.promote(args.version)
     print(
         f"model {args.model_name}: version {result['stable']} is stable "

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--per-class", nargs=3, type=int, default=[150, 50, 50])
     args = p.parse_args(argv)
+    cli.print_anything()
     cli.quiet_tensorflow()
     cli.setup_logging()
 

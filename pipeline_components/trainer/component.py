@@ -3,8 +3,10 @@
     transfer-pipeline train --examples O --output T [--config FILE] [--epochs N ...]
         [KEY=VALUE ...] [--workers N (--local | --tf-config-from-k8s) ...]
 
-The package: config.py (its section), executor.py (the training run, step by step), model.py
-(backbone + head), inputs.py and augment.py (tf.data input pipeline), export.py (the serving
+The package: config.py (its section), executor.py (picks the runtime, writes the artifacts),
+training.py (the training run, step by step, for both runtimes: fit.py one process,
+distributed.py a multi-worker group), plan.py (checks and derived settings), model.py (backbone
++ head), datasets.py, inputs.py and augment.py (tf.data input pipelines), export.py (the serving
 signatures), callbacks.py, checkpoints.py (resume), plots.py (training curves), cluster.py
 (multi-worker groups), present.py (its run-table line and report section).
 """
@@ -66,7 +68,7 @@ class Trainer(Component[TrainerConfig]):
     )
 
     def preflight(self, config: TrainerConfig) -> None:
-        from pipeline_components.trainer.executor import check_config
+        from pipeline_components.trainer.plan import check_config
 
         check_config(config)
 
@@ -78,7 +80,7 @@ class Trainer(Component[TrainerConfig]):
     def run_command(self, cmd: CommandLine[TrainerConfig]) -> int:
         """One process, a worker of a group (TF_CONFIG, --tf-config-from-k8s), or a local group
         of worker processes (--local)."""
-        from pipeline_components.trainer.executor import check_config
+        from pipeline_components.trainer.plan import check_config
 
         group = check_group_flags(cmd)
         if cmd.flags["tf_config_from_k8s"]:

@@ -17,12 +17,14 @@ features and then used unchanged inside the full model that is exported.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -189,6 +191,27 @@ def create_model(config: TrainerConfig, num_classes: int) -> keras.Model:
     # unfreeze_from keeps BatchNormalization frozen instead
     x = backbone(x, training=False)
     return keras.Model(pixels, head(x), name=f"{config.backbone.lower()}_transfer")
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy (`mixed_float16` or `float32`) for the layers built inside."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_copy(model: keras.Model, config: TrainerConfig, num_classes: int) -> keras.Model:
+    """`model`'s weights in a new float32 model built outside any distribution strategy: what is
+    exported from a mixed-precision or a multi-worker run (CPU servers have no fast float16
+    convolutions; a SavedModel holds plain variables)."""
+    with dtype_policy("float32"):
+        clone = create_model(dataclasses.replace(config, weights="none"), num_classes)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
