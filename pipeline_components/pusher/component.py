@@ -12,8 +12,8 @@ nothing; nor when its serving contract (labels, signatures, input: core/contract
 from the newest served version's, unless `allow_contract_change` (then recorded). The check is
 here, not in the Evaluator, because the Pusher is the one step that runs every time and holds
 the model's registry lock: it compares with what is served at the moment of the push. It
-labels what it pushes `stable` or `canary` in `<serving_dir>/models.config` (pusher/versions.py).
-Its command writes push.json only into an `--output` it is given.
+labels what it pushes `stable` or `canary` in `<serving_dir>/models.config`
+(pusher/version_registry.py). Its command writes push.json only into an `--output` it is given.
 """
 
 from __future__ import annotations
