@@ -19,7 +19,7 @@ import yaml
 
 from pipeline_components import cli
 from pipeline_components.core import locking, registry
-from pipeline_components.orchestration import runner
+from pipeline_components.orchestration import executions, runner
 
 
 def write_config(tmp_path: Path, data_root: Path, **extra) -> Path:
@@ -121,7 +121,7 @@ def test_gc_removes_what_a_dead_run_left_and_keeps_the_trainer_resumable(tmp_pat
     for rec_path in (made["run"] / "run.json", made["run"] / "steps" / "Trainer.json"):
         assert json.loads(rec_path.read_text())["status"] == "failed"
     # the interrupted Trainer is what the next run with the same inputs resumes
-    found = runner.find_execution(str(root / "Trainer"), "key-Trainer", ("running", "failed"))
+    found = executions.find_execution(str(root / "Trainer"), "key-Trainer", ("running", "failed"))
     assert found["execution_id"] == 2
     assert (made["serving"] / "m" / "1" / "saved_model.pb").read_bytes() == b"model"
     assert "marked" in out and "kept for the next run to resume" in out

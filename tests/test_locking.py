@@ -21,7 +21,7 @@ import yaml
 from pipeline_components import cli
 from pipeline_components.core import codeprint, locking, registry
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import runner
+from pipeline_components.orchestration import executions, runner
 from pipeline_components.trainer import executor as trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +209,7 @@ def test_running_execution_of_a_live_process_is_not_resumed(tmp_path):
                 "owner": {"host": socket.gethostname(), "pid": pid},
             }
             (component_dir / f"{eid}.json").write_text(json.dumps(record))
-        found = runner.find_execution(str(component_dir), "k", ("running", "failed"))
+        found = executions.find_execution(str(component_dir), "k", ("running", "failed"))
         assert found["execution_id"] == 1, "execution 2's process still runs: not resumable"
     finally:
         sleeper.kill()

@@ -40,7 +40,7 @@ from typing import Any
 from pipeline_components.core import artifacts, commandline, fsutil, locking, registry
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration.runner import now, owner_alive
+from pipeline_components.orchestration.executions import now, owner_alive
 
 log = logging.getLogger(__name__)
 

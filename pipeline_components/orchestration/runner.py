@@ -33,10 +33,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
-import re
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -52,13 +49,16 @@ from pipeline_components.core.component import Component, ExecutionContext, outp
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import report
+from pipeline_components.orchestration.executions import (
+    execution_ids,
+    find_execution,
+    now,
+    owner,
+    record_path,
+)
 from pipeline_components.orchestration.summary import has_result, summary_table
 
 log = logging.getLogger(__name__)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:
@@ -67,52 +67,6 @@ def new_run_id() -> str:
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------ executions
-
-
-def _execution_ids(component_dir: str) -> list[int]:
-    if not fsutil.isdir(component_dir):
-        return []
-    ids = set()
-    for name in fsutil.listdir(component_dir):
-        m = re.fullmatch(r"(\d+)(\.json)?", name)
-        if m:
-            ids.add(int(m.group(1)))
-    return sorted(ids)
-
-
-def _record_path(component_dir: str, execution_id: int) -> str:
-    return fsutil.join(component_dir, f"{execution_id}.json")
-
-
-def owner_alive(rec: dict) -> bool:
-    """Whether the process that wrote an execution record still runs (same host only; on
-    another host the pipeline_root lock already rules out a live writer)."""
-    owner = rec.get("owner") or {}
-    pid = owner.get("pid")
-    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False
-    return pid != os.getpid() and locking.pid_alive(pid)
-
-
-def find_execution(component_dir: str, key: str, statuses: tuple[str, ...]) -> dict | None:
-    """The newest execution record with this cache key and one of these statuses (a running
-    one only when its process is gone)."""
-    for execution_id in reversed(_execution_ids(component_dir)):
-        path = _record_path(component_dir, execution_id)
-        if not fsutil.exists(path):
-            continue
-        rec = fsutil.read_json(path, "execution record")
-        if not rec:  # claimed a moment ago, not written yet
-            continue
-        complete = rec.get("status") != "completed" or fsutil.exists(rec["output_dir"])
-        if rec.get("cache_key") == key and rec.get("status") in statuses and complete:
-            if rec.get("status") == "running" and owner_alive(rec):
-                continue
-            return rec
-    return None
 
 
 @dataclasses.dataclass
@@ -206,7 +160,7 @@ class Run:
             "inputs": step.key_inputs,
             "output_dir": artifacts.execution_dir(self.root, step.name, execution_id),
             "started": now(),
-            "owner": {"host": socket.gethostname(), "pid": os.getpid()},
+            "owner": owner(),
         }
         self._write_execution(component_dir, entry)
         t0 = time.monotonic()
@@ -244,13 +198,13 @@ class Run:
         """The next free execution id, claimed by creating its record exclusively (two
         claimers never get the same id, even without the pipeline_root lock)."""
         fsutil.makedirs(component_dir)
-        execution_id = max(_execution_ids(component_dir), default=0) + 1
-        while not locking.create_exclusive(_record_path(component_dir, execution_id), "{}\n"):
+        execution_id = max(execution_ids(component_dir), default=0) + 1
+        while not locking.create_exclusive(record_path(component_dir, execution_id), "{}\n"):
             execution_id += 1
         return execution_id
 
     def _write_execution(self, component_dir: str, entry: dict) -> None:
-        fsutil.write_json(_record_path(component_dir, entry["execution_id"]), entry)
+        fsutil.write_json(record_path(component_dir, entry["execution_id"]), entry)
         self.record["components"][entry["component"]] = entry
         self.save()
 

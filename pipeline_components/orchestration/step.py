@@ -45,6 +45,7 @@ from pipeline_components.core.component import Component
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import runner
+from pipeline_components.orchestration.executions import now
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class StepRun(runner.Run):
                 "run_id": run_id,
                 "pipeline_name": cfg.pipeline_name,
                 "component": component,
-                "started": runner.now(),
+                "started": now(),
                 "code_version": runner.__version__,
                 "config_path": config_path,
                 "config": config_lib.to_dict(cfg),
@@ -191,7 +192,7 @@ class StepRun(runner.Run):
 
     def finish(self, status: str) -> None:
         self.record["status"] = status
-        self.record["finished"] = runner.now()
+        self.record["finished"] = now()
         self.save()
 
 
@@ -203,7 +204,7 @@ def remember_failure(root: str, run_id: str, component: str, error: PipelineErro
         run_id=run_id,
         component=component,
         status="failed",
-        finished=runner.now(),
+        finished=now(),
         permanent_error=str(error),
         exit_code=error.exit_code,
     )
