@@ -48,7 +48,7 @@ from pipeline_components.core.registry import config_from_dict
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.trainer import model as model_lib
 from serving.batching import BatchingParameters, parse_batching_parameters
-from serving.server import ServerLimits
+from serving.services import ServerLimits
 
 try:
     import tomllib
