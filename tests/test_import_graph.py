@@ -12,13 +12,6 @@ from pipeline_components.core import codeprint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("pipeline_components", "serving")
-# Cycles allowed for now, each with the change that removes it:
-ALLOWED = {
-    # The Trainer's two training skeletons (issue 27 part 4, another branch): executor.py runs
-    # distributed.py for a multi-worker group, and distributed.py reuses executor.py's steps.
-    # One skeleton (trainer/training.py) removes the loop; remove this line when it lands.
-    frozenset({"pipeline_components.trainer.executor", "pipeline_components.trainer.distributed"}),
-}
 
 
 def modules(root: str, packages: Iterable[str] = PACKAGES) -> dict[str, str]:
@@ -86,9 +79,7 @@ def cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
 
 
 def test_no_import_cycle_in_the_packages():
-    found = cycles(import_graph(REPO))
-    assert sorted(map(sorted, found - ALLOWED)) == []
-    assert found >= ALLOWED, "an allowed cycle is gone: remove it from ALLOWED"
+    assert sorted(map(sorted, cycles(import_graph(REPO)))) == []
 
 
 def test_the_graph_holds_imports_inside_functions():
