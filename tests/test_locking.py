@@ -301,3 +301,25 @@ def test_only_a_component_folder_of_a_pipeline_root_counts_as_inside_it(tmp_path
     assert locking.pipeline_root_of(str(root / "out" / "trainer"), names) is None
     (root / "lock.json").write_text("{}")
     assert locking.pipeline_root_of(str(root / "out" / "trainer"), names) == str(root)
+
+
+def test_sigterm_before_the_renewal_thread_starts_still_releases_the_lock(tmp_path, monkeypatch):
+    """The signal can land after the lock is taken and before its renewal thread runs (the
+    window in which test_sigterm_releases_the_root_for_the_jobs_retry failed now and then):
+    the interrupt is what propagates and the lock file is gone. Here the real SIGTERM is raised
+    at the start of Thread.start, through the run's own SIGTERM handler."""
+
+    class SignalledThread(threading.Thread):
+        def start(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # handled before raise_signal returns
+            super().start()
+
+    monkeypatch.setattr(locking.threading, "Thread", SignalledThread)
+    root = tmp_path / "root"
+    with (
+        pytest.raises(KeyboardInterrupt, match="received SIGTERM"),
+        runner._sigterm_interrupts(),
+        locking.hold(str(root), "r1", "transfer-pipeline run"),
+    ):
+        pytest.fail("the interrupt came before the block")
+    assert not (root / "lock.json").exists()

@@ -309,7 +309,9 @@ class PipelineLock:
         self.lost: str | None = None  # why this holder no longer holds the root
         self.took_over: str | None = None  # the previous holder, when taken over
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # held around each renewal: release() takes it, so no renewal is in progress when the
+        # lock file is deleted and none starts after (whether the thread ever started or not)
+        self._renewal = threading.Lock()
 
     def _text(self) -> str:
         return json.dumps({**self.info, "lease_expires": _now() + self.lease_s}, indent=2) + "\n"
@@ -373,24 +375,33 @@ class PipelineLock:
     def start_renewing(self) -> None:
         def loop() -> None:
             while not self._stop.wait(self.lease_s / 4):
-                try:
-                    if not self.renew():
+                with self._renewal:
+                    if self._stop.is_set():  # released meanwhile
                         return
-                except Exception as e:  # a blip of the storage: try again at the next tick
-                    log.warning("could not renew the lock %s: %s", self.path, e)
+                    try:
+                        if not self.renew():
+                            return
+                    except Exception as e:  # a blip of the storage: try again at the next tick
+                        log.warning("could not renew the lock %s: %s", self.path, e)
 
-        self._thread = threading.Thread(target=loop, name="pipeline-lock", daemon=True)
-        self._thread.start()
+        threading.Thread(target=loop, name="pipeline-lock", daemon=True).start()
 
     def release(self) -> None:
+        """Stop renewing and delete the lock file. Safe at any point after __init__, also when
+        an interrupt (SIGTERM, Ctrl-C) came before the renewal thread started: it waits for a
+        renewal in progress (up to 5 s: a hung storage call; the lease then expires by
+        itself), never for the thread."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if not self.lost and self.version is not None:
-            try:
-                self.store.delete(self.version)
-            except Exception as e:  # the lease expires by itself
-                log.warning("could not release the lock %s: %s", self.path, e)
+        waited = self._renewal.acquire(timeout=5)
+        try:
+            if not self.lost and self.version is not None:
+                try:
+                    self.store.delete(self.version)
+                except Exception as e:  # the lease expires by itself
+                    log.warning("could not release the lock %s: %s", self.path, e)
+        finally:
+            if waited:
+                self._renewal.release()
 
     def holder(self) -> dict:
         return {k: v for k, v in self.info.items() if k != "token"}
