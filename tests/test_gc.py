@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from pipeline_components import cli
-from pipeline_components.core import locking, registry
+from pipeline_components.core import fsutil, locking, registry
 from pipeline_components.orchestration import executions, runner
 
 
@@ -215,6 +215,9 @@ def test_kill_9_during_infra_validation_leaves_no_process_and_the_rerun_cleans(
     root = tmp_path / "root"
     left = list(root.glob("InfraValidator/.*.tmp-*"))
     assert left, "the kill left the InfraValidator's temporary output (the test's premise)"
+    # what it holds this early: the staged candidate (a symlink) and the server's log, often
+    # still empty, so its size may be 0 bytes; gc reports what it measured
+    size = fsutil.tree_bytes(str(left[0]))
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "cleanup: removed" in rerun.stderr
@@ -222,7 +225,8 @@ def test_kill_9_during_infra_validation_leaves_no_process_and_the_rerun_cleans(
     record = json.loads((newest / "run.json").read_text())
     assert record["status"] == "completed" and record["push"]["pushed"]
     cleanup = record["cleanup"]
-    assert cleanup["bytes_freed"] > 0 and str(left[0]) in [r["path"] for r in cleanup["removed"]]
+    assert {"path": str(left[0]), "bytes": size} in cleanup["removed"]
+    assert cleanup["bytes_freed"] == sum(r["bytes"] for r in cleanup["removed"])
     assert {a.get("component") for a in cleanup["abandoned"]} >= {"InfraValidator", None}
     assert not [p for p in root.rglob("*") if ".tmp" in p.name], "a temporary is left"
     assert not list((tmp_path / "serving" / "m").glob(".*")), "a claim or temporary is left"
