@@ -157,7 +157,7 @@ def tf_data_epochs(
 
     from pipeline_components.trainer import augment as augment_module
     from pipeline_components.trainer import inputs
-    from pipeline_components.trainer.component import AugmentationConfig
+    from pipeline_components.trainer.config import AugmentationConfig
 
     layer = functools.partial(augment_module.RandomAffine, resampler=resampler)
     with mock.patch.object(inputs, "RandomAffine", layer):  # (e): the Trainer's path, other op

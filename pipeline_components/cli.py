@@ -1,9 +1,10 @@
 """`transfer-pipeline <command> ...`: one console script, a dispatcher over every registered
 component's subcommand (core/registry.py) and the tools below.
 
-Each component owns its flags (`Component.main(argv)`), so a component runs alone exactly as the
-pipeline runs it (the same `run(ctx)`). Heavy modules are imported lazily: TensorFlow and Beam
-take seconds to import and `--help` should not.
+A component's command line is generated from its declarations (core/commandline.py: one
+grammar for every command, docs/cli.md), so a component runs alone exactly as the pipeline runs
+it (the same `run(ctx)`). Heavy modules are imported lazily: TensorFlow and Beam take seconds to
+import and `--help` should not.
 """
 
 from __future__ import annotations
@@ -122,11 +123,11 @@ def print_anything() -> None:
 
 def dispatch(command: str, argv: list[str]) -> int:
     """Run one command's main(argv)."""
-    from pipeline_components.core import registry
+    from pipeline_components.core import commandline, registry
 
     component = registry.by_command(command)
     if component is not None:
-        return int(component.main(argv) or 0)
+        return commandline.main(component, argv)
     module_name, _, function = TOOLS[command][0].partition(":")
     module = importlib.import_module(module_name)
     return int(getattr(module, function or "main")(argv) or 0)

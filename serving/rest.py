@@ -57,7 +57,7 @@ from serving.tensors import dtype_name, shape_proto, to_ndarray
 
 if TYPE_CHECKING:
     from serving.servables import ModelManager
-    from serving.server import ModelService, PredictionService, ServerLimits
+    from serving.services import ModelService, PredictionService, ServerLimits
 
 log = logging.getLogger(__name__)
 

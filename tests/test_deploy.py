@@ -49,13 +49,14 @@ from tensorflow_serving.config import model_server_config_pb2
 from pipeline_components import cli
 from pipeline_components.core import artifacts, config
 from pipeline_components.core.errors import PipelineError
+from pipeline_components.core.registry import config_from_dict
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import demo as demo_lib
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer import plan as trainer_plan
 from serving import server as server_lib
 from serving.batching import BatchingParameters, parse_batching_parameters
-from serving.server import ServerLimits
+from serving.services import ServerLimits
 
 try:
     import tomllib
@@ -199,7 +200,7 @@ def configmap_data(docs, name: str) -> dict[str, str]:
 
 def pipeline_config(docs) -> config.PipelineConfig:
     raw = yaml.safe_load(configmap_data(docs, "pipeline-config")["pipeline.yaml"])
-    return config.from_dict(raw, source="pipeline-config ConfigMap")
+    return config_from_dict(raw, source="pipeline-config ConfigMap")
 
 
 def service_account(docs, pod: dict) -> dict:
@@ -730,12 +731,11 @@ def test_missing_weights_error_names_both_ways_to_supply_them():
     """An image built with BAKE_IMAGENET_WEIGHTS=0 fails the shipped configs at once, saying
     how to supply the file at build time and at run time."""
     for target in TARGETS:
-        weights = pipeline_config(render(target)).trainer.weights
-        assert weights == baked_weights_path() and not os.path.exists(weights)
+        trainer = pipeline_config(render(target)).sections["trainer"]
+        assert trainer.weights == baked_weights_path() and not os.path.exists(trainer.weights)
+        weights = trainer.weights
         with pytest.raises(PipelineError) as e:
-            trainer_plan.check_config(
-                dataclasses.replace(pipeline_config(render(target)).trainer, require_gpu=False)
-            )
+            trainer_plan.check_config(dataclasses.replace(trainer, require_gpu=False))
         message = str(e.value)
         assert message.startswith(f"trainer.weights: weights file {weights} does not exist")
         assert "\n" not in message and "BAKE_IMAGENET_WEIGHTS=1" in message
@@ -898,7 +898,7 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
     pod = cron_pod(docs)
     container = pod["spec"]["containers"][0]
     problems = []
-    beam_args = cfg.example_gen.beam_args
+    beam_args = cfg.sections["example_gen"].beam_args
     runner = beam_flag(beam_args, "runner") or "DirectRunner"
     if runner == "DataflowRunner":
         # Dataflow workers read data_root and write under pipeline_root: no pod volumes there.
@@ -937,7 +937,7 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
             problems.append(f"{key}={path}: TensorFlow has no {scheme(path)}:// file system")
     if scheme(cfg.data_root) == "s3" and not beam_flag(beam_args, "s3_region_name"):
         problems.append("s3:// data without --s3_region_name")
-    weights = cfg.trainer.weights
+    weights = cfg.sections["trainer"].weights
     read_only_root = container["securityContext"].get("readOnlyRootFilesystem")
     if weights == "imagenet" and read_only_root:
         problems.append("weights: imagenet downloads at run time on a read-only root filesystem")
@@ -951,11 +951,13 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
             problems.append(f"{where}: TensorFlow has no {scheme(weights)}:// file system")
         elif CREDENTIALS.get(scheme(weights)) not in annotations:
             problems.append(f"{where} without credentials for {scheme(weights)}://")
-    if cfg.trainer.backbone != "vgg19":
+    if cfg.sections["trainer"].backbone != "vgg19":
         problems.append("the image bakes VGG19 weights only")
     gpu = "nvidia.com/gpu" in container["resources"]["limits"]
-    if cfg.trainer.require_gpu != gpu:
-        problems.append(f"trainer.require_gpu={cfg.trainer.require_gpu} with a GPU limit: {gpu}")
+    if cfg.sections["trainer"].require_gpu != gpu:
+        problems.append(
+            f"trainer.require_gpu={cfg.sections['trainer'].require_gpu} with a GPU limit: {gpu}"
+        )
     return problems
 
 
@@ -988,14 +990,17 @@ def test_path_checks_catch_what_the_platforms_cannot_do():
         (eks, "gs://my-bucket/vgg19_notop.h5", "without credentials for gs://"),
     ):
         base = pipeline_config(docs)
-        trainer = dataclasses.replace(base.trainer, weights=weights)
+        trainer = dataclasses.replace(base.sections["trainer"], weights=weights)
         found = pipeline_config_problems(
             dataclasses.replace(base, sections={**base.sections, "trainer": trainer}), docs
         )
         found = [p for p in found if p.startswith("trainer.weights=")]
         assert found == [] if problem is None else len(found) == 1 and problem in found[0], found
     # A GPU CronJob that would train on the CPU without a word.
-    sections = {**cfg.sections, "trainer": dataclasses.replace(cfg.trainer, require_gpu=False)}
+    sections = {
+        **cfg.sections,
+        "trainer": dataclasses.replace(cfg.sections["trainer"], require_gpu=False),
+    }
     quiet = dataclasses.replace(cfg, sections=sections)
     assert any("require_gpu" in p for p in pipeline_config_problems(quiet, eks))
 
@@ -1003,9 +1008,9 @@ def test_path_checks_catch_what_the_platforms_cannot_do():
 def test_dataflow_example_config_is_coherent():
     """overlays/gke/pipeline.dataflow.yaml, the Dataflow variant, is not rendered by default."""
     raw = yaml.safe_load((K8S / "overlays/gke/pipeline.dataflow.yaml").read_text())
-    cfg = config.from_dict(raw, source="pipeline.dataflow.yaml")
+    cfg = config_from_dict(raw, source="pipeline.dataflow.yaml")
     docs = render("overlays/gke")
-    assert beam_flag(cfg.example_gen.beam_args, "runner") == "DataflowRunner"
+    assert beam_flag(cfg.sections["example_gen"].beam_args, "runner") == "DataflowRunner"
     assert pipeline_config_problems(cfg, docs) == []
     assert cfg.serving_dir == pipeline_config(docs).serving_dir, "TF Serving reads this one"
     # Workers install the wheel the image holds in <WORKDIR>/dist, copied from the wheel stage.
@@ -1018,7 +1023,7 @@ def test_dataflow_example_config_is_coherent():
     name = PYPROJECT["project"]["name"].replace("-", "_")
     whl = f"{name}-{PYPROJECT['project']['version']}-py3-none-any.whl"
     wheel = posixpath.join(workdir, dest, whl)
-    assert beam_flag(cfg.example_gen.beam_args, "extra_package") == wheel
+    assert beam_flag(cfg.sections["example_gen"].beam_args, "extra_package") == wheel
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -1261,11 +1266,13 @@ def model_footprint(backbone: str, image_size: tuple[int, int]) -> tuple[int, in
 def serving_memory_needed(cfg: config.PipelineConfig, params: BatchingParameters) -> float:
     """Bytes TF Serving needs with every batch thread running a full batch (see ACTIVATION_
     HEADROOM and RUNTIME for what is measured and what is assumed)."""
-    size = model_lib.image_size_for(cfg.trainer.backbone, cfg.trainer.image_size)
-    activations, weights = model_footprint(cfg.trainer.backbone, tuple(size))
+    size = model_lib.image_size_for(
+        cfg.sections["trainer"].backbone, cfg.sections["trainer"].image_size
+    )
+    activations, weights = model_footprint(cfg.sections["trainer"].backbone, tuple(size))
     per_image = size[0] * size[1] * 3 * 4 + ACTIVATION_HEADROOM * activations
     # policy `all`: every kept version is loaded, plus the new one before retention drops one
-    copies = cfg.pusher.keep_versions + 1
+    copies = cfg.sections["pusher"].keep_versions + 1
     return RUNTIME + copies * weights + params.num_batch_threads * params.max_batch_size * per_image
 
 
@@ -1805,15 +1812,15 @@ def test_kubeflow_overlay_has_the_claims_the_compiled_spec_mounts(tmp_path):
     for executor in k8s.values():
         for m in executor["pvcMount"]:
             mounted.add((m["constant"], m["mountPath"]))
-    assert mounted == set(cfg.kfp.volumes.items())
+    assert mounted == set(cfg.sections["kfp"].volumes.items())
     for claim, _ in mounted:
         spec_ = pvcs[claim]["spec"]
         assert spec_["accessModes"] == ["ReadWriteMany"] and spec_.get("storageClassName"), claim
     # the image every task runs is the overlay's, as the Deployment's registry
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     images = {e["container"]["image"] for e in executors.values()}
-    assert images == {cfg.kfp.image}
-    assert cfg.kfp.image.split(":")[-1] == PYPROJECT["project"]["version"]
+    assert images == {cfg.sections["kfp"].image}
+    assert cfg.sections["kfp"].image.split(":")[-1] == PYPROJECT["project"]["version"]
     # TF Serving reads <serving_dir>/<model_name> on the claim the tasks write it to
     serving = serving_pod(docs)
     (tfs,) = serving["spec"]["containers"]
@@ -1825,10 +1832,10 @@ def test_kubeflow_overlay_has_the_claims_the_compiled_spec_mounts(tmp_path):
     (model,) = models.model_config_list.config
     serving_mount, serving_vol = volume_at(serving, tfs, model.base_path)
     claim = serving_vol["persistentVolumeClaim"]["claimName"]
-    task_mount = cfg.kfp.volumes[claim]
+    task_mount = cfg.sections["kfp"].volumes[claim]
     assert posixpath.relpath(model.base_path, serving_mount["mountPath"]) == posixpath.relpath(
         posixpath.join(cfg.serving_dir, cfg.model_name), task_mount
     )
     # the GPU pool the Trainer's task selects is the one overlays/gpu's nodes carry
     gpu_selector = cron_pod(render("overlays/gpu"))["spec"]["nodeSelector"]
-    assert cfg.kfp.gpu.node_selector == gpu_selector
+    assert cfg.sections["kfp"].gpu.node_selector == gpu_selector

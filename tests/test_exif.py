@@ -19,7 +19,7 @@ from pipeline_components.core import contract, examples
 from pipeline_components.example_gen import executor as example_gen
 from pipeline_components.trainer import exif, export, inputs
 from pipeline_components.trainer import plan as trainer_plan
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 
 SIZE = (16, 16)  # the model's input: every orientation is resized to it
 SOURCE = (24, 40)  # height, width of the stored (sensor) pixels: 5-8 swap them

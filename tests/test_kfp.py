@@ -99,7 +99,7 @@ def flag_values(args: list[str], flag: str) -> list[list[str]]:
 @pytest.mark.parametrize("name", ["demo.yaml", "pipeline.yaml"])
 def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, capsys, name):
     source = ROOT / "configs" / name
-    cfg = config.load(str(source), CLUSTER)
+    cfg = registry.load_config(str(source), CLUSTER)
     spec, platform, path = compiled(tmp_path, source, *CLUSTER)
     out = capsys.readouterr().out
     assert f"wrote {path}: {len(BUILTIN)} steps in {IMAGE}" in out
@@ -117,8 +117,10 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
         assert container["image"] == IMAGE and container["command"] == ["transfer-pipeline"]
         assert container["args"][0] == "step"
         assert not task.caching_options.enable_cache, name_
-        assert task.retry_policy.max_retry_count == cfg.kfp.retries
-        assert task.retry_policy.backoff_duration.seconds == cfg.kfp.retry_backoff_seconds
+        assert task.retry_policy.max_retry_count == cfg.sections["kfp"].retries
+        assert (
+            task.retry_policy.backoff_duration.seconds == cfg.sections["kfp"].retry_backoff_seconds
+        )
     components = {
         execs[c.executor_label]["container"]["args"][1]: n for n, (_, _, c) in steps.items()
     }
@@ -173,7 +175,7 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
             assert settings["tolerations"] == [
                 {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
             ]
-        res = cfg.kfp.resources_for(component, gpu)
+        res = cfg.sections["kfp"].resources_for(component, gpu)
         assert resources["resourceMemoryRequest"] == f"{round(res.memory_gib * 1024)}Mi"
         assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"]
         assert resources["resourceCpuRequest"] == f"{round(res.cpu * 1000)}m"
@@ -183,17 +185,17 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
         assert settings["activeDeadlineSeconds"] == str(round(res.timeout_hours * 3600))
         # every task mounts every claim where the config's paths live
         mounts = {m["constant"]: m["mountPath"] for m in settings["pvcMount"]}
-        assert mounts == cfg.kfp.volumes
+        assert mounts == cfg.sections["kfp"].volumes
 
     # pipeline parameters: the config's values as defaults
     params = spec.root.input_definitions.parameters
     defaults = {n: json_format.MessageToDict(p.default_value) for n, p in params.items()}
     assert defaults["data_root"] == cfg.data_root and defaults["model_name"] == cfg.model_name
-    assert defaults["trainer_epochs"] == cfg.trainer.epochs
-    assert defaults["evaluator_min_accuracy"] == cfg.evaluator.min_accuracy
+    assert defaults["trainer_epochs"] == cfg.sections["trainer"].epochs
+    assert defaults["evaluator_min_accuracy"] == cfg.sections["evaluator"].min_accuracy
     assert (
         defaults["trainer_image_size"]
-        == yaml.safe_dump(cfg.trainer.image_size, default_flow_style=True).strip()
+        == yaml.safe_dump(cfg.sections["trainer"].image_size, default_flow_style=True).strip()
     )
     assert params["trainer_epochs"].parameter_type == params["pusher_keep_versions"].parameter_type
     # the pushed version is a pipeline output (through dsl.OneOf: 0 when nothing ran)
@@ -203,7 +205,7 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
     # the config each task starts from is the compiled one (its kfp: section left out)
     trainer_args = execs[tasks["trainer"][2].executor_label]["container"]["args"]
     (text,) = flag_values(trainer_args, "--config-text")[0]
-    carried = config.from_dict(yaml.safe_load(text))
+    carried = registry.config_from_dict(yaml.safe_load(text))
     expected = config.to_dict(cfg)
     got = config.to_dict(carried)
     del expected["kfp"], got["kfp"]

@@ -18,7 +18,7 @@ import types
 import typing
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -35,6 +35,7 @@ NAME_RULE = "1 to 128 letters, digits, '_', '.' or '-', starting with a letter o
 # Sections that say how the pipeline is deployed rather than configure a component
 # (section -> "module:Class", imported when a config is loaded); never part of a cache key.
 SETTINGS_SECTIONS = {"kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig"}
+T = TypeVar("T")
 
 
 def option(
@@ -62,21 +63,24 @@ def option(
 class PipelineConfig:
     """The top-level keys, plus one section object per registered component."""
 
-    pipeline_name: str = "transfer-pipeline"
-    pipeline_root: str = "./pipeline_root"
-    data_root: str = "./data"
-    serving_dir: str = "./serving_models"
-    model_name: str = "model"
+    pipeline_name: str = option("transfer-pipeline", doc="names the runs and the KFP pipeline")
+    pipeline_root: str = option(
+        "./pipeline_root", doc="executions, run records and reports (local, gs://, s3://)"
+    )
+    data_root: str = option("./data", doc="the image folders: <split>/<class>/<image>")
+    serving_dir: str = option(
+        "./serving_models", doc="TF Serving's model root: <serving_dir>/<model_name>/<version>/"
+    )
+    model_name: str = option("model", doc="the served model's name")
     sections: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __getattr__(self, name: str) -> Any:  # cfg.trainer, cfg.evaluator, ...
-        sections = self.__dict__.get("sections", {})
-        if name in sections:
-            return sections[name]
-        raise AttributeError(f"PipelineConfig has no section or field {name!r}")
-
-    def section(self, name: str) -> Any:
-        return self.sections[name]
+    def section(self, name: str, cls: type[T]) -> T:
+        """The section `name`, typed: `cfg.section("trainer", TrainerConfig)`."""
+        value = self.sections.get(name)
+        if not isinstance(value, cls):
+            what = "no" if value is None else f"a {type(value).__name__}, not a"
+            raise PipelineError(f"config: section {name!r} is {what} {cls.__name__}")
+        return value
 
 
 # ------------------------------------------------------------------------ type conversion
@@ -226,31 +230,19 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------------- loading
 
 
-def _section_classes() -> dict[str, type]:
-    import importlib
-
-    from pipeline_components.core import registry
-
-    classes = {
-        c.config_section: c.config_class
-        for c in registry.components()
-        if c.config_section and c.config_class
-    }
-    for section, target in SETTINGS_SECTIONS.items():
-        module, _, name = target.partition(":")
-        classes.setdefault(section, getattr(importlib.import_module(module), name))
-    return classes
-
-
-def from_dict(data: dict | None, source: str = "config") -> PipelineConfig:
-    """A validated PipelineConfig from a pipeline.yaml-shaped dict (defaults for what is absent)."""
+def from_dict(
+    data: dict | None, source: str = "config", *, sections: Mapping[str, type]
+) -> PipelineConfig:
+    """A validated PipelineConfig from a pipeline.yaml-shaped dict (defaults for what is absent).
+    `sections`: section name -> its dataclass (`registry.section_classes()`: the registered
+    components' and the settings sections)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PipelineError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
-    classes = _section_classes()
+    classes = dict(sections)
     hints = typing.get_type_hints(PipelineConfig)
     core, sections = {}, {}
     for key, value in data.items():
@@ -395,20 +387,12 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "override") 
     return data
 
 
-def qualify(override: str, section: str | None) -> str:
-    """`epochs=2` means `<section>.epochs=2`; keys naming a top-level key stay as they are."""
-    if section is None or "=" not in override:
-        return override
-    head = override.split("=", 1)[0].strip().split(".")[0]
-    if head in CORE_FIELDS or head in _section_classes():
-        return override
-    return f"{section}.{override}"
-
-
-def load(path: str | None, overrides: list[str] | None = None) -> PipelineConfig:
+def load(
+    path: str | None, overrides: list[str] | None = None, *, sections: Mapping[str, type]
+) -> PipelineConfig:
     data = load_yaml(path) if path else {}
     apply_overrides(data, overrides or [])
-    return from_dict(data, source=path or "config")
+    return from_dict(data, source=path or "config", sections=sections)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -45,8 +45,8 @@ from typing import Any
 
 import yaml
 
+from pipeline_components.core import commandline, registry
 from pipeline_components.core import config as config_lib
-from pipeline_components.core import registry
 from pipeline_components.core.component import Component
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
@@ -96,7 +96,7 @@ def mount_of(path: str, volumes: dict[str, str]) -> str | None:
 def check_reachable(cfg: PipelineConfig, source: str) -> None:
     """Every path a task reads or writes must be reachable from any node: a bucket the image can
     use, or an absolute path on a volume mounted into every task."""
-    kfp: KfpConfig = cfg.kfp
+    kfp = cfg.section("kfp", KfpConfig)
     for key, schemes in REMOTE_SCHEMES.items():
         path = getattr(cfg, key)
         if path.startswith("file://"):
@@ -210,7 +210,7 @@ def parameters(cfg: PipelineConfig, components: list[Component]) -> list[Paramet
         section = component.config_section
         if not section:
             continue
-        obj = cfg.section(section)
+        obj = component.section_of(cfg)
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
@@ -289,7 +289,7 @@ class Builder:
 
     def __init__(self, cfg: PipelineConfig, image: str, components: list[Component]):
         self.cfg, self.image = cfg, image
-        self.kfp_cfg: KfpConfig = cfg.kfp
+        self.kfp_cfg = cfg.section("kfp", KfpConfig)
         self.steps = plan(components)
         self.params = parameters(cfg, components)
         self.config_text = config_text(cfg)
@@ -514,7 +514,7 @@ def pipeline_function(cfg: PipelineConfig, image: str, components: list[Componen
 
 def compile_pipeline(cfg: PipelineConfig, image: str | None, output: str, source: str) -> dict:
     """Write the KFP v2 spec of `cfg` to `output`; returns a summary."""
-    image = check_image(image or cfg.kfp.image)
+    image = check_image(image or cfg.section("kfp", KfpConfig).image)
     if not PIPELINE_NAME.fullmatch(cfg.pipeline_name):
         raise PipelineError(
             f"{source}: pipeline_name={cfg.pipeline_name!r}: KFP needs lowercase letters, digits "
@@ -551,18 +551,21 @@ def compile_pipeline(cfg: PipelineConfig, image: str | None, output: str, source
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline compile-kfp",
-        description="Compile the pipeline to a Kubeflow Pipelines v2 spec (also runs on Vertex "
-        "AI Pipelines): one container task per component.",
+def parser() -> argparse.ArgumentParser:
+    p = commandline.new_parser(
+        "compile-kfp",
+        "Compile the pipeline to a Kubeflow Pipelines v2 spec (also runs on Vertex AI "
+        "Pipelines): one container task per component.",
     )
-    p.add_argument("--config", required=True, help="pipeline.yaml (with its kfp: section)")
+    commandline.add_config_arguments(p, "kfp", required=True)
     p.add_argument("--image", help="the project's image (default: kfp.image)")
-    p.add_argument("--output", required=True, help="where to write the spec (YAML)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = p.parse_args(argv)
-    cfg = config_lib.load(args.config, args.overrides)
+    p.add_argument("--output", required=True, metavar="FILE", help="where to write the spec")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    cfg, _ = commandline.load_config(args.config, args.overrides, "kfp")
     summary = compile_pipeline(cfg, args.image, args.output, args.config)
     for s in summary["steps"]:
         where = " on the GPU pool" if s["gpu"] else ""

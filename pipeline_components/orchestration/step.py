@@ -37,24 +37,20 @@ from typing import Any
 
 import yaml
 
-from pipeline_components.core import artifacts, fsutil, locking, registry
+from pipeline_components.core import artifacts, commandline, fsutil, locking, registry
 from pipeline_components.core import config as config_lib
 from pipeline_components.core.artifacts import Artifact
+from pipeline_components.core.commandline import UsageError
 from pipeline_components.core.component import Component
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import runner
+from pipeline_components.orchestration.executions import now
 
 log = logging.getLogger(__name__)
 
 VERDICT_SUFFIX = "_verdict"
 ZERO: dict[type, Any] = {bool: False, int: 0, float: 0.0, str: ""}
-
-
-class UsageError(PipelineError):
-    """A bad `step` command line (exit 2, as argparse)."""
-
-    exit_code = 2
 
 
 # ------------------------------------------------------------------------ published values
@@ -118,7 +114,7 @@ def field_type(key: str) -> Any:
         if section not in config_lib.CORE_FIELDS:
             raise UsageError(f"--param {key}: not a config key")
         return typing.get_type_hints(PipelineConfig)[section]
-    classes = config_lib._section_classes()
+    classes = registry.section_classes()
     if section not in classes or "." in field:
         raise UsageError(f"--param {key}: not a config key")
     hints = typing.get_type_hints(classes[section])
@@ -185,7 +181,7 @@ class StepRun(runner.Run):
                 "run_id": run_id,
                 "pipeline_name": cfg.pipeline_name,
                 "component": component,
-                "started": runner.now(),
+                "started": now(),
                 "code_version": runner.__version__,
                 "config_path": config_path,
                 "config": config_lib.to_dict(cfg),
@@ -196,7 +192,7 @@ class StepRun(runner.Run):
 
     def finish(self, status: str) -> None:
         self.record["status"] = status
-        self.record["finished"] = runner.now()
+        self.record["finished"] = now()
         self.save()
 
 
@@ -208,7 +204,7 @@ def remember_failure(root: str, run_id: str, component: str, error: PipelineErro
         run_id=run_id,
         component=component,
         status="failed",
-        finished=runner.now(),
+        finished=now(),
         permanent_error=str(error),
         exit_code=error.exit_code,
     )
@@ -290,7 +286,7 @@ def _run_step_locked(
             pipeline.skipped[spec.type.name] = "its producer did not run"
     try:
         if component.config_section:
-            component.preflight(cfg.section(component.config_section))
+            component.preflight(component.section_of(cfg))
         pipeline.step(component)
     except PipelineError as e:
         run.finish("failed")
@@ -316,15 +312,19 @@ def skip_steps(
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline step",
-        description="Run one pipeline component as its own task (a Kubeflow Pipelines step), "
-        "cached and recorded like `transfer-pipeline run`.",
+    p = commandline.new_parser(
+        "step",
+        "Run one pipeline component as its own task (a Kubeflow Pipelines step), cached and "
+        "recorded like `transfer-pipeline run`.",
+        "KEY=VALUE: config overrides, YAML values, after --param; a bare key=value means the "
+        "step's component's section.",
     )
-    p.add_argument("components", nargs="+", metavar="COMPONENT", help="component name(s)")
+    p.add_argument(
+        "items", nargs="+", metavar="COMPONENT|KEY=VALUE", help="component name(s), overrides"
+    )
     p.add_argument("--run-id", required=True, help="the run this step belongs to")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="pipeline.yaml")
+    source.add_argument("--config", metavar="FILE", help=commandline.CONFIG_HELP)
     source.add_argument("--config-text", help="pipeline.yaml's content (the KFP spec carries it)")
     p.add_argument("--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     p.add_argument("--input", nargs=2, action="append", default=[], metavar=("NAME", "URI"))
@@ -332,7 +332,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--output-param", nargs=2, action="append", default=[], metavar=("COMPONENT.KEY", "FILE")
     )
     p.add_argument("--skip", metavar="REASON", help="record the components as skipped")
-    return p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
+    args.components = [i for i in args.items if "=" not in i]
+    args.overrides = [i for i in args.items if "=" in i]
+    if not args.components:
+        p.error("name the component to run")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,8 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     root = str(data.get("pipeline_root") or PipelineConfig().pipeline_root)
     if args.skip is None:
         refuse_repeat(root, args.run_id, components[0].name)
+    own = components[0].config_section if len(components) == 1 else None
     try:
-        cfg = config_lib.from_dict(apply_parameters(data, args.param), source=source)
+        data = apply_parameters(data, args.param)
+        sections = registry.section_classes()
+        overrides = [commandline.qualify(o, own, sections) for o in args.overrides]
+        config_lib.apply_overrides(data, overrides)
+        cfg = registry.config_from_dict(data, source=source)
     except PipelineError as e:  # a bad run-time parameter fails every retry alike
         if args.skip is None:
             remember_failure(root, args.run_id, components[0].name, e)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline_components import cli
-    from pipeline_components.core import config
+    from pipeline_components.core import registry
     from pipeline_components.orchestration import runner
     from pipeline_components.orchestration.summary import summary_table
     from pipeline_components.tools import sample_data
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.quiet_tensorflow()
     cli.setup_logging()
 
-    cfg = config.load(args.config, args.overrides)
+    cfg = registry.load_config(args.config, args.overrides)
     if not os.path.isdir(cfg.data_root):
         counts = sample_data.generate(
             cfg.data_root, DEMO_CLASSES, args.per_class, size=(32, 32), seed=0

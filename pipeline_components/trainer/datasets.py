@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from pipeline_components.trainer import distributed, export, inputs, plots, trai
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.checkpoints import finish_checkpoints
 from pipeline_components.trainer.cluster import multi_worker_cluster
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.fit import OneProcess
 from pipeline_components.trainer.runtime import Runtime
 

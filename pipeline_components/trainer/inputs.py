@@ -39,7 +39,7 @@ from pipeline_components.trainer.augment import RandomAffine
 from pipeline_components.trainer.export import decode_and_resize
 
 if TYPE_CHECKING:
-    from pipeline_components.trainer.component import AugmentationConfig
+    from pipeline_components.trainer.config import AugmentationConfig
 
 log = logging.getLogger(__name__)
 

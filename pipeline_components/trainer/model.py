@@ -35,7 +35,7 @@ from pipeline_components.core.errors import PipelineError
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pipeline_components.core import examples, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 
 
 def use_cached_features(config: TrainerConfig) -> bool:

@@ -24,7 +24,7 @@ import keras
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.callbacks import METRICS, BestCheckpoint, read_epoch_records
 from pipeline_components.trainer.checkpoints import checkpoint_paths
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan, check_config, plan_training
 from pipeline_components.trainer.runtime import Run, Runtime
 
