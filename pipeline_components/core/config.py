@@ -25,7 +25,11 @@ from pipeline_components.core.errors import PipelineError
 CORE_FIELDS = ("pipeline_name", "pipeline_root", "data_root", "serving_dir", "model_name")
 # Sections that say how the pipeline is deployed rather than configure a component
 # (section -> "module:Class", imported when a config is loaded); never part of a cache key.
-SETTINGS_SECTIONS = {"kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig"}
+SETTINGS_SECTIONS = {
+    "kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig",
+    # where a run's Prometheus metrics go (issue 32: docs/monitoring.md)
+    "monitoring": "pipeline_components.orchestration.monitoring.settings:MonitoringConfig",
+}
 
 
 def option(

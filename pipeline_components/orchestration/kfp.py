@@ -228,10 +228,10 @@ def parameters(cfg: PipelineConfig, components: list[Component]) -> list[Paramet
 
 
 def config_text(cfg: PipelineConfig) -> str:
-    """The resolved config every task starts from (deployment sections left out)."""
-    data = {
-        k: v for k, v in config_lib.to_dict(cfg).items() if k not in config_lib.SETTINGS_SECTIONS
-    }
+    """The resolved config every task starts from, settings sections included: a task
+    publishes its metrics where `monitoring:` says, and knows from `kfp.retries` whether its
+    failure is final (issue 32)."""
+    data = config_lib.to_dict(cfg)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1 << 30)
 
 

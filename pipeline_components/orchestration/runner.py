@@ -51,7 +51,7 @@ from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import Component, ExecutionContext, output_uri
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import report
+from pipeline_components.orchestration import monitoring, report
 from pipeline_components.orchestration.summary import has_result, summary_table
 
 log = logging.getLogger(__name__)
@@ -380,6 +380,7 @@ def _run_locked(
         raise RunFailed(run.record) from e
     finally:
         _finish(run)
+        monitoring.publish_run(cfg, run.record)  # issue 32: never raises, bounded in time
     return run.record
 
 

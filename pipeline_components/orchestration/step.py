@@ -43,7 +43,7 @@ from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import Component
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import runner
+from pipeline_components.orchestration import monitoring, runner
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,10 @@ def run_step(
     # one writer per pipeline_root, as for `run`: a task holds the lock while it runs
     command = f"transfer-pipeline step {component.name}"
     with locking.hold(cfg.pipeline_root, run_id, command) as lock:
-        return _run_step_locked(cfg, component, run_id, inputs, config_path, lock)
+        try:
+            return _run_step_locked(cfg, component, run_id, inputs, config_path, lock)
+        finally:  # issue 32: its metrics, success or failure; never raises, bounded in time
+            monitoring.publish_step(cfg, run_id, [component.name])
 
 
 def _run_step_locked(
@@ -313,6 +316,7 @@ def skip_steps(
         run = StepRun(cfg, run_id, component.name, config_path)
         run.skip(component.name, reason)
         run.finish("skipped")
+    monitoring.publish_step(cfg, run_id, [c.name for c in components])  # issue 32
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
