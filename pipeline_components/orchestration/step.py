@@ -44,6 +44,7 @@ from pipeline_components.core.component import Component
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import monitoring, runner
+from pipeline_components.orchestration.monitoring import kfp_outputs
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--output-param", nargs=2, action="append", default=[], metavar=("COMPONENT.KEY", "FILE")
     )
     p.add_argument("--skip", metavar="REASON", help="record the components as skipped")
+    kfp_outputs.add_arguments(p)  # issue 32: the task's KFP Metrics / HTML artifacts
     return p.parse_args(argv)
 
 
@@ -372,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = run_step(cfg, component, args.run_id, dict(args.input), config_path)
     values = {f"{component.name}.{k}": v for k, v in output_values(component, entry).items()}
     write_outputs(files, values)
+    kfp_outputs.write_task_artifacts(args, cfg, component.name, entry, args.run_id)  # issue 32
     line = component.summary(entry) if entry.get("status") != "skipped" else entry.get("reason")
     print(f"{component.name}: {entry.get('status')}" + (f": {line}" if line else ""))
     return 0
