@@ -108,7 +108,13 @@ class Server:
 @contextlib.contextmanager
 def pushgateway(tmp: Path) -> Iterator[Server]:
     port = free_port()
-    argv = [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"]
+    argv = [
+        binary("prometheus-pushgateway"),
+        f"--web.listen-address=127.0.0.1:{port}",
+        # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: every
+        # test gateway would share (and write) one system file
+        f"--persistence.file={tmp / 'pushgateway.data'}",
+    ]
     server = Server(argv, f"http://127.0.0.1:{port}", "/-/ready", tmp / "pushgateway.log")
     try:
         yield server

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,9 +100,10 @@ class Stack:
     data: Path
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("monitoring")
+@contextlib.contextmanager
+def monitoring_stack(tmp: Path) -> Iterator[Stack]:
+    """A Pushgateway and a Prometheus scraping it and the local server; a run failing in the
+    Trainer, one succeeding, the server on its pushed model, N predictions."""
     data = tmp / "data"
     sample_data.generate(str(data), ("circles", "squares"), (8, 3, 3), (32, 32), "jpg", 0)
     targets = tmp / "serving-targets.json"
@@ -138,6 +140,12 @@ def stack(tmp_path_factory):
                 prom.wait_for("sum(:tensorflow:serving:request_count)", lambda v: v == 1)
                 predict(handle, data, grpc=GRPC_REQUESTS - 1, rest=REST_REQUESTS)
                 yield s
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with monitoring_stack(tmp_path_factory.mktemp("monitoring")) as s:
+        yield s
 
 
 def predict(handle: object, data: Path, grpc: int, rest: int) -> None:

@@ -265,5 +265,5 @@ def flat_values(group: Group) -> dict[str, float]:
     holds = [dict(s.labels)["status"] for s in group.samples if s.name == "component_status"]
     values = [s.value for s in group.samples if s.name == "component_status"]
     status = next((st for st, v in zip(holds, values, strict=True) if v), "")
-    out["success"] = float(status in ("completed", "cached"))
+    out["success"] = float(status in ("completed", "cached", "skipped"))  # did not fail
     return out
