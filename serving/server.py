@@ -81,6 +81,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_THREADS = max(16, 4 * (os.cpu_count() or 1))
 SIGNATURE_DEF = "signature_def"
 SERVICE_NAMES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# the RPCs TF Serving counts in request_count / request_latency (prediction_service_impl.cc)
+COUNTED_RPCS = ("Predict", "Classify", "Regress")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +246,6 @@ class _Method:
     fn: Callable[[Any, float | None], message.Message] | None
     blocking: bool  # runs TensorFlow: in a worker thread, not on the event loop
     model: Callable[[Any], str] = lambda request: request.model_spec.name  # for log lines
-    api: str | None = None  # counted in TF Serving's request_count / request_latency as this
 
 
 class _Server:
@@ -309,21 +310,15 @@ class _Server:
         p, m = self.prediction, self.models
         services = {
             "tensorflow.serving.PredictionService": {
-                "Predict": _Method(predict_pb2.PredictRequest, p.predict, True, api="Predict"),
+                "Predict": _Method(predict_pb2.PredictRequest, p.predict, True),
                 "GetModelMetadata": _Method(
                     get_model_metadata_pb2.GetModelMetadataRequest, p.metadata, False
                 ),
                 "Classify": _Method(
-                    classification_pb2.ClassificationRequest,
-                    p.unimplemented("Classify"),
-                    False,
-                    api="Classify",
+                    classification_pb2.ClassificationRequest, p.unimplemented("Classify"), False
                 ),
                 "Regress": _Method(
-                    regression_pb2.RegressionRequest,
-                    p.unimplemented("Regress"),
-                    False,
-                    api="Regress",
+                    regression_pb2.RegressionRequest, p.unimplemented("Regress"), False
                 ),
                 "MultiInference": _Method(
                     inference_pb2.MultiInferenceRequest,
@@ -396,11 +391,11 @@ class _Server:
             if not done:
                 read.add_done_callback(_consume)
                 error = _timeout(budget, "the request to arrive")
-                self._observe(spec, None, error.code.name, started)
+                self._observe(method, spec, None, error.code.name, started)
                 await self._fail(context, method, "", error)
             request = read.result()
             if request is grpc.aio.EOF:
-                self._observe(spec, None, grpc.StatusCode.INVALID_ARGUMENT.name, started)
+                self._observe(method, spec, None, grpc.StatusCode.INVALID_ARGUMENT.name, started)
                 await self._fail(context, method, "", invalid("no request message"))
             if handler is not None:  # health: the library's async servicer
                 return await handler(request, context)
@@ -412,7 +407,7 @@ class _Server:
                 else:
                     left = budget - (time.monotonic() - started)
                     response = await asyncio.wait_for(self._in_worker(fn, request, left), left)
-                self._observe(spec, request, "OK", started, response)
+                self._observe(method, spec, request, "OK", started, response)
                 return response
             except StatusError as e:
                 error = e
@@ -423,21 +418,23 @@ class _Server:
                     grpc.StatusCode.INTERNAL,
                     f"internal error: {type(e).__name__}: {clip(' '.join(str(e).split()), 500)}",
                 )
-            self._observe(spec, request, error.code.name, started)
+            self._observe(method, spec, request, error.code.name, started)
             await self._fail(context, method, spec.model(request), error)
 
         return rpc
 
     def _observe(
         self,
+        method: str,
         spec: _Method,
         request: Any,
         status: str,
         started: float,
         response: message.Message | None = None,
     ) -> None:
-        """TF Serving's request metrics for the RPCs it counts (spec.api: Predict, ...)."""
-        if spec.api is None:
+        """TF Serving's request metrics, for the RPCs it counts (COUNTED_RPCS)."""
+        service, _, api = method.partition(".")
+        if service != "PredictionService" or api not in COUNTED_RPCS:
             return
         version, signature = None, ""
         answered = getattr(response, "model_spec", None)
@@ -445,7 +442,7 @@ class _Server:
             version, signature = answered.version.value, answered.signature_name
         model = spec.model(request) if request is not None else ""
         elapsed = time.monotonic() - started
-        self.metrics.request("GRPC", spec.api, model, status, elapsed, version, signature)
+        self.metrics.request("GRPC", api, model, status, elapsed, version, signature)
 
     async def _in_worker(
         self, fn: Callable[[Any, float | None], _T], request: message.Message | None, timeout: float

@@ -44,7 +44,7 @@ CHROMIUM = [
     "--disable-sync",
     "--no-first-run",
     "--hide-scrollbars",
-    "--window-size=1400,1250",
+    "--window-size=1400,1720",
     "--virtual-time-budget=20000",
 ]
 

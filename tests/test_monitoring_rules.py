@@ -440,3 +440,10 @@ def test_rules_and_dashboard_read_only_published_metrics(path):
     names = {n if n in published else re.sub(r"_(bucket|sum|count)$", "", n) for n in found}
     assert len(names) > 10, path
     assert names <= published, sorted(names - published)
+
+
+def test_docs_describe_every_metric_and_alert():
+    docs = (ROOT / "docs/monitoring.md").read_text()
+    missing = sorted(n for n in published_names() if f"`{n}`" not in docs)
+    assert not missing, f"docs/monitoring.md does not describe {missing}"
+    assert not sorted(a for a in alert_names(rule_groups()) if f"`{a}`" not in docs)

@@ -27,6 +27,7 @@ from typing import Any
 
 from pipeline_components.core import artifacts, registry
 from pipeline_components.orchestration.monitoring.history import History, producer, timestamp
+from pipeline_components.orchestration.summary import has_result
 
 PREFIX = "transfer_pipeline_"
 # A component's status in a run: one series each, 1 for the one that holds
@@ -143,15 +144,9 @@ def component_group(pipeline: str, name: str, entry: dict | None) -> Group:
     if entry and status in ("completed", "cached", "failed"):
         samples.append(Sample("component_duration_seconds", float(entry.get("duration_s") or 0)))
         samples.append(Sample("component_cache_hit", float(status == "cached")))
-    if entry and _has_result(entry):
+    if entry and has_result(entry):
         samples += list(_measured(name, entry))
     return Group({"pipeline": pipeline, "component": name}, samples)
-
-
-def _has_result(entry: dict) -> bool:
-    from pipeline_components.orchestration.summary import has_result
-
-    return has_result(entry)
 
 
 def _measured(name: str, entry: dict) -> Iterator[Sample]:
