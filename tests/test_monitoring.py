@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_tools import DASHBOARD, ROOT, Prometheus, prometheus, pushgateway
+from test_pipeline import TRAINER as PIPELINE_TRAINER
 
 from pipeline_components import cli
 from pipeline_components.tools import sample_data
@@ -32,15 +33,7 @@ from serving.server import start_server
 PIPELINE = "nightly-🐱"  # a name from another alphabet round-trips through both tools
 MODEL = "shapes"
 SERVING_JOB = "serving"
-TRAINER = {
-    "weights": "none",
-    "image_size": [32, 32],
-    "head": "global_average",
-    "epochs": 1,
-    "batch_size": 8,
-    "steps_per_epoch": None,
-    "augmentation": None,
-}
+TRAINER = {**PIPELINE_TRAINER, "epochs": 1}  # weights none, 32x32: seconds
 GRPC_REQUESTS, REST_REQUESTS = 3, 2
 RUN = f'{{pipeline="{PIPELINE}"}}'
 
