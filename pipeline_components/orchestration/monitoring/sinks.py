@@ -98,13 +98,15 @@ def bounded(fn: Callable[[], None], seconds: float) -> None:
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise TimeoutError(f"no answer within {seconds:g} s (monitoring.timeout_seconds)")
+        raise TimeoutError(f"no answer within {seconds:g} s")
     if failure:
         raise failure[0]
 
 
-def _why(e: BaseException) -> str:
+def _why(e: BaseException, seconds: float) -> str:
     reason = getattr(e, "reason", None)  # urllib's URLError: the socket's error
+    if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):  # ours or the socket's
+        return f"no answer within {seconds:g} s (monitoring.timeout_seconds)"
     text = str(reason if reason is not None else e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
@@ -130,7 +132,8 @@ def publish(
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt | SystemExit):
                 raise
-            line = f"monitoring: could not {what} {where}: {_why(e)} (the run goes on as it was)"
+            why = _why(e, settings.timeout_seconds)
+            line = f"monitoring: could not {what} {where}: {why} (the run goes on as it was)"
             log.warning("%s", line)
             warnings.append(line)
     return warnings
