@@ -51,6 +51,7 @@ from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchingParameters, BatchScheduler, load_batching_parameters
 from serving.errors import StatusError, clip, invalid
+from serving.metrics import ServingMetrics, load_monitoring_config
 from serving.model_config import ModelConfig, load_model_config_file
 from serving.rest import RestApi
 from serving.servables import (
@@ -78,6 +79,8 @@ DEFAULT_REST_API_PORT = 8501
 HOST_ENV = "TRANSFER_PIPELINE_SERVE_HOST"  # --host's default; the Dockerfile sets 0.0.0.0
 DEFAULT_MAX_THREADS = max(16, 4 * (os.cpu_count() or 1))
 SERVICE_NAMES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# the RPCs TF Serving counts in request_count / request_latency (prediction_service_impl.cc)
+COUNTED_RPCS = ("Predict", "Classify", "Regress")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,28 +95,37 @@ class _Method:
 class _Server:
     """The grpc.aio server, its event loop thread and the worker threads for Predict."""
 
-    def __init__(self, manager: ModelManager, limits: ServerLimits, max_threads: int) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        limits: ServerLimits,
+        max_threads: int,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
         self.manager = manager
         self.limits = limits
+        self.metrics = metrics or ServingMetrics(manager)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
         self._thread.start()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_threads, "grpc")
         self.busy = 0  # worker threads running a request now
         self._busy_lock = threading.Lock()
-        self.prediction = PredictionService(manager, limits)
+        self.prediction = PredictionService(manager, limits, self.metrics)
         self.models = ModelService(manager)
         self.health = self.call(self._make_health())
         self.server = self.call(self._make_server())
         self.rest: RestApi | None = None
 
-    def start_rest(self, host: str, port: int) -> int:
-        """Serve the REST API on host:port (0: a free port) on this loop; the bound port."""
+    def start_rest(self, host: str, port: int, metrics_path: str | None = None) -> int:
+        """Serve the REST API on host:port (0: a free port) on this loop, and the metrics at
+        metrics_path (None: not served); the bound port."""
 
         async def start() -> int:
             self.rest = RestApi(
                 self.prediction, self.models, self.manager, self.limits, self._rest_blocking
             )
+            self.rest.serve_metrics(self.metrics, metrics_path)
             return await self.rest.start(host, port)
 
         return self.call(start())
@@ -222,9 +234,12 @@ class _Server:
             done, _ = await asyncio.wait({read}, timeout=budget)
             if not done:
                 read.add_done_callback(_consume)
-                await self._fail(context, method, "", _timeout(budget, "the request to arrive"))
+                error = _timeout(budget, "the request to arrive")
+                self._observe(method, spec, None, error.code.name, started)
+                await self._fail(context, method, "", error)
             request = read.result()
             if request is grpc.aio.EOF:
+                self._observe(method, spec, None, grpc.StatusCode.INVALID_ARGUMENT.name, started)
                 await self._fail(context, method, "", invalid("no request message"))
             if handler is not None:  # health: the library's async servicer
                 return await handler(request, context)
@@ -232,9 +247,12 @@ class _Server:
                 fn = spec.fn
                 assert fn is not None  # only health's _Method has none, and it has a handler
                 if not spec.blocking:
-                    return fn(request, None)
-                left = budget - (time.monotonic() - started)
-                return await asyncio.wait_for(self._in_worker(fn, request, left), left)
+                    response = fn(request, None)
+                else:
+                    left = budget - (time.monotonic() - started)
+                    response = await asyncio.wait_for(self._in_worker(fn, request, left), left)
+                self._observe(method, spec, request, "OK", started, response)
+                return response
             except StatusError as e:
                 error = e
             except (asyncio.TimeoutError, TimeoutError):
@@ -244,9 +262,31 @@ class _Server:
                     grpc.StatusCode.INTERNAL,
                     f"internal error: {type(e).__name__}: {clip(' '.join(str(e).split()), 500)}",
                 )
+            self._observe(method, spec, request, error.code.name, started)
             await self._fail(context, method, spec.model(request), error)
 
         return rpc
+
+    def _observe(
+        self,
+        method: str,
+        spec: _Method,
+        request: Any,
+        status: str,
+        started: float,
+        response: message.Message | None = None,
+    ) -> None:
+        """TF Serving's request metrics, for the RPCs it counts (COUNTED_RPCS)."""
+        service, _, api = method.partition(".")
+        if service != "PredictionService" or api not in COUNTED_RPCS:
+            return
+        version, signature = None, ""
+        answered = getattr(response, "model_spec", None)
+        if answered is not None:
+            version, signature = answered.version.value, answered.signature_name
+        model = spec.model(request) if request is not None else ""
+        elapsed = time.monotonic() - started
+        self.metrics.request("GRPC", api, model, status, elapsed, version, signature)
 
     async def _in_worker(
         self, fn: Callable[[Any, float | None], _T], request: message.Message | None, timeout: float
@@ -324,6 +364,7 @@ class ServerHandle:
     port: int
     manager: ModelManager
     rest_port: int | None = None
+    metrics_path: str | None = None  # Prometheus metrics on the REST port (None: not served)
 
     @property
     def target(self) -> str:
@@ -334,6 +375,17 @@ class ServerHandle:
         if self.rest_port is None:
             return None
         return f"http://{_host_for_url(self.host)}:{self.rest_port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes this server (--monitoring-config-file), None when off."""
+        if self.rest_url is None or self.metrics_path is None:
+            return None
+        return self.rest_url + self.metrics_path
+
+    @property
+    def metrics(self) -> ServingMetrics:
+        return self.server.metrics
 
     @property
     def serving(self) -> bool:
@@ -368,6 +420,7 @@ class ServerHandle:
         if scheduler is not None:
             scheduler.stop(timeout=0.5)
         self.server.executor.shutdown(wait=False, cancel_futures=True)
+        self.server.metrics.close()
         self.server.loop.call_soon_threadsafe(self.server.loop.stop)
 
     def __enter__(self) -> ServerHandle:
@@ -424,10 +477,13 @@ def start_server(
     model_config_file_poll_wait_seconds: float = 0.0,
     allow_version_labels_for_unavailable_models: bool = False,
     rest_api_port: int | None = None,
+    monitoring_config_file: str | None = None,
 ) -> ServerHandle:
     """Start serving; returns once the versions present at startup are loaded.
 
     rest_api_port: also serve TF Serving's REST API on this port (0: a free one; None: off).
+    monitoring_config_file: TF Serving's monitoring.config; when it enables Prometheus, the
+    metrics (serving/metrics.py) are served on the REST port at its path.
 
     With a model config file, `model_config_file_poll_wait_seconds` > 0 re-reads it that
     often (models, policies and labels change without a restart; 0 reads it once, as TF
@@ -443,11 +499,13 @@ def start_server(
     if max_threads < 1 or max_message_bytes < 1:
         raise PipelineError("--grpc-max-threads and --max-message-bytes must be >= 1")
     limits = limits or ServerLimits(max_message_bytes=max_message_bytes)
+    metrics_path = _metrics_path(monitoring_config_file, rest_api_port)
+    metrics = ServingMetrics()
     scheduler = None
     if enable_batching:
         if isinstance(batching_parameters, str | os.PathLike):
             batching_parameters = load_batching_parameters(str(batching_parameters))
-        scheduler = BatchScheduler(batching_parameters or BatchingParameters())
+        scheduler = BatchScheduler(batching_parameters or BatchingParameters(), metrics)
     manager = ModelManager(
         configs,
         scheduler,
@@ -455,19 +513,22 @@ def start_server(
         load_retry_interval_s,
         allow_version_labels_for_unavailable_models,
     )
-    server = _Server(manager, limits, max_threads)
+    metrics.manager, manager.metrics = manager, metrics
+    server = _Server(manager, limits, max_threads, metrics)
     _update_health(server, manager)
     manager.listeners.append(lambda: _update_health(server, manager))
     try:
         bound = _bind(server, f"{_host_for_url(host)}:{port}", server_credentials)
-        rest_bound = None if rest_api_port is None else server.start_rest(host, rest_api_port)
+        rest_bound = (
+            None if rest_api_port is None else server.start_rest(host, rest_api_port, metrics_path)
+        )
     except PipelineError:
         server.call(server._stop(0.0))
         server.loop.call_soon_threadsafe(server.loop.stop)
         if scheduler is not None:
             scheduler.stop()
         raise
-    handle = ServerHandle(server, host, bound, manager, rest_bound)
+    handle = ServerHandle(server, host, bound, manager, rest_bound, metrics_path)
     try:
         # Like tensorflow_model_server: the port answers once the versions present at startup
         # are loaded (a client connecting earlier is UNAVAILABLE and retries, not NOT_FOUND).
@@ -484,6 +545,19 @@ def start_server(
             lambda: load_model_config_file(path), model_config_file_poll_wait_seconds
         )
     return handle
+
+
+def _metrics_path(monitoring_config_file: str | None, rest_api_port: int | None) -> str | None:
+    """The metrics path a monitoring.config enables (None: off); they need the REST port."""
+    if monitoring_config_file is None:
+        return None
+    path = load_monitoring_config(monitoring_config_file)
+    if path is not None and rest_api_port is None:
+        raise PipelineError(
+            f"{monitoring_config_file} enables Prometheus metrics, which are served on the REST "
+            "port: set --rest-api-port"
+        )
+    return path
 
 
 def _bind(server: _Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -534,6 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
         "free port",
     )
     p.add_argument("--rest-api-port-file", help="write the bound REST port here once serving")
+    p.add_argument(
+        "--monitoring-config-file",
+        help="TF Serving monitoring.config: prometheus_config { enable: true path: ... } serves "
+        "Prometheus metrics on the REST port (docs/monitoring.md)",
+    )
     p.add_argument("--enable-batching", action="store_true", help="server-side dynamic batching")
     p.add_argument("--batching-parameters-file", help="TF Serving batching_parameters.txt")
     p.add_argument(
@@ -698,6 +777,7 @@ def _serve_until_signalled(args: argparse.Namespace, stop: threading.Event) -> S
             args.allow_version_labels_for_unavailable_models
         ),
         rest_api_port=args.rest_api_port,
+        monitoring_config_file=args.monitoring_config_file,
     )
     try:
         while not stop.is_set() and not handle.wait_until_serving(0.2):
@@ -711,11 +791,12 @@ def _serve_until_signalled(args: argparse.Namespace, stop: threading.Event) -> S
                 f"{n} {handle.manager.loaded_versions(n)}" for n in handle.manager.models
             )
             log.info(
-                "serving %s on %s, REST on %s (batching %s)",
+                "serving %s on %s, REST on %s (batching %s, metrics %s)",
                 models,
                 handle.target,
                 handle.rest_url or "off",
                 "on" if args.enable_batching else "off",
+                handle.metrics_url or "off",
             )
         while not stop.wait(1.0):
             pass

@@ -7,6 +7,7 @@ and answers are the same over either."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from google.protobuf import message
     from tensorflow_serving.apis import model_pb2
 
+    from serving.metrics import ServingMetrics
     from serving.servables import ModelManager
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -103,9 +105,15 @@ class PredictionService:
     """tensorflow.serving.PredictionService as plain methods: request -> response, or
     StatusError. `Server` calls them (Predict in a worker thread, the others on the loop)."""
 
-    def __init__(self, manager: ModelManager, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        limits: ServerLimits | None = None,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
         self.manager = manager
         self.limits = limits or ServerLimits()
+        self.metrics = metrics
 
     def predict(
         self, request: predict_pb2.PredictRequest, timeout: float | None = None
@@ -115,7 +123,10 @@ class PredictionService:
         wanted = signature.output_filter(list(request.output_filter))
         budget = RequestBudget(self.limits.max_request_bytes, self.limits.max_string_elements)
         arrays = signature.decode(request.inputs, budget)
+        started = time.monotonic()
         outputs = servable.run(signature, arrays, self.manager.scheduler, timeout)
+        if self.metrics is not None:  # TF Serving's runtime_latency: the run, queue included
+            self.metrics.runtime(servable.name, "Predict", time.monotonic() - started)
         response = predict_pb2.PredictResponse()
         _model_spec(response.model_spec, servable.name, servable.version, signature.name)
         for name in wanted:

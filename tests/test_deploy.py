@@ -73,7 +73,7 @@ PROMETHEUS_OPERATOR = "components/prometheus-operator"
 # The oldest Kubernetes the manifests support (GKE and EKS still run it) and the newest schema.
 K8S_VERSIONS = ("1.33.0", latest_version())
 # Custom resources kubernetes-validate has no schema for, checked by the cross-checks instead.
-CUSTOM_KINDS = {"PodMonitor"}
+CUSTOM_KINDS = {"PodMonitor", "PrometheusRule"}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPT = "transfer-pipeline"
 VGG19_NOTOP = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"  # keras.applications.vgg19
@@ -1379,8 +1379,14 @@ def test_prometheus_operator_component_scrapes_every_serving_pod(target, tmp_pat
     docs = render(target)
     with_monitor = with_component(target, PROMETHEUS_OPERATOR, tmp_path)
     added = [d for d in with_monitor if d not in docs]
-    assert [d["kind"] for d in added] == ["PodMonitor"] and len(with_monitor) == len(docs) + 1
-    (monitor,) = added
+    # the PodMonitor, the alert rules and the dashboard (tests/test_monitoring_rules.py)
+    assert sorted(d["kind"] for d in added) == ["ConfigMap", "PodMonitor", "PrometheusRule"]
+    assert len(with_monitor) == len(docs) + 3
+    monitor = one(added, "PodMonitor")
+    dashboard = one(added, "ConfigMap", "transfer-pipeline-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    rule = one(added, "PrometheusRule")
+    assert dashboard["metadata"]["namespace"] == rule["metadata"]["namespace"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     ns = one(docs, "Namespace")["metadata"]["name"]
     assert monitor["metadata"]["namespace"] == ns, "a component's objects get no namespace"

@@ -34,7 +34,11 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 NAME_RULE = "1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 # Sections that say how the pipeline is deployed rather than configure a component
 # (section -> "module:Class", imported when a config is loaded); never part of a cache key.
-SETTINGS_SECTIONS = {"kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig"}
+SETTINGS_SECTIONS = {
+    "kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig",
+    # where a run's Prometheus metrics go (issue 32: docs/monitoring.md)
+    "monitoring": "pipeline_components.orchestration.monitoring.settings:MonitoringConfig",
+}
 T = TypeVar("T")
 
 

@@ -52,6 +52,7 @@ from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import step as step_lib
 from pipeline_components.orchestration.kfp_settings import KfpConfig
+from pipeline_components.orchestration.monitoring import kfp_outputs
 
 COMMAND = "transfer-pipeline"
 RUN_ID = "run_id"  # every task's input fed {{$.pipeline_job_uuid}}
@@ -228,10 +229,10 @@ def parameters(cfg: PipelineConfig, components: list[Component]) -> list[Paramet
 
 
 def config_text(cfg: PipelineConfig) -> str:
-    """The resolved config every task starts from (deployment sections left out)."""
-    data = {
-        k: v for k, v in config_lib.to_dict(cfg).items() if k not in config_lib.SETTINGS_SECTIONS
-    }
+    """The resolved config every task starts from, settings sections included: a task
+    publishes its metrics where `monitoring:` says, and knows from `kfp.retries` whether its
+    failure is final (issue 32)."""
+    data = config_lib.to_dict(cfg)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1 << 30)
 
 
@@ -261,15 +262,18 @@ def container_component(
     outputs: dict[str, type],
     image: str,
     args: Callable[[dict[str, Any]], list[Any]],
+    artifacts: dict[str, Any] | None = None,
 ) -> Any:
-    """A kfp container component with these inputs and output parameters (built at run time:
-    the set of components and options is the registry's, not written down here)."""
+    """A kfp container component with these inputs, output parameters and output artifacts
+    ({name: dsl artifact class}) (built at run time: the set of components and options is the
+    registry's, not written down here)."""
     from kfp import dsl
 
-    clash = set(inputs) & set(outputs)
+    artifacts = artifacts or {}
+    clash = (set(inputs) & set(outputs)) | (set(artifacts) & (set(inputs) | set(outputs)))
     if clash:
         raise PipelineError(f"{name}: {sorted(clash)} is both an input and an output")
-    names = [*inputs, *outputs]
+    names = [*inputs, *outputs, *artifacts]
 
     def body(*values: Any) -> Any:
         return dsl.ContainerSpec(
@@ -277,7 +281,11 @@ def container_component(
         )
 
     body.__signature__ = _signature(  # type: ignore[attr-defined]
-        {**inputs, **{k: dsl.OutputPath(t) for k, t in outputs.items()}}
+        {
+            **inputs,
+            **{k: dsl.OutputPath(t) for k, t in outputs.items()},
+            **{k: dsl.Output[t] for k, t in artifacts.items()},
+        }
     )
     body.__name__ = body.__qualname__ = name
     body.__doc__ = description
@@ -363,15 +371,19 @@ class Builder:
         inputs: dict[str, type] = {RUN_ID: str, **{p.name: p.type for p in self.params}}
         inputs.update({name: str for name in s.sources})
 
+        shown = kfp_outputs.task_artifacts(c)  # issue 32: its Metrics (and HTML) artifacts
+
         def args(values: dict[str, Any]) -> list[Any]:
             out: list[Any] = ["step", c.name, *self._common_args(values)]
             for name in s.sources:
                 out += ["--input", name, values[name]]
             for key in published:
                 out += ["--output-param", f"{c.name}.{key}", values[key]]
-            return out
+            return out + kfp_outputs.step_args(values, shown)
 
-        op = container_component(kebab(c.name), c.description, inputs, published, self.image, args)
+        op = container_component(
+            kebab(c.name), c.description, inputs, published, self.image, args, shown
+        )
         upstream = {
             name: self.tasks[producer].outputs[output]
             for name, (producer, output) in s.sources.items()

@@ -48,7 +48,7 @@ from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import Component, ExecutionContext, output_uri
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import report
+from pipeline_components.orchestration import monitoring, report
 from pipeline_components.orchestration.executions import (
     execution_ids,
     find_execution,
@@ -342,6 +342,7 @@ def _run_locked(
         raise RunFailed(run.record) from e
     finally:
         _finish(run)
+        monitoring.publish_run(cfg, run.record)  # issue 32: never raises, bounded in time
     return run.record
 
 

@@ -44,8 +44,9 @@ from pipeline_components.core.commandline import UsageError
 from pipeline_components.core.component import Component
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import runner
+from pipeline_components.orchestration import monitoring, runner
 from pipeline_components.orchestration.executions import now
+from pipeline_components.orchestration.monitoring import kfp_outputs
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,10 @@ def run_step(
     # one writer per pipeline_root, as for `run`: a task holds the lock while it runs
     command = f"transfer-pipeline step {component.name}"
     with locking.hold(cfg.pipeline_root, run_id, command) as lock:
-        return _run_step_locked(cfg, component, run_id, inputs, config_path, lock)
+        try:
+            return _run_step_locked(cfg, component, run_id, inputs, config_path, lock)
+        finally:  # issue 32: its metrics, success or failure; never raises, bounded in time
+            monitoring.publish_step(cfg, run_id, [component.name])
 
 
 def _run_step_locked(
@@ -309,6 +313,7 @@ def skip_steps(
         run = StepRun(cfg, run_id, component.name, config_path)
         run.skip(component.name, reason)
         run.finish("skipped")
+    monitoring.publish_step(cfg, run_id, [c.name for c in components])  # issue 32
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -332,6 +337,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--output-param", nargs=2, action="append", default=[], metavar=("COMPONENT.KEY", "FILE")
     )
     p.add_argument("--skip", metavar="REASON", help="record the components as skipped")
+    kfp_outputs.add_arguments(p)  # issue 32: the task's KFP Metrics / HTML artifacts
     args = p.parse_intermixed_args(argv)
     args.components = [i for i in args.items if "=" not in i]
     args.overrides = [i for i in args.items if "=" in i]
@@ -378,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = run_step(cfg, component, args.run_id, dict(args.input), config_path)
     values = {f"{component.name}.{k}": v for k, v in output_values(component, entry).items()}
     write_outputs(files, values)
+    kfp_outputs.write_task_artifacts(args, cfg, component.name, entry, args.run_id)  # issue 32
     line = component.summary(entry) if entry.get("status") != "skipped" else entry.get("reason")
     print(f"{component.name}: {entry.get('status')}" + (f": {line}" if line else ""))
     return 0
