@@ -557,6 +557,19 @@ class BatchPredictOptions:
     model_copies: int | None = None
     beam_setup: core_beam.BeamSetup = core_beam.BeamSetup()
 
+    def check(self) -> None:
+        """A value out of range is one line naming its flag."""
+        if self.output_format not in FORMATS:
+            raise PipelineError(
+                f"--output-format must be one of {', '.join(FORMATS)}, got {self.output_format!r}"
+            )
+        for name in ("batch_size", "max_image_pixels", "model_copies"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PipelineError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.num_shards < 0:
+            raise PipelineError(f"--num-shards must be >= 0, got {self.num_shards}")
+
 
 def options_from(cfg: BatchPredictConfig, pipeline: PipelineConfig) -> BatchPredictOptions:
     """The run's options from the `batch_predict:` section (its Beam options: its beam_args,
@@ -599,16 +612,7 @@ def run_batch_predict(
     """Label every image of `input_path` with `model` into `output` (replaced atomically);
     returns the summary.json dict."""
     options = options or BatchPredictOptions()
-    if options.output_format not in FORMATS:
-        raise PipelineError(
-            f"--format must be one of {', '.join(FORMATS)}, got {options.output_format!r}"
-        )
-    for name in ("batch_size", "max_image_pixels", "model_copies"):
-        value = getattr(options, name)
-        if value is not None and value < 1:
-            raise PipelineError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if options.num_shards < 0:
-        raise PipelineError(f"--num-shards must be >= 0, got {options.num_shards}")
+    options.check()
     core_beam.quiet()
     started = time.monotonic()
     core_beam.set_filesystem_options(options.beam_setup.args)

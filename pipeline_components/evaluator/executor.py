@@ -386,33 +386,47 @@ def run_evaluator(
         baseline_metrics = None
         if scored_baseline:
             baseline_metrics, skip_reason = _score_baseline(scored_baseline, scores)
-        baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
-        blessed, reasons = gate(
-            result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
-        )
-        if skip_reason:
-            reasons[-1] = skip_reason
-        blessing = {
-            "blessed": blessed,
-            "reasons": reasons,
-            "accuracy": result["accuracy"],
-            "threshold": config.min_accuracy,
-            "max_regression": config.max_regression,
-            "baseline_accuracy": baseline_accuracy,
-            "baseline": baseline_path if baseline_metrics else None,
-            "baseline_comparable": (
-                None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
-            ),
-            "model": model_dir,
-            "model_fingerprint": fingerprint,
-        }
+        blessing = _blessing(result, config, baseline_path, baseline_metrics, skip_reason)
+        blessing.update(model=model_dir, model_fingerprint=fingerprint)
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
         if baseline_metrics:
             fsutil.write_json(fsutil.join(tmp, artifacts.BASELINE_METRICS_FILE), baseline_metrics)
         _write_plots(tmp, result, scores.errors, labels)
         fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
-    log.info("%s: %s", "BLESSED" if blessed else "NOT blessed", "; ".join(reasons))
+    log.info(
+        "%s: %s",
+        "BLESSED" if blessing["blessed"] else "NOT blessed",
+        "; ".join(blessing["reasons"]),
+    )
     return blessing
+
+
+def _blessing(
+    result: dict,
+    config: EvaluatorConfig,
+    baseline_path: str | None,
+    baseline_metrics: dict | None,
+    skip_reason: str | None,
+) -> dict:
+    """blessing.json's verdict and its reasons (without the model's path and fingerprint)."""
+    baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
+    blessed, reasons = gate(
+        result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
+    )
+    if skip_reason:
+        reasons[-1] = skip_reason
+    return {
+        "blessed": blessed,
+        "reasons": reasons,
+        "accuracy": result["accuracy"],
+        "threshold": config.min_accuracy,
+        "max_regression": config.max_regression,
+        "baseline_accuracy": baseline_accuracy,
+        "baseline": baseline_path if baseline_metrics else None,
+        "baseline_comparable": (
+            None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
+        ),
+    }
 
 
 def _predictions_csv(preds: Predictions, labels: list[str]) -> str:
