@@ -227,7 +227,15 @@ def test_names_from_any_alphabet_round_trip_through_a_whole_run(tmp_path):
     _assert_batch_outputs(comps["BulkInferrer"], data)
     csv_out = tmp_path / "batch-csv"
     base = str(tmp_path / "serving" / "m")
-    argv = ["batch-predict", "--model", base, "--input", str(data / "test"), "--format", "csv"]
+    argv = [
+        "batch-predict",
+        "--model",
+        base,
+        "--input",
+        str(data / "test"),
+        "--output-format",
+        "csv",
+    ]
     assert cli.main([*argv, "--output", str(csv_out)]) == 0
     table = list(csv.reader(io.StringIO("".join(_read_shards(str(csv_out), "predictions-*.csv")))))
     assert table[0][:3] == ["path", "class", "score"] and table[0][3:6] == [
