@@ -41,37 +41,30 @@ def deprecation_line(prog: str, old: str, new: str) -> str:
     return f"{prog}: {old} is deprecated and goes in the next release: use {new}"
 
 
-class _Renamed(argparse.Action):
-    """An old spelling: stores into the new flag's destination, says so once on stderr."""
+def _announced(line: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse `type=` of an old spelling: its value as the new flag's, and its line once."""
 
-    def __init__(self, *args: Any, line: str, **kwargs: Any) -> None:
-        self.line = line
-        super().__init__(*args, **kwargs)
+    def parse(text: str) -> Any:
+        print(line, file=sys.stderr, flush=True)
+        return convert(text)
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        print(self.line, file=sys.stderr, flush=True)
-        setattr(namespace, self.dest, values)
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse's "invalid int value"
+    return parse
 
 
 def _add_deprecated(p: argparse.ArgumentParser) -> None:
-    """The old spellings, hidden from --help, parsed as the new flags."""
+    """The old spellings, hidden from --help, parsed into the new flags' destinations."""
     actions = {o: a for a in p._actions for o in a.option_strings}
     for old, new, _ in DEPRECATED:
         action = actions[new]
+        line = deprecation_line(p.prog, old, new)
+        convert = action.type if callable(action.type) else str
         p.add_argument(
             old,
             dest=action.dest,
-            type=action.type or str,
+            type=_announced(line, convert),
             choices=action.choices,
             default=argparse.SUPPRESS,
-            action=_Renamed,
-            line=deprecation_line(p.prog, old, new),
             help=argparse.SUPPRESS,
         )
 
