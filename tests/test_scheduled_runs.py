@@ -172,7 +172,7 @@ def test_a_file_added_in_a_nested_folder_changes_examplegens_key(make_dataset):
     """ExampleGen reads <split>/<class>/** and its cache key lists exactly that: one listing."""
     from pipeline_components.core.component import ExecutionContext
     from pipeline_components.core.config import PipelineConfig
-    from pipeline_components.example_gen import executor
+    from pipeline_components.example_gen import layout
     from pipeline_components.example_gen.component import COMPONENT
     from pipeline_components.example_gen.config import ExampleGenConfig
 
@@ -185,5 +185,5 @@ def test_a_file_added_in_a_nested_folder_changes_examplegens_key(make_dataset):
     after = COMPONENT.external_inputs(ctx)
     assert after["data"]["num_files"] == before["data"]["num_files"] + 1
     assert after != before
-    read = {s.relpath for s in executor.list_sources(str(data)).sources}
+    read = {s.relpath for s in layout.list_sources(str(data)).sources}
     assert "train/squares/2019/06/x.jpg" in read, "ExampleGen reads what the key lists"
