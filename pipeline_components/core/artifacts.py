@@ -9,6 +9,11 @@ the names and functions here, so a layout changes in one file. The layouts:
     <trainer>/                      Model (Trainer)
         saved_model/                the SavedModel TF Serving loads (see below)
         history.json  history.csv  plots/  logs/  checkpoints/  training_config.json
+    <features>/                     Features (backbone features of the train and validation
+                                    splits: features/files.py)
+        manifest.json  backbone.weights.h5  <split>/features-SSSSS-CCCCC.tfrecord
+    <tuner>/                        HyperParameters (the Tuner: tuner/results.py)
+        best_hyperparameters.json  trials.json  trials.csv  plots/trials.png  tuning.json
     <statistics_gen>/               ExampleStatistics (StatisticsGen)
         statistics.json  plots/class_shares.png  plots/sizes.png
     <schema_gen>/schema.yaml        Schema (SchemaGen)
@@ -72,6 +77,20 @@ PLOTS_DIR = "plots"
 LOGS_DIR = "logs"
 CHECKPOINTS_DIR = "checkpoints"
 TRAINING_CONFIG = "training_config.json"
+
+# -------------------------------------------------------------------------------- Features
+# Uncompressed TFRecords of tf.train.Example {features: raw little-endian floats, label, key},
+# one file per chunk of an example shard, in record order: <split>/features-SSSSS-CCCCC.tfrecord
+FEATURES_MANIFEST = "manifest.json"  # written last: shape, dtype, files, counts, key material
+FEATURES_BACKBONE = "backbone.weights.h5"  # the backbone the features came from
+FEATURE_FILE = "features-{shard:05d}-{chunk:05d}.tfrecord"
+
+# ----------------------------------------------------------------------------------- Tuner
+BEST_HYPERPARAMETERS = "best_hyperparameters.json"
+TRIALS_JSON = "trials.json"
+TRIALS_CSV = "trials.csv"
+TRIALS_PNG = "trials.png"  # under plots/
+TUNING_SUMMARY = "tuning.json"
 
 # ------------------------------------------------------------------- inside a SavedModel
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")

@@ -1,0 +1,63 @@
+"""The feature writer's options and what identifies a set of features (`FeatureSpec`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pipeline_components.core.config import option
+
+if TYPE_CHECKING:
+    from pipeline_components.trainer.component import TrainerConfig
+
+DTYPES = ("float16", "float32")
+
+
+@dataclasses.dataclass
+class FeaturesConfig:
+    """How backbone features are stored and computed."""
+
+    dtype: str = option(
+        "float16",
+        choices=DTYPES,
+        doc="stored precision: float16 halves the files and the reads (the head trains in"
+        " float32 on either)",
+    )
+    file_mb: int = option(
+        128, ge=1, le=4096, doc="size of one feature file, MiB (also what one writer holds)"
+    )
+    batch_size: int = option(
+        32, ge=1, le=4096, key=False, doc="images per backbone call in the Beam job"
+    )
+    model_copies: int | None = option(
+        None, ge=1, le=64, key=False, doc="backbones per machine shared by its Beam workers"
+    )
+    beam_args: list[str] = option(factory=list, key=False, doc="Beam pipeline options")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """What the features are computed by: the backbone, its weights, the input size and the
+    stored precision. With the examples and the code, this is the features' cache key
+    (`files.key_material`)."""
+
+    backbone: str
+    weights: str  # imagenet | none | path to a weights file
+    image_size: tuple[int, int]
+    dtype: str = "float16"
+
+    @classmethod
+    def of(
+        cls, backbone: str, weights: str, image_size: Sequence[int], dtype: str = "float16"
+    ) -> FeatureSpec:
+        return cls(
+            backbone.lower(), weights.strip(), (int(image_size[0]), int(image_size[1])), dtype
+        )
+
+    @classmethod
+    def from_trainer(cls, config: TrainerConfig, dtype: str = "float16") -> FeatureSpec:
+        from pipeline_components.trainer import model as model_lib
+
+        size = model_lib.image_size_for(config.backbone, config.image_size)
+        return cls.of(config.backbone, config.weights, size, dtype)
