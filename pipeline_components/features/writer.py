@@ -180,7 +180,10 @@ def write_features(
         beam_run.quiet_beam()
         p = beam_run.make_pipeline(config.beam_args)
         build_pipeline(p, shards, tmp, spec, weights, per_file, config)
-        counters = beam_run.run_pipeline(p, [COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE])
+        with beam_run.own_tempdir():
+            counters = beam_run.run_pipeline(
+                p, [COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]
+            )
         written = beam_run.read_json_result(fsutil.join(tmp, FILES_PART), "feature files")
         entries = {
             split: sorted(

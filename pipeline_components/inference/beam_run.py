@@ -6,6 +6,7 @@ stable); the Evaluator and the BulkInferrer share these.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -46,6 +47,30 @@ def make_pipeline(beam_args: list[str] | None) -> beam.Pipeline:
     except Exception as e:
         text = " ".join(str(e).split()) or type(e).__name__
         raise PipelineError(f"bad Beam options {' '.join(beam_args or [])}: {text}") from None
+
+
+@contextlib.contextmanager
+def own_tempdir() -> Iterator[str]:
+    """Run a job with Python's temporary directory (and TMPDIR, for the processes it starts)
+    inside a fresh folder, removed afterwards: the DirectRunner leaves beam-temp-*,
+    beam-requirements-cache and tmp* folders behind in the temporary directory otherwise."""
+    import os
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="transfer-pipeline-beam-")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = scratch
+    os.environ["TMPDIR"] = scratch
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def quiet_beam() -> None:

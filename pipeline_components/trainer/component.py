@@ -52,6 +52,8 @@ class TrainerConfig:
     image_size: list[int] | None = option(factory=lambda: [224, 224])  # None: the backbone's
     head: str = option("flatten", choices=("flatten", "global_average"))
     dropout: float = option(0.0, ge=0, lt=1)
+    # a hidden Dense(units, relu) layer in the head before the output; 0: none
+    units: int = option(0, ge=0, le=65536)
     fine_tune_from: str | None = None  # layer name to unfreeze from, e.g. block5_conv1
     fine_tune_epochs: int = option(10, ge=0)
     fine_tune_learning_rate: float = option(1e-5, gt=0)
