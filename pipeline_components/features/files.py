@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -141,8 +140,8 @@ def tfrecord_bytes(records: Iterable[bytes]) -> bytes:
 def write_file(path: str, records: Sequence[bytes]) -> dict[str, Any]:
     """Write one feature file atomically; {"count", "bytes", "sha256"} of it."""
     data = tfrecord_bytes(records)
-    if not fsutil.is_remote(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # ram:// lists a folder's files only once the folder itself exists
+    fsutil.makedirs(fsutil.parent(path))
     fsutil.write_atomic(path, data)
     return {"count": len(records), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
