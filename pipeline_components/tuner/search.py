@@ -168,8 +168,13 @@ def make_oracle(config: TunerConfig, deadline: float | None) -> Any:
     objective = keras_tuner.Objective(config.objective, OBJECTIVES[config.objective])
     oracle: Any
     if config.algorithm == "hyperband":
+        # iterations without end: the trial and time budgets end the search
         oracle = HyperbandOracle(
-            objective, max_epochs=config.epochs, factor=config.hyperband_factor, seed=config.seed
+            objective,
+            max_epochs=config.epochs,
+            factor=config.hyperband_factor,
+            hyperband_iterations=None,
+            seed=config.seed,
         )
         oracle.max_trials = config.max_trials
     elif config.algorithm == "bayesian":
