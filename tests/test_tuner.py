@@ -192,3 +192,29 @@ def test_tuning_on_images_when_features_cannot_be_cached_says_how_much_slower(tm
     )
     assert "tuned on images (augmentation is on)" in caplog.text
     assert f"about {cost['slowdown']:.1f}x" in caplog.text
+
+
+def test_the_kubernetes_group_is_a_chief_and_its_workers_of_one_indexed_job():
+    from pathlib import Path
+
+    import yaml
+
+    job_dir = Path(__file__).resolve().parents[1] / "k8s" / "jobs" / "tune-multiworker"
+    job = yaml.safe_load((job_dir / "job.yaml").read_text())
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    workers = int(args[args.index("--workers") + 1])
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == workers + 1
+    assert job["spec"]["template"]["spec"]["subdomain"] == "tune-multiworker"
+    request = search.Request.from_json(json.loads((job_dir / "tuning.json").read_text()))
+    assert request.features_dir and request.tuner.algorithm in ("random", "bayesian", "hyperband")
+    pod = {"JOB_NAME": "tune-multiworker", "TUNER_SERVICE": "tune-multiworker"}
+    chief = launch.k8s_env({**pod, "JOB_COMPLETION_INDEX": "0", "POD_NAMESPACE": "tp"})
+    worker = launch.k8s_env({**pod, "JOB_COMPLETION_INDEX": "2"}, port=9000)
+    assert chief == {
+        "KERASTUNER_TUNER_ID": "chief",
+        "KERASTUNER_ORACLE_IP": "tune-multiworker-0.tune-multiworker.tp.svc",
+        "KERASTUNER_ORACLE_PORT": "8000",
+    }
+    assert worker["KERASTUNER_TUNER_ID"] == "tuner2" and worker["KERASTUNER_ORACLE_PORT"] == "9000"
+    with pytest.raises(PipelineError, match="JOB_COMPLETION_INDEX not set"):
+        launch.k8s_env(pod)

@@ -160,6 +160,15 @@ def record_bytes(shape: Sequence[int], dtype: str) -> int:
     return int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
+def record_spec() -> dict[str, Any]:
+    import tensorflow as tf
+
+    return {
+        FEATURES: tf.io.FixedLenFeature([], tf.string),
+        LABEL: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
 def parse_batch(
     serialized: tf.Tensor, shape: Sequence[int], dtype: str, num_classes: int
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -167,19 +176,32 @@ def parse_batch(
     for two classes, int32 [B] for more, as the image input pipeline's)."""
     import tensorflow as tf
 
-    parsed = tf.io.parse_example(
-        serialized,
-        {
-            FEATURES: tf.io.FixedLenFeature([], tf.string),
-            LABEL: tf.io.FixedLenFeature([], tf.int64),
-        },
-    )
+    parsed = tf.io.parse_example(serialized, record_spec())
     flat = tf.io.decode_raw(parsed[FEATURES], tf.dtypes.as_dtype(dtype), little_endian=True)
-    x = tf.reshape(tf.cast(flat, tf.float32), [-1, *shape])
-    label = parsed[LABEL]
+    return as_batch(tf.reshape(flat, [-1, *shape]), parsed[LABEL], num_classes)
+
+
+def parse_record(
+    serialized: tf.Tensor, shape: Sequence[int], dtype: str
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One serialized record -> (features [*shape] in the stored dtype, int64 label)."""
+    import tensorflow as tf
+
+    parsed = tf.io.parse_single_example(serialized, record_spec())
+    flat = tf.io.decode_raw(parsed[FEATURES], tf.dtypes.as_dtype(dtype), little_endian=True)
+    return tf.reshape(flat, shape), parsed[LABEL]
+
+
+def as_batch(
+    features: tf.Tensor, labels: tf.Tensor, num_classes: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Stored features and int64 labels of a batch -> what the head trains on."""
+    import tensorflow as tf
+
+    x = tf.cast(features, tf.float32)
     if num_classes == 2:
-        return x, tf.reshape(tf.cast(label, tf.float32), [-1, 1])
-    return x, tf.cast(label, tf.int32)
+        return x, tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
+    return x, tf.cast(labels, tf.int32)
 
 
 # ---------------------------------------------------------------- manifest
