@@ -110,8 +110,9 @@ def test_bayesian_optimisation_and_hyperband_search_within_the_trial_budget(
         assert min(r["epochs"] for r in rows) == 1
 
 
-def test_no_trial_starts_after_the_time_budget():
+def test_no_trial_starts_after_the_time_budget(tmp_path):
     oracle = search.make_oracle(TunerConfig(max_trials=10), deadline=time.time() + 600)
+    oracle._set_project_dir(str(tmp_path), "search")  # where it saves its state
     oracle.hyperparameters.Float("learning_rate", 1e-4, 1e-1, sampling="log")
     first = oracle.create_trial("tuner0")
     assert first.status == "RUNNING" and not oracle.stopped_by_time

@@ -49,6 +49,33 @@ def resident(manifest: Manifest, split: str, shuffle_memory_mb: int) -> bool:
     return inputs.split_bytes(manifest.files(split)) <= shuffle_memory_mb * 2**20
 
 
+def records(
+    manifest: Manifest,
+    split: str,
+    shard: tuple[int, int] | None,
+    *,
+    training: bool,
+    seed: int | None,
+) -> tf.data.Dataset:
+    """The serialized records of a split, or of one worker's part (train: the files in a new
+    order every epoch)."""
+    files, record_shard = inputs.shard_inputs(manifest.files(split), shard)
+    ds = inputs.read_records(
+        files,
+        shuffle_files=training and record_shard is None,
+        seed=seed,
+        deterministic=seed is not None or not training or record_shard is not None,
+        compression="",
+        buffer_bytes=READ_BUFFER_BYTES,
+    )
+    if record_shard is not None:
+        ds = ds.shard(*record_shard)
+    size = part_size(manifest, split, shard)
+    if size is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(size))
+    return ds
+
+
 def feature_dataset(
     manifest: Manifest,
     split: str,
@@ -64,21 +91,8 @@ def feature_dataset(
     """Batched (float32 features, labels) of one split of a features artifact; `training`
     reshuffles every epoch (the same order for the same seed)."""
     all_files = manifest.files(split)
-    files, record_shard = inputs.shard_inputs(all_files, shard)
     deterministic = seed is not None or not training
-    ds = inputs.read_records(
-        files,
-        shuffle_files=training and record_shard is None,
-        seed=seed,
-        deterministic=deterministic or record_shard is not None,
-        compression="",
-        buffer_bytes=READ_BUFFER_BYTES,
-    )
-    if record_shard is not None:
-        ds = ds.shard(*record_shard)
-    size = part_size(manifest, split, shard)
-    if size is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(size))
+    ds = records(manifest, split, shard, training=training, seed=seed)
     shape, dtype, classes = manifest.shape, manifest.dtype, manifest.num_classes
     threads = inputs.input_parallelism()
     kept = resident(manifest, split, shuffle_memory_mb)

@@ -176,26 +176,8 @@ def write_features(
     with fsutil.atomic_dir(output_dir) as tmp:
         weights = fsutil.join(tmp, artifacts.FEATURES_BACKBONE)
         shape = save_backbone(spec, weights, backbone)
-        per_file = files.records_per_file(shape, spec.dtype, config.file_mb)
-        beam_run.quiet_beam()
-        p = beam_run.make_pipeline(config.beam_args)
-        build_pipeline(p, shards, tmp, spec, weights, per_file, config)
-        with beam_run.own_tempdir():
-            counters = beam_run.run_pipeline(
-                p, [COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]
-            )
-        written = beam_run.read_json_result(fsutil.join(tmp, FILES_PART), "feature files")
-        entries = {
-            split: sorted(
-                (
-                    {k: v for k, v in w.items() if k != "split"}
-                    for w in written
-                    if w["split"] == split
-                ),
-                key=lambda w: w["path"],
-            )
-            for split in splits
-        }
+        written, counters = run_job(shards, tmp, spec, weights, shape, config)
+        entries = {split: split_entries(written, split) for split in splits}
         manifest = files.Manifest(
             tmp, shape, spec.dtype, labels, entries, key, files.fingerprint(key, entries)
         )
@@ -213,6 +195,25 @@ def write_features(
         ", ".join(f"{k}={v}" for k, v in counters.items()),
     )
     return manifest
+
+
+def run_job(
+    shards: Sequence[tuple[str, int, str]],
+    root: str,
+    spec: FeatureSpec,
+    weights: str,
+    shape: tuple[int, ...],
+    config: FeaturesConfig,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Run the Beam job writing into `root`: (the files' entries, the job's counters)."""
+    per_file = files.records_per_file(shape, spec.dtype, config.file_mb)
+    beam_run.quiet_beam()
+    p = beam_run.make_pipeline(config.beam_args)
+    build_pipeline(p, shards, root, spec, weights, per_file, config)
+    with beam_run.own_tempdir():
+        counters = beam_run.run_pipeline(p, [COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE])
+    written = beam_run.read_json_result(fsutil.join(root, FILES_PART), "feature files")
+    return list(written), counters
 
 
 def split_entries(written: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:

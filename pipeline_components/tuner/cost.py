@@ -15,7 +15,7 @@ import logging
 import statistics
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import numpy as np
@@ -23,10 +23,8 @@ import numpy as np
 from pipeline_components.features import files, stream
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
+from pipeline_components.trainer.component import TrainerConfig
 from pipeline_components.trainer.plan import plan_training
-
-if TYPE_CHECKING:
-    from pipeline_components.tuner.search import Request
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +43,16 @@ class _EpochTimes(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def feature_epoch_seconds(request: Request, batch_size: int) -> tuple[float, int]:
+def feature_epoch_seconds(
+    examples_dir: str, config: TrainerConfig, batch_size: int
+) -> tuple[float, int]:
     """(estimated seconds of one epoch over train + validation on cached features, the images
     the estimate was made on)."""
-    assert request.examples_dir
-    config = request.trainer
-    plan = plan_training(request.examples_dir, config)
+    plan = plan_training(examples_dir, config)
     sample = min(SAMPLE_IMAGES, plan.num_examples["train"])
     pixels = (
         inputs.make_dataset(
-            request.examples_dir,
+            examples_dir,
             "train",
             image_size=plan.image_size,
             batch_size=batch_size,
@@ -92,12 +90,14 @@ def feature_epoch_seconds(request: Request, batch_size: int) -> tuple[float, int
     return per_image * sum(plan.num_examples.values()), len(y_all)
 
 
-def image_cost(request: Request, rows: list[dict[str, Any]], why: str) -> dict[str, Any]:
+def image_cost(
+    examples_dir: str, config: TrainerConfig, rows: list[dict[str, Any]], why: str
+) -> dict[str, Any]:
     """{"why", "image_epoch_seconds", "feature_epoch_seconds", "slowdown", "how"}; logged."""
     epochs = [r["seconds"] / r["epochs"] for r in rows if r["seconds"] and r["epochs"]]
     batch = int(statistics.median([r["batch_size"] for r in rows]))
     image_epoch = statistics.median(epochs) if epochs else float("nan")
-    feature_epoch, sample = feature_epoch_seconds(request, batch)
+    feature_epoch, sample = feature_epoch_seconds(examples_dir, config, batch)
     slowdown = image_epoch / feature_epoch if feature_epoch > 0 else float("nan")
     log.warning(
         "tuned on images (%s): a trial epoch took %.2fs, about %.1fx the %.3fs it would take on"

@@ -308,8 +308,9 @@ def finish(
         "stopped_by": "time" if oracle.stopped_by_time else "trials",
         "seconds": round(time.time() - started, 3),
     }
-    if trials.mode == "images":
-        summary["images"] = cost.image_cost(request, rows, why_images(request.trainer))
+    if isinstance(trials, ImageTrials):
+        why = why_images(request.trainer)
+        summary["images"] = cost.image_cost(trials.examples_dir, request.trainer, rows, why)
     out = results.write_results(request.output_dir, rows, summary, request.tuner)
     fsutil.rmtree(request.work_dir)
     return out
