@@ -21,6 +21,7 @@ from benchmarks import (
     batch_inference,
     common,
     example_gen,
+    feature_stream,
     headline,
     input_pipeline,
     multi_worker,
@@ -36,6 +37,7 @@ MODULES = {
     "statistics_gen": statistics_gen,
     "input_pipeline": input_pipeline,
     "training": training,
+    "feature_stream": feature_stream,
     "serving": serving,
     "batch_inference": batch_inference,
     "multi_worker": multi_worker,
@@ -399,8 +401,8 @@ def test_each_ratio_in_results_md_carries_its_spread_and_the_load(fakes, monkeyp
 
 def test_the_benchmarks_declare_themselves_in_table_order():
     assert NAMES == [
-        "example_gen", "statistics_gen", "input_pipeline", "training", "serving",
-        "batch_inference", "multi_worker",
+        "example_gen", "statistics_gen", "input_pipeline", "training", "feature_stream",
+        "serving", "batch_inference", "multi_worker",
     ]  # fmt: skip
     for name, module in MODULES.items():
         assert module.BENCHMARK is not None and bench.BENCHMARKS[name].module == module.__name__
