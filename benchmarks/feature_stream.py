@@ -171,7 +171,10 @@ BENCHMARK = Benchmark(
         "(a) features in memory -> (b) features streamed from files",
         "(a) features in memory -> (c) streamed, split larger than shuffle_memory_mb",
     ),
-    ("(b) >= 0.8 of (a)'s head epochs per second (issue 33)", "none: informational (the price past the memory cap)"),
+    (
+        "(b) >= 0.8 of (a)'s head epochs per second (issue 33)",
+        "none: informational (the price past the memory cap)",
+    ),
     headline_claims,
     smoke={"num_images": 200, "epochs": 1, "repeats": 1},
 )
