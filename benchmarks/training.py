@@ -89,13 +89,19 @@ def train(examples: str, size: int, epochs: int, cache: str, expect_cached: bool
 
 def backbone_pass(examples: str, size: int) -> None:
     """(c): build the model, then one forward pass of the backbone over train + validation."""
+    from pipeline_components.core import examples as examples_lib
     from pipeline_components.trainer import inputs, model
 
     net = model.create_model(config(size, 1, "true"), 2)
     extractor = model.feature_extractor(net)
     for split in ("train", "validation"):
         pixels = inputs.make_dataset(
-            examples, split, image_size=(size, size), batch_size=BATCH, num_classes=2
+            examples,
+            split,
+            image_size=(size, size),
+            batch_size=BATCH,
+            num_classes=2,
+            num_examples=examples_lib.num_examples(examples, split),
         )
         extractor.predict(pixels.map(lambda x, y: x), verbose=0)
 
