@@ -18,8 +18,11 @@ bytes -> decode, resize, model; random weights: no download here, same compute a
    Also interleaved, to say where the difference goes: the server's own Predict handler called
    in-process on a serialized request (request parsing, the limits checks, tensor conversion,
    the model, the response; everything but gRPC and its threads), and GetModelStatus over gRPC
-   (the bare RPC: client, gRPC, the server's event loop; no TensorFlow).
-   p50/p99 per variant; the p50 ratio per round (median reported). Goal (issue 19): <= 1.15.
+   (the bare RPC: client, gRPC, the server's event loop; no TensorFlow). And the same request
+   over TF Serving's REST API of the same server (issue 30), from the TF-free client
+   (serving.client_lite: a JSON body with the image in base64, one keep-alive connection).
+   p50/p99 per variant; the p50 ratio per round (median reported). Goal (issue 19): <= 1.15
+   for gRPC; REST is reported beside it (no goal).
 2. Throughput, 8 concurrent clients (threads, one channel each) sending single-image requests
    for a fixed time, server batching off vs on with the shipped
    serving/config/batching_parameters.txt (the k8s ConfigMap's copy). Alternating rounds;
@@ -136,7 +139,8 @@ class ServerProcess:
         command = [
             sys.executable, "-m", "pipeline_components.cli", "serve",
             "--model-config-file", config, "--port", "0", "--port-file", self.port_file,
-            "--file-system-poll-wait-seconds", "0",
+            "--file-system-poll-wait-seconds", "0", "--rest-api-port", "auto",
+            "--rest-api-port-file", self.port_file + "-rest",
         ]  # fmt: skip
         if batching:
             params = os.path.join(work, "batching_parameters.txt")
@@ -145,6 +149,10 @@ class ServerProcess:
             command += ["--enable-batching", "--batching-parameters-file", params]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "LOGLEVEL": "WARNING"}
         self.proc = subprocess.Popen(command, env=env)
+
+    def rest_url(self) -> str:
+        with open(self.port_file + "-rest") as f:
+            return f"http://127.0.0.1:{f.read().strip()}"
 
     def wait(self, timeout: float = 300.0) -> str:
         deadline = time.monotonic() + timeout
@@ -170,17 +178,19 @@ def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(samples, q))
 
 
-def latency_rounds(model_dir: str, client, images: list[bytes], rounds: int, requests: int):
+def latency_rounds(
+    model_dir: str, client, images: list[bytes], rounds: int, requests: int, rest_client=None
+):
     """Single-image requests, in-process, through the server's handler in-process, over gRPC,
-    and a no-op RPC, interleaved one by one (so all see the same load from other processes);
-    seconds per request, per variant and round."""
+    a no-op RPC and (given a REST client) over REST, interleaved one by one (so all see the same
+    load from other processes); seconds per request, per variant and round."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
     from serving.client import string_tensor
     from serving.model_config import ModelConfig
     from serving.servables import ModelManager
-    from serving.server import PredictionService
+    from serving.services import PredictionService
 
     fn = tf.saved_model.load(model_dir).signatures["serving_default"]
     name, base = os.path.basename(os.path.dirname(model_dir)), os.path.dirname(model_dir)
@@ -216,6 +226,8 @@ def latency_rounds(model_dir: str, client, images: list[bytes], rounds: int, req
         "grpc": grpc_call,
         "noop_rpc": noop_rpc,
     }
+    if rest_client is not None:
+        variants["rest"] = lambda image: rest_client.predict([image])
     for call in variants.values():  # warm both paths
         for image in images[:10]:
             call(image)
@@ -248,6 +260,13 @@ def summarize_latency(samples: dict[str, list[list[float]]]) -> dict:
     ]
     out["p50_ratio_grpc_over_in_process"] = round(statistics.median(ratios), 3)
     out["p50_ratio_per_round"] = [round(r, 3) for r in ratios]
+    if "rest" in samples:
+        rest = [
+            percentile(r, 50) / percentile(i, 50)
+            for r, i in zip(samples["rest"], samples["in_process"], strict=True)
+        ]
+        out["p50_ratio_rest_over_in_process"] = round(statistics.median(rest), 3)
+        out["p50_ratio_rest_per_round"] = [round(r, 3) for r in rest]
     out["p50_overhead_ms"] = round(out["grpc"]["p50_ms"] - out["in_process"]["p50_ms"], 3)
     if "handler" in out:
         # where the overhead goes: the handler's Python around the model, the bare RPC, and
@@ -317,6 +336,7 @@ def run(
 
     logging.getLogger("pipeline_components").setLevel(logging.WARNING)
     from serving.client import PredictionClient
+    from serving.client_lite import PredictionClient as LiteClient
     from serving.servables import configure_tensorflow
 
     # The same TensorFlow thread settings as `transfer-pipeline serve` uses (spinning off),
@@ -340,14 +360,21 @@ def run(
         }
         targets = {mode: server.wait() for mode, server in servers.items()}
         latency = {}
+        rest_url = servers["off"].rest_url()
         for model in names:
-            with PredictionClient(targets["off"], model) as client:
-                samples = latency_rounds(f"{work}/{model}/1", client, images, rounds, requests)
+            with (
+                PredictionClient(targets["off"], model) as client,
+                LiteClient(rest_url, model) as rest_client,
+            ):
+                samples = latency_rounds(
+                    f"{work}/{model}/1", client, images, rounds, requests, rest_client
+                )
             summary = summarize_latency(samples)
             latency[model] = {**summary, "noop_rpc_p50_ms": summary["noop_rpc"]["p50_ms"]}
             print(
                 f"  latency {model}: {summary['p50_ratio_grpc_over_in_process']}x at p50;"
-                f" overhead {summary['p50_overhead_ms']} ms = {summary['overhead_ms']}"
+                f" overhead {summary['p50_overhead_ms']} ms = {summary['overhead_ms']};"
+                f" REST {summary.get('p50_ratio_rest_over_in_process')}x"
             )
         rates: dict[str, list[float]] = {"off": [], "on": []}
         for _ in range(tp_rounds):
@@ -386,7 +413,8 @@ def run(
 def report(results: dict) -> tuple[str, str]:
     header = [
         "model", "in-process p50/p99 ms", "gRPC p50/p99 ms", "p50 ratio (rounds)", "overhead ms",
-        "of which: handler's Python / bare RPC / rest ms",
+        "of which: handler's Python / bare RPC / rest ms", "REST p50/p99 ms",
+        "REST p50 ratio (rounds)",
     ]  # fmt: skip
     rows = []
     for model, r in results["latency"].items():
@@ -401,6 +429,10 @@ def report(results: dict) -> tuple[str, str]:
             f"{r['p50_overhead_ms']:.2f}",
             " / ".join(f"{parts[k]:.2f}" for k in ("handler_python", "bare_rpc", "rest"))
             if parts else f"no-op RPC {r['noop_rpc_p50_ms']:.2f}",
+            f"{r['rest']['p50_ms']:.2f} / {r['rest']['p99_ms']:.2f}" if "rest" in r else "-",
+            common.format_ratio(r["p50_ratio_rest_over_in_process"],
+                                common.spread(r["p50_ratio_rest_per_round"]))
+            if "rest" in r else "-",
         ])  # fmt: skip
     t = results["throughput"]
     tp_header = [f"{t['clients']} clients, {results['models']['primary']}", "requests/s"]
@@ -439,7 +471,7 @@ def headline_claims(r: dict) -> tuple[str, list[dict]]:
     )
     rounds = len(latency["p50_ratio_per_round"])
     workload = f"{primary}, single-image requests, {_rounds(rounds)}; {tp['clients']} clients"
-    return workload, [
+    claims = [
         claim(
             latency["p50_ratio_grpc_over_in_process"],
             "gRPC/in-process p50",
@@ -456,6 +488,17 @@ def headline_claims(r: dict) -> tuple[str, list[dict]]:
             common.round_ratios(tp["runs"]["on"], tp["runs"]["off"]) if "runs" in tp else None,
         ),
     ]
+    if "p50_ratio_rest_over_in_process" in latency:  # the last claim: older results lack it
+        claims.append(
+            claim(
+                latency["p50_ratio_rest_over_in_process"],
+                "REST/in-process p50",
+                None,
+                f"the same request as JSON (base64), TF-free client; {floor}",
+                latency["p50_ratio_rest_per_round"],
+            )
+        )
+    return workload, claims
 
 
 BENCHMARK = Benchmark(
@@ -464,11 +507,13 @@ BENCHMARK = Benchmark(
     (
         "SavedModel called in-process -> gRPC to `transfer-pipeline serve`, 1 client",
         "server batching off -> on (shipped parameters), 8 concurrent clients",
+        "SavedModel called in-process -> REST to the same server, TF-free client",
     ),
     (
         "p50 ratio <= 1.15 (issue 19)",
         "on/off >= 1.3 with the shipped batching_parameters.txt, or README says when"
         " to enable it and the shipped ones do no harm (issue 19)",
+        "none: reported beside gRPC, same run (issue 30)",
     ),
     headline_claims,
     smoke={

@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2
     from tensorflow_serving.apis import model_pb2
 
+    from serving.metrics import ServingMetrics
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -78,6 +80,10 @@ class Signature:
         self.fn = fn
         self.inputs: dict[str, tf.TensorSpec] = dict(fn.structured_input_signature[1])
         self.outputs: tuple[str, ...] = tuple(sorted(fn.structured_outputs))
+        # input name -> DataType enum, sorted by name (what a JSON body is converted to)
+        self.input_dtypes = {
+            name: self.inputs[name].dtype.as_datatype_enum for name in sorted(self.inputs)
+        }
         # per input: (DataType enum, dims with None for unknown, or None for unknown rank),
         # computed once: TensorSpec's own checks cost tens of microseconds per request
         self._expected = {
@@ -343,6 +349,7 @@ class ModelManager:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.listeners: list[Callable[[], None]] = []
+        self.metrics: ServingMetrics | None = None  # load attempts (serving/metrics.py)
 
     # -- lookups (request path) ------------------------------------------------------------
 
@@ -389,6 +396,10 @@ class ModelManager:
                 grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {clip(name)}"
             )
         return sorted(states.items())
+
+    def state_snapshot(self, name: str) -> list[tuple[int, VersionState]]:
+        """Every version of a model the manager knows, with its state (none: empty)."""
+        return sorted(self._states.get(name, {}).items())
 
     def loaded_versions(self, name: str) -> list[int]:
         return sorted(self._servables.get(name, {}))
@@ -588,6 +599,8 @@ class ModelManager:
             servable = Servable(name, version, path)
             warmed = servable.warmup()
         except Exception as e:
+            if self.metrics is not None:
+                self.metrics.load_attempt(path, ok=False)
             code = (
                 e.error_code
                 if isinstance(e, tf.errors.OpError)
@@ -614,6 +627,8 @@ class ModelManager:
             )  # fmt: skip
             return
         self._failed.pop(key, None)
+        if self.metrics is not None:
+            self.metrics.load_attempt(path, ok=True)
         with self._lock:
             self._servables[name] = {**self._servables[name], version: servable}
             self._states[name] = {**self._states[name], version: VersionState(State.AVAILABLE)}

@@ -20,7 +20,7 @@ from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.features import extractor, files, stream, writer
 from pipeline_components.features.config import FeaturesConfig, FeatureSpec
 from pipeline_components.tools import sample_data
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 
 SPEC = FeatureSpec.of("mobilenet_v2", "none", (32, 32))
 CLASSES = ("circles", "squares", "stripes 🦓")

@@ -21,11 +21,11 @@ from pipeline_components.core import examples, fsutil
 from pipeline_components.example_gen import executor as example_gen
 from pipeline_components.infra_validator.executor import serve_in_subprocess
 from pipeline_components.pusher import executor as pusher
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 from pipeline_components.tools import sample_data
 from pipeline_components.trainer import callbacks
 from pipeline_components.trainer import executor as trainer
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from serving.client import PredictionClient
 
 SPLIT_COUNTS = {"train": 24, "validation": 8, "test": 8}  # make_dataset(): 2 classes x (12, 4, 4)
@@ -246,7 +246,11 @@ def test_failed_object_store_push_leaves_no_version_and_no_staging(
             model_name="m",
         )
     left = [n for n in gcs.emulator.object_names(gcs.name, "serving/") if not n.endswith("/")]
-    assert len(copied) == 3 and left == [], left  # no version files, no claim, no staging copy
+    # no version files, no staging copy; the registry's journal records the push rolled back
+    assert len(copied) == 3 and left == ["serving/_versions/m.json"], left
+    registry = json.loads(fsutil.read_text(f"{gcs.url}/serving/_versions/m.json"))
+    assert "pending" not in registry and registry["versions"] == {}
+    assert [e["action"] for e in registry["events"]] == ["push_abandoned"]
 
 
 # ---------------------------------------------------------------- the whole pipeline on gs://

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from serving_models import encode_image, export_tiny_model
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from serving.batching import BatchingParameters
@@ -102,6 +103,51 @@ def test_oversized_request_and_full_queue_get_tf_serving_codes(base):
         handle.stop(grace=1)
 
 
+@pytest.fixture(scope="module")
+def vgg19_base(tmp_path_factory):
+    """The Trainer's real model (VGG19 without weights, 32x32): its convolutions are what an
+    empty batch broke; the tiny Dense model of the other tests has none."""
+    from pipeline_components.trainer.config import TrainerConfig
+    from pipeline_components.trainer.export import export_saved_model
+    from pipeline_components.trainer.model import create_model
+
+    base = tmp_path_factory.mktemp("vgg19") / "m"
+    net = create_model(TrainerConfig(backbone="vgg19", weights="none", image_size=[32, 32]), 2)
+    export_saved_model(net, str(base / "1"), ["cat", "dog"], (32, 32), warmup_images=IMAGES[:1])
+    return base
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["batching off", "batching on"])
+def test_an_empty_request_gets_empty_outputs_of_the_signature_types(vgg19_base, batching):
+    """TF Serving clients expect 0 rows of every output for 0 images, not an error."""
+    expected = {
+        "probabilities": (types_pb2.DT_FLOAT, [0, 2]),
+        "scores": (types_pb2.DT_FLOAT, [0]),
+        "class_ids": (types_pb2.DT_INT64, [0]),
+        "classes": (types_pb2.DT_STRING, [0]),
+    }
+    handle = start_server(
+        str(vgg19_base), "m", enable_batching=batching, poll_wait_seconds=0,
+        batching_parameters=BatchingParameters(max_batch_size=8, batch_timeout_micros=1000),
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(handle.target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            empty = stub.Predict(request_for(np.array([], dtype=object)), timeout=30)
+            one = stub.Predict(request_for(IMAGES[:1]), timeout=30)  # and the model still runs
+    finally:
+        handle.stop(grace=1)
+    got = {
+        name: (t.dtype, [d.size for d in t.tensor_shape.dim]) for name, t in empty.outputs.items()
+    }
+    assert got == expected
+    assert [d.size for d in one.outputs["probabilities"].tensor_shape.dim] == [1, 2]
+    # what TF Serving runs: the SavedModel itself, both signatures
+    loaded = tf.saved_model.load(str(vgg19_base / "1"))
+    pixels = loaded.signatures["predict_pixels"](pixels=tf.zeros([0, 32, 32, 3]))
+    assert pixels["probabilities"].shape == (0, 2) and pixels["classes"].dtype == tf.string
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_sigterm_drains_in_flight_requests_and_exits_zero(base, tmp_path):
@@ -116,7 +162,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(base, tmp_path):
     command = [
         sys.executable, "-m", "pipeline_components.cli", "serve",
         "--model-base-path", str(base), "--model-name", "m", "--port", "0",
-        "--port-file", str(port_file), "--enable-batching",
+        "--port-file", str(port_file), "--rest-api-port", "0", "--enable-batching",
         "--batching-parameters-file", str(params),
     ]  # fmt: skip
     proc = subprocess.Popen(

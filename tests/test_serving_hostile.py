@@ -30,7 +30,8 @@ from pipeline_components.core.image_header import DEFAULT_MAX_IMAGE_PIXELS
 from serving.batching import BatchingParameters
 from serving.errors import StatusError
 from serving.servables import Servable
-from serving.server import ServerLimits, start_server
+from serving.server import start_server
+from serving.services import ServerLimits
 from serving.tensors import shape_proto
 
 pytestmark = pytest.mark.timeout(300)
@@ -140,11 +141,14 @@ def model_dir(tmp_path_factory) -> Path:
 
 @contextlib.contextmanager
 def server_process(base: Path, work: Path, *args: str):
-    """`transfer-pipeline serve` in its own process (what is measured is its RSS alone)."""
+    """`transfer-pipeline serve` in its own process (what is measured is its RSS alone), gRPC
+    and REST on free ports; yields (process with .rest_url, gRPC target)."""
     port_file = work / f"port-{time.monotonic_ns()}"
+    rest_port_file = work / f"rest-port-{time.monotonic_ns()}"
     command = [
         sys.executable, "-m", "pipeline_components.cli", "serve", "--model-base-path", str(base),
-        "--model-name", "m", "--port", "0", "--port-file", str(port_file), *args,
+        "--model-name", "m", "--port", "0", "--port-file", str(port_file),
+        "--rest-api-port", "auto", "--rest-api-port-file", str(rest_port_file), *args,
     ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     log_path = work / f"server-{time.monotonic_ns()}.log"
@@ -157,6 +161,7 @@ def server_process(base: Path, work: Path, *args: str):
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)
         proc.log_path = log_path
+        proc.rest_url = f"http://127.0.0.1:{rest_port_file.read_text().strip()}"
         yield proc, f"127.0.0.1:{port_file.read_text().strip()}"
     finally:
         if proc.poll() is None:
@@ -323,6 +328,123 @@ def test_stalled_connections_do_not_starve_predict_or_health(model_dir):
     finally:
         for sock, _ in stalled:
             sock.close()
+        handle.stop(grace=1)
+
+
+# -- many calls at once: well-behaved clients wait, rude ones are refused ------------------
+
+
+def concurrent_calls(target: str, calls: int, channels: int) -> list:
+    """`calls` Predicts in flight at once over `channels` fresh channels; the failures."""
+    opened = [grpc.insecure_channel(target) for _ in range(channels)]
+    try:
+        stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in opened]
+        request = images_request([IMAGE])
+        futures = [stubs[i % channels].Predict.future(request, timeout=60) for i in range(calls)]
+        failures = []
+        for future in futures:  # each bounded by its deadline
+            try:
+                assert len(future.result().outputs["scores"].float_val) == 1
+            except grpc.RpcError as e:
+                failures.append(f"{e.code().name}: {e.details()}")
+        return failures
+    finally:
+        for channel in opened:
+            channel.close()
+
+
+def test_200_calls_at_once_on_one_channel_or_on_200_channels_all_succeed(model_dir):
+    """gRPC's normal use is one channel with many calls in flight. A connection carries at most
+    --max-concurrent-streams (100) at once: a client queues the rest until a stream ends. The
+    server refused them instead (13-24% UNAVAILABLE "Stream removed (RST_STREAM error code 7)"):
+    gRPC's overload protection counted streams not yet freed after their answer."""
+    handle = start_server(str(model_dir), "m", poll_wait_seconds=0)
+    try:
+        shared = [concurrent_calls(handle.target, 200, channels=1) for _ in range(5)]
+        separate = concurrent_calls(handle.target, 200, channels=200)
+    finally:
+        handle.stop(grace=1)
+    assert [len(f) for f in shared] == [0] * 5, {f for round_ in shared for f in round_}
+    assert separate == []
+
+
+class RudeH2Connection:
+    """A raw HTTP/2 connection that reads the server's SETTINGS but ignores its stream limit,
+    opening stalled gRPC calls (headers and 5 bytes promising 1 MB, never the rest)."""
+
+    def __init__(self, port: int):
+        import h2.config
+        import h2.connection
+
+        class Rude(h2.connection.H2Connection):
+            open_outbound_streams = property(lambda self: 0)  # h2 would enforce the limit
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.port = port
+        self.conn = Rude(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.refused: set[int] = set()
+        self.statuses: dict[int, str] = {}
+        while self.conn.remote_settings.max_concurrent_streams > 10_000:  # not seen yet
+            self.read(1.0)
+
+    def open_stalled(self, count: int) -> None:
+        for _ in range(count):
+            stream = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(stream, [
+                (":method", "POST"), (":scheme", "http"),
+                (":path", "/tensorflow.serving.PredictionService/Predict"),
+                (":authority", f"127.0.0.1:{self.port}"), ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ])  # fmt: skip
+            self.conn.send_data(stream, b"\x00" + struct.pack(">I", 1 << 20))
+        self.sock.sendall(self.conn.data_to_send())
+
+    def read(self, seconds: float) -> None:
+        import h2.events
+
+        self.sock.settimeout(seconds)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.StreamReset) and event.error_code == 7:
+                self.refused.add(event.stream_id)
+            if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                found = {_text(k): _text(v) for k, v in event.headers}
+                if "grpc-status" in found:
+                    self.statuses[event.stream_id] = found["grpc-status"]
+        self.sock.sendall(self.conn.data_to_send())
+
+
+def test_streams_over_the_limits_are_refused_and_the_server_stays_responsive(model_dir):
+    """The bounds the fix keeps: a client that ignores the advertised stream limit gets
+    REFUSED_STREAM for every stream over it, RPCs over --max-concurrent-rpcs (server-wide) get
+    RESOURCE_EXHAUSTED, and stalled calls end at --request-timeout-seconds."""
+    limits = ServerLimits(max_concurrent_streams=10, max_concurrent_rpcs=16, request_timeout_s=4)
+    handle = start_server(str(model_dir), "m", limits=limits, poll_wait_seconds=0)
+    rude = []
+    try:
+        rude = [RudeH2Connection(handle.port), RudeH2Connection(handle.port)]
+        rude[0].open_stalled(15)  # 10 fit the connection, 5 do not
+        time.sleep(0.3)
+        rude[1].open_stalled(10)  # fit the connection; 4 are over the server's 16
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            for r in rude:
+                r.read(0.05)
+        assert len(rude[0].refused) == 5 and not rude[1].refused
+        assert list(rude[1].statuses.values()).count("8") == 4  # RESOURCE_EXHAUSTED
+        assert not rude[0].statuses  # the 10 accepted streams are still waiting for bodies
+        while len(rude[0].statuses) < 10 and time.monotonic() < deadline + 5:
+            rude[0].read(0.1)
+        assert set(rude[0].statuses.values()) == {"4"}  # DEADLINE_EXCEEDED, by the server
+        assert concurrent_calls(handle.target, 20, channels=1) == []  # slots free again
+    finally:
+        for r in rude:
+            r.sock.close()
         handle.stop(grace=1)
 
 
@@ -568,6 +690,162 @@ def test_seeded_fuzz_gets_only_readme_statuses_and_the_server_stays_up(live):
     assert proc.poll() is None
     assert stub.Predict(images_request([IMAGE]), timeout=10).outputs["scores"]
     assert status_kb(proc.pid, "VmRSS") / 1024 - rss < 300
+
+
+# -- REST: the same hostile requests as JSON ---------------------------------------------------
+
+REST_CODES = {200, 400, 404, 413, 501}  # serving/rest.py's table, without 5xx for a bad request
+
+
+def random_json(rng, depth: int = 0):
+    kind = int(rng.integers(0, 8 if depth < 6 else 5))
+    if kind == 0:
+        return float(rng.choice([0.5, -1e308, 1e308, 3.0, float("nan")]))
+    if kind == 1:
+        return int(rng.choice([0, -1, 2**31, 2**63, -(2**64)]))
+    if kind == 2:
+        return str(rng.choice(["", "x" * 300, "images", "🐶", "\u0000"]))
+    if kind == 3:
+        return bool(rng.random() < 0.5)
+    if kind == 4:
+        return None
+    if kind == 5:
+        return {"b64": str(rng.choice(["", "!!", "eA==", "eA", "=" * 5]))}
+    if kind == 6:
+        return [random_json(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))]
+    keys = ["instances", "inputs", "signature_name", "images", "pixels", "b64"]
+    return {
+        str(rng.choice(keys)): random_json(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))
+    }
+
+
+def fuzz_rest_request(rng, images: list[bytes]) -> tuple[str, str, bytes]:
+    """(method, path, body) of a seeded hostile REST request."""
+    import base64
+    import json
+
+    path = str(rng.choice([
+        "/v1/models/m:predict", "/v1/models/m:predict", "/v1/models/m/versions/1:predict",
+        "/v1/models/nope:predict", "/v1/models/m/labels/x:predict",
+        "/v1/models/m/versions/99:predict",
+        "/v1/models/m%ff:predict", "/v1/models/" + "m" * 5000 + ":predict", "/v1/models/m:classify",
+        "/v1/models/m", "/v1/models/m/metadata", "/v1/models/m/versions/99999999999999999999",
+        "/v1/../etc/passwd", "/",
+    ]))  # fmt: skip
+    method = "GET" if ":" not in path.rsplit("/", 1)[-1] and rng.random() < 0.7 else "POST"
+    b64 = lambda data: {"b64": base64.b64encode(data).decode()}  # noqa: E731
+    kind = int(rng.integers(0, 9))
+    if kind == 0:  # random JSON documents
+        body = json.dumps(random_json(rng)).encode()
+    elif kind == 1:  # images, mutated or truncated, in either format
+        data = bytearray(images[int(rng.integers(0, len(images)))])
+        for _ in range(int(rng.integers(0, 6))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        if rng.random() < 0.3:
+            data = data[: int(rng.integers(0, len(data)))]
+        key = str(rng.choice(["instances", "inputs"]))
+        body = json.dumps({key: [b64(IMAGE), b64(bytes(data))]}).encode()
+    elif kind == 2:  # bombs
+        body = json.dumps(
+            {"instances": [b64(BOMB_CACHE[int(rng.integers(0, len(BOMB_CACHE)))])]}
+        ).encode()
+    elif kind == 3:  # nesting, deep and very deep
+        depth = int(rng.choice([5, 31, 33, 1000, 100_000]))
+        body = b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}"
+    elif kind == 4:  # pixels of random shapes, types and sizes
+        shape = [int(rng.integers(0, 3)), int(rng.choice([1, 16, 17])), 16, 3]
+        values = np.round(rng.random(int(np.prod(shape))), 2).reshape(shape).tolist()
+        body = json.dumps({"signature_name": "predict_pixels",
+                           str(rng.choice(["instances", "inputs"])): values}).encode()  # fmt: skip
+    elif kind == 5:  # bytes that are not JSON, or not UTF-8
+        body = rng.bytes(int(rng.integers(0, 400)))
+    elif kind == 6:  # truncated valid bodies
+        body = json.dumps({"instances": [b64(IMAGE)] * 3}).encode()
+        body = body[: int(rng.integers(0, len(body)))]
+    elif kind == 7:  # many instances: over the batch, over the string budget
+        count = int(rng.choice([0, 1, 9, 10_001]))
+        body = json.dumps({"instances": [b64(IMAGE[:8])] * count}).encode()
+    else:  # valid
+        body = json.dumps(
+            {"instances": [b64(img) for img in images[: int(rng.integers(1, 4))]]}
+        ).encode()
+    return method, path, body
+
+
+def test_seeded_rest_fuzz_never_answers_5xx_and_the_server_stays_up(live):
+    import http.client
+
+    proc, stub = live
+    BOMB_CACHE[:] = [make() for make in BOMBS.values()]
+    rng = np.random.default_rng(20261130)
+    images = real_images(rng)
+    requests = [fuzz_rest_request(rng, images) for _ in range(600)]
+    host, port = proc.rest_url.removeprefix("http://").split(":")
+    rss = status_kb(proc.pid, "VmRSS") / 1024
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def worker(chunk):
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        for method, path, body in chunk:
+            try:
+                connection.request(method, path, body=body if method == "POST" else None)
+                response = connection.getresponse()
+                answer = response.read()
+            except (http.client.HTTPException, ConnectionError):  # closed after a 413
+                connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=60)
+                continue
+            assert response.getheader("Content-Type", "").startswith("application/json"), answer
+            if response.status != 200:
+                message = __import__("json").loads(answer)["error"]
+                assert "\n" not in message and len(message) < 1000, message[:200]
+            with lock:
+                codes[response.status] = codes.get(response.status, 0) + 1
+
+    threads = [threading.Thread(target=worker, args=(requests[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    print("REST fuzz statuses:", codes)
+    assert sum(codes.values()) >= 590, codes
+    assert set(codes) <= REST_CODES, codes
+    assert codes.get(200, 0) > 50 and codes.get(400, 0) > 200, codes
+    assert proc.poll() is None
+    assert stub.Predict(images_request([IMAGE]), timeout=10).outputs["scores"]
+    assert status_kb(proc.pid, "VmRSS") / 1024 - rss < 300
+
+
+def test_rest_slow_idle_and_excess_clients_are_bounded(model_dir):
+    """A body that never comes ends at the request timeout (504, connection closed); a
+    connection that sends nothing is closed; connections over the limit get 503."""
+    limits = ServerLimits(request_timeout_s=2.0, rest_max_connections=4)
+    handle = start_server(str(model_dir), "m", limits=limits, poll_wait_seconds=0, rest_api_port=0)
+    sockets = []
+    try:
+        slow = socket.create_connection(("127.0.0.1", handle.rest_port), timeout=10)
+        sockets.append(slow)
+        slow.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")  # fmt: skip
+        idle = socket.create_connection(("127.0.0.1", handle.rest_port), timeout=10)
+        sockets.append(idle)
+        start = time.monotonic()
+        answer = slow.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:100]
+        assert b"waiting for the request body (--request-timeout-seconds)" in answer
+        assert idle.recv(100) == b""  # closed by the server, nothing sent
+        assert time.monotonic() - start < 10
+        sockets += [socket.create_connection(("127.0.0.1", handle.rest_port)) for _ in range(4)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", handle.rest_port), timeout=10)
+        sockets.append(extra)
+        refused = extra.recv(65536)
+        assert refused.startswith(b"HTTP/1.1 503") and b"--rest-max-connections" in refused
+    finally:
+        for sock in sockets:
+            sock.close()
+        handle.stop(grace=1)
 
 
 def test_bad_limit_flags_are_one_line_errors(model_dir, capsys):

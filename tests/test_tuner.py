@@ -16,7 +16,7 @@ from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.features import files, stream
 from pipeline_components.tools import sample_data
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.component import AugmentationConfig, TrainerConfig
+from pipeline_components.trainer.config import AugmentationConfig, TrainerConfig
 from pipeline_components.tuner import launch, search
 from pipeline_components.tuner.config import SearchSpace, TunerConfig
 

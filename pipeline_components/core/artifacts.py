@@ -36,7 +36,10 @@ the names and functions here, so a layout changes in one file. The layouts:
     <serving_dir>/models.config             TF Serving's model config: every pushed model,
                                             its version policy and labels (stable, canary)
     <serving_dir>/_versions/<model_name>.json       every version ever pushed: fingerprint,
-                                            accuracy, push time, labels, rollback state
+                                            accuracy, push time, labels, rollback state, and
+                                            the journal of a push in progress (`pending`)
+    <serving_dir>/_versions/<model_name>.json.lock  held by a push, rollback or promotion
+    <serving_dir>/_versions/models.config.lock      held while models.config is rewritten
     <serving_dir>/_rolled_back/<model_name>/<version>/  rolled-back versions, moved aside
 
     <pipeline_root>/<Component>/<n>/        execution n's output directory
@@ -140,6 +143,7 @@ LOCK_FILE = "lock.json"  # <pipeline_root>/lock.json: core/locking.py
 MODELS_CONFIG = "models.config"
 VERSIONS_DIR = "_versions"
 ROLLED_BACK_DIR = "_rolled_back"
+MODELS_CONFIG_LOCK = "models.config.lock"  # in VERSIONS_DIR; model locks end in .json.lock
 
 # The SavedModel's serving contract (trainer/export.py writes it; clients, the Evaluator and the
 # InfraValidator call it): two signatures with the same four outputs.
@@ -170,9 +174,18 @@ def labels_asset(saved_model: str) -> str:
     return fsutil.join(saved_model, ASSETS_DIR, LABELS_ASSET)
 
 
+def parse_labels(text: str) -> list[str]:
+    """The class names of a labels.txt, exactly as written: one per line, split at "\n" only
+    (str.splitlines would also split at U+2028, U+0085, ...), nothing stripped but a "\r" of a
+    CRLF line end (a name may end in a space; none holds a control character: ExampleGen refuses
+    them), empty lines skipped."""
+    lines = (line.removesuffix("\r") for line in text.split("\n"))
+    return [line for line in lines if line]
+
+
 def read_labels_asset(saved_model: str) -> list[str]:
     """The class names a SavedModel was exported with (assets/labels.txt), in label order."""
-    return [line for line in fsutil.read_text(labels_asset(saved_model)).splitlines() if line]
+    return parse_labels(fsutil.read_text(labels_asset(saved_model)))
 
 
 def limits_asset(saved_model: str) -> str:
@@ -242,6 +255,11 @@ def served_versions(base_path: str) -> dict[int, str]:
 def models_config_path(serving_dir: str) -> str:
     """`<serving_dir>/models.config`: the ModelServerConfig the Pusher maintains."""
     return fsutil.join(serving_dir, MODELS_CONFIG)
+
+
+def models_config_lock_path(serving_dir: str) -> str:
+    """`<serving_dir>/_versions/models.config.lock`: held while models.config is rewritten."""
+    return fsutil.join(serving_dir, VERSIONS_DIR, MODELS_CONFIG_LOCK)
 
 
 def version_registry_path(serving_dir: str, model_name: str) -> str:

@@ -1,7 +1,12 @@
 """File helpers over tf.io.gfile, so every path may be local, gs:// or s3://.
 
 Nothing is left half-written: artifacts are built under a hidden temporary sibling and
-renamed into place only when complete.
+renamed into place only when complete. Those siblings are named `.<name>.tmp-<8 hex>` (and
+`.<name>.old-<8 hex>` for a replaced directory): `TEMPORARY` matches them, so what a killed
+process left behind can be found and removed (orchestration/gc.py).
+
+Every change this module makes to a file system first calls `write_point(op, path)`: a hook
+(`write_hook`) lets a test fail or crash the k-th write of a sequence (tests/test_push_crash.py).
 """
 
 from __future__ import annotations
@@ -9,14 +14,40 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import posixpath
+import re
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
+
+# `.<name>.tmp-<8 hex>` / `.<name>.old-<8 hex>`: write_atomic's and atomic_dir's siblings.
+TEMPORARY = re.compile(r"\..+\.(tmp|old)-[0-9a-f]{8}")
+
+_write_hook: Callable[[str, str], None] | None = None
+
+
+def write_point(op: str, path: str) -> None:
+    """Called before every change of a file system made through this module (op: `write`,
+    `rename`, `copy`, `remove`, `rmtree`, `makedirs`); the hook may raise to fail it."""
+    if _write_hook is not None:
+        _write_hook(op, str(path))
+
+
+@contextlib.contextmanager
+def write_hook(hook: Callable[[str, str], None]) -> Iterator[None]:
+    """Call `hook(op, path)` before every write of this module for the block (tests)."""
+    global _write_hook
+    previous, _write_hook = _write_hook, hook
+    try:
+        yield
+    finally:
+        _write_hook = previous
 
 
 def gfile() -> Any:
@@ -61,6 +92,7 @@ def isdir(path: str) -> bool:
 
 
 def makedirs(path: str) -> None:
+    write_point("makedirs", path)
     gfile().makedirs(str(path))
 
 
@@ -72,7 +104,16 @@ def listdir(path: str) -> list[str]:
 def rmtree(path: str) -> None:
     """Delete a directory tree; one already gone is fine. Not exists() first: on gs:// it may
     answer from TensorFlow's stat cache; and ram:// deletes everything, then reports NotFound for
-    a phantom entry (`assets/.extra` when `assets.extra/` is a sibling: it lists by prefix)."""
+    a phantom entry (`assets/.extra` when `assets.extra/` is a sibling: it lists by prefix).
+    Locally with shutil: TensorFlow's rmtree follows a symbolic link to a directory and deletes
+    what it points to (the InfraValidator links the model it serves)."""
+    write_point("rmtree", path)
+    if not is_remote(path):
+        if os.path.islink(path) or os.path.isfile(path):
+            os.remove(path)
+        else:
+            shutil.rmtree(str(path), ignore_errors=False, onerror=_gone_is_fine)
+        return
     import tensorflow as tf
 
     try:
@@ -80,6 +121,30 @@ def rmtree(path: str) -> None:
     except tf.errors.NotFoundError:
         if gfile().exists(str(path)):
             raise
+
+
+def _gone_is_fine(function: Any, path: str, exc_info: Any) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
+
+
+def remove(path: str) -> None:
+    """Delete a file; one already gone is fine (no exists() first: it may answer from a cache)."""
+    import tensorflow as tf
+
+    write_point("remove", path)
+    with contextlib.suppress(tf.errors.NotFoundError, FileNotFoundError):
+        gfile().remove(str(path))
+
+
+def rename(src: str, dst: str) -> None:
+    """Rename a file or directory; locally atomic and failing when `dst` exists (a directory:
+    when it is not empty)."""
+    write_point("rename", dst)
+    if is_remote(src):
+        rename_tree(src, dst)
+    else:
+        os.rename(str(src), str(dst))
 
 
 def read_text(path: str) -> str:
@@ -97,8 +162,10 @@ def write_atomic(path: str, data: bytes | str) -> None:
     path = str(path)
     tmp = join(parent(path), f".{basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
     mode = "wb" if isinstance(data, bytes) else "w"
+    write_point("write", tmp)
     with gfile().GFile(tmp, mode) as f:
         f.write(data)
+    write_point("rename", path)
     gfile().rename(tmp, path, overwrite=True)
 
 
@@ -138,15 +205,21 @@ def copy_tree(src: str, dst: str, last: tuple[str, ...] = ()) -> None:
     for dirpath, _dirnames, filenames in gfile().walk(src):
         rel = posixpath.relpath(dirpath.replace("\\", "/"), src.replace("\\", "/"))
         target_dir = dst if rel == "." else join(dst, rel)
-        gfile().makedirs(target_dir)
+        makedirs(target_dir)
         for name in filenames:
             pair = (join(dirpath, name), join(target_dir, name))
             if rel == "." and name in last:
                 deferred.append(pair)
             else:
-                gfile().copy(*pair, overwrite=True)
+                copy_file(*pair)
     for pair in deferred:
-        gfile().copy(*pair, overwrite=True)
+        copy_file(*pair)
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy one file (replacing `dst`)."""
+    write_point("copy", dst)
+    gfile().copy(src, dst, overwrite=True)
 
 
 def rename_tree(src: str, dst: str) -> None:
@@ -156,6 +229,7 @@ def rename_tree(src: str, dst: str) -> None:
     import tensorflow as tf
 
     src, dst = str(src).rstrip("/"), str(dst).rstrip("/")
+    write_point("rename", dst)
     if not is_remote(src):
         gfile().rename(src, dst)
         return
@@ -208,6 +282,29 @@ def atomic_dir(final: str, replace: bool = True) -> Iterator[str]:
         raise
     if old is not None:
         rmtree(old)
+
+
+def tree_bytes(path: str) -> int:
+    """Bytes of a file, or of every file under a directory; symbolic links are not followed."""
+    path = str(path)
+    if not is_remote(path):
+        if not os.path.isdir(path) or os.path.islink(path):
+            with contextlib.suppress(FileNotFoundError):
+                return os.lstat(path).st_size
+            return 0
+        total = 0
+        for dirpath, _dirs, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+        return total
+    if not gfile().isdir(path):
+        return int(gfile().stat(path).length) if gfile().exists(path) else 0
+    return sum(
+        int(gfile().stat(join(dirpath, name)).length)
+        for dirpath, _dirs, files in gfile().walk(path)
+        for name in files
+    )
 
 
 def tree_fingerprint(path: str) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.evaluator.component import EvaluatorConfig
+from pipeline_components.evaluator.config import EvaluatorConfig
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -311,6 +311,19 @@ def score_test_split(
     return scores
 
 
+def _labels(model_dir: str, examples_dir: str) -> list[str]:
+    """The model's classes, which must be the examples' labels."""
+    data_labels = examples.read_labels(examples_dir)
+    examples.split_files(examples_dir, "test")  # a missing test split fails before model loading
+    labels = check_serving_model(model_dir)
+    if labels != data_labels:
+        raise PipelineError(
+            f"model classes {labels} differ from the examples' labels.txt {data_labels} "
+            f"({model_dir} vs {examples_dir})"
+        )
+    return labels
+
+
 def run_evaluator(
     model_dir: str,
     examples_dir: str,
@@ -323,14 +336,7 @@ def run_evaluator(
     """Score, gate, write the artifacts; returns the blessing dict."""
     config = config or EvaluatorConfig()
     started = time.monotonic()
-    data_labels = examples.read_labels(examples_dir)
-    examples.split_files(examples_dir, "test")  # a missing test split fails before model loading
-    labels = check_serving_model(model_dir)
-    if labels != data_labels:
-        raise PipelineError(
-            f"model classes {labels} differ from the examples' labels.txt {data_labels} "
-            f"({model_dir} vs {examples_dir})"
-        )
+    labels = _labels(model_dir, examples_dir)
     fingerprint = fsutil.tree_fingerprint(model_dir)
     baseline_path = resolve_baseline(baseline, serving_dir, model_name, fingerprint)
     skip_reason = _check_baseline(baseline_path, labels) if baseline_path else None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from pipeline_components.core.config import option
 
 if TYPE_CHECKING:
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
 
 DTYPES = ("float16", "float32")
 
@@ -46,6 +46,9 @@ class FeatureSpec:
     weights: str  # imagenet | none | path to a weights file
     image_size: tuple[int, int]
     dtype: str = "float16"
+    # apply a JPEG's EXIF orientation before resizing: what the examples say (stats.json), as
+    # the Trainer's image pipeline and the exported model do (`for_examples`)
+    exif_transpose: bool = True
 
     @classmethod
     def of(
@@ -54,6 +57,12 @@ class FeatureSpec:
         return cls(
             backbone.lower(), weights.strip(), (int(image_size[0]), int(image_size[1])), dtype
         )
+
+    def for_examples(self, examples_dir: str) -> FeatureSpec:
+        """This spec with the examples' EXIF rule (core/examples.exif_transpose)."""
+        from pipeline_components.core import examples
+
+        return dataclasses.replace(self, exif_transpose=examples.exif_transpose(examples_dir))
 
     @classmethod
     def from_trainer(cls, config: TrainerConfig, dtype: str = "float16") -> FeatureSpec:

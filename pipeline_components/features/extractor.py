@@ -61,11 +61,11 @@ class Extractor:
         self.spec = spec
         self.model = build_extractor(spec, weights_file)
         self.shape = tuple(int(d) for d in self.model.output.shape[1:])
-        size = spec.image_size
+        size, exif = spec.image_size, spec.exif_transpose
 
         def extract(images: tf.Tensor) -> tf.Tensor:
             pixels = tf.map_fn(
-                lambda e: decode_and_resize(e, size),
+                lambda e: decode_and_resize(e, size, exif),
                 images,
                 fn_output_signature=tf.TensorSpec([*size, 3], tf.float32),
             )

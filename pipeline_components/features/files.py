@@ -69,7 +69,7 @@ def preprocessing(spec: FeatureSpec) -> dict[str, Any]:
 
     module = model_lib.backbone_spec(spec.backbone)[1]
     return {
-        **export.input_metadata(spec.image_size),
+        **export.input_metadata(spec.image_size, spec.exif_transpose),
         "preprocess_input": f"keras.applications.{module}.preprocess_input",
     }
 
@@ -83,6 +83,7 @@ def writer_code() -> str:
 
 def key_material(spec: FeatureSpec, examples_dir: str, file_mb: int) -> dict[str, Any]:
     """Everything the features depend on (see the module docstring); the features' cache key."""
+    spec = spec.for_examples(examples_dir)
     return {
         "format": FORMAT,
         "backbone": spec.backbone,

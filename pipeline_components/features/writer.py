@@ -15,6 +15,7 @@ the job with its key (ExampleGen already decoded every image once, so this is no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -162,8 +163,7 @@ def write_features(
     (atomically: a failed job leaves nothing). `backbone` (a keras.Model) is the backbone to
     use, e.g. the Trainer's; else one is built from the spec. Returns the manifest."""
     config = config or FeaturesConfig()
-    if spec.dtype != config.dtype:
-        spec = FeatureSpec(spec.backbone, spec.weights, spec.image_size, config.dtype)
+    spec = dataclasses.replace(spec, dtype=config.dtype).for_examples(examples_dir)
     started = time.monotonic()
     labels = examples.read_labels(examples_dir)
     key = files.key_material(spec, examples_dir, config.file_mb)

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline_components.core import artifacts, examples, fsutil
+from pipeline_components.core import artifacts, children, examples, fsutil
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.infra_validator.component import InfraValidatorConfig
+from pipeline_components.infra_validator.config import InfraValidatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,18 @@ def serve_in_subprocess(
     model_base_path: str, model_name: str, timeout: float, workdir: str
 ) -> Iterator[str]:
     """Run `transfer-pipeline serve` on a model base path in a subprocess on a free loopback
-    port; yield 'host:port' once bound. The server is always stopped (SIGTERM) on exit."""
+    port; yield 'host:port' once bound. The server is always stopped (SIGTERM to its process
+    group) on exit, and dies with this process if it is killed (core/children.py)."""
     port_file = os.path.join(workdir, "port")
     log_path = os.path.join(workdir, "server.log")
     cmd = [sys.executable, "-m", "pipeline_components.cli", "serve"]
     cmd += ["--model-base-path", model_base_path, "--model-name", model_name]
     cmd += ["--host", "127.0.0.1", "--port", "0", "--port-file", port_file]
-    with open(log_path, "wb") as server_log:
-        proc = subprocess.Popen(cmd, stdout=server_log, stderr=subprocess.STDOUT)
+    cmd += ["--rest-api-port", "0"]  # gRPC only: the REST default (8501) may be taken
+    with open(log_path, "wb") as server_log:  # it dies with this process (core/children.py)
+        proc = subprocess.Popen(
+            cmd, stdout=server_log, stderr=subprocess.STDOUT, **children.popen_options()
+        )
     try:
         deadline = time.monotonic() + timeout
         while not os.path.exists(port_file):
@@ -86,13 +90,7 @@ def serve_in_subprocess(
         with open(port_file) as f:
             yield f"127.0.0.1:{int(f.read().strip())}"
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        children.stop(proc, grace_s=30)
 
 
 def _last_line(path: str) -> str:
@@ -110,9 +108,11 @@ def validate(
     predictions_csv: str,
     model_name: str,
     config: InfraValidatorConfig,
+    workdir_parent: str | None = None,
 ) -> dict:
     """Returns the infra blessing dict (blessed, reasons, timings); never raises for a model
-    that fails to serve — that is a verdict, not an error."""
+    that fails to serve — that is a verdict, not an error. The server's files (port, log, the
+    staged base path) go to a temporary folder in `workdir_parent` (default: the system's)."""
     from serving.client import PredictionClient, ServingError
 
     samples = first_test_examples(examples_dir, config.num_examples)
@@ -127,7 +127,7 @@ def validate(
         "model": model_dir,
     }
     started, timeout = time.monotonic(), config.timeout_seconds
-    with tempfile.TemporaryDirectory(prefix="infra-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="infra-", dir=workdir_parent) as workdir:
         try:
             base = stage_candidate(model_dir, model_name, workdir)
             server = serve_in_subprocess(base, model_name, timeout, workdir)
@@ -176,8 +176,11 @@ def run_infra_validator(
     """Validate in a real server; writes infra_blessing.json into output_dir atomically."""
     config = config or InfraValidatorConfig()
     predictions = fsutil.join(evaluation_dir, artifacts.PREDICTIONS_FILE)
-    result = validate(model_dir, examples_dir, predictions, model_name, config)
     with fsutil.atomic_dir(output_dir) as tmp:
+        # the server's working files inside the output's temporary folder (removed before it
+        # is renamed into place): a killed run leaves them where `gc` finds them
+        local = None if fsutil.is_remote(tmp) else tmp
+        result = validate(model_dir, examples_dir, predictions, model_name, config, local)
         fsutil.write_json(fsutil.join(tmp, INFRA_BLESSING_FILE), result)
     log.info("InfraValidator: %s", "; ".join(result["reasons"]))
     return result

@@ -8,97 +8,47 @@ once its `saved_model.pb` exists (the server and the pusher both use that defini
 is staged and checked outside every model base path (`<serving_dir>/.staging/`), copied in with
 `saved_model.pb` last after the rest is listed complete, and removed `saved_model.pb` first.
 Decisions on object stores use listings, never `exists()`: TensorFlow's GCS stat cache answers
-`exists()` from up to 5 s ago. Two pushers racing each claim a distinct version number first.
+`exists()` from up to 5 s ago.
 
-Around the copy (pusher/versions.py): a model whose fingerprint was rolled back is refused, a
-model whose serving contract (labels, signatures, input; core/contract.py) differs from the
-newest served version's is refused unless `allow_contract_change` (then the change is recorded),
-the new version is labelled `stable` or `canary`, retention never deletes a labelled version,
-and `<serving_dir>/models.config` is rewritten with the labels.
+A push is a journalled sequence under the model's registry lock (pusher/journal.py): the intent
+in the registry, then the version directory, then the labels in models.config, then retention,
+then done; whoever takes the lock next finishes or rolls back a push a dead process left, so a
+crash at any point never leaves a split. Racing pushers wait for each other's lock; the version
+number is above every one on disk and every one ever pushed or being pushed.
+
+Around the copy (pusher/version_registry.py): a model whose fingerprint was rolled back is
+refused, a model whose serving contract (labels, signatures, input; core/contract.py) differs
+from the newest served version's is refused unless `allow_contract_change` (then the change is
+recorded), the new version is labelled `stable` or `canary`, retention never deletes a labelled
+version, and `<serving_dir>/models.config` is rewritten with the labels.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import posixpath
-import re
 import uuid
 from typing import Any
 
 from pipeline_components.core import artifacts, contract, fsutil
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.pusher.component import PusherConfig
-from pipeline_components.pusher.versions import ModelVersions, check_model_name
+from pipeline_components.pusher import journal
+from pipeline_components.pusher.config import PusherConfig
+from pipeline_components.pusher.journal import STAGING_DIR, remove_version
+from pipeline_components.pusher.version_registry import check_model_name
+from pipeline_components.pusher.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
 PUSH_FILE = artifacts.PUSH_FILE
-CLAIM_PREFIX = ".claim-"
-STAGING_DIR = ".staging"  # in serving_dir, beside the model folders: outside every base path
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SAVED_MODEL_FILES = artifacts.SAVED_MODEL_FILES
 
 
-def _claimed_versions(model_path: str) -> list[int]:
-    if not fsutil.isdir(model_path):
-        return []
-    pattern = re.compile(re.escape(CLAIM_PREFIX) + r"(\d+)")
-    return [int(m.group(1)) for n in fsutil.listdir(model_path) if (m := pattern.fullmatch(n))]
-
-
-def _try_claim(model_path: str, version: int) -> bool:
-    """Atomically reserve a version number. Local: O_EXCL file creation, so of two racing
-    pushers exactly one wins. Object stores have no exclusive create through gfile: best effort
-    (the scheduled pipeline runs with concurrencyPolicy Forbid)."""
-    claim = fsutil.join(model_path, f"{CLAIM_PREFIX}{version}")
-    if fsutil.is_remote(model_path):
-        if {f"{CLAIM_PREFIX}{version}", str(version)} & set(fsutil.listdir(model_path)):
-            return False
-        fsutil.write_atomic(claim, uuid.uuid4().hex)
-        return True
-    try:
-        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        return False
-    # Checked only while holding the claim: another pusher may have finished this number and
-    # released its claim between our listing and our claim.
-    if os.path.exists(os.path.join(model_path, str(version))):
-        os.remove(claim)
-        return False
-    return True
-
-
-def claim_next_version(model_path: str, floor: int = 0) -> int:
-    """A version number above every one in the base path, every claimed one and `floor` (the
-    highest ever pushed: a rolled-back number is not reused)."""
-    fsutil.makedirs(model_path)
-    taken = artifacts.version_numbers(model_path) + _claimed_versions(model_path)
-    version = max([*taken, floor], default=0) + 1
-    while not _try_claim(model_path, version):
-        version += 1
-    return version
-
-
-def _release_claim(model_path: str, version: int) -> None:
-    _remove_if_there(fsutil.join(model_path, f"{CLAIM_PREFIX}{version}"))
-
-
-def _remove_if_there(path: str) -> None:
-    """Delete a file; one already gone is fine (no exists() first: it may answer from a cache)."""
-    import tensorflow as tf
-
-    with contextlib.suppress(tf.errors.NotFoundError):
-        fsutil.gfile().remove(path)
-
-
-def remove_version(version_dir: str) -> None:
-    """Delete a version folder, `saved_model.pb` first: from the first deletion on, no reader
-    takes the half-deleted folder for a complete version."""
-    for name in SAVED_MODEL_FILES:
-        _remove_if_there(fsutil.join(version_dir, name))
-    fsutil.rmtree(version_dir)
+def next_version(versions: ModelVersions) -> int:
+    """A number above every version directory in the base path (complete or not, a stray one
+    copied by hand included) and every one ever pushed (a rolled-back number is not reused)."""
+    on_disk = artifacts.version_numbers(versions.base_path)
+    return max([*on_disk, versions.max_version()], default=0) + 1
 
 
 def tree_sizes(path: str) -> dict[str, int]:
@@ -125,7 +75,6 @@ def _copy_into_object_store(model_dir: str, model_path: str, final: str) -> None
     """Stage outside the model base path and check it, then copy in: everything but
     saved_model.pb, check that, then saved_model.pb. Any failure removes the version
     (saved_model.pb first); the staging copy is always removed."""
-    gfile = fsutil.gfile()
     staging = fsutil.join(
         fsutil.parent(model_path),
         STAGING_DIR,
@@ -137,12 +86,12 @@ def _copy_into_object_store(model_dir: str, model_path: str, final: str) -> None
         _check_copy(expected, staging, "staged copy")
         rest = {rel: size for rel, size in expected.items() if rel not in SAVED_MODEL_FILES}
         for rel in sorted(rest):
-            gfile.makedirs(fsutil.parent(fsutil.join(final, rel)))
-            gfile.copy(fsutil.join(staging, rel), fsutil.join(final, rel), overwrite=True)
+            fsutil.makedirs(fsutil.parent(fsutil.join(final, rel)))
+            fsutil.copy_file(fsutil.join(staging, rel), fsutil.join(final, rel))
         _check_copy(rest, final, "version")
         for name in SAVED_MODEL_FILES:
             if name in expected:
-                gfile.copy(fsutil.join(staging, name), fsutil.join(final, name), overwrite=True)
+                fsutil.copy_file(fsutil.join(staging, name), fsutil.join(final, name))
         _check_copy(expected, final, "version")
     except BaseException:
         remove_version(final)
@@ -160,24 +109,11 @@ def copy_version(model_dir: str, model_path: str, version: int) -> str:
     tmp = fsutil.join(model_path, f".{version}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         fsutil.copy_tree(model_dir, tmp)
-        os.rename(tmp, final)  # atomic on one file system; fails if `final` exists
+        fsutil.rename(tmp, final)  # atomic on one file system; fails if `final` exists
     except BaseException:
         fsutil.rmtree(tmp)
         raise
     return final
-
-
-def apply_retention(model_path: str, keep_versions: int, protect: int | set[int]) -> list[int]:
-    """Delete the oldest version directories beyond `keep_versions`, never one in `protect`
-    (the version just pushed, the labelled ones); an incomplete one left behind counts too, so
-    it is cleaned up in turn."""
-    protected = {protect} if isinstance(protect, int) else set(protect)
-    versions = artifacts.version_numbers(model_path)
-    doomed = [v for v in versions[: max(0, len(versions) - keep_versions)] if v not in protected]
-    for v in doomed:
-        remove_version(fsutil.join(model_path, str(v)))
-        log.info("retention: removed version %d (keeping the newest %d)", v, keep_versions)
-    return doomed
 
 
 def _serving_identical(model_path: str, fingerprint: str) -> int | None:
@@ -220,24 +156,44 @@ def _push_locked(
     change = check_contract(model_dir, versions, config, result)
     if result.get("reason"):
         return
-    version = claim_next_version(model_path, floor=versions.max_version())
-    try:
-        path = copy_version(model_dir, model_path, version)
-    finally:
-        _release_claim(model_path, version)
-    labels = versions.add_push(
-        version,
-        fingerprint,
-        config.version_label,
-        run_id=run_id,
-        accuracy=blessing.get("accuracy"),
-        source=model_dir,
-        extra={"contract_change": change} if change else None,
-    )
-    removed = apply_retention(model_path, config.keep_versions, {version, *labels.values()})
-    versions.mark_removed(removed)
+    version = next_version(versions)
+    intent = {
+        "version": version,
+        "fingerprint": fingerprint,
+        "label": config.version_label,
+        "keep_versions": config.keep_versions,
+        "run_id": run_id,
+        "accuracy": blessing.get("accuracy"),
+        "source": model_dir,
+        "extra": {"contract_change": change} if change else None,
+    }
+    journal.begin(versions, intent)  # 1. intent
+    path = copy_version(model_dir, model_path, version)  # 2. the version, complete or absent
+    done = journal.finish(versions)  # 3. labels, 4. retention, 5. done
+    removed = done["removed_versions"]
     result.update(pushed=True, version=version, path=path, removed_versions=removed)
     log.info("pushed %s as version %d (%s) to %s", model_dir, version, config.version_label, path)
+
+
+def _repair_after_failure(versions: ModelVersions) -> None:
+    """A push that failed with an error (a crash never gets here) is repaired at once, still
+    under the lock, from what the registry and the disk say; when that fails too (the disk is
+    still full), the journal stays for the next push or `transfer-pipeline versions`."""
+    try:
+        versions.load()
+        journal.repair(versions)
+    except Exception as e:
+        log.warning(
+            "model %s: the failed push is left to the next push to repair: %s",
+            versions.model_name,
+            e,
+        )
+
+
+def _report_repairs(versions: ModelVersions, result: dict) -> None:
+    if versions.repaired:
+        result["repaired"] = versions.repaired
+        result["repaired_text"] = [journal.describe(r) for r in versions.repaired]
 
 
 def check_contract(
@@ -325,11 +281,17 @@ def run_pusher(
                 "(fingerprints differ); evaluate this model first"
             )
         result["fingerprint"] = fingerprint
-        with versions.locked("transfer-pipeline push", run_id):
+        with versions.locked("transfer-pipeline push", run_id):  # repairs first
+            _report_repairs(versions, result)
             versions.sync()
-            _push_locked(model_dir, fingerprint, blessing, config, versions, result, run_id)
-            versions.save()
-            versions.write_models_config()
+            try:
+                _push_locked(model_dir, fingerprint, blessing, config, versions, result, run_id)
+            except BaseException:
+                _repair_after_failure(versions)
+                raise
+            if not result["pushed"]:  # the sync's findings; a push saved its own
+                versions.save()
+                versions.write_models_config()
     if versions.exists():  # labels and rollback state, for run.json and the report
         result.update(versions.load().summary())
     if output_dir:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
+from pipeline_components.core import children
 from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -245,9 +246,9 @@ class LocalCluster:
 
     def _start(self, i: int) -> None:
         env = {**self.env, **self.worker_env(i), "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # dies with this launcher (core/children.py)
             self.argv,
-            env=env,
+            **children.popen_options(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -272,14 +273,13 @@ class LocalCluster:
     def _stop_all(self) -> None:
         live = [p for p in self.procs if p is not None and p.poll() is None]
         for p in live:
-            with contextlib.suppress(ProcessLookupError):
-                p.terminate()
+            children.signal_group(p, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for p in live:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.kill()
+                children.signal_group(p, children.KILL)
                 p.wait()
 
     def run(self) -> int:

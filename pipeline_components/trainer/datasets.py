@@ -24,7 +24,7 @@ from pipeline_components.features.config import FeaturesConfig, FeatureSpec
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.checkpoints import checkpoint_paths
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def image_dataset(
         image_size=plan.image_size,
         batch_size=batch_size,
         num_classes=plan.num_classes,
+        exif_transpose=plan.exif_transpose,
         training=training,
         augmentation=config.augmentation if training else None,
         shuffle_buffer=config.shuffle_buffer,

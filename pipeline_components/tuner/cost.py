@@ -23,7 +23,7 @@ import numpy as np
 from pipeline_components.features import files, stream
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import plan_training
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def feature_epoch_seconds(
             image_size=plan.image_size,
             batch_size=batch_size,
             num_classes=plan.num_classes,
+            exif_transpose=plan.exif_transpose,
         )
         .unbatch()
         .take(sample)

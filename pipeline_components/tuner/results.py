@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core.plotting import pyplot, save_figure
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.tuner.config import OBJECTIVES, TunerConfig
 from pipeline_components.tuner.trials import HEAD_KEYS, trainer_values
 

@@ -29,7 +29,7 @@ from pipeline_components.core import config as config_lib
 from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.features import files
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import use_cached_features
 from pipeline_components.tuner import cost, results
 from pipeline_components.tuner.config import OBJECTIVES, TunerConfig

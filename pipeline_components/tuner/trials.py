@@ -19,7 +19,7 @@ from pipeline_components.features import stream
 from pipeline_components.features.files import Manifest
 from pipeline_components.trainer import datasets
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import plan_training
 from pipeline_components.tuner.config import SearchSpace, TunerConfig
 
