@@ -9,10 +9,11 @@ the names and functions here, so a layout changes in one file. The layouts:
     <trainer>/                      Model (Trainer)
         saved_model/                the SavedModel TF Serving loads (see below)
         history.json  history.csv  plots/  logs/  checkpoints/  training_config.json
-    <features>/                     Features (backbone features of the train and validation
-                                    splits: features/files.py)
+    <feature_gen>/                  Features (FeatureGen: the backbone's features of the
+                                    train and validation splits, features/files.py)
         manifest.json  backbone.weights.h5  <split>/features-SSSSS-CCCCC.tfrecord
-    <tuner>/                        HyperParameters (the Tuner: tuner/results.py)
+    <tuner>/                        HyperParameters (Tuner: tuner/results.py); the artifact is
+                                    best_hyperparameters.json, the rest its record
         best_hyperparameters.json  trials.json  trials.csv  plots/trials.png  tuning.json
     <statistics_gen>/               ExampleStatistics (StatisticsGen)
         statistics.json  plots/class_shares.png  plots/sizes.png
@@ -316,6 +317,13 @@ def statistics_fingerprint(uri: str) -> str:
     return hashlib.sha256(fsutil.read_bytes(fsutil.join(uri, STATISTICS_FILE))).hexdigest()
 
 
+def features_fingerprint(uri: str) -> str:
+    """The features' own fingerprint (manifest.json: the key material and every file's
+    sha256), cheap to read."""
+    manifest = fsutil.read_json(fsutil.join(uri, FEATURES_MANIFEST), "features manifest")
+    return str(manifest["fingerprint"])
+
+
 def read_blessed(uri: str) -> bool:
     """The `blessed` field of a verdict file (blessing.json, infra_blessing.json)."""
     return bool(fsutil.read_json(uri, "blessing").get("blessed"))
@@ -351,6 +359,19 @@ EXAMPLE_STATISTICS = ArtifactType(
 SCHEMA = ArtifactType("Schema", SCHEMA_FILE, description="the data schema (editable YAML)")
 EXAMPLE_ANOMALIES = ArtifactType(
     "ExampleAnomalies", ANOMALIES_FILE, description="data anomalies found (anomalies.json)"
+)
+FEATURES = ArtifactType(
+    "Features",
+    "",
+    features_fingerprint,
+    "the frozen backbone's features of the train and validation splits (feature files,"
+    " manifest.json, backbone.weights.h5)",
+)
+HYPERPARAMETERS = ArtifactType(
+    "HyperParameters",
+    BEST_HYPERPARAMETERS,
+    description="the Tuner's best head hyperparameters (best_hyperparameters.json: trainer"
+    " options)",
 )
 MODEL = ArtifactType("Model", SAVED_MODEL_DIR, fsutil.tree_fingerprint, "the exported SavedModel")
 MODEL_EVALUATION = ArtifactType(

@@ -98,6 +98,17 @@ def key_material(spec: FeatureSpec, examples_dir: str, file_mb: int) -> dict[str
     }
 
 
+# What decides whether features fit a model: the rest of the key (dtype, file size, the
+# writer's code) is how they were stored and computed, not what they are.
+MODEL_KEYS = ("format", "backbone", "weights", "image_size", "preprocessing", "examples", "labels")
+
+
+def mismatches(key: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """The MODEL_KEYS whose values differ between a manifest's key and the expected one."""
+    same = json.loads(json.dumps(key)), json.loads(json.dumps(expected))
+    return [k for k in MODEL_KEYS if same[0].get(k) != same[1].get(k)]
+
+
 def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 

@@ -105,6 +105,20 @@ class TrainerConfig:
         doc="serving_default rejects images whose header claims more pixels (INVALID_ARGUMENT)",
     )
 
+    def features_blocker(self) -> str | None:
+        """Why the backbone's features cannot be computed once and reused, or None: they vary
+        between epochs when the backbone is fine-tuned or the images are augmented, and
+        `cache_features: false` asks for live images. (FeatureGen skips on it, plan.py trains
+        on live images; light, so a component spec may ask.)"""
+        augmented = self.augmentation is not None and self.augmentation.enabled()
+        if self.fine_tune_from:
+            return "fine_tune_from is set"
+        if augmented:
+            return "augmentation is on"
+        if self.cache_features == "false":
+            return "cache_features is false"
+        return None
+
     def validate(self, fail: Any) -> None:
         if self.image_size is not None and not (
             len(self.image_size) == 2 and all(s >= 8 for s in self.image_size)

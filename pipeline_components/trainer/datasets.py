@@ -152,6 +152,30 @@ def read_features(
     return manifest
 
 
+def given_features(
+    net: keras.Model, examples_dir: str, config: TrainerConfig, directory: str
+) -> files.Manifest:
+    """A Features artifact (FeatureGen's, `--features`): it must be of this run's backbone,
+    weights, image size, preprocessing and examples; `net` gets its backbone."""
+    manifest = files.read_manifest(directory)
+    spec = FeatureSpec.from_trainer(config, manifest.dtype)
+    file_mb = int(manifest.key.get("file_mb") or FeaturesConfig().file_mb)
+    differ = files.mismatches(manifest.key, files.key_material(spec, examples_dir, file_mb))
+    if differ:
+        raise PipelineError(
+            f"features {directory}: not of this training run: its {', '.join(differ)} differ"
+            " from the trainer's and the examples' (make them with the same trainer: section)"
+        )
+    log.info(
+        "training the head on the features at %s (%d train / %d validation): no backbone pass",
+        directory,
+        manifest.count("train"),
+        manifest.count("validation"),
+    )
+    use_backbone(net, manifest, config)
+    return manifest
+
+
 def live_datasets(
     examples_dir: str, config: TrainerConfig, plan: TrainingPlan
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
@@ -172,7 +196,10 @@ def local_datasets(
     """The one-process runtime's (train, validation, seconds spent writing features or None)."""
     if not plan.cached:
         return (*live_datasets(examples_dir, config, plan), None)
-    manifest, seconds = cached_features(net, examples_dir, config, features_dir(output_dir))
+    if plan.features:
+        manifest, seconds = given_features(net, examples_dir, config, plan.features), None
+    else:  # a run without FeatureGen's features (a `train` alone) writes its own
+        manifest, seconds = cached_features(net, examples_dir, config, features_dir(output_dir))
     bs = config.batch_size
     train = features_dataset(manifest, "train", config, training=True, batch_size=bs)
     val = features_dataset(manifest, "validation", config, training=False, batch_size=bs)

@@ -18,10 +18,10 @@ of the one-process runtime's `fit` (fit.py):
   is not scaled: the same optimisation as a single worker, spread over the group;
 - input through `strategy.distribute_datasets_from_function`: each worker reads its own part of
   a split, whole shards when the split has at least as many shards as there are workers, else
-  every n-th record (`inputs.shard_inputs`). Cached features: the chief runs the feature
-  writer's Beam job once into its `checkpoints/features/` while the others wait, then every
-  worker streams its own part of the feature files the same way; the head trains on them with
-  the same loop;
+  every n-th record (`inputs.shard_inputs`). Cached features: FeatureGen's artifact when the
+  run is given one, else the chief runs the feature writer's Beam job once into its
+  `checkpoints/features/` while the others wait; every worker streams its own part of the
+  feature files the same way; the head trains on them with the same loop;
 - artifacts: the chief (worker 0) writes the output directory exactly as one process does
   (`executor.write_outputs`, from a float32 copy of the model outside the strategy); every other
   worker writes its logs and checkpoints to its own temporary directory, removed at the end (the
@@ -250,7 +250,7 @@ class MultiWorker(Runtime):
         """Distributed datasets of this worker's parts of train and validation."""
         seconds = None
         if plan.cached:
-            manifest, seconds = self._features(net, examples_dir, config)
+            manifest, seconds = self._features(net, examples_dir, config, plan.features)
             train_fn = functools.partial(
                 datasets.features_dataset, manifest, "train", config, training=True
             )
@@ -270,10 +270,13 @@ class MultiWorker(Runtime):
         return train, val, seconds
 
     def _features(
-        self, net: keras.Model, examples_dir: str, config: TrainerConfig
+        self, net: keras.Model, examples_dir: str, config: TrainerConfig, given: str | None
     ) -> tuple[files.Manifest, float | None]:
-        """The chief writes the features once (the feature writer's Beam job, into its
-        checkpoints/) while the others wait; then every worker streams its own part."""
+        """Every worker streams its own part of the features: FeatureGen's (`given`), or ones
+        the chief writes first (the feature writer's Beam job, into its checkpoints/) while
+        the others wait."""
+        if given:
+            return datasets.given_features(net, examples_dir, config, given), None
         directory = datasets.features_dir(self.output_dir)
         seconds = None
         if self.is_chief:
