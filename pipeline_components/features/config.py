@@ -1,4 +1,11 @@
-"""The feature writer's options and what identifies a set of features (`FeatureSpec`)."""
+"""FeatureGen's config section (`features:` in pipeline.yaml: how the features are stored and
+computed) and what identifies a set of features (`FeatureSpec`).
+
+What the features are computed by (the backbone, its weights, the image size) is the Trainer's
+(`trainer.backbone`, `trainer.weights`, `trainer.image_size`), read from its section: the
+backbone is one model, the Trainer's, which it exports with the head; features of any other
+backbone would be of no use to it. (The issue-27 rule that a component reads no other
+component's section is about Beam and run options; this is the shared model.)"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ DTYPES = ("float16", "float32")
 
 @dataclasses.dataclass
 class FeaturesConfig:
-    """How backbone features are stored and computed."""
+    """How backbone features are stored and computed (the backbone itself: `trainer:`)."""
 
     dtype: str = option(
         "float16",

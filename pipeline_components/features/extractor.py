@@ -48,6 +48,15 @@ def wrap_backbone(backbone: Any, spec: FeatureSpec) -> Any:
     return keras.Model(pixels, backbone(x, training=False), name="features")
 
 
+# Images this process has run through a backbone (every Extractor): what proves a run that
+# reused its features did no backbone pass (tests; the DirectRunner runs the job in-process).
+_images_extracted = 0
+
+
+def images_extracted() -> int:
+    return _images_extracted
+
+
 class Extractor:
     """Encoded images -> feature bytes, one call per batch. An image the decoder rejects gets
     its reason instead: the batch is halved until it is found, so its batch-mates still get
@@ -87,6 +96,8 @@ class Extractor:
                 return [clean_tf_message(e.message)]
             half = len(images) // 2
             return self.features(images[:half]) + self.features(images[half:])
+        global _images_extracted
+        _images_extracted += len(images)
         return [files.to_bytes(row, self.spec.dtype) for row in out]
 
     def array(self, images: Sequence[bytes]) -> np.ndarray:

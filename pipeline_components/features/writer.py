@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 COUNTER_NAMESPACE = "features"
 FILES_PART = "_files.json"  # the Beam job's list of written files, removed before the rename
+RANDOM_BACKBONE_SEED = 0  # weights `none`: the random backbone's initialisation
 
 
 class Record(NamedTuple):
@@ -137,10 +138,16 @@ def build_pipeline(
 
 def save_backbone(spec: FeatureSpec, path: str, backbone: Any = None) -> tuple[int, ...]:
     """Write the backbone's weights to `path` (the given keras.Model, e.g. the Trainer's own,
-    else one built from the spec); returns its output shape."""
+    else one built from the spec: with weights `none` the same random one every time, seeded
+    by RANDOM_BACKBONE_SEED, so the same key gives the same features); returns its output
+    shape."""
+    import keras
+
     from pipeline_components.trainer import model as model_lib
 
     if backbone is None:
+        if spec.weights.strip().lower() == "none":
+            keras.utils.set_random_seed(RANDOM_BACKBONE_SEED)
         with model_lib.dtype_policy("float32"):
             backbone = model_lib.build_backbone(spec.backbone, spec.weights, spec.image_size)
     with tempfile.TemporaryDirectory() as tmp:  # Keras writes h5 files on local disks only
@@ -186,7 +193,7 @@ def write_features(
         files.write_manifest(manifest)
     manifest.path = output_dir
     log.info(
-        "features of %s in %.1fs: %s x %s %s (%s)",
+        "backbone pass: features of %s in %.1fs: %s x %s %s (%s)",
         ", ".join(f"{manifest.count(s)} {s}" for s in splits),
         manifest.seconds,
         "x".join(map(str, shape)),
