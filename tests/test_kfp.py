@@ -135,7 +135,10 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
             if p.WhichOneof("kind") == "task_output_parameter"
         }
 
-    assert upstream("trainer") == {"example-gen"}
+    # the backbone pass (FeatureGen) and the search (Tuner) feed the Trainer
+    assert upstream("feature-gen") == {"example-gen"}
+    assert upstream("tuner") == {"example-gen", "feature-gen"}
+    assert upstream("trainer") == {"example-gen", "feature-gen", "tuner"}
     # a failing data validation stops the DAG before training: an ordering edge without data
     assert "example-validator" in tasks["trainer"][1].dependent_tasks
     assert upstream("evaluator") == {"trainer", "example-gen"}
@@ -145,7 +148,7 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
     blessed = "inputs.parameter_values['pipelinechannel--evaluator-blessing_verdict'] == true"
     for gated in ("infra-validator", "pusher"):
         assert tasks[gated][0] == (blessed,)
-    for ungated in ("example-gen", "trainer", "evaluator"):
+    for ungated in ("example-gen", "feature-gen", "tuner", "trainer", "evaluator"):
         assert tasks[ungated][0] == ()
     (branches,) = [n for n in spec.root.dag.tasks if n.startswith("condition-branches")]
     feed = (
@@ -159,13 +162,14 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
     skip_args = execs[tasks[skip][2].executor_label]["container"]["args"]
     assert skip_args[1:3] == ["InfraValidator", "Pusher"]
 
-    # only the Trainer asks for a GPU, on the GPU pool, with shared memory
+    # only the backbone's steps ask for a GPU (the Trainer, FeatureGen's pass), on the GPU
+    # pool, with shared memory
     k8s = k8s_executors(platform)
     for component, task_name in components.items():
         label = tasks[task_name][2].executor_label
         resources = execs[label]["container"].get("resources", {})
         settings = k8s[label]
-        gpu = component == "Trainer"
+        gpu = component in ("Trainer", "FeatureGen")
         assert ("accelerator" in resources) == gpu, component
         assert ("nodeSelector" in settings) == gpu and ("tolerations" in settings) == gpu
         if gpu:

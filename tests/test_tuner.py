@@ -1,4 +1,6 @@
-"""The Tuner engine (issue 33): KerasTuner over the head, on streamed features or on images."""
+"""The Tuner's engine (issue 33): KerasTuner over the head, on streamed features or on images.
+The component (`transfer-pipeline tune`, in a run, in a group of workers):
+tests/test_feature_gen.py."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def validation_accuracy(manifest: files.Manifest, config: TrainerConfig, epochs:
 def request(tmp_path, manifest, **tuner) -> search.Request:
     return search.Request(
         DEFAULT,
-        TunerConfig(**tuner),
+        TunerConfig(**{"space": SearchSpace(), **tuner}),
         str(tmp_path / "tuner"),
         str(tmp_path / "work"),
         features_dir=manifest.path,
@@ -67,7 +69,7 @@ def request(tmp_path, manifest, **tuner) -> search.Request:
 
 
 def test_eight_trials_beat_a_badly_chosen_default_learning_rate(clusters, tmp_path):
-    summary = launch.run_local(request(tmp_path, clusters, max_trials=8, epochs=2), workers=1)
+    summary = search.run_search(request(tmp_path, clusters, max_trials=8, epochs=2))
     default = validation_accuracy(clusters, DEFAULT, epochs=2)
     best = summary["best"]
     assert summary["trials"] == summary["completed"] == 8 and summary["stopped_by"] == "trials"
@@ -152,17 +154,6 @@ def test_a_key_the_space_leaves_out_keeps_the_trainers_value(clusters, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_local_workers_finish_the_same_number_of_trials_as_one(clusters, tmp_path):
-    one = launch.run_local(request(tmp_path / "one", clusters, max_trials=4, epochs=1), 1)
-    two = launch.run_local(request(tmp_path / "two", clusters, max_trials=4, epochs=1), 2)
-    assert one["trials"] == two["trials"] == 4 and two["completed"] == 4
-    assert two["workers"] == 2
-    rows = json.loads((tmp_path / "two" / "tuner" / artifacts.TRIALS_JSON).read_text())
-    assert {r["worker"] for r in rows} <= {"tuner1", "tuner2"}  # the chief runs no trial
-    assert not (tmp_path / "two" / "work").exists()
-
-
-@pytest.mark.slow
 def test_tuning_on_images_when_features_cannot_be_cached_says_how_much_slower(tmp_path, caplog):
     data = tmp_path / "data"
     sample_data.generate(str(data), ("circles", "squares", "stripes"), (6, 2, 1), (32, 32))
@@ -195,27 +186,19 @@ def test_tuning_on_images_when_features_cannot_be_cached_says_how_much_slower(tm
     assert f"about {cost['slowdown']:.1f}x" in caplog.text
 
 
-def test_the_kubernetes_group_is_a_chief_and_its_workers_of_one_indexed_job():
-    from pathlib import Path
-
-    import yaml
-
-    job_dir = Path(__file__).resolve().parents[1] / "k8s" / "jobs" / "tune-multiworker"
-    job = yaml.safe_load((job_dir / "job.yaml").read_text())
-    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    workers = int(args[args.index("--workers") + 1])
-    assert job["spec"]["completions"] == job["spec"]["parallelism"] == workers + 1
-    assert job["spec"]["template"]["spec"]["subdomain"] == "tune-multiworker"
-    request = search.Request.from_json(json.loads((job_dir / "tuning.json").read_text()))
-    assert request.features_dir and request.tuner.algorithm in ("random", "bayesian", "hyperband")
+def test_a_kubernetes_pod_learns_its_place_in_the_group():
     pod = {"JOB_NAME": "tune-multiworker", "TUNER_SERVICE": "tune-multiworker"}
-    chief = launch.k8s_env({**pod, "JOB_COMPLETION_INDEX": "0", "POD_NAMESPACE": "tp"})
-    worker = launch.k8s_env({**pod, "JOB_COMPLETION_INDEX": "2"}, port=9000)
+    chief = launch.k8s_env(2, {**pod, "JOB_COMPLETION_INDEX": "0", "POD_NAMESPACE": "tp"})
+    worker = launch.k8s_env(2, {**pod, "JOB_COMPLETION_INDEX": "2"}, port=9000)
     assert chief == {
         "KERASTUNER_TUNER_ID": "chief",
         "KERASTUNER_ORACLE_IP": "tune-multiworker-0.tune-multiworker.tp.svc",
         "KERASTUNER_ORACLE_PORT": "8000",
     }
     assert worker["KERASTUNER_TUNER_ID"] == "tuner2" and worker["KERASTUNER_ORACLE_PORT"] == "9000"
+    assert launch.role(chief) == "chief" and launch.role(worker) == "worker"
+    assert launch.role({}) is None
     with pytest.raises(PipelineError, match="JOB_COMPLETION_INDEX not set"):
-        launch.k8s_env(pod)
+        launch.k8s_env(2, pod)
+    with pytest.raises(PipelineError, match=r"INDEX=3 is not in \[0, --workers 2\]"):
+        launch.k8s_env(2, {**pod, "JOB_COMPLETION_INDEX": "3"})

@@ -1,7 +1,11 @@
-"""The Tuner's options and its search space (`tuner:` in pipeline.yaml).
+"""The Tuner's config section (`tuner:` in pipeline.yaml) and its search space.
+
+Without `space` (the default) the Tuner is skipped and the Trainer trains with `trainer:` as
+written: a pipeline without a tuner section runs as before. `space: {}` searches the default
+space below.
 
 tuner:
-  algorithm: bayesian        # random | bayesian | hyperband
+  algorithm: bayesian        # random | bayesian | hyperband (bayesian: the `bayesian` extra)
   max_trials: 20             # the trial budget
   max_minutes: 30            # the time budget: no trial starts after it (null: none)
   epochs: 5                  # per trial (hyperband: the most one trial gets)
@@ -29,8 +33,8 @@ OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
 class FloatRange:
     """A float searched between `min` and `max` (inclusive), uniformly or on a log scale."""
 
-    min: float = 0.0
-    max: float = 1.0
+    min: float = option(0.0, ge=0, le=1e6, doc="the smallest value searched")
+    max: float = option(1.0, ge=0, le=1e6, doc="the largest value searched")
     sampling: str = option("linear", choices=("linear", "log"), doc="linear | log")
 
     def validate(self, fail: Any) -> None:
@@ -73,7 +77,14 @@ class SearchSpace:
 
 @dataclasses.dataclass
 class TunerConfig:
-    algorithm: str = option("random", choices=ALGORITHMS, doc="random | bayesian | hyperband")
+    enabled: bool = option(
+        True, key=False, doc="search when a space is configured; false: skip the Tuner"
+    )
+    algorithm: str = option(
+        "random",
+        choices=ALGORITHMS,
+        doc="random | bayesian (scikit-learn and scipy: the bayesian extra) | hyperband",
+    )
     max_trials: int = option(10, ge=1, le=100_000, doc="the trial budget")
     max_minutes: float | None = option(
         None, gt=0, le=100_000, doc="the time budget: no trial starts after it; null: none"
@@ -83,4 +94,13 @@ class TunerConfig:
     objective: str = option("val_accuracy", choices=tuple(OBJECTIVES), doc="what is optimised")
     hyperband_factor: int = option(3, ge=2, le=100, doc="hyperband's reduction factor")
     seed: int | None = option(42, ge=0, le=2**32 - 1, doc="the search's and every trial's seed")
-    space: SearchSpace = option(factory=SearchSpace, doc="the search space")
+    space: SearchSpace | None = option(
+        None, doc="the search space (null: no search, the Tuner is skipped; {}: the default)"
+    )
+
+    def skip_reason(self) -> str | None:
+        if not self.enabled:
+            return "tuner.enabled is false"
+        if self.space is None:
+            return "no search space configured (tuner.space)"
+        return None

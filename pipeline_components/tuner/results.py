@@ -20,7 +20,7 @@ from typing import Any
 from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core.plotting import pyplot, save_figure
 from pipeline_components.trainer.config import TrainerConfig
-from pipeline_components.tuner.config import OBJECTIVES, TunerConfig
+from pipeline_components.tuner.config import OBJECTIVES, SearchSpace, TunerConfig
 from pipeline_components.tuner.trials import HEAD_KEYS, trainer_values
 
 METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
@@ -34,7 +34,9 @@ def _best(trial: Any, metric: str) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def trial_rows(oracle: Any, tuner: TunerConfig, base: TrainerConfig) -> list[dict[str, Any]]:
+def trial_rows(
+    oracle: Any, tuner: TunerConfig, space: SearchSpace, base: TrainerConfig
+) -> list[dict[str, Any]]:
     """One row per trial the oracle handed out, in the order they started."""
     timing = oracle.timing()
     rows = []
@@ -45,7 +47,7 @@ def trial_rows(oracle: Any, tuner: TunerConfig, base: TrainerConfig) -> list[dic
             round(clock["end"] - clock["start"], 3) if "end" in clock and "start" in clock else None
         )
         raw = trial.hyperparameters.values
-        values = trainer_values(raw, tuner.space, base)
+        values = trainer_values(raw, space, base)
         # hyperband: this round's epochs, continuing from `tuner/initial_epoch`
         epochs = int(raw.get("tuner/epochs", tuner.epochs)) - int(raw.get("tuner/initial_epoch", 0))
         rows.append(

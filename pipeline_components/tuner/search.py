@@ -17,6 +17,7 @@ writes the output from the oracle's trials.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import time
@@ -25,23 +26,21 @@ from typing import Any
 
 import keras_tuner
 
-from pipeline_components.core import config as config_lib
 from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.features import files
 from pipeline_components.trainer.config import TrainerConfig
-from pipeline_components.trainer.plan import use_cached_features
-from pipeline_components.tuner import cost, results
-from pipeline_components.tuner.config import OBJECTIVES, TunerConfig
+from pipeline_components.tuner import cost, launch, results
+from pipeline_components.tuner.config import OBJECTIVES, SearchSpace, TunerConfig
 from pipeline_components.tuner.trials import FeatureTrials, HeadHyperModel, ImageTrials, Trials
 
 log = logging.getLogger(__name__)
 
 PROJECT = "search"  # KerasTuner's project folder under work_dir
-TUNER_ID = "KERASTUNER_TUNER_ID"
-ORACLE_IP = "KERASTUNER_ORACLE_IP"
-ORACLE_PORT = "KERASTUNER_ORACLE_PORT"
-CHIEF_ID = "chief"
+NO_SPACE = (
+    "tuner.space: no search space configured (tuner.space={} searches the default one:"
+    " learning_rate, dropout, units, optimizer, batch_size)"
+)
 
 _Oracle: Any = keras_tuner.Oracle  # Any: keras_tuner ships no types
 
@@ -118,8 +117,8 @@ class HyperbandTuner(keras_tuner.Hyperband):
 
 @dataclasses.dataclass
 class Request:
-    """One search: what it tunes, on what, and where it writes. The same for every process of a
-    group (as JSON: `to_json`, `from_json`)."""
+    """One search: what it tunes, on what, and where it writes. Every process of a group makes
+    the same one from the same command line (tuner/executor.py)."""
 
     trainer: TrainerConfig
     tuner: TunerConfig
@@ -128,22 +127,11 @@ class Request:
     features_dir: str | None = None  # trials on these features ...
     examples_dir: str | None = None  # ... or on these images
 
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["trainer"] = config_lib.to_dict(self.trainer)
-        out["tuner"] = config_lib.to_dict(self.tuner)
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Request:
-        return cls(
-            trainer=config_lib.section_from_dict(TrainerConfig, data["trainer"], "trainer"),
-            tuner=config_lib.section_from_dict(TunerConfig, data["tuner"], "tuner"),
-            output_dir=data["output_dir"],
-            work_dir=data["work_dir"],
-            features_dir=data.get("features_dir"),
-            examples_dir=data.get("examples_dir"),
-        )
+    @property
+    def space(self) -> SearchSpace:
+        if self.tuner.space is None:
+            raise PipelineError(NO_SPACE)
+        return self.tuner.space
 
 
 def trials_for(request: Request) -> Trials:
@@ -159,9 +147,24 @@ def trials_for(request: Request) -> Trials:
 
 def why_images(config: TrainerConfig) -> str:
     """Why trials run on images: what keeps the features from being cached."""
-    if use_cached_features(config):
-        return "no features were given"
-    return "fine_tune_from is set" if config.fine_tune_from else "augmentation is on"
+    return config.features_blocker() or "no features were given"
+
+
+# KerasTuner's Gaussian process is its only use of scikit-learn and scipy (about 200 MB), so
+# they are the `bayesian` extra, not dependencies of the image; KerasTuner imports them lazily.
+BAYESIAN_MODULES = ("sklearn", "scipy")
+
+
+def check_bayesian(config: TunerConfig) -> None:
+    """A one-line error when Bayesian optimisation is asked for without its modules."""
+    if config.algorithm != "bayesian":
+        return
+    missing = [m for m in BAYESIAN_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PipelineError(
+            f"tuner.algorithm: bayesian needs {' and '.join(missing)} (pip install"
+            " 'transfer-pipeline[bayesian]'), or use random or hyperband"
+        )
 
 
 def make_oracle(config: TunerConfig, deadline: float | None) -> Any:
@@ -178,6 +181,7 @@ def make_oracle(config: TunerConfig, deadline: float | None) -> Any:
         )
         oracle.max_trials = config.max_trials
     elif config.algorithm == "bayesian":
+        check_bayesian(config)
         oracle = BayesianOracle(objective, max_trials=config.max_trials, seed=config.seed)
     else:
         oracle = RandomOracle(objective, max_trials=config.max_trials, seed=config.seed)
@@ -189,7 +193,7 @@ def make_tuner(request: Request, trials: Trials, *, chief: bool, deadline: float
     """A KerasTuner tuner over the head's space. The chief (or the only process) starts the
     search afresh in work_dir; a worker joins it."""
     config = request.tuner
-    hypermodel = HeadHyperModel(trials, config.space, request.trainer, config.seed)
+    hypermodel = HeadHyperModel(trials, request.space, request.trainer, config.seed)
     oracle = make_oracle(config, deadline)
     cls = HyperbandTuner if config.algorithm == "hyperband" else HeadTuner
     return cls(
@@ -220,14 +224,13 @@ def run_search(request: Request) -> dict[str, Any]:
 
 
 def run_worker(request: Request) -> None:
-    """Trials for the chief named by the environment, until it says stop."""
-    missing = [v for v in (TUNER_ID, ORACLE_IP, ORACLE_PORT) if not os.environ.get(v)]
-    if missing:
-        raise PipelineError(f"tuner worker: {', '.join(missing)} not set")
+    """Trials for the chief named by the environment (launch.py), until it says stop."""
+    if launch.role() != "worker":
+        raise PipelineError(f"tuner worker: {launch.TUNER_ID} does not name a worker")
     trials = trials_for(request)
     tuner = make_tuner(request, trials, chief=False, deadline=None)
     tuner.search(**search_kwargs(request.tuner))
-    log.info("tuner worker %s: no trials left", os.environ[TUNER_ID])
+    log.info("tuner worker %s: no trials left", os.environ[launch.TUNER_ID])
 
 
 def run_chief(
@@ -290,7 +293,7 @@ def finish(
     request: Request, trials: Trials, oracle: Any, started: float, workers: int
 ) -> dict[str, Any]:
     """Write the output from the oracle's trials; remove KerasTuner's work_dir."""
-    rows = results.trial_rows(oracle, request.tuner, request.trainer)
+    rows = results.trial_rows(oracle, request.tuner, request.space, request.trainer)
     if not any(r["status"] == "COMPLETED" for r in rows):
         raise PipelineError(
             f"tuner: no trial completed ({len(rows)} ran; see the log for their errors)"

@@ -20,11 +20,13 @@ from pipeline_components.features.files import Manifest
 from pipeline_components.trainer import datasets
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.config import TrainerConfig
+from pipeline_components.trainer.hyperparameters import TUNABLE
 from pipeline_components.trainer.plan import plan_training
 from pipeline_components.tuner.config import SearchSpace, TunerConfig
 
-# The trainer options a search may set (trainer.<key>), in the order tables show them.
-HEAD_KEYS = ("learning_rate", "dropout", "units", "optimizer", "batch_size")
+# The trainer options a search may set (trainer.<key>), in the order tables show them: what
+# the Trainer accepts from best_hyperparameters.json.
+HEAD_KEYS = TUNABLE
 
 
 def declare(hp: Any, space: SearchSpace, base: TrainerConfig) -> dict[str, Any]:
