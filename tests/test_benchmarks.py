@@ -170,6 +170,7 @@ def fake_results(name: str) -> dict:
         "statistics_gen": {"s_over_c": 0.4, "t_over_c": 0.5, "p_over_t": 1.5},
         "input_pipeline": {"a_over_b": 6.0, "a_over_d": 9.0},
         "training": {"a_over_b": 12.0, "b_over_floor": 1.3, "ideal_a_over_b": 20.0},
+        "feature_stream": {"streamed_speed": 0.9, "past_cap_speed": 0.4},
         "multi_worker": {
             "b_over_a_training_images_per_s": 0.8,
             "b_over_a_wall_time": 1.9,
@@ -182,6 +183,7 @@ def fake_results(name: str) -> dict:
         "statistics_gen": {"none_set": True},
         "input_pipeline": {"a_over_b_at_least_5": True, "b_at_least_0.85_of_floor": False},
         "training": {"a_over_b_at_least_10": False},
+        "feature_stream": {"streamed_at_least_0.8": True},
         "multi_worker": {"b_faster_in_every_round": False},
     }[name]
     return {
