@@ -148,6 +148,39 @@ def test_an_image_the_backbone_cannot_read_fails_the_job_naming_it_and_leaves_no
     assert os.listdir(tmp_path / "out") == []
 
 
+@pytest.mark.parametrize("transpose", [True, False])
+def test_the_features_see_each_image_turned_as_the_trainer_and_the_model_do(tmp_path, transpose):
+    """The writer decodes with the examples' EXIF rule (`example_gen.exif_transpose`), as the
+    Trainer's input pipeline and the exported model do: off, a phone photo's features are of
+    its stored pixels, not of the photo turned upright (a head trained on those would not fit
+    the model it is exported in)."""
+    from test_exif import _pixels, pillow_jpeg
+
+    from pipeline_components.trainer import inputs
+
+    data = tmp_path / "data"
+    for i, split in enumerate(("train", "validation", "test")):
+        for j, cls in enumerate(("plain", "turned")):
+            (data / split / cls).mkdir(parents=True)
+            distinct = _pixels() // 2 + 10 * (2 * i + j)  # no image in two splits
+            (data / split / cls / "p.png").write_bytes(tf.io.encode_png(distinct).numpy())
+    for value in (3, 6, 8):  # 180 degrees, and two that swap the sides
+        (data / "train" / "turned" / f"o{value}.jpg").write_bytes(pillow_jpeg(value))
+    ex = str(tmp_path / "examples")
+    run_example_gen(str(data), ex, num_shards=1, exif_transpose=transpose)
+    spec = FeatureSpec.of("vgg19", "none", (32, 32), "float32")
+    manifest = writer.write_features(ex, str(tmp_path / "f"), spec, FeaturesConfig("float32"))
+    assert manifest.key["preprocessing"]["exif_transpose"] is transpose
+    got, _, keys = files.read_split(manifest, "train")
+    backbone = extractor.build_extractor(spec, manifest.backbone_weights())
+    pixels = inputs.make_dataset(
+        ex, "train", image_size=(32, 32), batch_size=8, num_classes=2, exif_transpose=transpose
+    ).map(lambda x, y: x)
+    expected = backbone.predict(pixels, verbose=0)  # the Trainer's pixels, record order
+    assert len(keys) == 5 and np.abs(expected).max() > 0.01
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_the_key_changes_with_what_the_features_depend_on_and_not_with_the_head(
     examples_dir, tmp_path
 ):
