@@ -685,6 +685,8 @@ def test_a_nightly_run_with_thumbnails_stops_before_the_trainer(make_dataset, tm
         "StatisticsGen": "cached",
         "SchemaGen": "cached",  # the schema behind version 1 is the one inferred in run 1
         "ExampleValidator": "completed",  # its baseline appeared: version 1's statistics
+        "FeatureGen": "cached",
+        "Tuner": "skipped",  # no search space
         "Trainer": "cached",
         "Evaluator": "cached",
         "InfraValidator": "cached",

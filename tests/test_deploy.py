@@ -69,7 +69,8 @@ K8S = ROOT / "k8s"
 TARGETS = ("base", "overlays/local", "overlays/gpu", "overlays/gke", "overlays/eks")
 LOAD_DATA = "jobs/load-data"
 TRAIN_MULTIWORKER = "jobs/train-multiworker"  # tests/test_multi_worker_deploy.py: the rest
-JOBS = (LOAD_DATA, TRAIN_MULTIWORKER)
+TUNE_MULTIWORKER = "jobs/tune-multiworker"  # tests/test_tuner.py: the rest
+JOBS = (LOAD_DATA, TRAIN_MULTIWORKER, TUNE_MULTIWORKER)
 PROMETHEUS_OPERATOR = "components/prometheus-operator"
 # The oldest Kubernetes the manifests support (GKE and EKS still run it) and the newest schema.
 K8S_VERSIONS = ("1.33.0", latest_version())

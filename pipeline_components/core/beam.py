@@ -242,6 +242,8 @@ def pipeline(beam_setup: BeamSetup) -> beam.Pipeline:
 
 LIVE_ENV = "TRANSFER_PIPELINE_BEAM_LIVE"  # a worker process's folder for its counts
 LIVE_PREFIX = "transfer-pipeline-beam-"  # <tmp>/transfer-pipeline-beam-<driver pid>-<random>/
+# a job's own temporary directory (own_tempdir): <tmp>/transfer-pipeline-beamtmp-<pid>-<random>/
+SCRATCH_PREFIX = "transfer-pipeline-beamtmp-"
 FLUSH_SECONDS = 1.0  # a worker process writes its counts at most this often
 
 
@@ -322,14 +324,37 @@ def _read_counts(folder: str | None) -> dict[str, int]:
 
 
 def _remove_stale_folders() -> None:
-    """Count folders of jobs whose driver died (kill -9): the next job removes them."""
+    """Count and scratch folders of jobs whose driver died (kill -9): the next job removes
+    them."""
     tmp = tempfile.gettempdir()
     for name in os.listdir(tmp):
-        if not name.startswith(LIVE_PREFIX):
+        prefix = next((p for p in (SCRATCH_PREFIX, LIVE_PREFIX) if name.startswith(p)), None)
+        if prefix is None:
             continue
-        pid = name[len(LIVE_PREFIX) :].split("-", 1)[0]
+        pid = name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not locking.pid_alive(int(pid)):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def own_tempdir() -> Iterator[str]:
+    """Run a job with Python's temporary directory (and TMPDIR, for the processes it starts)
+    inside a fresh folder, removed afterwards: the DirectRunner leaves beam-temp-*,
+    beam-requirements-cache and tmp* folders in the temporary directory otherwise. A killed
+    driver's folder is removed by the next job (_remove_stale_folders)."""
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = scratch
+    os.environ["TMPDIR"] = scratch
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -339,7 +364,6 @@ def _counting(args: Sequence[str]) -> Iterator[str | None]:
     theirs into a folder, yielded, that is removed afterwards."""
     folder = None
     if is_direct(args) and flag_value(args, "--direct_running_mode") == "multi_processing":
-        _remove_stale_folders()
         folder = tempfile.mkdtemp(prefix=f"{LIVE_PREFIX}{os.getpid()}-")
         os.environ[LIVE_ENV] = folder
     with _LIVE.lock:
@@ -434,10 +458,11 @@ def run(
         return found
 
     seconds = beam_setup.progress_seconds
+    _remove_stale_folders()
     counting = _counting(beam_setup.args) if seconds > 0 else contextlib.nullcontext(None)
     with counting as folder:
         reporter = _Reporter(job, seconds, describe, read) if seconds > 0 else None
-        with reporter or contextlib.nullcontext():
+        with reporter or contextlib.nullcontext(), own_tempdir():
             result = _run_to_end(p, running)
     return counters(result, namespaces)
 
