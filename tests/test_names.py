@@ -186,7 +186,11 @@ def test_names_from_any_alphabet_round_trip_through_a_whole_run(tmp_path):
     run_dir = next(runs.iterdir())
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert record["status"] == "completed", record
-    comps = {name: c["output_dir"] for name, c in record["components"].items()}
+    skipped = {name for name, c in record["components"].items() if c["status"] == "skipped"}
+    assert "Tuner" in skipped and "ExampleGen" not in skipped  # no search space: no tuning
+    comps = {
+        name: c["output_dir"] for name, c in record["components"].items() if name not in skipped
+    }
     assert record["components"]["ExampleGen"]["result"]["labels"] == LABELS
     assert record["config"]["data_root"] == str(data)
 
