@@ -32,7 +32,7 @@ from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.core.machine import usable_cpus
-from pipeline_components.example_gen import image_check
+from pipeline_components.example_gen import image_check, metadata
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -205,6 +205,9 @@ def data_fingerprint(data_root: str, beam_args: list[str] | None = None) -> dict
     set_filesystem_options(beam_args)
     root = _normalized_root(data_root)
     listing = [tuple(f) for split in SPLITS for f in list_split(root, split)]
+    extra = metadata.stat(root)
+    if extra is not None:  # metadata.csv is read too
+        listing.append((artifacts.METADATA_CSV, *extra))
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     return {"num_files": len(listing), "sha256": digest}
 
@@ -875,6 +878,7 @@ def run_example_gen(
     started = time.monotonic()
     set_filesystem_options(beam_args)
     layout = list_sources(data_root)
+    extra = metadata.read(layout.root)  # a malformed metadata.csv fails before any work
     carve = None if "validation" in layout.splits else validation_fraction
     log.info(
         "ExampleGen: %d files, classes %s, splits %s%s",
@@ -920,6 +924,8 @@ def run_example_gen(
             on_duplicates=on_duplicates,
             dropped=dropped,
         )
+        if extra is not None:  # metadata.csv's rows of the images written, for the Evaluator
+            metadata.attach(stats, extra, summaries, work, layout.root)
         fsutil.write_atomic(
             fsutil.join(work, artifacts.LABELS_FILE), "\n".join(layout.labels) + "\n"
         )
