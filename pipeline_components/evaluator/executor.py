@@ -10,7 +10,14 @@ a Beam job (scoring.py: RunInference, metrics by combiners) on any runner, with 
         [-- BEAM_ARGS]
 
 Outputs (written atomically into E): metrics.json, blessing.json, predictions.csv,
-confusion_matrix.png, errors.png, and baseline_metrics.json when a baseline was scored.
+confusion_matrix.png, errors.png, and baseline_metrics.json when a baseline was scored; with the
+analysis (analysis.py, `options`): analysis.json (every metric with its bootstrap interval,
+overall, per class and per slice), reliability.png, slices.png and mistakes.png (the most
+confident wrong images with Grad-CAM heat maps). blessing.json records one line per threshold
+(`min_accuracy` and `max_regression` are two of them).
+
+Checked before anything is scored (`check_inputs`): the model's classes against the data's, and
+every threshold's classes and slice dimensions (metadata.jsonl's columns).
 
 `predict_split` is the previous single-process scorer (the whole split through the signature in
 one process), kept as the reference the Beam job is tested and benchmarked against.
@@ -22,14 +29,18 @@ import csv
 import io
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.errors import PipelineError
+from pipeline_components.evaluator import analysis, metrics, thresholds
+from pipeline_components.evaluator.analysis import AnalysisOptions, ScoredSplit
 from pipeline_components.evaluator.component import EvaluatorConfig
+from pipeline_components.evaluator.slicing import SliceBuilder
+from pipeline_components.evaluator.thresholds import Threshold
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -51,11 +62,11 @@ class Predictions:
 
 @dataclass
 class Scores:
-    """What the Beam job computed; predictions.csv is already in the output directory."""
+    """What the Beam job produced; predictions.csv is already in the output directory."""
 
-    metrics: dict
+    split: ScoredSplit  # every prediction (and the baseline's, on the same records)
     errors: list[dict]  # the first num_error_examples misclassified: encoded, true, pred, ...
-    baseline_metrics: dict | None = None
+    mistakes: list[dict] = field(default_factory=list)  # most confident wrong, per true class
     baseline_failure: list[str] | None = None  # [filename, reason]
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -254,7 +265,10 @@ def _score_baseline(path: str, scores: Scores) -> tuple[dict | None, str | None]
             f"baseline {path} failed on test example {filename} ({reason}); "
             "regression check skipped"
         )
-    return scores.baseline_metrics, None
+    split = scores.split
+    if split.baseline is None:
+        return None, f"baseline {path} did not score every test image; regression check skipped"
+    return metrics.classification_metrics(split.baseline, split.y, split.labels), None
 
 
 def score_test_split(
@@ -264,11 +278,14 @@ def score_test_split(
     labels: list[str],
     config: EvaluatorConfig,
     baseline_dir: str | None = None,
+    options: AnalysisOptions | None = None,
+    metadata: examples.Metadata | None = None,
 ) -> Scores:
-    """Run the Beam job (scoring.build_pipeline) writing into work_dir; read its results."""
+    """Run the Beam job (scoring.build_pipeline) writing into work_dir; collect its results."""
     from pipeline_components.evaluator import scoring
     from pipeline_components.inference import beam_run
 
+    options = options or AnalysisOptions()
     beam_run.quiet_beam()
     files = examples.split_files(examples_dir, "test")
     p = beam_run.make_pipeline(config.beam_args)
@@ -282,6 +299,7 @@ def score_test_split(
         batch_size=config.batch_size,
         model_copies=config.model_copies,
         num_error_examples=config.num_error_examples,
+        mistakes_per_class=options.mistakes_per_class,
     )
     counters = beam_run.run_pipeline(
         p, [scoring.COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]
@@ -294,21 +312,58 @@ def score_test_split(
     if failure:
         filename, reason = failure[0]
         raise PipelineError(f"the model failed on test example {filename}: {reason}")
-    scores = Scores(
-        metrics=result(scoring.METRICS_PART.format("candidate"), "metrics"),
-        errors=[],
-        counters=counters,
+    base_failure = (
+        result(scoring.FAILURES_PART.format("baseline"), "failures") if baseline_dir else None
     )
+    split = _collect(work_dir, labels, metadata, options, bool(baseline_dir) and not base_failure)
+    if len(split.y) == 0:
+        raise PipelineError(f"the test split under {examples_dir} holds no examples")
+    scores = Scores(split, [], baseline_failure=base_failure[0] if base_failure else None)
+    scores.counters = counters
     if config.num_error_examples > 0:
         scores.errors = scoring.decode_errors(result(scoring.ERRORS_PART, "errors"))
-    if baseline_dir:
-        scores.baseline_metrics = result(scoring.METRICS_PART.format("baseline"), "metrics")
-        base_failure = result(scoring.FAILURES_PART.format("baseline"), "failures")
-        scores.baseline_failure = base_failure[0] if base_failure else None
-    if scores.metrics["num_examples"] == 0:
-        raise PipelineError(f"the test split under {examples_dir} holds no examples")
+    if options.mistakes_per_class > 0:
+        scores.mistakes = scoring.decode_errors(result(scoring.MISTAKES_PART, "mistakes"))
     scoring.join_predictions(work_dir, fsutil.join(work_dir, PREDICTIONS_FILE), labels)
     return scores
+
+
+def _collect(
+    work_dir: str,
+    labels: list[str],
+    metadata: examples.Metadata | None,
+    options: AnalysisOptions,
+    with_baseline: bool,
+) -> ScoredSplit:
+    """The job's per-shard scores as arrays, with the slice codes (metadata's columns too)."""
+    from pipeline_components.evaluator import scoring
+
+    values, columns = (metadata.values, metadata.columns) if metadata else (None, [])
+    builder = SliceBuilder(labels, values, columns, options.max_slice_values)
+    got = scoring.collect(work_dir, len(labels), builder, with_baseline)
+    return ScoredSplit(labels, got.y, got.candidate, got.baseline, builder.finish())
+
+
+def check_inputs(
+    model_dir: str, examples_dir: str, config: EvaluatorConfig, options: AnalysisOptions
+) -> tuple[list[str], examples.Metadata | None, list[Threshold]]:
+    """Everything checkable before scoring: the split, the model's classes against the data's,
+    metadata.jsonl, and every threshold against the classes and slice dimensions."""
+    data_labels = examples.read_labels(examples_dir)
+    examples.split_files(examples_dir, "test")  # a missing test split fails before model loading
+    labels = check_serving_model(model_dir)
+    if labels != data_labels:
+        raise PipelineError(
+            f"model classes {labels} differ from the examples' labels.txt {data_labels} "
+            f"({model_dir} vs {examples_dir})"
+        )
+    meta = examples.read_metadata(examples_dir)
+    wanted = [
+        *thresholds.shorthands(config.min_accuracy, config.max_regression),
+        *options.thresholds,
+    ]
+    checks = thresholds.resolve(wanted, labels, meta.columns if meta else ())
+    return labels, meta, checks
 
 
 def run_evaluator(
@@ -319,26 +374,23 @@ def run_evaluator(
     baseline: str | None = None,
     serving_dir: str | None = None,
     model_name: str | None = None,
+    options: AnalysisOptions | None = None,
 ) -> dict:
     """Score, gate, write the artifacts; returns the blessing dict."""
     config = config or EvaluatorConfig()
+    options = options or AnalysisOptions()
     started = time.monotonic()
-    data_labels = examples.read_labels(examples_dir)
-    examples.split_files(examples_dir, "test")  # a missing test split fails before model loading
-    labels = check_serving_model(model_dir)
-    if labels != data_labels:
-        raise PipelineError(
-            f"model classes {labels} differ from the examples' labels.txt {data_labels} "
-            f"({model_dir} vs {examples_dir})"
-        )
+    labels, meta, checks = check_inputs(model_dir, examples_dir, config, options)
     fingerprint = fsutil.tree_fingerprint(model_dir)
     baseline_path = resolve_baseline(baseline, serving_dir, model_name, fingerprint)
     skip_reason = _check_baseline(baseline_path, labels) if baseline_path else None
     scored_baseline = baseline_path if baseline_path and not skip_reason else None
 
     with fsutil.atomic_dir(output_dir) as tmp:
-        scores = score_test_split(model_dir, examples_dir, tmp, labels, config, scored_baseline)
-        result = scores.metrics
+        scores = score_test_split(
+            model_dir, examples_dir, tmp, labels, config, scored_baseline, options, meta
+        )
+        result = metrics.classification_metrics(scores.split.candidate, scores.split.y, labels)
         log.info(
             "test accuracy %.4f, loss %.4f on %d examples (%.1f s; %s)",
             result["accuracy"],
@@ -350,33 +402,94 @@ def run_evaluator(
         baseline_metrics = None
         if scored_baseline:
             baseline_metrics, skip_reason = _score_baseline(scored_baseline, scores)
-        baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
-        blessed, reasons = gate(
-            result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
-        )
-        if skip_reason:
-            reasons[-1] = skip_reason
-        blessing = {
-            "blessed": blessed,
-            "reasons": reasons,
-            "accuracy": result["accuracy"],
-            "threshold": config.min_accuracy,
-            "max_regression": config.max_regression,
-            "baseline_accuracy": baseline_accuracy,
-            "baseline": baseline_path if baseline_metrics else None,
-            "baseline_comparable": (
+        split = scores.split if baseline_metrics else replace(scores.split, baseline=None)
+        found = analysis.analyse(split, checks, options, skip_reason)
+        blessing = _blessing(result, baseline_metrics, found, config, skip_reason)
+        blessing.update(
+            baseline=baseline_path if baseline_metrics else None,
+            baseline_comparable=(
                 None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
             ),
-            "model": model_dir,
-            "model_fingerprint": fingerprint,
-        }
+            model=model_dir,
+            model_fingerprint=fingerprint,
+        )
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
         if baseline_metrics:
             fsutil.write_json(fsutil.join(tmp, artifacts.BASELINE_METRICS_FILE), baseline_metrics)
         _write_plots(tmp, result, scores.errors, labels)
+        _write_analysis(tmp, found, scores.mistakes, model_dir, labels, options)
         fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
-    log.info("%s: %s", "BLESSED" if blessed else "NOT blessed", "; ".join(reasons))
+    log.info(
+        "%s: %s",
+        "BLESSED" if blessing["blessed"] else "NOT blessed",
+        "; ".join(blessing["reasons"]),
+    )
     return blessing
+
+
+SHORTHANDS = ("evaluator.min_accuracy", "evaluator.max_regression")
+
+
+def _blessing(
+    result: dict,
+    baseline_metrics: dict | None,
+    found: analysis.Analysis,
+    config: EvaluatorConfig,
+    skip_reason: str | None,
+) -> dict:
+    """blessing.json: the verdict, today's two reasons (min_accuracy, max_regression) and one
+    reason per configured threshold, and every threshold's line."""
+    baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
+    ok, reasons = gate(
+        result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
+    )
+    if skip_reason:
+        reasons[-1] = skip_reason
+    reasons += [o.reason for o in found.outcomes if o.threshold.origin not in SHORTHANDS]
+    return {
+        "blessed": ok and found.passed,
+        "reasons": reasons,
+        "accuracy": result["accuracy"],
+        "threshold": config.min_accuracy,
+        "max_regression": config.max_regression,
+        "baseline_accuracy": baseline_accuracy,
+        "thresholds": [o.record() for o in found.outcomes],
+    }
+
+
+def _write_analysis(
+    out_dir: str,
+    found: analysis.Analysis,
+    mistakes_found: list[dict],
+    model_dir: str,
+    labels: list[str],
+    options: AnalysisOptions,
+) -> None:
+    """analysis.json, the reliability diagram, the per-slice bars and the mistakes gallery
+    with Grad-CAM heat maps (when the model exports grad_cam)."""
+    from pipeline_components.evaluator import mistakes, plots
+
+    doc = found.document
+    explain = options.grad_cam and mistakes_found and mistakes.has_grad_cam(model_dir)
+    maps = mistakes.heat_maps(model_dir, mistakes_found) if explain else []
+    for item, heat in zip(mistakes_found, maps, strict=False):
+        item["heatmap"] = heat
+    doc["mistakes"] = [
+        {k: item[k] for k in ("filename", "true", "pred", "score")} | {"grad_cam": bool(maps)}
+        for item in mistakes_found
+    ]
+    fsutil.write_json(fsutil.join(out_dir, artifacts.ANALYSIS_FILE), doc)
+    ece = doc["overall"]["metrics"]["ece"]["value"]
+    fsutil.write_atomic(
+        fsutil.join(out_dir, artifacts.RELIABILITY_PNG),
+        plots.reliability_png(doc["calibration"], ece),
+    )
+    if options.slices:
+        png = plots.slices_png(doc["slices"], doc["overall"], options.min_slice_size)
+        fsutil.write_atomic(fsutil.join(out_dir, artifacts.SLICES_PNG), png)
+    if options.mistakes_per_class > 0:
+        png = plots.mistakes_png(mistakes_found, labels)
+        fsutil.write_atomic(fsutil.join(out_dir, artifacts.MISTAKES_PNG), png)
 
 
 def _predictions_csv(preds: Predictions, labels: list[str]) -> str:

@@ -1,0 +1,385 @@
+"""The gate's engine: every metric, overall and per slice, with bootstrap intervals, for the
+candidate and the baseline on the same test images; then every threshold checked.
+
+Input: `ScoredSplit`, the predictions the Beam job collected (scoring.collect). Output:
+`analyse` -> `Analysis` (analysis.json: metrics with intervals, slices with counts, the
+calibration bins; blessing.json: one line per threshold).
+
+Cost: the point values are one pass; the bootstrap is measures.measure over blocks of replicate
+weights (bootstrap.py) for the whole split and each slice, candidate and baseline sharing each
+block (a paired comparison), so 1,000 replicates of 1,000 images take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from pipeline_components.evaluator import bootstrap, slicing
+from pipeline_components.evaluator.measures import (
+    ECE_BINS,
+    METRICS,
+    PER_CLASS,
+    Examples,
+    Measures,
+    measure,
+)
+from pipeline_components.evaluator.thresholds import TOLERANCE, Threshold
+
+NO_BASELINE = "not applicable: no baseline model (first push)"
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisOptions:
+    """What the Evaluator computes beyond metrics.json (stage 2: from `evaluator:` config)."""
+
+    thresholds: tuple[Threshold, ...] = ()  # parsed (thresholds.parse), not yet resolved
+    bootstrap: bootstrap.BootstrapSpec = bootstrap.BootstrapSpec()
+    slices: bool = True
+    min_slice_size: int = slicing.DEFAULT_MIN_SLICE_SIZE
+    max_slice_values: int = slicing.DEFAULT_MAX_VALUES
+    mistakes_per_class: int = 4  # most confident wrong test images per true class (Grad-CAM)
+    grad_cam: bool = True
+
+    @classmethod
+    def off(cls) -> AnalysisOptions:
+        """Today's gate only: no intervals, slices, mistakes or heat maps."""
+        return cls(
+            bootstrap=bootstrap.BootstrapSpec(resamples=0),
+            slices=False,
+            mistakes_per_class=0,
+            grad_cam=False,
+        )
+
+
+@dataclasses.dataclass
+class ScoredSplit:
+    labels: list[str]
+    y: np.ndarray  # int64 [n]
+    candidate: np.ndarray  # float32 [n, C]
+    baseline: np.ndarray | None  # float32 [n, C], the same examples in the same order
+    dims: list[slicing.Dimension]
+
+
+class SubsetResult(NamedTuple):
+    slice: slicing.Slice
+    point: Measures
+    replicates: Measures | None
+    base_point: Measures | None
+    base_replicates: Measures | None
+
+
+def _concat(parts: list[Measures]) -> Measures:
+    return Measures(
+        {k: np.concatenate([p.overall[k] for p in parts]) for k in parts[0].overall},
+        {k: np.concatenate([p.per_class[k] for p in parts]) for k in parts[0].per_class},
+        np.concatenate([p.support for p in parts]),
+        np.concatenate([p.total for p in parts]),
+        np.zeros((0, 3, ECE_BINS)),  # the bins of the point values only
+    )
+
+
+def measure_subsets(
+    split: ScoredSplit, subsets: Sequence[slicing.Slice], spec: bootstrap.BootstrapSpec
+) -> list[SubsetResult]:
+    """Point values and bootstrap replicates of every subset, for both models."""
+    cand = Examples.of(split.candidate, split.y)
+    base = Examples.of(split.baseline, split.y) if split.baseline is not None else None
+    points = []
+    for s in subsets:
+        ones = np.ones((1, s.count))
+        b = measure(base.take(s.index), ones) if base is not None else None
+        points.append((measure(cand.take(s.index), ones), b))
+    reps: list[list[Measures]] = [[] for _ in subsets]
+    base_reps: list[list[Measures]] = [[] for _ in subsets]
+    if spec.resamples > 0:
+        for _, weights in bootstrap.blocks(len(split.y), spec):
+            for i, s in enumerate(subsets):
+                w = weights[:, s.index]
+                reps[i].append(measure(cand.take(s.index), w))
+                if base is not None:
+                    base_reps[i].append(measure(base.take(s.index), w))
+    return [
+        SubsetResult(
+            s,
+            point,
+            _concat(reps[i]) if reps[i] else None,
+            base_point,
+            _concat(base_reps[i]) if base_reps[i] else None,
+        )
+        for i, (s, (point, base_point)) in enumerate(zip(subsets, points, strict=True))
+    ]
+
+
+# ------------------------------------------------------------------------- thresholds
+
+
+def _pick(m: Measures, t: Threshold, labels: Sequence[str]) -> np.ndarray:
+    if t.class_name is None:
+        return m.overall[t.metric]
+    return m.per_class[t.metric][:, labels.index(t.class_name)]
+
+
+def _num(value: float | None) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def _interval_text(iv: list[float] | None, confidence: float, signed: bool = False) -> str:
+    if iv is None:
+        return "no interval"
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"{confidence:.0%} interval [{f.format(iv[0])}, {f.format(iv[1])}]"
+
+
+def _clears(low: float, high: float, bound_low: float | None, bound_high: float | None) -> bool:
+    """[low, high] (a point: low == high) on the passing side of the bounds."""
+    return (bound_low is None or low >= bound_low - TOLERANCE) and (
+        bound_high is None or high <= bound_high + TOLERANCE
+    )
+
+
+class Outcome(NamedTuple):
+    threshold: Threshold
+    images: int  # in the threshold's subset
+    value: float | None  # the metric, or its change against the baseline
+    interval: list[float] | None
+    passed: bool | None  # None: not gated (no baseline, slice under min_slice_size)
+    reason: str
+    candidate: float | None = None  # change thresholds: the two values compared
+    baseline: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        """One line of blessing.json's `thresholds`."""
+        t = self.threshold
+        return {
+            **t.as_dict(),
+            "origin": t.origin,
+            "kind": "change" if t.change is not None else "value",
+            "bound": t.bound_text(),
+            "count": self.images,
+            "value": self.value,
+            "interval": self.interval,
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "passed": self.passed,
+            "reason": self.reason,
+        }
+
+
+def _verdict(
+    t: Threshold, value: float, iv: list[float] | None, what: str, conf: float
+) -> tuple[bool, str]:
+    """Pass or fail with the reason: by the point, or with_confidence by the interval."""
+    if t.change is not None:
+        low, high = (t.change.bound, None) if t.higher_is_better else (None, t.change.bound)
+    else:
+        low, high = t.lower, t.upper
+    ivt = _interval_text(iv, conf, signed=t.change is not None)
+    if not t.with_confidence:
+        ok = _clears(value, value, low, high)
+        return ok, f"{what} {'meets' if ok else 'fails'} {t.bound_text()} ({ivt})"
+    if iv is None:
+        return False, f"{what}: no interval (bootstrap off) for with_confidence: failed"
+    ok = _clears(iv[0], iv[1], low, high)
+    word = "clears" if ok else "does not clear"
+    return ok, f"{what}: its {ivt} {word} {t.bound_text()} (with_confidence)"
+
+
+def _check_value(
+    t: Threshold, res: SubsetResult, labels: Sequence[str], subject: str, conf: float
+) -> Outcome:
+    value = float(_pick(res.point, t, labels)[0])
+    reps = _pick(res.replicates, t, labels) if res.replicates is not None else None
+    iv = bootstrap.interval(reps, conf) if reps is not None else None
+    if np.isnan(value):
+        return Outcome(t, res.slice.count, None, iv, False, f"{subject} is undefined: failed")
+    ok, reason = _verdict(t, value, iv, f"{subject} {value:.4f}", conf)
+    return Outcome(t, res.slice.count, value, iv, ok, reason)
+
+
+def _check_change(
+    t: Threshold, res: SubsetResult, labels: Sequence[str], subject: str, conf: float
+) -> Outcome:
+    """The candidate's change against the baseline, the interval from the paired replicates."""
+    assert res.base_point is not None
+    value = float(_pick(res.point, t, labels)[0])
+    base = float(_pick(res.base_point, t, labels)[0])
+    change = float(_change(t, np.array([value]), np.array([base]))[0])
+    iv = None
+    if res.replicates is not None and res.base_replicates is not None:
+        reps = _change(t, _pick(res.replicates, t, labels), _pick(res.base_replicates, t, labels))
+        iv = bootstrap.interval(reps, conf)
+    pair = f"candidate {value:.4f}, baseline {base:.4f}"
+    if np.isnan(change):
+        reason = f"{subject} change is undefined ({pair}): failed"
+        return Outcome(t, res.slice.count, None, iv, False, reason, _num(value), _num(base))
+    ok, reason = _verdict(t, change, iv, f"{subject} change {change:+.4f} ({pair})", conf)
+    return Outcome(t, res.slice.count, change, iv, ok, reason, value, base)
+
+
+def check(
+    t: Threshold,
+    res: SubsetResult,
+    labels: Sequence[str],
+    spec: bootstrap.BootstrapSpec,
+    min_slice_size: int,
+    baseline_note: str | None,
+) -> Outcome:
+    """One threshold on its subset's results."""
+    subject = t.subject() + (f" ({res.slice.count} test images)" if t.slice else "")
+    if t.slice and res.slice.count < min_slice_size:
+        reason = f"{subject}: not gated, fewer than min_slice_size {min_slice_size} images"
+        return Outcome(t, res.slice.count, None, None, None, reason)
+    if t.change is None:
+        return _check_value(t, res, labels, subject, spec.confidence)
+    if res.base_point is None:
+        reason = f"{subject} change: {baseline_note or NO_BASELINE}"
+        return Outcome(t, res.slice.count, None, None, None, reason)
+    return _check_change(t, res, labels, subject, spec.confidence)
+
+
+def _change(t: Threshold, cand: np.ndarray, base: np.ndarray) -> np.ndarray:
+    diff = cand - base
+    if t.change is None or t.change.kind == "absolute":
+        return diff
+    scale = np.abs(base)
+    out = np.full(diff.shape, np.nan)
+    np.divide(diff, scale, out=out, where=scale != 0)
+    return out
+
+
+# ---------------------------------------------------------------------------- analyse
+
+
+@dataclasses.dataclass
+class Analysis:
+    document: dict[str, Any]  # analysis.json
+    outcomes: list[Outcome]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed is not False for o in self.outcomes)
+
+
+def _value(point: float, reps: np.ndarray | None, confidence: float) -> dict[str, Any]:
+    return {
+        "value": _num(point),
+        "interval": bootstrap.interval(reps, confidence) if reps is not None else None,
+    }
+
+
+def summary(res: SubsetResult, labels: Sequence[str], confidence: float) -> dict[str, Any]:
+    """A subset's metrics, per class too, with their intervals (NaN: null)."""
+    point, reps = res.point, res.replicates
+    metrics = {
+        name: _value(point.overall[name][0], reps.overall[name] if reps else None, confidence)
+        for name in METRICS
+    }
+    per_class: dict[str, dict[str, Any]] = {}
+    for i, label in enumerate(labels):
+        per_class[label] = {
+            name: _value(
+                point.per_class[name][0, i],
+                reps.per_class[name][:, i] if reps else None,
+                confidence,
+            )
+            for name in PER_CLASS
+        }
+        per_class[label]["support"] = int(point.support[0, i])
+    return {
+        "slice": dict(res.slice.key),
+        "count": res.slice.count,
+        "metrics": metrics,
+        "per_class": per_class,
+    }
+
+
+def calibration(point: Measures) -> dict[str, Any]:
+    """The reliability diagram's bins of the whole split."""
+    count, correct, confidence = point.calibration[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+        mean_conf = np.where(count > 0, confidence / np.maximum(count, 1), np.nan)
+    return {
+        "edges": np.linspace(0.0, 1.0, ECE_BINS + 1).round(6).tolist(),
+        "count": count.astype(int).tolist(),
+        "accuracy": [_num(v) for v in accuracy],
+        "confidence": [_num(v) for v in mean_conf],
+    }
+
+
+def _subsets(
+    split: ScoredSplit, checks: Sequence[Threshold], options: AnalysisOptions
+) -> list[slicing.Slice]:
+    """The whole split, every single-dimension slice (options.slices), and each slice a
+    threshold names that is not one of those (several dimensions at once)."""
+    subsets = [slicing.Slice((), np.arange(len(split.y)))]
+    if options.slices:
+        subsets += slicing.single_slices(split.dims)
+    known = {s.key for s in subsets}
+    skipped = {d.name for d in split.dims if d.codes is None}
+    for t in checks:
+        if t.slice not in known and not any(dim in skipped for dim, _ in t.slice):
+            known.add(t.slice)
+            subsets.append(slicing.select(split.dims, t.slice))
+    return subsets
+
+
+def _not_sliced(t: Threshold, dims: Sequence[slicing.Dimension]) -> Outcome | None:
+    for d in dims:
+        if d.codes is None and any(dim == d.name for dim, _ in t.slice):
+            reason = f"{t.subject()}: dimension {d.name!r} is not sliced ({d.skipped}): failed"
+            return Outcome(t, 0, None, None, False, reason)
+    return None
+
+
+def analyse(
+    split: ScoredSplit,
+    checks: Sequence[Threshold],
+    options: AnalysisOptions,
+    baseline_note: str | None = None,
+) -> Analysis:
+    """Metrics of the whole split and of every slice, with intervals; every threshold
+    (resolved: thresholds.resolve) checked on its subset."""
+    subsets = _subsets(split, checks, options)
+    results = {r.slice.key: r for r in measure_subsets(split, subsets, options.bootstrap)}
+    outcomes = []
+    for t in checks:
+        skipped = _not_sliced(t, split.dims)
+        outcomes.append(
+            skipped
+            or check(
+                t,
+                results[t.slice],
+                split.labels,
+                options.bootstrap,
+                options.min_slice_size,
+                baseline_note,
+            )  # fmt: skip
+        )
+    conf = options.bootstrap.confidence
+    overall = results[()]
+    document: dict[str, Any] = {
+        "labels": list(split.labels),
+        "bootstrap": options.bootstrap.describe(),
+        "min_slice_size": options.min_slice_size,
+        "overall": summary(overall, split.labels, conf),
+        "calibration": calibration(overall.point),
+        "slices": [
+            {
+                **summary(results[s.key], split.labels, conf),
+                "gated": s.count >= options.min_slice_size,
+            }
+            for s in subsets[1:]
+        ],
+        "dimensions": {
+            d.name: {"values": len(d.values), "skipped": d.skipped or None} for d in split.dims
+        },
+    }
+    if overall.base_point is not None:
+        base = SubsetResult(overall.slice, overall.base_point, overall.base_replicates, None, None)
+        document["baseline"] = summary(base, split.labels, conf)
+    return Analysis(document, outcomes)
