@@ -20,6 +20,7 @@ import benchmarks.__main__ as bench
 from benchmarks import (
     batch_inference,
     common,
+    evaluator_gate,
     example_gen,
     headline,
     input_pipeline,
@@ -38,6 +39,7 @@ MODULES = {
     "training": training,
     "serving": serving,
     "batch_inference": batch_inference,
+    "evaluator_gate": evaluator_gate,
     "multi_worker": multi_worker,
 }
 
@@ -164,6 +166,7 @@ def fake_results(name: str) -> dict:
     variants = {f"({k}) variant {k}": {"median_s": 1.0 + i} for i, k in enumerate("abcdet")}
     ratios = {
         "batch_inference": {"b_over_a": 1.2, "a_over_c": 1.1, "e_over_d": 1.5},
+        "evaluator_gate": {"b_over_a": 1.2},
         "example_gen": {"a_over_b": 1.4, "b_over_d": 2.0},
         "statistics_gen": {"s_over_c": 0.4, "t_over_c": 0.5, "p_over_t": 1.5},
         "input_pipeline": {"a_over_b": 6.0, "a_over_d": 9.0},
@@ -176,6 +179,7 @@ def fake_results(name: str) -> dict:
     }[name]
     goals = {
         "batch_inference": {"b_within_1.3x_of_a": True, "c_faster_than_a": False},
+        "evaluator_gate": {"b_within_1.5x_of_a": True},
         "example_gen": {"b_no_slower_than_a": True},
         "statistics_gen": {"none_set": True},
         "input_pipeline": {"a_over_b_at_least_5": True, "b_at_least_0.85_of_floor": False},
@@ -400,7 +404,7 @@ def test_each_ratio_in_results_md_carries_its_spread_and_the_load(fakes, monkeyp
 def test_the_benchmarks_declare_themselves_in_table_order():
     assert NAMES == [
         "example_gen", "statistics_gen", "input_pipeline", "training", "serving",
-        "batch_inference", "multi_worker",
+        "batch_inference", "evaluator_gate", "multi_worker",
     ]  # fmt: skip
     for name, module in MODULES.items():
         assert module.BENCHMARK is not None and bench.BENCHMARKS[name].module == module.__name__
