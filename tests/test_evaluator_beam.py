@@ -203,9 +203,14 @@ def test_top_mistakes_are_the_most_confident_wrong_per_true_class():
         # class 0: 0.9 (records 1 and 6: the earlier first), not record 0 (0.8); class 1: 0.95, 0.7
         assert got == [("f1", 0, 1), ("f6", 0, 1), ("f5", 1, 0), ("f3", 1, 0)], got
 
+    def check_limit(results):
+        got = [(m["filename"], m["true"]) for m in results[0]]
+        assert got == [("f1", 0), ("f6", 0), ("f5", 1)], got  # both firsts, then the surer second
+
     with test_pipeline.TestPipeline() as p:
-        result = p | scoring.beam.Create(scored) | scoring.TopMistakes(2)
-        assert_that(result, check)
+        mistakes = p | scoring.beam.Create(scored)
+        assert_that(mistakes | "all" >> scoring.TopMistakes(2), check, label="all")
+        assert_that(mistakes | "limit" >> scoring.TopMistakes(2, 3), check_limit, label="limit")
 
 
 def _run_cli(args, capsys):

@@ -42,6 +42,7 @@ class AnalysisOptions:
     min_slice_size: int = slicing.DEFAULT_MIN_SLICE_SIZE
     max_slice_values: int = slicing.DEFAULT_MAX_VALUES
     mistakes_per_class: int = 4  # most confident wrong test images per true class (Grad-CAM)
+    max_mistakes: int = 48  # at most this many in all (every class's first before any second)
     grad_cam: bool = True
 
     @classmethod

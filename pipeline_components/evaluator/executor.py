@@ -300,6 +300,7 @@ def score_test_split(
         model_copies=config.model_copies,
         num_error_examples=config.num_error_examples,
         mistakes_per_class=options.mistakes_per_class,
+        max_mistakes=options.max_mistakes,
     )
     counters = beam_run.run_pipeline(
         p, [scoring.COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]

@@ -93,6 +93,9 @@ def reliability_png(calibration: dict, ece: float | None) -> bytes:
     return figure_png(fig)
 
 
+MAX_SLICE_BARS = 60
+
+
 def slices_png(
     slices: list[dict], overall: dict, min_slice_size: int, metric: str = "accuracy"
 ) -> bytes:
@@ -100,6 +103,8 @@ def slices_png(
     slices under min_slice_size (reported, never gated) hatched and grey."""
     plt = pyplot()
     rows = [s for s in slices if s["metrics"][metric]["value"] is not None]
+    more = len(rows) - MAX_SLICE_BARS
+    rows = rows[:MAX_SLICE_BARS]
     if not rows:
         fig, ax = plt.subplots(figsize=(4, 1.2))
         ax.axis("off")
@@ -128,7 +133,10 @@ def slices_png(
         ax.legend(fontsize=8, loc="lower right")
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"{metric} (bars), 95% interval (lines); hatched: under {min_slice_size} images")
-    ax.set_title(f"{metric.capitalize()} per slice (test)", fontsize=10)
+    title = f"{metric.capitalize()} per slice (test)"
+    if more > 0:
+        title += f"; {more} more in analysis.json"
+    ax.set_title(title, fontsize=10)
     return figure_png(fig)
 
 

@@ -391,19 +391,31 @@ def _mistake_item(scored: Scored) -> tuple[int, tuple[float, tuple[int, int], di
     return scored.example.label, (item["score"], order, item)
 
 
-def _by_class(groups: list[tuple[int, list[Any]]]) -> list[dict[str, Any]]:
-    """Every class's mistakes, by class id, each class's most confident first."""
-    return [item for _, ranked in sorted(groups, key=lambda g: g[0]) for _, _, item in ranked]
+def _ranked(
+    element: tuple[int, list[tuple[float, tuple[int, int], dict[str, Any]]]],
+) -> Iterator[tuple[tuple[int, float, int, tuple[int, int]], dict[str, Any]]]:
+    """A class's most confident mistakes -> ((rank in class, -score, class, order), item)."""
+    label, ranked = element
+    for rank, (score, order, item) in enumerate(ranked):
+        yield (rank, -score, label, order), item
+
+
+def _by_class(chosen: list[tuple[tuple[int, float, int, tuple[int, int]], Any]]) -> list[Any]:
+    """The chosen mistakes class by class, each class's most confident first."""
+    return [item for _, item in sorted(chosen, key=lambda c: (c[0][2], c[0][0]))]
 
 
 class TopMistakes(beam.PTransform):
     """The `n` most confident wrong predictions of each true class (highest score of the wrong
-    class; ties: the earlier record) -> one list of dicts (encoded as base64), class by class:
-    the images the Grad-CAM gallery explains. At most n x classes images are kept."""
+    class; ties: the earlier record), at most `limit` in all -> one list of dicts (encoded as
+    base64), class by class: the images the Grad-CAM gallery explains. Over the limit, every
+    class's first mistake comes before any class's second (the most confident first), so many
+    classes still each get one; no step holds more than n per class or `limit` images."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, limit: int = 48) -> None:
         super().__init__()
         self.n = n
+        self.limit = limit
 
     def expand(self, scored: beam.PCollection[Scored]) -> beam.PCollection[list[dict[str, Any]]]:
         return (
@@ -412,8 +424,9 @@ class TopMistakes(beam.PTransform):
             | "ByTrueClass" >> beam.Map(_mistake_item)
             | "MostConfident"
             >> beam.combiners.Top.PerKey(self.n, key=lambda item: (item[0], _neg(item[1])))
-            | "AllClasses" >> beam.combiners.ToList()
-            | "Flatten" >> beam.Map(_by_class)
+            | "Ranked" >> beam.FlatMap(_ranked)
+            | "UpToLimit" >> beam.combiners.Top.Smallest(self.limit, key=lambda c: c[0])
+            | "ByClass" >> beam.Map(_by_class)
         )
 
 
@@ -449,6 +462,7 @@ def build_pipeline(
     model_copies: int | None = None,
     num_error_examples: int = 12,
     mistakes_per_class: int = 0,
+    max_mistakes: int = 48,
 ) -> None:
     """Score the candidate (and the baseline) on the shards; write the working files the driver
     reads: _scores-{candidate,baseline}-*.npz, _predictions-*.csv,
@@ -468,7 +482,7 @@ def build_pipeline(
     if mistakes_per_class > 0:
         _ = (
             scored.scored
-            | "TopMistakes" >> TopMistakes(mistakes_per_class)
+            | "TopMistakes" >> TopMistakes(mistakes_per_class, max_mistakes)
             | "WriteMistakes" >> beam.ParDo(WriteJson(fsutil.join(work_dir, MISTAKES_PART)))
         )
     _ = (
