@@ -96,19 +96,16 @@ class Threshold:
         return " and ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"metric": self.metric}
-        if self.class_name is not None:
-            out["class"] = self.class_name
-        if self.slice:
-            out["slice"] = dict(self.slice)
-        if self.change is not None:
-            out["change"] = {self.change.kind: self.change.bound}
-        else:
-            out.update(
-                {k: v for k, v in (("lower", self.lower), ("upper", self.upper)) if v is not None}
-            )
-        out["with_confidence"] = self.with_confidence
-        return out
+        """The threshold as configured, every key present (null: not given)."""
+        return {
+            "metric": self.metric,
+            "class": self.class_name,
+            "slice": dict(self.slice) if self.slice else None,
+            "lower": self.lower,
+            "upper": self.upper,
+            "change": {self.change.kind: self.change.bound} if self.change else None,
+            "with_confidence": self.with_confidence,
+        }
 
 
 # ------------------------------------------------------------------------------ parse
