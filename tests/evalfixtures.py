@@ -49,7 +49,10 @@ def write_split(examples_dir, split, items, labels, shards=2, names=None):
         for i in range(shards)
     ]
     for n, (encoded, label) in enumerate(items):
-        width, height = Image.open(io.BytesIO(encoded)).size
+        try:
+            width, height = Image.open(io.BytesIO(encoded)).size
+        except OSError:  # not an image: a test of what the model rejects
+            width, height = 16, 16
         ex = examples.make_example(
             encoded=encoded,
             fmt="png",

@@ -101,6 +101,19 @@ def test_replicate_weights_equal_the_resample_itself():
     assert w.sum() == len(y)
 
 
+def test_the_two_ways_of_summing_weights_agree():
+    """Many rows: one matrix product; few (large splits, one replicate per block): bincounts."""
+    p, y = random_predictions(5, 4, 500)
+    ex = measures.Examples.of(p, y)
+    weights = bootstrap.replicate_weights(len(y), seed=1, start=0, stop=measures.FEW_ROWS + 3)
+    together = measures.linear(ex, weights)
+    for i in range(len(weights)):
+        alone = measures.linear(ex, weights[i : i + 1])
+        for name in ("accuracy", "precision", "recall", "f1", "log_loss", "ece"):
+            assert alone.overall[name][0] == pytest.approx(together.overall[name][i], abs=1e-12)
+        np.testing.assert_allclose(alone.support[0], together.support[i])
+
+
 # ---------------------------------------------------------------------- bootstrap intervals
 
 
@@ -117,20 +130,32 @@ def _split(p, y, baseline=None, labels=("a", "b", "c")):
 
 def test_intervals_are_reproducible_with_the_seed_and_do_not_depend_on_blocks():
     p, y = random_predictions(11, 3, 400)
-    split = _split(p, y)
+    base, _ = random_predictions(12, 3, 400)
+    split = _split(p, y, base)
     spec = bootstrap.BootstrapSpec(resamples=300, seed=5)
-    subsets = [slicing.Slice((), np.arange(len(y)))]
-    one = analysis.measure_subsets(split, subsets, spec)[0].replicates
-    again = analysis.measure_subsets(split, subsets, spec)[0].replicates
-    other = analysis.measure_subsets(split, subsets, spec._replace(seed=6))[0].replicates
+    subsets = [slicing.Slice((), np.arange(len(y))), *slicing.single_slices(split.dims)]
+    subsets.append(slicing.select(split.dims, (("class", "b"), ("folder", "."))))
+
+    def replicates(**kw):
+        return [r.replicates for r in analysis.measure_subsets(split, subsets, **kw)]
+
+    one, again = replicates(spec=spec), replicates(spec=spec)
+    other = replicates(spec=spec._replace(seed=6))
+    # large splits: 7 replicates per block, summed one row at a time: the same numbers
+    rows = replicates(spec=spec, max_elements=7 * len(y))
     blocks = list(bootstrap.blocks(len(y), spec, max_elements=7 * len(y)))
     assert len(blocks) == 43  # 300 replicates in blocks of 7
-    chunked = np.concatenate([bootstrap.replicate_weights(len(y), 5, 0, 300)])
-    assert np.array_equal(np.concatenate([w for _, w in blocks]), chunked)
+    whole = bootstrap.replicate_weights(len(y), 5, 0, 300)
+    assert np.array_equal(np.concatenate([w for _, w in blocks]), whole)
+    for i in range(len(subsets)):
+        for name in measures.METRICS:
+            np.testing.assert_array_equal(one[i].overall[name], again[i].overall[name])
+            np.testing.assert_allclose(rows[i].overall[name], one[i].overall[name], atol=1e-12)
+        for name in measures.PER_CLASS:
+            np.testing.assert_allclose(rows[i].per_class[name], one[i].per_class[name], atol=1e-12)
     for name in measures.METRICS:
-        assert np.array_equal(one.overall[name], again.overall[name]), name
-        assert not np.array_equal(one.overall[name], other.overall[name]), name
-    low, high = bootstrap.interval(one.overall["accuracy"], 0.95)
+        assert not np.array_equal(one[0].overall[name], other[0].overall[name]), name
+    low, high = bootstrap.interval(one[0].overall["accuracy"], 0.95)
     point = measures.point(measures.Examples.of(p, y)).overall["accuracy"][0]
     assert low < point < high and high - low < 0.15
 

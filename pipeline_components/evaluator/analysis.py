@@ -13,7 +13,7 @@ block (a paired comparison), so 1,000 replicates of 1,000 images take a fraction
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,7 +25,15 @@ from pipeline_components.evaluator.measures import (
     PER_CLASS,
     Examples,
     Measures,
-    measure,
+    from_sums,
+    grouped_sums,
+    linear,
+    point,
+    rank_areas,
+    rankings,
+    tie_group_areas,
+    tie_groups,
+    with_ranks,
 )
 from pipeline_components.evaluator.thresholds import TOLERANCE, Threshold
 
@@ -83,35 +91,132 @@ def _concat(parts: list[Measures]) -> Measures:
     )
 
 
+# AUC and AUC-PR replicates sort nothing per replicate but walk every example of a slice once
+# per replicate and class; above this many (replicates x slice images x classes, summed over
+# the slices: a few minutes) only the whole split and the slices thresholds name get them.
+RANK_BUDGET = 2_000_000_000
+
+
+class _Blocks:
+    """The replicate weight blocks, kept when one block holds them all (small splits), else
+    drawn again for every pass (the same draws: replicate r is seeded by (seed, r))."""
+
+    def __init__(
+        self, n: int, spec: bootstrap.BootstrapSpec, max_elements: int = bootstrap.BLOCK_ELEMENTS
+    ) -> None:
+        self.n, self.spec, self.max_elements = n, spec, max_elements
+        self.kept = None
+        if n * spec.resamples <= max_elements:
+            self.kept = list(bootstrap.blocks(n, spec, max_elements))
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self.kept is not None:
+            return iter(self.kept)
+        return bootstrap.blocks(self.n, self.spec, self.max_elements)
+
+
+def _ranked_subsets(
+    subsets: Sequence[slicing.Slice], named: set[slicing.SliceKey], classes: int, resamples: int
+) -> list[int]:
+    """Which subsets get AUC / AUC-PR replicates: all within RANK_BUDGET, else the whole split
+    and the slices thresholds name."""
+    work = sum(s.count for s in subsets[1:]) * classes * resamples
+    return [i for i, s in enumerate(subsets) if work <= RANK_BUDGET or not s.key or s.key in named]
+
+
+def _replicates(
+    ex: Examples, subsets: Sequence[slicing.Slice], blocks: _Blocks, ranked: list[int]
+) -> list[Measures]:
+    """Every subset's replicate measures. Small splits (all replicates in one block): matrix
+    products of the weights and each subset's columns, AUCs by cumulative sums; large splits
+    (a few replicates per block): one weight row at a time, every slice of a dimension in one
+    bincount pass (`_rows`)."""
+    if blocks.kept is None:
+        return _rows(ex, subsets, blocks, ranked)
+    (_, weights), *more = blocks.kept
+    assert not more
+    reps = [linear(ex.take(s.index), weights[:, s.index]) for s in subsets]
+    for i in ranked:
+        sub = ex.take(subsets[i].index)
+        areas = [
+            rank_areas(rankings(sub, k), weights[:, subsets[i].index])
+            for k in range(ex.num_classes)
+        ]
+        auc = np.stack([a for a, _ in areas], axis=1)
+        reps[i] = with_ranks(reps[i], auc, np.stack([p for _, p in areas], axis=1))
+    return reps
+
+
+def _groupings(subsets: Sequence[slicing.Slice], n: int) -> list[tuple[np.ndarray, list[int]]]:
+    """[(codes [n] (-1: none), the subset of each code)]: the one-dimension slices of a
+    dimension partition the examples and share one grouping; any other subset has its own."""
+    by_dim: dict[str, list[int]] = {}
+    out = []
+    for i, s in enumerate(subsets):
+        if len(s.key) == 1:
+            by_dim.setdefault(s.key[0][0], []).append(i)
+        else:
+            codes = np.full(n, -1, dtype=np.int64)
+            codes[s.index] = 0
+            out.append((codes, [i]))
+    for members in by_dim.values():
+        codes = np.full(n, -1, dtype=np.int64)
+        for j, i in enumerate(members):
+            codes[subsets[i].index] = j
+        out.append((codes, members))
+    return out
+
+
+def _rows(
+    ex: Examples, subsets: Sequence[slicing.Slice], blocks: _Blocks, ranked: list[int]
+) -> list[Measures]:
+    """`_replicates` one weight row at a time: memory O(n), no per-slice copies."""
+    c, rows = ex.num_classes, blocks.spec.resamples
+    groupings = _groupings(subsets, len(ex))
+    ties = {(i, k): tie_groups(ex, k, subsets[i].index) for i in ranked for k in range(c)}
+    sums = [np.zeros((rows, 3 * c + 3 * ECE_BINS + 2)) for _ in subsets]
+    totals = [np.zeros(rows) for _ in subsets]
+    areas = {i: (np.full((rows, c), np.nan), np.full((rows, c), np.nan)) for i in ranked}
+    for start, weights in blocks:
+        for r, w in enumerate(weights.astype(np.float64), start):
+            for codes, members in groupings:
+                grouped = grouped_sums(ex, codes, len(members), w)
+                for j, i in enumerate(members):
+                    sums[i][r], totals[i][r] = grouped[j], grouped[j, :c].sum()  # the support
+            for (i, k), tg in ties.items():
+                areas[i][0][r, k], areas[i][1][r, k] = tie_group_areas(tg, w[subsets[i].index])
+    reps = [from_sums(sums[i], totals[i], c) for i in range(len(subsets))]
+    for i, (auc, ap) in areas.items():
+        reps[i] = with_ranks(reps[i], auc, ap)
+    return reps
+
+
 def measure_subsets(
-    split: ScoredSplit, subsets: Sequence[slicing.Slice], spec: bootstrap.BootstrapSpec
+    split: ScoredSplit,
+    subsets: Sequence[slicing.Slice],
+    spec: bootstrap.BootstrapSpec,
+    named: Collection[slicing.SliceKey] = (),
+    max_elements: int = bootstrap.BLOCK_ELEMENTS,
 ) -> list[SubsetResult]:
-    """Point values and bootstrap replicates of every subset, for both models."""
+    """Point values and bootstrap replicates of every subset, for both models (the same
+    replicates: paired). `named`: slices thresholds name (always get AUC replicates)."""
     cand = Examples.of(split.candidate, split.y)
     base = Examples.of(split.baseline, split.y) if split.baseline is not None else None
-    points = []
-    for s in subsets:
-        ones = np.ones((1, s.count))
-        b = measure(base.take(s.index), ones) if base is not None else None
-        points.append((measure(cand.take(s.index), ones), b))
-    reps: list[list[Measures]] = [[] for _ in subsets]
-    base_reps: list[list[Measures]] = [[] for _ in subsets]
+    points = [
+        (point(cand.take(s.index)), point(base.take(s.index)) if base is not None else None)
+        for s in subsets
+    ]
+    reps: list[Measures | None] = [None] * len(subsets)
+    base_reps: list[Measures | None] = [None] * len(subsets)
     if spec.resamples > 0:
-        for _, weights in bootstrap.blocks(len(split.y), spec):
-            for i, s in enumerate(subsets):
-                w = weights[:, s.index]
-                reps[i].append(measure(cand.take(s.index), w))
-                if base is not None:
-                    base_reps[i].append(measure(base.take(s.index), w))
+        blocks = _Blocks(len(split.y), spec, max_elements)
+        ranked = _ranked_subsets(subsets, set(named), len(split.labels), spec.resamples)
+        reps = list(_replicates(cand, subsets, blocks, ranked))
+        if base is not None:
+            base_reps = list(_replicates(base, subsets, blocks, ranked))
     return [
-        SubsetResult(
-            s,
-            point,
-            _concat(reps[i]) if reps[i] else None,
-            base_point,
-            _concat(base_reps[i]) if base_reps[i] else None,
-        )
-        for i, (s, (point, base_point)) in enumerate(zip(subsets, points, strict=True))
+        SubsetResult(s, p, reps[i], bp, base_reps[i])
+        for i, (s, (p, bp)) in enumerate(zip(subsets, points, strict=True))
     ]
 
 
@@ -346,26 +451,36 @@ def analyse(
     """Metrics of the whole split and of every slice, with intervals; every threshold
     (resolved: thresholds.resolve) checked on its subset."""
     subsets = _subsets(split, checks, options)
-    results = {r.slice.key: r for r in measure_subsets(split, subsets, options.bootstrap)}
+    named = {t.slice for t in checks if t.slice}
+    results = {r.slice.key: r for r in measure_subsets(split, subsets, options.bootstrap, named)}
     outcomes = []
     for t in checks:
-        skipped = _not_sliced(t, split.dims)
-        outcomes.append(
-            skipped
-            or check(
-                t,
-                results[t.slice],
-                split.labels,
-                options.bootstrap,
-                options.min_slice_size,
-                baseline_note,
-            )  # fmt: skip
-        )
-    conf = options.bootstrap.confidence
+        res = results.get(t.slice)
+        outcome = _not_sliced(t, split.dims)
+        if outcome is None and res is not None:
+            spec, size = options.bootstrap, options.min_slice_size
+            outcome = check(t, res, split.labels, spec, size, baseline_note)
+        assert outcome is not None
+        outcomes.append(outcome)
+    return Analysis(_document(split, subsets, results, options), outcomes)
+
+
+def _document(
+    split: ScoredSplit,
+    subsets: Sequence[slicing.Slice],
+    results: dict[slicing.SliceKey, SubsetResult],
+    options: AnalysisOptions,
+) -> dict[str, Any]:
+    """analysis.json."""
+    conf, spec = options.bootstrap.confidence, options.bootstrap
     overall = results[()]
+    every = len(_ranked_subsets(subsets, set(), len(split.labels), spec.resamples)) == len(subsets)
     document: dict[str, Any] = {
         "labels": list(split.labels),
-        "bootstrap": options.bootstrap.describe(),
+        "bootstrap": {
+            **spec.describe(),
+            "auc_intervals": "every slice" if every else "the whole split and named slices",
+        },
         "min_slice_size": options.min_slice_size,
         "overall": summary(overall, split.labels, conf),
         "calibration": calibration(overall.point),
@@ -383,4 +498,4 @@ def analyse(
     if overall.base_point is not None:
         base = SubsetResult(overall.slice, overall.base_point, overall.base_replicates, None, None)
         document["baseline"] = summary(base, split.labels, conf)
-    return Analysis(document, outcomes)
+    return document

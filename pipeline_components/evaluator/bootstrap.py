@@ -12,8 +12,8 @@ quantiles of the replicate values (numpy's linear interpolation), with the defau
 replicates and 95%. Replicates where a metric is undefined (a resample without positives for
 an AUC) are left out of that metric's interval; their number is reported.
 
-Memory: replicates are made in blocks of at most BLOCK_ELEMENTS weights (r x n), so a block is
-one replicate per 4 M examples at worst and all 1,000 at once for 4,000 examples.
+Memory: replicates are made in blocks of at most BLOCK_ELEMENTS weights (r x n): all 1,000 at
+once up to 1,000 images, one per block from 1 M images on (8 MiB per float64 copy of a block).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
 DEFAULT_CONFIDENCE = 0.95
-BLOCK_ELEMENTS = 1 << 22  # weights per block: 32 MiB as float64
+BLOCK_ELEMENTS = 1 << 20  # weights per block: 8 MiB as float64
 
 
 class BootstrapSpec(NamedTuple):

@@ -148,8 +148,15 @@ def _columns(ex: Examples, start: int, stop: int) -> np.ndarray:
     return cols
 
 
+# Up to this many weight rows the sums are bincounts row by row; above, one matrix product with
+# the per-example columns (built once per call, so worth it only for many rows).
+FEW_ROWS = 8
+
+
 def _sums(ex: Examples, weights: np.ndarray) -> np.ndarray:
-    """weights [r, n] @ columns [n, K], a chunk of examples at a time."""
+    """weights [r, n] @ columns [n, K] (`_columns`), a chunk of examples at a time."""
+    if weights.shape[0] <= FEW_ROWS:
+        return np.stack([_row_sums(ex, w) for w in weights]).reshape(weights.shape[0], -1)
     c, b = ex.num_classes, ECE_BINS
     total = np.zeros((weights.shape[0], 3 * c + 3 * b + 2))
     for start in range(0, len(ex), CHUNK):
@@ -158,20 +165,52 @@ def _sums(ex: Examples, weights: np.ndarray) -> np.ndarray:
     return total
 
 
-def rank_areas(
-    scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ROC AUC, average precision) of `scores` for `positive` under each row of weights [r, n];
-    NaN where a row has no positive or no negative weight."""
+def _row_sums(ex: Examples, w: np.ndarray) -> np.ndarray:
+    """One row of `_sums` by bincounts: what large splits use, one replicate at a time."""
+    c, b = ex.num_classes, ECE_BINS
+    hit = w * ex.correct
+    return np.concatenate(
+        [
+            np.bincount(ex.y, w, c),
+            np.bincount(ex.pred, w, c),
+            np.bincount(ex.y, hit, c),
+            np.bincount(ex.bins, w, b),
+            np.bincount(ex.bins, hit, b),
+            np.bincount(ex.bins, w * ex.confidence, b),
+            [w @ ex.loss, hit.sum()],
+        ]
+    )
+
+
+class Ranking(NamedTuple):
+    """One score column sorted once: reused for every block of replicate weights."""
+
+    order: np.ndarray  # ascending by score (stable)
+    ends: np.ndarray  # last index (in `order`) of each group of equal scores
+    positive: np.ndarray  # float64 [n] in sorted order: 1.0 for the class, 0.0 for the rest
+
+
+def ranking(scores: np.ndarray, positive: np.ndarray) -> Ranking:
     order = np.argsort(scores, kind="stable")
     s = scores[order]
-    ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))  # last index of each tie group
-    w = weights[:, order]
-    pos_w = w * positive[order]
-    cum_pos = np.cumsum(pos_w, axis=1)[:, ends]  # [r, G], ascending score groups
-    cum_neg = np.cumsum(w - pos_w, axis=1)[:, ends]
-    pos_g = np.diff(cum_pos, axis=1, prepend=0.0)
-    neg_g = np.diff(cum_neg, axis=1, prepend=0.0)
+    ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+    return Ranking(order, ends, positive[order].astype(np.float64))
+
+
+def rank_areas(ranked: Ranking, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ROC AUC, average precision) under each row of weights [r, n] (in the examples' order);
+    NaN where a row has no positive or no negative weight."""
+    w = weights[:, ranked.order]
+    pos_w = w * ranked.positive
+    cum_pos = np.cumsum(pos_w, axis=1)[:, ranked.ends]  # [r, G], ascending score groups
+    cum_neg = np.cumsum(w - pos_w, axis=1)[:, ranked.ends]
+    return group_areas(np.diff(cum_pos, axis=1, prepend=0.0), np.diff(cum_neg, axis=1, prepend=0.0))
+
+
+def group_areas(pos_g: np.ndarray, neg_g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ROC AUC, average precision) from the positive and negative weight [r, G] of each group
+    of equal scores, in ascending score order."""
+    cum_pos, cum_neg = np.cumsum(pos_g, axis=1), np.cumsum(neg_g, axis=1)
     below_neg = cum_neg - neg_g
     total_pos, total_neg = cum_pos[:, -1], cum_neg[:, -1]
     u = np.sum(pos_g * (below_neg + 0.5 * neg_g), axis=1)
@@ -185,36 +224,121 @@ def rank_areas(
     return auc, ap
 
 
-def measure(ex: Examples, weights: np.ndarray) -> Measures:
-    """Every metric of METRICS for each row of weights [r, n] over the examples."""
+class TieGroups(NamedTuple):
+    """One score column as groups of equal scores, for one weight row at a time (large splits):
+    each example's group (ascending score order), without reordering the weights."""
+
+    group: np.ndarray  # int64 [n]: the example's group
+    groups: int
+    positive: np.ndarray  # bool [n]
+
+
+def tie_groups(ex: Examples, k: int, index: np.ndarray) -> TieGroups:
+    ranked = rankings(ex, k, index)
+    starts = np.zeros(len(ranked.order), dtype=np.int64)
+    starts[ranked.ends[:-1] + 1] = 1
+    group = np.empty(len(ranked.order), dtype=np.int64)
+    group[ranked.order] = np.cumsum(starts)
+    return TieGroups(group, len(ranked.ends), ex.y[index] == k)
+
+
+def tie_group_areas(tg: TieGroups, w: np.ndarray) -> tuple[float, float]:
+    """(ROC AUC, average precision) under one weight row [n] (the examples' order)."""
+    pos = np.bincount(tg.group, w * tg.positive, tg.groups)
+    auc, ap = group_areas(pos[None], (np.bincount(tg.group, w, tg.groups) - pos)[None])
+    return float(auc[0]), float(ap[0])
+
+
+def grouped_sums(ex: Examples, codes: np.ndarray, values: int, w: np.ndarray) -> np.ndarray:
+    """`_sums` of one weight row [n] for every value of a grouping at once: codes [n] in
+    -1..values-1 (-1: in no group) -> [values, K]. One bincount per column family over all
+    examples, so the slices of a dimension cost one pass, not one per slice."""
+    c, b = ex.num_classes, ECE_BINS
+    shifted = codes + 1  # 0: no group, dropped
+    size = values + 1
+    hit = w * ex.correct
+
+    def per(kind_codes: np.ndarray, width: int, weights: np.ndarray) -> np.ndarray:
+        flat = np.bincount(shifted * width + kind_codes, weights, size * width)
+        return flat.reshape(size, width)[1:]
+
+    ones = np.zeros_like(codes)
+    return np.concatenate(
+        [
+            per(ex.y, c, w),
+            per(ex.pred, c, w),
+            per(ex.y, c, hit),
+            per(ex.bins, b, w),
+            per(ex.bins, b, hit),
+            per(ex.bins, b, w * ex.confidence),
+            per(ones, 1, w * ex.loss),
+            per(ones, 1, hit),
+        ],
+        axis=1,
+    )
+
+
+def rankings(ex: Examples, k: int, index: np.ndarray | None = None) -> Ranking:
+    """Class k's one-vs-rest ranking of the examples (those at `index`)."""
+    scores, y = ex.scores[:, k], ex.y
+    if index is not None:
+        scores, y = scores[index], y[index]
+    return ranking(scores.astype(np.float64), y == k)
+
+
+def linear(ex: Examples, weights: np.ndarray) -> Measures:
+    """Every metric but AUC and AUC-PR (NaN) for each row of weights [r, n]: sums only."""
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[1] != len(ex):
         raise ValueError(f"weights must be [r, {len(ex)}], got {weights.shape}")
-    c, b = ex.num_classes, ECE_BINS
-    sums = _sums(ex, weights)
+    return from_sums(_sums(ex, weights), weights.sum(axis=1), ex.num_classes)
+
+
+def from_sums(sums: np.ndarray, count: np.ndarray, c: int) -> Measures:
+    """The metrics (AUC and AUC-PR NaN) from `_sums` rows [r, K] and the weight totals [r]."""
+    b = ECE_BINS
     support, predicted, tp = sums[:, :c], sums[:, c : 2 * c], sums[:, 2 * c : 3 * c]
     calibration = sums[:, 3 * c : 3 * c + 3 * b].reshape(-1, 3, b)
-    count = weights.sum(axis=1)
     precision = _divide(tp, predicted, empty=0.0)
     recall = _divide(tp, support, empty=0.0)
     f1 = _divide(2 * tp, support + predicted, empty=0.0)
-    auc = np.empty((weights.shape[0], c))
-    auc_pr = np.empty((weights.shape[0], c))
-    for k in range(c):
-        auc[:, k], auc_pr[:, k] = rank_areas(ex.scores[:, k].astype(np.float64), ex.y == k, weights)
-    per_class = {"precision": precision, "recall": recall, "f1": f1, "auc": auc, "auc_pr": auc_pr}
+    rows = len(count)
+    per_class = {
+        "precision": precision, "recall": recall, "f1": f1,
+        "auc": np.full((rows, c), np.nan), "auc_pr": np.full((rows, c), np.nan),
+    }  # fmt: skip
     gap = np.abs(calibration[:, 1, :] - calibration[:, 2, :]).sum(axis=1)
     overall = {
         "accuracy": _divide(sums[:, -1], count),
         "precision": precision.mean(axis=1),
         "recall": recall.mean(axis=1),
         "f1": f1.mean(axis=1),
-        "auc": auc[:, 1] if c == 2 else _nanmean(auc),
-        "auc_pr": auc_pr[:, 1] if c == 2 else _nanmean(auc_pr),
+        "auc": np.full(rows, np.nan),
+        "auc_pr": np.full(rows, np.nan),
         "log_loss": _divide(sums[:, -2], count),
         "ece": _divide(gap, count),
     }
     return Measures(overall, per_class, support, count, calibration)
+
+
+def with_ranks(m: Measures, auc: np.ndarray, auc_pr: np.ndarray) -> Measures:
+    """`m` with the per-class AUC and AUC-PR [r, C] filled in, and their overall values."""
+    c = auc.shape[1]
+    m.per_class["auc"], m.per_class["auc_pr"] = auc, auc_pr
+    m.overall["auc"] = auc[:, 1] if c == 2 else _nanmean(auc)
+    m.overall["auc_pr"] = auc_pr[:, 1] if c == 2 else _nanmean(auc_pr)
+    return m
+
+
+def measure(ex: Examples, weights: np.ndarray) -> Measures:
+    """Every metric of METRICS for each row of weights [r, n] over the examples."""
+    m = linear(ex, weights)
+    weights = np.asarray(weights, dtype=np.float64)
+    auc = np.empty((weights.shape[0], ex.num_classes))
+    auc_pr = np.empty_like(auc)
+    for k in range(ex.num_classes):
+        auc[:, k], auc_pr[:, k] = rank_areas(rankings(ex, k), weights)
+    return with_ranks(m, auc, auc_pr)
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:

@@ -1,9 +1,13 @@
-"""Figures a person looks at first after an evaluation: confusion matrix and misclassified images.
+"""Figures a person looks at first after an evaluation: confusion matrix, misclassified images,
+the reliability diagram, the metric per slice, and the most confident mistakes with their
+Grad-CAM heat maps.
 
 Each function returns PNG bytes (matplotlib Agg, no display needed).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -140,6 +144,21 @@ def slices_png(
     return figure_png(fig)
 
 
+THUMBNAIL = 256  # pixels on the longer side: the figure holds up to 48 images at once
+
+
+def _thumbnail(image: Any) -> np.ndarray:
+    """A decoded image [H, W, 3] (tf) shrunk to at most THUMBNAIL on its longer side, uint8."""
+    import tensorflow as tf
+
+    height, width = int(image.shape[0]), int(image.shape[1])
+    scale = THUMBNAIL / max(height, width)
+    if scale < 1:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        image = tf.cast(tf.image.resize(image, size, antialias=True), tf.uint8)
+    return np.asarray(image)
+
+
 def mistakes_png(items: list[dict], labels: list[str], columns: int = 4) -> bytes:
     """The most confident wrong test images, each with its Grad-CAM heat map for the class the
     model predicted (where it saw that class) when the model exports one."""
@@ -159,7 +178,7 @@ def mistakes_png(items: list[dict], labels: list[str], columns: int = 4) -> byte
     for ax in axes.ravel():
         ax.axis("off")
     for ax, item in zip(axes.ravel(), items, strict=False):
-        image = tf.io.decode_image(item["encoded"], channels=3, expand_animations=False).numpy()
+        image = _thumbnail(tf.io.decode_image(item["encoded"], channels=3, expand_animations=False))
         height, width = image.shape[:2]
         ax.imshow(image)
         if item.get("heatmap") is not None:
