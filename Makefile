@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench bench-quick clean
+.PHONY: venv demo test test-fast lint bench bench-quick image-test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: lint
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The CPU image built with podman on a locally made base, run as the k8s manifests run it: --help,
+# the demo, serve + a gRPC Predict from the host, weights without egress (docs/container.md).
+# Needs root; installs podman and debootstrap with apt-get when missing, or skips with one line.
+image-test: venv
+	HOST_PYTHON=$(BIN)/python docker/image-test.sh
 
 bench: venv
 	$(BIN)/python -m benchmarks

@@ -161,7 +161,7 @@ def evaluator_before(model_dir: str, examples_dir: str, out: str) -> None:
 
 def evaluator_beam(model_dir: str, examples_dir: str, out: str) -> None:
     from pipeline_components.evaluator import executor
-    from pipeline_components.evaluator.component import EvaluatorConfig
+    from pipeline_components.evaluator.config import EvaluatorConfig
 
     config = EvaluatorConfig(min_accuracy=0.0, batch_size=BATCH)
     executor.run_evaluator(model_dir, examples_dir, out, config)

@@ -87,7 +87,7 @@ def path_ordered_copy(examples_dir: str, out: str) -> str:
 
 
 def trainer_config(seed: int, epochs: int, per_class: int, old: bool):
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
 
     return TrainerConfig(
         backbone="resnet50",

@@ -92,7 +92,7 @@ def write_metadata(examples_dir: str, root: str, paths: list[str]) -> None:
 def evaluate(candidate: str, baseline: str, examples_dir: str, out: str, everything: bool) -> None:
     from pipeline_components.evaluator import executor, thresholds
     from pipeline_components.evaluator.analysis import AnalysisOptions
-    from pipeline_components.evaluator.component import EvaluatorConfig
+    from pipeline_components.evaluator.config import EvaluatorConfig
 
     config = EvaluatorConfig(min_accuracy=0.0, max_regression=1.0, batch_size=BATCH)
     options = (

@@ -190,7 +190,7 @@ def latency_rounds(
     from serving.client import string_tensor
     from serving.model_config import ModelConfig
     from serving.servables import ModelManager
-    from serving.server import PredictionService
+    from serving.services import PredictionService
 
     fn = tf.saved_model.load(model_dir).signatures["serving_default"]
     name, base = os.path.basename(os.path.dirname(model_dir)), os.path.dirname(model_dir)

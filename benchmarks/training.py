@@ -60,7 +60,7 @@ def make_examples(num_images: int, size: int) -> str:
 
 
 def config(size: int, epochs: int, cache: str):
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
 
     return TrainerConfig(
         weights="none",

@@ -1,14 +1,17 @@
 """`transfer-pipeline <command> ...`: one console script, a dispatcher over every registered
 component's subcommand (core/registry.py) and the tools below.
 
-Each component owns its flags (`Component.main(argv)`), so a component runs alone exactly as the
-pipeline runs it (the same `run(ctx)`). Heavy modules are imported lazily: TensorFlow and Beam
-take seconds to import and `--help` should not.
+A component's command line is generated from its declarations (core/commandline.py: one
+grammar for every command, docs/cli.md), so a component runs alone exactly as the pipeline runs
+it (the same `run(ctx)`). Heavy modules are imported lazily: TensorFlow and Beam take seconds to
+import and `--help` should not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import logging
 import os
 import sys
@@ -42,6 +45,10 @@ TOOLS = {
     "validate-data": (
         "pipeline_components.tools.validate_data",
         "statistics, schema and anomalies of an ExampleGen output (data validation alone)",
+    ),
+    "demo": (
+        "pipeline_components.tools.demo",
+        "make demo: sample data, the whole pipeline, gRPC predictions (configs/demo.yaml)",
     ),
     "sample-data": (
         "pipeline_components.tools.sample_data",
@@ -102,13 +109,25 @@ def setup_logging() -> None:
         handler.addFilter(_drop_import_noise)
 
 
+def print_anything() -> None:
+    """Never die printing a name: stdout and stderr keep the encoding the environment chose
+    (UTF-8 nearly always), and a character it cannot encode (an emoji under
+    PYTHONIOENCODING=ascii or a Latin-1 locale, a lone surrogate from a non-UTF-8 file name) is
+    written as a backslash escape instead of raising UnicodeEncodeError. Files are UTF-8 always."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, io.UnsupportedOperation):  # closed or detached
+                reconfigure(errors="backslashreplace")
+
+
 def dispatch(command: str, argv: list[str]) -> int:
     """Run one command's main(argv)."""
-    from pipeline_components.core import registry
+    from pipeline_components.core import commandline, registry
 
     component = registry.by_command(command)
     if component is not None:
-        return int(component.main(argv) or 0)
+        return commandline.main(component, argv)
     module_name, _, function = TOOLS[command][0].partition(":")
     module = importlib.import_module(module_name)
     return int(getattr(module, function or "main")(argv) or 0)
@@ -117,6 +136,7 @@ def dispatch(command: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     children.die_with_parent()  # started by the pipeline (core/children.py): die with it
     argv = list(sys.argv[1:] if argv is None else argv)
+    print_anything()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

@@ -46,6 +46,8 @@ from serving.errors import StatusError, invalid
 if TYPE_CHECKING:
     from google.protobuf import message
 
+    from serving.metrics import ServingMetrics
+
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]  # a task's or a batch's tensors, by input or output name
@@ -191,6 +193,7 @@ class _Task:
     inputs: Arrays
     size: int
     future: Future[Arrays]
+    enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
 
 @dataclasses.dataclass
@@ -209,8 +212,9 @@ class _Queue:
 class BatchScheduler:
     """Merges concurrent tasks into batches along dim 0, runs `fn` once per batch, splits back."""
 
-    def __init__(self, params: BatchingParameters) -> None:
+    def __init__(self, params: BatchingParameters, metrics: ServingMetrics | None = None) -> None:
         self.params = params
+        self.metrics = metrics  # TF Serving's batching_session metrics (serving/metrics.py)
         self._queues: dict[Hashable, _Queue] = {}
         self._cond = threading.Condition()
         self._flushing = False  # run batches without waiting for their timeout
@@ -233,6 +237,8 @@ class BatchScheduler:
                 f"{self.params.max_batch_size}"
             )
         task = _Task(inputs, size, Future())
+        if self.metrics is not None:
+            self.metrics.input_batch_size.observe(size)
         with self._cond:
             if self._closed:
                 raise StatusError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
@@ -279,7 +285,7 @@ class BatchScheduler:
                     self._cond.wait(self._wait_seconds())
                     picked = self._next_batch()
                 self.num_batches += 1
-            run_batch(*picked, self.params.allowed_batch_sizes)
+            run_batch(*picked, self.params.allowed_batch_sizes, self.metrics)
 
     def _ready(self, queue: _Queue, now: float) -> bool:
         head = queue.batches[0]
@@ -344,16 +350,30 @@ def _split(outputs: Arrays, tasks: list[_Task], batch_size: int) -> None:
         start = end
 
 
-def run_batch(fn: BatchFn, batch: _Batch, allowed: tuple[int, ...] = ()) -> int:
+def run_batch(
+    fn: BatchFn, batch: _Batch, allowed: tuple[int, ...] = (), metrics: ServingMetrics | None = None
+) -> int:
     """Run a batch's (not cancelled) tasks merged; returns how many times fn ran."""
     tasks = [t for t in batch.tasks if t.future.set_running_or_notify_cancel()]
-    return _run_tasks(fn, tasks, allowed) if tasks else 0
+    if metrics is not None:
+        from serving.metrics import THREAD_POOL_NAME
+
+        now = time.monotonic()
+        for t in tasks:
+            metrics.queuing_latency.observe((now - t.enqueued) * 1e6, THREAD_POOL_NAME)
+    return _run_tasks(fn, tasks, allowed, metrics) if tasks else 0
 
 
-def _run_tasks(fn: BatchFn, tasks: list[_Task], allowed: tuple[int, ...]) -> int:
+def _run_tasks(
+    fn: BatchFn, tasks: list[_Task], allowed: tuple[int, ...], metrics: ServingMetrics | None
+) -> int:
     """Merged; on failure bisect, so only the task(s) at fault fail. Never raises."""
     try:
         merged, size = _merge(tasks, allowed)
+        if metrics is not None:  # TF Serving's ProcessBatch: padded size, padding, one run
+            metrics.processed_batch_size.observe(size)
+            metrics.padding_size.observe(size - sum(t.size for t in tasks), str(size))
+            metrics.wrapped_run_count.inc()
         _split(fn(merged), tasks, size)
         return 1
     except Exception as e:  # never leave a client waiting
@@ -361,7 +381,11 @@ def _run_tasks(fn: BatchFn, tasks: list[_Task], allowed: tuple[int, ...]) -> int
             _fail(tasks, e)
             return 1
     half = len(tasks) // 2
-    return 1 + _run_tasks(fn, tasks[:half], allowed) + _run_tasks(fn, tasks[half:], allowed)
+    return (
+        1
+        + _run_tasks(fn, tasks[:half], allowed, metrics)
+        + _run_tasks(fn, tasks[half:], allowed, metrics)
+    )
 
 
 def _fail(tasks: list[_Task], error: Exception) -> None:

@@ -56,8 +56,9 @@ from serving.errors import StatusError, clip, invalid
 from serving.tensors import dtype_name, shape_proto, to_ndarray
 
 if TYPE_CHECKING:
+    from serving.metrics import ServingMetrics
     from serving.servables import ModelManager
-    from serving.server import ModelService, PredictionService, ServerLimits
+    from serving.services import ModelService, PredictionService, ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,13 @@ HTTP_STATUS = {
     _C.UNAVAILABLE: 503, _C.DATA_LOSS: 500, _C.UNAUTHENTICATED: 401,
 }  # fmt: skip
 BODY_TOO_LARGE = 413
+# the gRPC status an answer that no gRPC status produced is counted as (request_count's status)
+HTTP_ONLY_STATUS = {
+    BODY_TOO_LARGE: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+COUNTED_VERBS = ("predict", "classify", "regress")  # the REST `API` label; GETs have ""
 BYTES_SUFFIX = "_bytes"  # TF Serving answers string outputs named *_bytes as {"b64": ...}
 MAX_DEBUG_CHARS = 256  # of a JSON value echoed in an error (TF Serving's kMaxJsonDebugStringBytes)
 SIGNATURE_DEF = "signature_def"
@@ -527,6 +535,14 @@ class RestApi:
             access_log=None,
         )
         self._listener: asyncio.Server | None = None
+        self._metrics: ServingMetrics | None = None
+        self._metrics_path: str | None = None
+
+    def serve_metrics(self, metrics: ServingMetrics, path: str | None) -> None:
+        """Count requests into `metrics` (TF Serving's request_count, request_latency), and
+        serve the Prometheus page at `path` (None: not served, as TF Serving without
+        monitoring.config)."""
+        self._metrics, self._metrics_path = metrics, path
 
     async def start(self, host: str, port: int) -> int:
         limit = self.limits.rest_max_connections
@@ -555,13 +571,18 @@ class RestApi:
         await self._web.shutdown(grace)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        deadline = time.monotonic() + self.limits.request_timeout_s
+        started = time.monotonic()
+        deadline = started + self.limits.request_timeout_s
         path = request.raw_path.split("?", 1)[0]
+        if self._metrics_path is not None and path == self._metrics_path:
+            return await self._metrics_page()
         close = False
+        seen: dict[str, Any] = {}  # what the request turned out to be: model, api, version, ...
         try:
             route = parse_route(request.method, path)
+            seen.update(model=route.model, api=route.verb if route.verb in COUNTED_VERBS else "")
             if route.verb == "predict":
-                body = await self._predict(request, route, deadline)
+                body = await self._predict(request, route, deadline, seen)
             elif route.verb in ("classify", "regress"):
                 raise StatusError(
                     _C.UNIMPLEMENTED,
@@ -570,23 +591,53 @@ class RestApi:
                 )
             else:
                 body = json_bytes(self._status_or_metadata(route))
+            self._observe(path, seen, "OK", started)
             return web.Response(body=body, content_type="application/json")
         except StatusError as e:
-            status, message = HTTP_STATUS.get(e.code, 500), e.message
+            status, message, code = HTTP_STATUS.get(e.code, 500), e.message, e.code.name
             level = logging.ERROR if status == 500 else logging.WARNING
             log.log(level, "REST %s %s: %s: %s", request.method, clip(path), e.code.name, message)
         except HttpError as e:
             status, message, close = e.status, e.message, e.close
+            code = HTTP_ONLY_STATUS.get(status, "UNKNOWN")
             log.warning("REST %s %s: HTTP %d: %s", request.method, clip(path), status, message)
         except Exception as e:  # a bug: say what, once, in one line
-            status = 500
+            status, code = 500, "INTERNAL"
             message = f"internal error: {type(e).__name__}: {clip(' '.join(str(e).split()), 500)}"
             log.error("REST %s %s: %s", request.method, clip(path), message)
+        self._observe(path, seen, code, started)
         response = web.Response(body=error_body(message), status=status)
         response.content_type = "application/json"
         if close:
             response.force_close()
         return response
+
+    def _observe(self, path: str, seen: dict[str, Any], status: str, started: float) -> None:
+        """TF Serving counts every request its /v1/ dispatcher takes (http_server.cc)."""
+        if self._metrics is None or not path.lower().startswith("/v1/"):
+            return
+        self._metrics.request(
+            "REST",
+            seen.get("api", ""),
+            seen.get("model", ""),
+            status,
+            time.monotonic() - started,
+            seen.get("version"),
+            seen.get("signature", ""),
+        )
+
+    async def _metrics_page(self) -> web.Response:
+        """The Prometheus page, rendered in the metrics thread within the request deadline."""
+        from serving.metrics import CONTENT_TYPE
+
+        assert self._metrics is not None
+        future = asyncio.wrap_future(self._metrics.render_in_thread())
+        try:
+            page = await asyncio.wait_for(future, self.limits.request_timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            body = error_body("the metrics page was not ready in time (--request-timeout-seconds)")
+            return web.Response(body=body, status=504, content_type="application/json")
+        return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE})
 
     def _status_or_metadata(self, route: Route) -> dict:
         if route.verb == "metadata":
@@ -597,7 +648,9 @@ class RestApi:
         status_request = get_model_status_pb2.GetModelStatusRequest(model_spec=route.model_spec())
         return status_json(self.models.status(status_request))
 
-    async def _predict(self, request: web.BaseRequest, route: Route, deadline: float) -> bytes:
+    async def _predict(
+        self, request: web.BaseRequest, route: Route, deadline: float, seen: dict[str, Any]
+    ) -> bytes:
         try:
             await asyncio.wait_for(self._slots.acquire(), _left(deadline))
         except (asyncio.TimeoutError, TimeoutError):
@@ -607,7 +660,8 @@ class RestApi:
             left = _left(deadline)
             try:
                 return await asyncio.wait_for(
-                    self.run_blocking(lambda: self.predict_json(route, body, left), left), left
+                    self.run_blocking(lambda: self.predict_json(route, body, left, seen), left),
+                    left,
                 )
             except (asyncio.TimeoutError, TimeoutError):
                 raise _deadline(self.limits.request_timeout_s, "the answer") from None
@@ -635,8 +689,11 @@ class RestApi:
             ) from None
         return b"".join(chunks)
 
-    def predict_json(self, route: Route, body: bytes, timeout: float) -> bytes:
-        """A :predict body -> the JSON answer (in a worker thread: parsing and the model)."""
+    def predict_json(
+        self, route: Route, body: bytes, timeout: float, seen: dict[str, Any] | None = None
+    ) -> bytes:
+        """A :predict body -> the JSON answer (in a worker thread: parsing and the model);
+        `seen` gets the version and signature that answered."""
         doc = parse_body(body, self.limits.rest_max_json_depth)
         signature_name = doc.get("signature_name", "")
         if not isinstance(signature_name, str):
@@ -652,6 +709,11 @@ class RestApi:
         for name, proto in tensors.items():
             predict_request.inputs[name].CopyFrom(proto)
         response = self.prediction.predict(predict_request, timeout)
+        if seen is not None:
+            seen.update(
+                version=response.model_spec.version.value,
+                signature=response.model_spec.signature_name,
+            )
         outputs = {name: to_ndarray(t, name) for name, t in response.outputs.items()}
         return json_bytes(response_json(outputs, fmt))
 

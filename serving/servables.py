@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2
     from tensorflow_serving.apis import model_pb2
 
+    from serving.metrics import ServingMetrics
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -347,6 +349,7 @@ class ModelManager:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.listeners: list[Callable[[], None]] = []
+        self.metrics: ServingMetrics | None = None  # load attempts (serving/metrics.py)
 
     # -- lookups (request path) ------------------------------------------------------------
 
@@ -393,6 +396,10 @@ class ModelManager:
                 grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {clip(name)}"
             )
         return sorted(states.items())
+
+    def state_snapshot(self, name: str) -> list[tuple[int, VersionState]]:
+        """Every version of a model the manager knows, with its state (none: empty)."""
+        return sorted(self._states.get(name, {}).items())
 
     def loaded_versions(self, name: str) -> list[int]:
         return sorted(self._servables.get(name, {}))
@@ -592,6 +599,8 @@ class ModelManager:
             servable = Servable(name, version, path)
             warmed = servable.warmup()
         except Exception as e:
+            if self.metrics is not None:
+                self.metrics.load_attempt(path, ok=False)
             code = (
                 e.error_code
                 if isinstance(e, tf.errors.OpError)
@@ -618,6 +627,8 @@ class ModelManager:
             )  # fmt: skip
             return
         self._failed.pop(key, None)
+        if self.metrics is not None:
+            self.metrics.load_attempt(path, ok=True)
         with self._lock:
             self._servables[name] = {**self._servables[name], version: servable}
             self._states[name] = {**self._states[name], version: VersionState(State.AVAILABLE)}

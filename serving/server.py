@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -51,6 +51,7 @@ from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
 from serving.batching import BatchingParameters, BatchScheduler, load_batching_parameters
 from serving.errors import StatusError, clip, invalid
+from serving.metrics import ServingMetrics, load_monitoring_config
 from serving.model_config import ModelConfig, load_model_config_file
 from serving.rest import RestApi
 from serving.servables import (
@@ -59,16 +60,15 @@ from serving.servables import (
     ModelManager,
     configure_tensorflow,
 )
-from serving.tensors import (
-    DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_STRING_ELEMENTS,
-    RequestBudget,
-    to_tensor_proto,
+from serving.services import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ModelService,
+    PredictionService,
+    ServerLimits,
 )
 
 if TYPE_CHECKING:
     from google.protobuf import message
-    from tensorflow_serving.apis import model_pb2
 
 log = logging.getLogger(__name__)
 
@@ -76,155 +76,11 @@ _T = TypeVar("_T")
 
 DEFAULT_PORT = 8500
 DEFAULT_REST_API_PORT = 8501
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+HOST_ENV = "TRANSFER_PIPELINE_SERVE_HOST"  # --host's default; the Dockerfile sets 0.0.0.0
 DEFAULT_MAX_THREADS = max(16, 4 * (os.cpu_count() or 1))
-SIGNATURE_DEF = "signature_def"
 SERVICE_NAMES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerLimits:
-    """What one client may take from the server; each is a `transfer-pipeline serve` flag."""
-
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # --max-message-bytes
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # --max-request-bytes
-    max_string_elements: int = DEFAULT_MAX_STRING_ELEMENTS  # --max-string-elements
-    request_timeout_s: float = 30.0  # --request-timeout-seconds
-    max_concurrent_rpcs: int = 256  # --max-concurrent-rpcs
-    max_concurrent_streams: int = 100  # --max-concurrent-streams (per connection)
-    keepalive_time_s: float = 60.0  # --keepalive-time-seconds
-    keepalive_timeout_s: float = 20.0  # --keepalive-timeout-seconds
-    max_connection_idle_s: float = 300.0  # --max-connection-idle-seconds
-    max_connection_age_s: float = 1800.0  # --max-connection-age-seconds
-    # REST (serving.rest); its body limit is max_message_bytes, its deadline request_timeout_s
-    rest_max_json_depth: int = 32  # --rest-max-json-depth
-    rest_max_concurrent_requests: int = 256  # --rest-max-concurrent-requests
-    rest_max_connections: int = 1024  # --rest-max-connections
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            if not getattr(self, field.name) > 0:
-                flag = (
-                    field.name.replace("_s", "_seconds")
-                    if field.name.endswith("_s")
-                    else field.name
-                )
-                raise PipelineError(f"--{flag.replace('_', '-')} must be > 0")
-
-    def grpc_options(self) -> list[tuple[str, int]]:
-        ms = lambda seconds: int(seconds * 1000)  # noqa: E731
-        return [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
-            # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client queues calls over it (and one
-            # that ignores it gets REFUSED_STREAM for the extra streams)
-            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
-            # gRPC's overload protection (on by default) also refuses a new stream while more
-            # than max_concurrent_streams are still *allocated*: streams already answered but
-            # not yet freed count, so a client that keeps 100 calls in flight got a share
-            # refused (UNAVAILABLE "Stream removed"). Off: the limit is the HTTP/2 one, which
-            # clients honour; the server-wide bound is max_concurrent_rpcs.
-            ("grpc.http.overload_protection", 0),
-            ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
-            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s)),
-            ("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
-            ("grpc.max_connection_age_grace_ms", ms(self.request_timeout_s)),
-        ]
-
-
-def _model_spec(
-    target: model_pb2.ModelSpec, name: str, version: int, signature_name: str | None = None
-) -> None:
-    target.name = name
-    target.version.value = version
-    if signature_name is not None:
-        target.signature_name = signature_name
-
-
-class PredictionService:
-    """tensorflow.serving.PredictionService as plain methods: request -> response, or
-    StatusError. `Server` calls them (Predict in a worker thread, the others on the loop)."""
-
-    def __init__(self, manager: ModelManager, limits: ServerLimits | None = None) -> None:
-        self.manager = manager
-        self.limits = limits or ServerLimits()
-
-    def predict(
-        self, request: predict_pb2.PredictRequest, timeout: float | None = None
-    ) -> predict_pb2.PredictResponse:
-        servable = self.manager.resolve(request.model_spec)
-        signature = servable.signature(request.model_spec.signature_name)
-        wanted = signature.output_filter(list(request.output_filter))
-        budget = RequestBudget(self.limits.max_request_bytes, self.limits.max_string_elements)
-        arrays = signature.decode(request.inputs, budget)
-        outputs = servable.run(signature, arrays, self.manager.scheduler, timeout)
-        response = predict_pb2.PredictResponse()
-        _model_spec(response.model_spec, servable.name, servable.version, signature.name)
-        for name in wanted:
-            response.outputs[name].CopyFrom(to_tensor_proto(outputs[name]))
-        return response
-
-    def metadata(
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest, timeout: float | None = None
-    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        if not request.metadata_field:
-            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
-        for field in request.metadata_field:
-            if field != SIGNATURE_DEF:
-                raise invalid(f"Metadata field {clip(field)} is not supported")
-        servable = self.manager.resolve(request.model_spec)
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature_def in servable.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(signature_def)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        _model_spec(response.model_spec, servable.name, servable.version)
-        response.metadata[SIGNATURE_DEF].Pack(signature_map)
-        return response
-
-    @staticmethod
-    def unimplemented(method: str) -> Callable[[message.Message, float | None], NoReturn]:
-        def fail(request: message.Message, timeout: float | None = None) -> NoReturn:
-            raise StatusError(
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"{method} is not implemented by this server: the models export predict "
-                "signatures only; use Predict",
-            )
-
-        return fail
-
-
-class ModelService:
-    """tensorflow.serving.ModelService as plain methods (see PredictionService)."""
-
-    def __init__(self, manager: ModelManager) -> None:
-        self.manager = manager
-
-    def status(
-        self, request: get_model_status_pb2.GetModelStatusRequest, timeout: float | None = None
-    ) -> get_model_status_pb2.GetModelStatusResponse:
-        if not request.HasField("model_spec"):
-            raise invalid("Missing ModelSpec")
-        spec = request.model_spec
-        version = spec.version.value if spec.HasField("version") else None
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, state in self.manager.version_states(spec.name, version):
-            entry = response.model_version_status.add(version=number, state=state.state)
-            entry.status.error_code = state.error_code
-            entry.status.error_message = state.error_message
-        return response
-
-    @staticmethod
-    def reload_config(
-        request: model_management_pb2.ReloadConfigRequest, timeout: float | None = None
-    ) -> NoReturn:
-        raise StatusError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "HandleReloadConfigRequest is not implemented by this server; restart it with "
-            "the new --model-config-file",
-        )
+# the RPCs TF Serving counts in request_count / request_latency (prediction_service_impl.cc)
+COUNTED_RPCS = ("Predict", "Classify", "Regress")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,28 +95,37 @@ class _Method:
 class _Server:
     """The grpc.aio server, its event loop thread and the worker threads for Predict."""
 
-    def __init__(self, manager: ModelManager, limits: ServerLimits, max_threads: int) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        limits: ServerLimits,
+        max_threads: int,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
         self.manager = manager
         self.limits = limits
+        self.metrics = metrics or ServingMetrics(manager)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
         self._thread.start()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_threads, "grpc")
         self.busy = 0  # worker threads running a request now
         self._busy_lock = threading.Lock()
-        self.prediction = PredictionService(manager, limits)
+        self.prediction = PredictionService(manager, limits, self.metrics)
         self.models = ModelService(manager)
         self.health = self.call(self._make_health())
         self.server = self.call(self._make_server())
         self.rest: RestApi | None = None
 
-    def start_rest(self, host: str, port: int) -> int:
-        """Serve the REST API on host:port (0: a free port) on this loop; the bound port."""
+    def start_rest(self, host: str, port: int, metrics_path: str | None = None) -> int:
+        """Serve the REST API on host:port (0: a free port) on this loop, and the metrics at
+        metrics_path (None: not served); the bound port."""
 
         async def start() -> int:
             self.rest = RestApi(
                 self.prediction, self.models, self.manager, self.limits, self._rest_blocking
             )
+            self.rest.serve_metrics(self.metrics, metrics_path)
             return await self.rest.start(host, port)
 
         return self.call(start())
@@ -369,9 +234,12 @@ class _Server:
             done, _ = await asyncio.wait({read}, timeout=budget)
             if not done:
                 read.add_done_callback(_consume)
-                await self._fail(context, method, "", _timeout(budget, "the request to arrive"))
+                error = _timeout(budget, "the request to arrive")
+                self._observe(method, spec, None, error.code.name, started)
+                await self._fail(context, method, "", error)
             request = read.result()
             if request is grpc.aio.EOF:
+                self._observe(method, spec, None, grpc.StatusCode.INVALID_ARGUMENT.name, started)
                 await self._fail(context, method, "", invalid("no request message"))
             if handler is not None:  # health: the library's async servicer
                 return await handler(request, context)
@@ -379,9 +247,12 @@ class _Server:
                 fn = spec.fn
                 assert fn is not None  # only health's _Method has none, and it has a handler
                 if not spec.blocking:
-                    return fn(request, None)
-                left = budget - (time.monotonic() - started)
-                return await asyncio.wait_for(self._in_worker(fn, request, left), left)
+                    response = fn(request, None)
+                else:
+                    left = budget - (time.monotonic() - started)
+                    response = await asyncio.wait_for(self._in_worker(fn, request, left), left)
+                self._observe(method, spec, request, "OK", started, response)
+                return response
             except StatusError as e:
                 error = e
             except (asyncio.TimeoutError, TimeoutError):
@@ -391,9 +262,31 @@ class _Server:
                     grpc.StatusCode.INTERNAL,
                     f"internal error: {type(e).__name__}: {clip(' '.join(str(e).split()), 500)}",
                 )
+            self._observe(method, spec, request, error.code.name, started)
             await self._fail(context, method, spec.model(request), error)
 
         return rpc
+
+    def _observe(
+        self,
+        method: str,
+        spec: _Method,
+        request: Any,
+        status: str,
+        started: float,
+        response: message.Message | None = None,
+    ) -> None:
+        """TF Serving's request metrics, for the RPCs it counts (COUNTED_RPCS)."""
+        service, _, api = method.partition(".")
+        if service != "PredictionService" or api not in COUNTED_RPCS:
+            return
+        version, signature = None, ""
+        answered = getattr(response, "model_spec", None)
+        if answered is not None:
+            version, signature = answered.version.value, answered.signature_name
+        model = spec.model(request) if request is not None else ""
+        elapsed = time.monotonic() - started
+        self.metrics.request("GRPC", api, model, status, elapsed, version, signature)
 
     async def _in_worker(
         self, fn: Callable[[Any, float | None], _T], request: message.Message | None, timeout: float
@@ -471,6 +364,7 @@ class ServerHandle:
     port: int
     manager: ModelManager
     rest_port: int | None = None
+    metrics_path: str | None = None  # Prometheus metrics on the REST port (None: not served)
 
     @property
     def target(self) -> str:
@@ -481,6 +375,17 @@ class ServerHandle:
         if self.rest_port is None:
             return None
         return f"http://{_host_for_url(self.host)}:{self.rest_port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes this server (--monitoring-config-file), None when off."""
+        if self.rest_url is None or self.metrics_path is None:
+            return None
+        return self.rest_url + self.metrics_path
+
+    @property
+    def metrics(self) -> ServingMetrics:
+        return self.server.metrics
 
     @property
     def serving(self) -> bool:
@@ -515,6 +420,7 @@ class ServerHandle:
         if scheduler is not None:
             scheduler.stop(timeout=0.5)
         self.server.executor.shutdown(wait=False, cancel_futures=True)
+        self.server.metrics.close()
         self.server.loop.call_soon_threadsafe(self.server.loop.stop)
 
     def __enter__(self) -> ServerHandle:
@@ -571,10 +477,13 @@ def start_server(
     model_config_file_poll_wait_seconds: float = 0.0,
     allow_version_labels_for_unavailable_models: bool = False,
     rest_api_port: int | None = None,
+    monitoring_config_file: str | None = None,
 ) -> ServerHandle:
     """Start serving; returns once the versions present at startup are loaded.
 
     rest_api_port: also serve TF Serving's REST API on this port (0: a free one; None: off).
+    monitoring_config_file: TF Serving's monitoring.config; when it enables Prometheus, the
+    metrics (serving/metrics.py) are served on the REST port at its path.
 
     With a model config file, `model_config_file_poll_wait_seconds` > 0 re-reads it that
     often (models, policies and labels change without a restart; 0 reads it once, as TF
@@ -590,11 +499,13 @@ def start_server(
     if max_threads < 1 or max_message_bytes < 1:
         raise PipelineError("--grpc-max-threads and --max-message-bytes must be >= 1")
     limits = limits or ServerLimits(max_message_bytes=max_message_bytes)
+    metrics_path = _metrics_path(monitoring_config_file, rest_api_port)
+    metrics = ServingMetrics()
     scheduler = None
     if enable_batching:
         if isinstance(batching_parameters, str | os.PathLike):
             batching_parameters = load_batching_parameters(str(batching_parameters))
-        scheduler = BatchScheduler(batching_parameters or BatchingParameters())
+        scheduler = BatchScheduler(batching_parameters or BatchingParameters(), metrics)
     manager = ModelManager(
         configs,
         scheduler,
@@ -602,19 +513,22 @@ def start_server(
         load_retry_interval_s,
         allow_version_labels_for_unavailable_models,
     )
-    server = _Server(manager, limits, max_threads)
+    metrics.manager, manager.metrics = manager, metrics
+    server = _Server(manager, limits, max_threads, metrics)
     _update_health(server, manager)
     manager.listeners.append(lambda: _update_health(server, manager))
     try:
         bound = _bind(server, f"{_host_for_url(host)}:{port}", server_credentials)
-        rest_bound = None if rest_api_port is None else server.start_rest(host, rest_api_port)
+        rest_bound = (
+            None if rest_api_port is None else server.start_rest(host, rest_api_port, metrics_path)
+        )
     except PipelineError:
         server.call(server._stop(0.0))
         server.loop.call_soon_threadsafe(server.loop.stop)
         if scheduler is not None:
             scheduler.stop()
         raise
-    handle = ServerHandle(server, host, bound, manager, rest_bound)
+    handle = ServerHandle(server, host, bound, manager, rest_bound, metrics_path)
     try:
         # Like tensorflow_model_server: the port answers once the versions present at startup
         # are loaded (a client connecting earlier is UNAVAILABLE and retries, not NOT_FOUND).
@@ -631,6 +545,19 @@ def start_server(
             lambda: load_model_config_file(path), model_config_file_poll_wait_seconds
         )
     return handle
+
+
+def _metrics_path(monitoring_config_file: str | None, rest_api_port: int | None) -> str | None:
+    """The metrics path a monitoring.config enables (None: off); they need the REST port."""
+    if monitoring_config_file is None:
+        return None
+    path = load_monitoring_config(monitoring_config_file)
+    if path is not None and rest_api_port is None:
+        raise PipelineError(
+            f"{monitoring_config_file} enables Prometheus metrics, which are served on the REST "
+            "port: set --rest-api-port"
+        )
+    return path
 
 
 def _bind(server: _Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -667,7 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a new label may name a version not loaded yet (TF Serving's flag of that name)",
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port; 0 picks a free one")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get(HOST_ENV, "127.0.0.1"),
+        help=f"address to listen on (0.0.0.0: all); default ${HOST_ENV}, else 127.0.0.1",
+    )
     p.add_argument("--port-file", help="write the bound port here once serving (atomic)")
     p.add_argument(
         "--rest-api-port",
@@ -677,6 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
         "free port",
     )
     p.add_argument("--rest-api-port-file", help="write the bound REST port here once serving")
+    p.add_argument(
+        "--monitoring-config-file",
+        help="TF Serving monitoring.config: prometheus_config { enable: true path: ... } serves "
+        "Prometheus metrics on the REST port (docs/monitoring.md)",
+    )
     p.add_argument("--enable-batching", action="store_true", help="server-side dynamic batching")
     p.add_argument("--batching-parameters-file", help="TF Serving batching_parameters.txt")
     p.add_argument(
@@ -841,6 +777,7 @@ def _serve_until_signalled(args: argparse.Namespace, stop: threading.Event) -> S
             args.allow_version_labels_for_unavailable_models
         ),
         rest_api_port=args.rest_api_port,
+        monitoring_config_file=args.monitoring_config_file,
     )
     try:
         while not stop.is_set() and not handle.wait_until_serving(0.2):
@@ -854,11 +791,12 @@ def _serve_until_signalled(args: argparse.Namespace, stop: threading.Event) -> S
                 f"{n} {handle.manager.loaded_versions(n)}" for n in handle.manager.models
             )
             log.info(
-                "serving %s on %s, REST on %s (batching %s)",
+                "serving %s on %s, REST on %s (batching %s, metrics %s)",
                 models,
                 handle.target,
                 handle.rest_url or "off",
                 "on" if args.enable_batching else "off",
+                handle.metrics_url or "off",
             )
         while not stop.wait(1.0):
             pass

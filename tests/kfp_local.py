@@ -10,12 +10,17 @@ dsl.OneOf. A container's command and args get the launcher's substitutions
 with strings as they are, numbers by Go's strconv.FormatFloat(v, 'f', -1, 64), booleans as
 true/false, lists and structs as JSON; `{{$.outputs.parameters['x'].output_file}}` with a file
 whose content becomes the output (metadata.TextToPbValue); input parameter defaults are added
-first (addDefaultParams). The container runs as a subprocess; a failed one is retried up to
+first (addDefaultParams). Output artifacts get a `minio://mlpipeline/v2/artifacts/...` URI as the
+driver gives them and `{{$.outputs.artifacts['x'].path}}` its local path (LocalPathForURI:
+`/minio/...`, under the work directory here); `{{$}}` the ExecutorInput as JSON, whose
+`outputs.outputFile` (`<task root>/output_metadata.json`) a task may write: the launcher merges
+the artifacts' metadata it holds into the artifacts it registers (mergeRuntimeArtifacts), kept
+here in `LocalRun.artifacts`. The container runs as a subprocess; a failed one is retried up to
 its retryPolicy's maxRetryCount (without the backoff's waiting).
 
-Anything else (artifact placeholders, `{{$}}`, `{{$.pipeline_root}}`, IfPresent/Concat, a
-condition this evaluator does not know) is not emulated: it raises NotEmulated, so a spec that
-needs it fails the test instead of being run approximately.
+Anything else (input artifacts, `{{$.pipeline_root}}`, IfPresent/Concat, a condition this
+evaluator does not know) is not emulated: it raises NotEmulated, so a spec that needs it fails
+the test instead of being run approximately.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from pipeline_components.core import children
 
 PARAM = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 OUTPUT_FILE = re.compile(r"\{\{\$\.outputs\.parameters\['([^']+)'\]\.output_file\}\}")
+ARTIFACT_PATH = re.compile(r"\{\{\$\.outputs\.artifacts\['([^']+)'\]\.path\}\}")
+EXECUTOR_INPUT = "{{$}}"
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
 Types = pipeline_spec_pb2.ParameterType.ParameterTypeEnum
 
@@ -184,6 +191,8 @@ class LocalRun:
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     ran: list[str] = dataclasses.field(default_factory=list)  # task names, in order
     not_triggered: list[str] = dataclasses.field(default_factory=list)
+    # task -> output artifact -> {"uri", "path", "schema_title", "metadata"} (as registered)
+    artifacts: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.executors = json_format.MessageToDict(self.spec.deployment_spec)["executors"]
@@ -282,10 +291,25 @@ class LocalRun:
                 values[key] = json_format.MessageToDict(definition.default_value)
         out_dir = self.workdir / "outputs" / name
         files = {key: out_dir / key / "data" for key in component.output_definitions.parameters}
+        artifacts = self._output_artifacts(name, component)
+        executor_input = {
+            "inputs": {"parameterValues": values},
+            "outputs": {
+                "parameters": {k: {"outputFile": str(f)} for k, f in files.items()},
+                "artifacts": {
+                    k: {"artifacts": [{"name": k, "uri": a["uri"], "metadata": {}}]}
+                    for k, a in artifacts.items()
+                },
+                "outputFile": str(out_dir / "output_metadata.json"),
+            },
+        }
 
         def substitute(arg: str) -> str:
+            if arg == EXECUTOR_INPUT:
+                return json.dumps(executor_input)
             arg = PARAM.sub(lambda m: placeholder_text(values[m[1]]), arg)
             arg = OUTPUT_FILE.sub(lambda m: str(files[m[1]]), arg)
+            arg = ARTIFACT_PATH.sub(lambda m: artifacts[m[1]]["path"], arg)
             if "{{$" in arg:
                 raise NotEmulated(f"{name}: placeholder in {arg[:200]!r}")
             if arg.startswith(('{"IfPresent"', '{"Concat"')):
@@ -319,10 +343,40 @@ class LocalRun:
             tail = "\n".join(stderr.strip().splitlines()[-5:])
             raise TaskFailed(f"{name} failed (exit {code}) after {retries + 1} attempt(s):\n{tail}")
         self.ran.append(name)
+        self.artifacts[name] = self._registered(artifacts, out_dir / "output_metadata.json")
         outputs = {}
         for key, definition in component.output_definitions.parameters.items():
             outputs[key] = parse_output(files[key].read_text(), definition.parameter_type)
         return outputs
+
+    def _output_artifacts(self, task: str, component: Any) -> dict[str, dict]:
+        """The driver's output artifacts: a URI under the default bucket, and the launcher's
+        local path for it (LocalPathForURI: minio://b/k -> /minio/b/k, here in workdir)."""
+        found = {}
+        for key, definition in component.output_definitions.artifacts.items():
+            uri = f"minio://mlpipeline/v2/artifacts/{self.run_id}/{task}/{key}"
+            local = self.workdir / "minio" / uri.removeprefix("minio://")
+            found[key] = {
+                "uri": uri,
+                "path": str(local),
+                "schema_title": definition.artifact_type.schema_title,
+                "metadata": {},
+            }
+        return found
+
+    @staticmethod
+    def _registered(artifacts: dict[str, dict], output_file: Path) -> dict[str, dict]:
+        """What the launcher registers: each artifact with the metadata the task's
+        ExecutorOutput gave it (launcher_v2.go getExecutorOutputFile, mergeRuntimeArtifacts)."""
+        if not output_file.exists():
+            return artifacts
+        executor_output = pipeline_spec_pb2.ExecutorOutput()
+        json_format.Parse(output_file.read_text(), executor_output)
+        for key, listed in executor_output.artifacts.items():
+            if key in artifacts and listed.artifacts:
+                given = json_format.MessageToDict(listed.artifacts[0].metadata)
+                artifacts[key]["metadata"].update(given)
+        return artifacts
 
     def _check_platform(self, name: str, executor: str) -> None:
         """Volumes are the host's own directories here: a claim's mount path must exist."""

@@ -9,7 +9,7 @@ from tf_keras.preprocessing.image import ImageDataGenerator
 from tf_keras.src.preprocessing import image as tf_keras_image
 
 from pipeline_components.trainer import augment, inputs
-from pipeline_components.trainer.component import AugmentationConfig
+from pipeline_components.trainer.config import AugmentationConfig
 
 NOTEBOOK = AugmentationConfig()  # rotation 40, shifts 0.2, shear 0.2 deg, zoom 0.2, flip
 PARAMS = {"theta": 30.0, "tx": 3.3, "ty": -1.65, "shear": 15.0, "zx": 0.9, "zy": 1.1}

@@ -217,7 +217,7 @@ def test_examplegen_tfrecords_to_csv_with_a_shared_model(served, tmp_path, capsy
     out = tmp_path / "out"
     args = ["--model", str(served), "--input", str(data), "--output", str(out), "--version", "1"]
     # --model-copies: the model lives in a process of its own, shared (Beam's MultiProcessShared)
-    extra = ["--format", "csv", "--num-shards", "1", "--model-copies", "1"]
+    extra = ["--output-format", "csv", "--num-shards", "1", "--model-copies", "1"]
     code, _, err = batch_predict([*args, *extra], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
@@ -283,7 +283,7 @@ def test_bad_command_lines_are_one_line_errors(served, folder, tmp_path, capsys)
         (["--model", str(tmp_path / "nope"), *images], "neither a SavedModel"),
         ([*model, "--input", str(tmp_path / "missing")], "does not exist"),
         ([*model, "--input", str(tmp_path / "*.png")], "matches no files"),
-        ([*model, *images, "--format", "xml"], "output_format"),
+        ([*model, *images, "--output-format", "xml"], "output_format"),
         ([*model, *images, "--batch-size", "0"], "batch_size: must be in [1, 65536], got 0"),
         (["--model", str(served / "2"), *images, "--version", "1"], "is a SavedModel"),
     ]
@@ -296,7 +296,8 @@ def test_bad_command_lines_are_one_line_errors(served, folder, tmp_path, capsys)
 
 def test_off_by_default_in_a_pipeline_run(tmp_path):
     """The component is skipped unless batch_predict.input is set, or when nothing was pushed."""
-    from pipeline_components.bulk_inferrer.component import COMPONENT, BatchPredictConfig
+    from pipeline_components.bulk_inferrer.component import COMPONENT
+    from pipeline_components.bulk_inferrer.config import BatchPredictConfig
     from pipeline_components.core.artifacts import PUSHED_MODEL, Artifact
     from pipeline_components.core.component import ExecutionContext
 

@@ -16,7 +16,7 @@ from pipeline_components.core import examples
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import sample_data
 from pipeline_components.trainer import datasets
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import plan_training
 
 PER_CLASS = 1000

@@ -1,10 +1,11 @@
 """The component contract: a component registered through it alone is run, cached, shown in the
 run table, run.json and report.html, and gets a CLI subcommand, with no edit to the runner, the
-CLI or the report. Also: the registry's derived order and the layering of the packages."""
+CLI or the report. The component is tests/class_counter/, a package laid out as every built-in
+one is (config.py, component.py, executor.py, present.py): CONTRIBUTING.md's worked example.
+Also: the registry's derived order and the layering of the packages."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import subprocess
@@ -13,68 +14,22 @@ import sys
 import pytest
 from test_pipeline import newest_record, run_cli, write_config
 
+from class_counter.component import COMPONENT, ClassCounter
 from pipeline_components import cli
-from pipeline_components.core import artifacts, config, examples, fsutil, registry
+from pipeline_components.core import artifacts, config, fsutil, registry
 from pipeline_components.core.artifacts import ArtifactType
-from pipeline_components.core.component import Component, ExecutionContext, Input
-from pipeline_components.core.config import option
+from pipeline_components.core.component import Component, Input
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.core.reporting import e
-
-CLASS_COUNTS = ArtifactType("ClassCounts", "counts.json", description="examples per class")
 
 
-@dataclasses.dataclass
-class ClassCounterConfig:
-    min_per_class: int = option(1, ge=0, doc="fail when a class has fewer examples in a split")
-
-
-class ClassCounter(Component):
-    """Counts the examples of each class in every split by reading the TFRecords."""
-
-    name = "ClassCounter"
-    description = "count the examples per class in each split"
-    command = "count-classes"
-    config_section = "class_counter"
-    config_class = ClassCounterConfig
-    inputs = {"examples": Input(artifacts.EXAMPLES)}
-    outputs = {"counts": CLASS_COUNTS}
-    runs = 0  # how often run() executed (the cache must keep this at 1)
-
-    def run(self, ctx: ExecutionContext) -> dict:
-        import tensorflow as tf
-
-        type(self).runs += 1
-        examples_dir = ctx.input_uri("examples")
-        labels = examples.read_labels(examples_dir)
-        counts = {}
-        for split in artifacts.SPLITS:
-            files = examples.split_files(examples_dir, split)
-            ds = tf.data.TFRecordDataset(files, compression_type="GZIP").map(examples.parse)
-            per = collections.Counter(int(r[examples.LABEL]) for r in ds)
-            counts[split] = {name: per.get(i, 0) for i, name in enumerate(labels)}
-            low = [n for n, c in counts[split].items() if c < ctx.config.min_per_class]
-            if low:
-                raise PipelineError(f"{split}: class {low[0]} has < {ctx.config.min_per_class}")
-        fsutil.makedirs(ctx.output_dir)
-        fsutil.write_json(ctx.output_uri(self, "counts"), counts)
-        return {"counts": counts}
-
-    def summary(self, entry: dict) -> str:
-        counts = (entry.get("result") or {}).get("counts", {})
-        return "; ".join(
-            f"{split}: " + " ".join(f"{c}={n}" for c, n in per.items())
-            for split, per in counts.items()
-        )
-
-    def report_html(self, entry: dict, record: dict) -> str:
-        return f"<h2>Class counts</h2><p>{e(self.summary(entry))}</p>"
+def executions(tmp_path) -> int:
+    """How often ClassCounter's run() started: its execution records in pipeline_root."""
+    return len(list((tmp_path / "root" / "ClassCounter").glob("*.json")))
 
 
 @pytest.fixture
 def counter():
-    ClassCounter.runs = 0
-    with registry.registered(ClassCounter()) as component:
+    with registry.registered(COMPONENT) as component:
         yield component
 
 
@@ -88,7 +43,7 @@ def test_a_registered_component_runs_caches_and_shows_everywhere(
     assert code == 0, out
     record = newest_record(tmp_path)
     entry = record["components"]["ClassCounter"]
-    assert entry["status"] == "completed" and ClassCounter.runs == 1
+    assert entry["status"] == "completed" and executions(tmp_path) == 1
     expected = {"train": {"circles": 8, "squares": 8}, "test": {"circles": 3, "squares": 3}}
     for split, per in expected.items():
         assert entry["result"]["counts"][split] == per
@@ -110,14 +65,14 @@ def test_a_registered_component_runs_caches_and_shows_everywhere(
     # unchanged inputs: cached, not run again
     code, out, _ = run_cli(path, capsys)
     again = newest_record(tmp_path)["components"]["ClassCounter"]
-    assert code == 0 and again["status"] == "cached" and ClassCounter.runs == 1
+    assert code == 0 and again["status"] == "cached" and executions(tmp_path) == 1
     # its own config is part of its key: a change re-runs it (and only it)
     path = write_config(tmp_path, data, name="q.yaml", class_counter={"min_per_class": 3})
     code, out, _ = run_cli(path, capsys)
     record = newest_record(tmp_path)
     assert code == 0 and record["components"]["ClassCounter"]["status"] == "completed"
     assert record["components"]["Trainer"]["status"] == "cached"
-    assert ClassCounter.runs == 2
+    assert executions(tmp_path) == 2
     # a failure inside it fails the run with its one-line message
     path = write_config(tmp_path, data, name="r.yaml", class_counter={"min_per_class": 50})
     code, out, err = run_cli(path, capsys)
@@ -162,13 +117,27 @@ def test_generic_cli_subcommand_and_config_section(counter, tmp_path, capsys):
     )
     assert code == 1 and "class a has < 2" in capsys.readouterr().err
     assert (
-        config.from_dict({"class_counter": {"min_per_class": 4}}).class_counter.min_per_class == 4
+        registry.config_from_dict({"class_counter": {"min_per_class": 4}})
+        .sections["class_counter"]
+        .min_per_class
+        == 4
     )
+
+
+def test_a_component_package_is_its_code():
+    """The cache key covers a component's whole package (config, spec, executor, present), in
+    pipeline_components or outside it (a plugin; this test's package): an edit of its executor
+    re-runs it."""
+    from pipeline_components.core import codeprint
+
+    files = {p.rsplit("/", 1)[-1] for p in codeprint.seeds_for(type(COMPONENT).__module__)}
+    assert {"config.py", "component.py", "executor.py", "present.py"} <= files
+    assert COMPONENT.code_fingerprint()["files"] >= 5
 
 
 def test_unregistered_section_is_an_unknown_key():
     with pytest.raises(PipelineError, match="unknown key 'class_counter'"):
-        config.from_dict({"class_counter": {}}, source="p.yaml")
+        registry.config_from_dict({"class_counter": {}}, source="p.yaml")
 
 
 def test_pipeline_order_is_derived_from_artifact_types(counter):
@@ -221,8 +190,9 @@ def test_registry_refuses_clashes_and_cycles():
     assert "A" not in [c.name for c in registry.components()]
 
 
-def test_every_numeric_option_declares_a_range():
-    """Every numeric key of every section is range-checked (a declared `option` range)."""
+def test_every_numeric_option_declares_a_range_and_every_option_a_doc():
+    """Every numeric key of every section is range-checked (a declared `option` range), and
+    every key has a `doc`: the help of its flag, or of its key in --help's list of the others."""
     import typing
 
     def walk(cls, prefix):
@@ -230,19 +200,21 @@ def test_every_numeric_option_declares_a_range():
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            yield f"{prefix}.{f.name}", f.metadata, inner[0]
             if dataclasses.is_dataclass(inner[0]):
                 yield from walk(inner[0], f"{prefix}.{f.name}")
-            elif inner[0] in (int, float):
-                yield f"{prefix}.{f.name}", config.has_range(f.metadata)
 
-    unchecked = [
-        where
+    options = [
+        option
         for c in registry.components()
         if c.config_class
-        for where, ok in walk(c.config_class, c.config_section)
-        if not ok
+        for option in walk(c.config_class, c.config_section)
+    ]
+    unchecked = [
+        where for where, meta, tp in options if tp in (int, float) and not config.has_range(meta)
     ]
     assert unchecked == []
+    assert [where for where, meta, _ in options if not meta.get("doc")] == []
 
 
 def test_serving_does_not_import_the_orchestration_or_the_components():
@@ -263,6 +235,8 @@ def test_serving_does_not_import_the_orchestration_or_the_components():
 def test_help_imports_neither_tensorflow_nor_beam():
     code = (
         "import sys\nfrom pipeline_components import cli\ncli.usage()\n"
+        "from pipeline_components.core import commandline, registry\n"
+        "[commandline.parser(c).format_help() for c in registry.components() if c.command]\n"
         "print([m for m in ('tensorflow', 'apache_beam', 'keras') if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

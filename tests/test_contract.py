@@ -14,9 +14,9 @@ from evalfixtures import export_threshold_model, redness_split
 from pipeline_components import cli
 from pipeline_components.core import contract, fsutil
 from pipeline_components.evaluator import executor as evaluator
-from pipeline_components.evaluator.component import EvaluatorConfig
+from pipeline_components.evaluator.config import EvaluatorConfig
 from pipeline_components.pusher import executor as pusher
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 from pipeline_components.pusher.versions import ModelVersions
 from pipeline_components.trainer.export import export_saved_model
 

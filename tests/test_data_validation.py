@@ -27,7 +27,15 @@ from PIL import Image
 from test_pipeline import newest_record, run_cli, write_config
 
 from pipeline_components import cli
-from pipeline_components.core import artifacts, config, data_schema, data_stats, fsutil, lineage
+from pipeline_components.core import (
+    artifacts,
+    config,
+    data_schema,
+    data_stats,
+    fsutil,
+    lineage,
+    registry,
+)
 from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import ExecutionContext
 from pipeline_components.core.errors import PipelineError
@@ -36,13 +44,13 @@ from pipeline_components.example_validator import executor as validator_executor
 from pipeline_components.example_validator.component import (
     COMPONENT as VALIDATOR,
 )
-from pipeline_components.example_validator.component import (
+from pipeline_components.example_validator.config import (
     ExampleValidatorConfig,
     SeverityConfig,
 )
 from pipeline_components.schema_gen import executor as schema_executor
 from pipeline_components.schema_gen.component import COMPONENT as SCHEMA_GEN
-from pipeline_components.schema_gen.component import SchemaGenConfig
+from pipeline_components.schema_gen.config import SchemaGenConfig
 from pipeline_components.statistics_gen import executor as stats_executor
 from pipeline_components.statistics_gen import records
 from pipeline_components.tools import sample_data
@@ -300,7 +308,7 @@ def test_records_are_read_without_tensorflow_exactly_as_tensorflow_reads_them(bu
 
 def _pipeline(tmp_path) -> config.PipelineConfig:
     """Roots where nothing is served yet."""
-    return config.from_dict(
+    return registry.config_from_dict(
         {"pipeline_root": str(tmp_path / "root"), "serving_dir": str(tmp_path / "serving")}
     )
 
@@ -509,16 +517,20 @@ def test_schema_files_are_checked_with_one_line_errors(built, tmp_path):
 
 def test_severities_and_thresholds_are_checked_config():
     with pytest.raises(PipelineError) as e:
-        config.from_dict({"example_validator": {"severity": {"new_class": "loud"}}}, "p.yaml")
+        registry.config_from_dict(
+            {"example_validator": {"severity": {"new_class": "loud"}}}, "p.yaml"
+        )
     assert str(e.value) == (
         "p.yaml: example_validator.severity.new_class: must be one of "
         "['fail', 'warn', 'off'], got 'loud'"
     )
     with pytest.raises(PipelineError, match=r"max_size_drift: must be in \(0, 1\], got 0"):
-        config.from_dict({"example_validator": {"max_size_drift": 0}}, "p.yaml")
-    cfg = config.from_dict({"example_validator": {"severity": {"new_format": "fail"}}})
-    assert cfg.example_validator.severity.new_format == "fail"
-    assert cfg.example_validator.severity.new_class == "fail"  # the others keep defaults
+        registry.config_from_dict({"example_validator": {"max_size_drift": 0}}, "p.yaml")
+    cfg = registry.config_from_dict({"example_validator": {"severity": {"new_format": "fail"}}})
+    assert cfg.sections["example_validator"].severity.new_format == "fail"
+    assert (
+        cfg.sections["example_validator"].severity.new_class == "fail"
+    )  # the others keep defaults
 
 
 def test_validate_data_runs_alone(built, tmp_path, capsys):

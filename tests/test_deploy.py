@@ -13,10 +13,13 @@ hold in flight; no probe may kill TF Serving while it waits for its first model 
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
+import importlib.util
 import io
 import json
 import math
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 
 import kubernetes_validate
+import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
@@ -44,10 +48,15 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline_components import cli
 from pipeline_components.core import artifacts, config
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.core.registry import config_from_dict
 from pipeline_components.example_gen.executor import run_example_gen
+from pipeline_components.tools import demo as demo_lib
 from pipeline_components.trainer import model as model_lib
+from pipeline_components.trainer import plan as trainer_plan
+from serving import server as server_lib
 from serving.batching import BatchingParameters, parse_batching_parameters
-from serving.server import ServerLimits
+from serving.services import ServerLimits
 
 try:
     import tomllib
@@ -64,7 +73,7 @@ PROMETHEUS_OPERATOR = "components/prometheus-operator"
 # The oldest Kubernetes the manifests support (GKE and EKS still run it) and the newest schema.
 K8S_VERSIONS = ("1.33.0", latest_version())
 # Custom resources kubernetes-validate has no schema for, checked by the cross-checks instead.
-CUSTOM_KINDS = {"PodMonitor"}
+CUSTOM_KINDS = {"PodMonitor", "PrometheusRule"}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPT = "transfer-pipeline"
 VGG19_NOTOP = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"  # keras.applications.vgg19
@@ -191,7 +200,7 @@ def configmap_data(docs, name: str) -> dict[str, str]:
 
 def pipeline_config(docs) -> config.PipelineConfig:
     raw = yaml.safe_load(configmap_data(docs, "pipeline-config")["pipeline.yaml"])
-    return config.from_dict(raw, source="pipeline-config ConfigMap")
+    return config_from_dict(raw, source="pipeline-config ConfigMap")
 
 
 def service_account(docs, pod: dict) -> dict:
@@ -333,32 +342,83 @@ def dockerfile() -> list[tuple[str, str]]:
     return instructions
 
 
-def dockerfile_env() -> dict[str, str]:
-    """ARG defaults and ENV values (an ENV wins over an ARG of the same name)."""
-    args, env = {}, {}
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """The build stages by name, in order, each starting with its FROM; the last is the image."""
+    found: dict[str, list[tuple[str, str]]] = {}
     for keyword, rest in dockerfile():
-        if keyword in ("ENV", "ARG"):
-            target = env if keyword == "ENV" else args
-            target.update(item.partition("=")[::2] for item in shlex.split(rest))
+        if keyword == "FROM":
+            words = rest.split()
+            assert len(words) == 3 and words[1].upper() == "AS", f"FROM {rest}: name every stage"
+            found[words[2]] = []
+        assert found, f"{keyword} before the first FROM"
+        found[list(found)[-1]].append((keyword, rest))
+    return found
+
+
+def image_stage() -> list[tuple[str, str]]:
+    return list(stages().values())[-1]
+
+
+def stage_chain(name: str) -> list[str]:
+    """The stage and the stages it is built FROM, base first."""
+    chain, all_stages = [name], stages()
+    while (parent := all_stages[chain[0]][0][1].split()[0]) in all_stages:
+        chain.insert(0, parent)
+    return chain
+
+
+def dockerfile_env(stage: str | None = None) -> dict[str, str]:
+    """ARG defaults and ENV values a stage (default: the image) sees, its parents' included
+    (an ENV wins over an ARG of the same name)."""
+    args, env = {}, {}
+    for name in stage_chain(stage or list(stages())[-1]):
+        for keyword, rest in stages()[name]:
+            if keyword in ("ENV", "ARG"):
+                target = env if keyword == "ENV" else args
+                target.update(item.partition("=")[::2] for item in shlex.split(rest))
     return args | env
 
 
-def expand(text: str) -> str:
-    """${NAME} and $NAME replaced by the Dockerfile's ARG defaults / ENV values."""
-    env = dockerfile_env()
+def expand(text: str, stage: str | None = None) -> str:
+    """${NAME} and $NAME replaced by the stage's ARG defaults / ENV values."""
+    env = dockerfile_env(stage)
     return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m[1], m[0]), text)
 
 
+def copies(stage: str) -> list[tuple[dict[str, str], list[str], str]]:
+    """The stage's COPY instructions as (flags, sources, destination)."""
+    found = []
+    for keyword, rest in stages()[stage]:
+        if keyword == "COPY":
+            words = shlex.split(rest)
+            opts = dict(w[2:].partition("=")[::2] for w in words if w.startswith("--"))
+            paths = [w for w in words if not w.startswith("--")]
+            found.append((opts, paths[:-1], paths[-1]))
+    return found
+
+
 def image_uid() -> int:
-    users = [rest for keyword, rest in dockerfile() if keyword == "USER"]
+    users = [rest for keyword, rest in image_stage() if keyword == "USER"]
     assert users, "the Dockerfile never leaves root"
     uid = expand(users[-1]).split(":")[0]
     assert uid.isdigit(), f"USER {users[-1]}: numeric, so the kubelet can verify runAsNonRoot"
     return int(uid)
 
 
+def image_workdir() -> str:
+    return [rest for keyword, rest in image_stage() if keyword == "WORKDIR"][-1]
+
+
 def baked_weights_path() -> str:
     return posixpath.join(dockerfile_env()["KERAS_HOME"], "models", VGG19_NOTOP)
+
+
+def docker_script(name: str):
+    """docker/<name>.py as a module (docker/ is no package: the Dockerfile runs these files)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docker" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -381,6 +441,33 @@ def dockerignore_excludes(path: str) -> bool:
     return excluded
 
 
+def build_context() -> set[str]:
+    """The files of a clean clone that the .dockerignore lets into the build context."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout.decode()
+    return {p for p in listed.split("\0") if p and not dockerignore_excludes(p)}
+
+
+def image_files(context: set[str]) -> dict[str, str]:
+    """Path in the image -> context file, for what the image stage COPYs from the context."""
+    found = {}
+    for opts, sources, dest in copies(list(stages())[-1]):
+        if "from" in opts:
+            continue
+        for src in sources:
+            src = src.rstrip("/")
+            for path in context:
+                if path == src or path.startswith(src + "/"):
+                    rel = posixpath.relpath(path, src) if path != src else posixpath.basename(src)
+                    found[posixpath.join(expand(dest), rel)] = path
+    return found
+
+
 def test_hadolint_passes_with_explained_ignores():
     out = subprocess.run(
         [tool("hadolint"), "--config", ".hadolint.yaml", "Dockerfile"],
@@ -395,21 +482,34 @@ def test_hadolint_passes_with_explained_ignores():
         (i,) = [i for i, x in enumerate(lines) if rule in x and not x.lstrip().startswith("#")]
         explained = "#" in lines[i] or (i > 0 and lines[i - 1].lstrip().startswith("#"))
         assert explained, f".hadolint.yaml ignores {rule} without a comment saying why"
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("# hadolint ignore="):
+            assert lines[i - 1].startswith("#") and not lines[i - 1].startswith("# hadolint")
 
 
 def test_base_image_is_a_pinned_python_the_project_supports():
-    (base,) = [rest.split()[0] for keyword, rest in dockerfile() if keyword == "FROM"]
+    """One image from outside (the first stage's); every other FROM is a stage of this file."""
+    froms = [rest.split()[0] for keyword, rest in dockerfile() if keyword == "FROM"]
+    base, *internal = froms
+    assert set(internal) <= set(stages()), f"FROM {internal}: not a stage of this Dockerfile"
     repo, _, tag = base.partition(":")
     assert repo == "python", "CUDA comes from pip wheels, not from a CUDA base image"
     minor = re.match(r"(3\.\d+)-slim-\w+$", tag)
     assert minor, f"FROM {base}: a Python minor version and a Debian release, both pinned"
     assert SpecifierSet(PYPROJECT["project"]["requires-python"]).contains(f"{minor[1]}.0")
+    # CI builds it with the locally made base (docker/make-base.sh), tagged the same.
+    make_base = (ROOT / "docker" / "make-base.sh").read_text()
+    assert f"TAG=${{1:-docker.io/library/{base}}}" in make_base
+    assert f"python{minor[1]}" in make_base or "python3 " in make_base
 
 
 def test_gpu_image_installs_tensorflows_own_cuda_set_at_pinned_versions():
     """The `gpu` extra is tensorflow[and-cuda]; every nvidia-* wheel it asks for is pinned
     exactly in constraints.txt, inside the range TensorFlow's own metadata declares."""
-    assert "gpu" in dockerfile_env()["EXTRAS"].split(","), "the default image is the GPU image"
+    extras = dockerfile_env("deps")["EXTRAS"]
+    assert "gpu" in extras.split(","), "the default image is the GPU image"
+    assert dockerfile_env()["EXTRAS"] == extras, "the image's pip check sees the same extras"
     (gpu,) = PYPROJECT["project"]["optional-dependencies"]["gpu"]
     gpu = Requirement(gpu)
     assert gpu.name == "tensorflow" and gpu.extras == {"and-cuda"}
@@ -434,9 +534,9 @@ def test_gpu_image_installs_tensorflows_own_cuda_set_at_pinned_versions():
 def test_image_runs_as_non_root_the_user_the_manifests_run_as():
     uid = image_uid()
     assert uid != 0
-    (user,) = [rest for keyword, rest in dockerfile() if keyword == "USER"]
+    (user,) = [rest for keyword, rest in image_stage() if keyword == "USER"]
     assert "APP_UID" in user, "USER follows ARG APP_UID, so --build-arg APP_UID changes both"
-    useradd = [r for k, r in dockerfile() if k == "RUN" and "useradd" in r]
+    useradd = [r for k, r in image_stage() if k == "RUN" and "useradd" in r]
     assert useradd and "APP_UID" in useradd[0] and dockerfile_env()["APP_UID"] == str(uid)
     for target in TARGETS:
         for name, pod in workloads(render(target)).items():
@@ -445,59 +545,215 @@ def test_image_runs_as_non_root_the_user_the_manifests_run_as():
 
 
 def test_entrypoint_is_the_console_script():
-    (entrypoint,) = [rest for keyword, rest in dockerfile() if keyword == "ENTRYPOINT"]
+    (entrypoint,) = [rest for keyword, rest in image_stage() if keyword == "ENTRYPOINT"]
     assert json.loads(entrypoint) == [SCRIPT]
     assert PYPROJECT["project"]["scripts"][SCRIPT] == "pipeline_components.cli:main"
+    assert dockerfile_env()["VIRTUAL_ENV"] + "/bin" == dockerfile_env()["PATH"].split(":")[0]
 
 
-def test_layers_put_dependencies_and_weights_before_the_sources():
-    """Editing a source file must not reinstall TensorFlow and CUDA or download the weights."""
-    steps = dockerfile()
-    copies = [(i, shlex.split(r)[:-1]) for i, (k, r) in enumerate(steps) if k == "COPY"]
-    sources = [
-        i
-        for i, srcs in copies
-        if any(s.rstrip("/") in ("pipeline_components", "serving") for s in srcs)
-    ]
-    (deps,) = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "-c constraints.txt" in r]
-    (weights,) = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "BAKE_IMAGENET" in r]
-    (project,) = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "pip wheel" in r]
-    assert deps < weights < min(sources) < project
-    before_deps = {s for i, srcs in copies if i < deps for s in srcs}
-    assert before_deps == {"pyproject.toml", "constraints.txt"}, before_deps
-    assert "--no-deps" in steps[project][1] and "pip check" in steps[project][1]
-    for k, r in steps:
-        if k == "RUN" and "pip install" in r:
+def test_stages_keep_dependencies_and_weights_apart_from_the_sources():
+    """Editing a source file must not reinstall TensorFlow and CUDA or fetch the weights: the
+    sources enter only the wheel stage, and the image copies dependencies and weights first."""
+    context_copies = {
+        name: {s.rstrip("/") for opts, srcs, _ in copies(name) if "from" not in opts for s in srcs}
+        for name in stages()
+    }
+    assert context_copies["deps"] == {"pyproject.toml", "constraints.txt", "docker/install_deps.py"}
+    assert context_copies["weights"] == {"docker/bake_weights.py", "weights"}
+    sources = {"pipeline_components", "serving"}
+    assert [n for n, srcs in context_copies.items() if srcs & sources] == ["wheel"]
+    image = image_stage()
+    order = [opts.get("from") for opts, _, _ in copies(list(stages())[-1]) if "from" in opts]
+    assert order == ["deps", "weights", "wheel"], order
+    (install,) = [i for i, (k, r) in enumerate(image) if k == "RUN" and "dist/" in r]
+    assert "--no-deps" in image[install][1] and "install_deps.py --check" in image[install][1]
+    for k, r in dockerfile():
+        if k == "RUN" and ("pip install" in r or "pip wheel" in r):
             assert "--no-cache-dir" in r
+    assert "--no-cache-dir" in (ROOT / "docker" / "install_deps.py").read_text()
 
 
-def test_dependency_layer_installs_exactly_what_pyproject_lists(tmp_path):
-    """Runs the Dockerfile's requirement step on this pyproject.toml: the project's
-    dependencies plus the chosen extras, each name pinned in constraints.txt."""
-    (deps,) = [r for k, r in dockerfile() if k == "RUN" and "-c constraints.txt" in r]
-    command = deps.split("&&")[0].strip().replace("/tmp/requirements.txt", "requirements.txt")
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    env = {**os.environ, **{k: v for k, v in dockerfile_env().items() if k == "EXTRAS"}}
-    subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, check=True, timeout=60)
-    wanted = [Requirement(r) for r in (tmp_path / "requirements.txt").read_text().splitlines()]
+def test_dependency_stage_installs_exactly_what_pyproject_lists():
+    """install_deps.py's requirements: the project's dependencies plus the chosen extras, each
+    name pinned in constraints.txt; without `gpu`, tensorflow-cpu at tensorflow's own pin."""
+    install_deps = docker_script("install_deps")
     project = PYPROJECT["project"]
-    assert [str(r) for r in wanted[: len(project["dependencies"])]] == [
-        str(Requirement(r)) for r in project["dependencies"]
-    ]
-    assert any(r.name == "tensorflow" and "and-cuda" in r.extras for r in wanted)
     pins = constraint_pins()
-    assert all(re.sub(r"[-_.]+", "-", r.name).lower() in pins for r in wanted)
+    for extras in (dockerfile_env("deps")["EXTRAS"].split(","), []):
+        wanted = [Requirement(r) for r in install_deps.requirements(PYPROJECT, extras)]
+        assert len(wanted) == len(project["dependencies"]) + sum(
+            len(project["optional-dependencies"][e]) for e in extras
+        )
+        assert all(re.sub(r"[-_.]+", "-", r.name).lower() in pins for r in wanted)
+        names = {r.name: r for r in wanted}
+        if "gpu" in extras:
+            assert "and-cuda" in names["tensorflow"].extras and "tensorflow-cpu" not in names
+        else:
+            assert "tensorflow" not in names and names["tensorflow-cpu"].specifier.contains(
+                pins["tensorflow-cpu"]
+            )
+            assert pins["tensorflow-cpu"] == tensorflow_pin()
+        assert "tensorflow-serving-api" in names
+        for extra in ("test", "bench", "kfp", "dev"):
+            assert extra not in extras
+
+
+def test_dependency_stage_tolerates_only_the_gaps_it_makes():
+    install_deps = docker_script("install_deps")
+    removed = install_deps.pruned([])
+    assert set(removed) == {"libclang", "pyarrow"}
+    assert "pyarrow" not in install_deps.pruned(["gpu", "gcp"])  # BigQuery clients use it
+    allowed = functools.partial(install_deps.allowed_check_line, removed=removed)
+    line = "{} 1.0 requires {}, which is not installed."
+    assert allowed(line.format("apache-beam", "pyarrow"), cpu=False)
+    assert allowed(line.format("tensorflow-cpu", "libclang"), cpu=True)
+    assert allowed(line.format("tensorflow-serving-api", "tensorflow"), cpu=True)
+    assert allowed(line.format("transfer-pipeline", "tensorflow"), cpu=True)
+    assert not allowed(line.format("transfer-pipeline", "tensorflow"), cpu=False)
+    assert not allowed(line.format("apache-beam", "fastavro"), cpu=True)
+    assert not allowed("keras 3.15.1 has requirement numpy<2, but you have numpy 2.4.6.", cpu=True)
+
+
+def test_pruned_distributions_are_never_imported_by_the_project():
+    """What install_deps.py removes from the image must be no import of the wheel's code."""
+    install_deps = docker_script("install_deps")
+    pruned = set(install_deps.PRUNED)
+    forbidden = {
+        top
+        for top, dists in importlib.metadata.packages_distributions().items()
+        if {re.sub(r"[-_.]+", "-", d).lower() for d in dists} & pruned
+    }
+    assert {"pyarrow", "clang"} <= forbidden
+    for path in [*ROOT.glob("pipeline_components/**/*.py"), *ROOT.glob("serving/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            hit = {n.split(".")[0] for n in names} & forbidden
+            assert not hit, f"{path.relative_to(ROOT)} imports {hit}, which the image removes"
+
+
+def test_dependency_stage_prunes_headers_static_libraries_and_test_suites(tmp_path):
+    install_deps = docker_script("install_deps")
+    site = tmp_path / "site-packages"
+    keep = ["tensorflow/libtensorflow_cc.so.2", "nvidia/cublas/lib/libcublas.so.12",
+            "numpy/testing/__init__.py", "numpy/_core/multiarray.py"]  # fmt: skip
+    drop = ["tensorflow/include/tensorflow/core/framework/op.h", "nvidia/cublas/include/cublas.h",
+            "nvidia/cuda_runtime/lib/libcudart_static.a", "numpy/_core/tests/test_api.py",
+            "numpy/tests/test_public_api.py", "matplotlib/tests/test_axes.py"]  # fmt: skip
+    for path in keep + drop:
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text("x")
+    install_deps.prune(str(site))
+    assert [p for p in keep if not (site / p).exists()] == []
+    assert [p for p in drop if (site / p).exists()] == []
 
 
 def test_vgg19_weights_are_baked_where_the_configs_read_them():
-    env = dockerfile_env()
+    env = dockerfile_env("weights")
     assert env["BAKE_IMAGENET_WEIGHTS"] == "1", "weights baked by default"
-    (bake,) = [r for k, r in dockerfile() if k == "RUN" and "BAKE_IMAGENET_WEIGHTS" in r]
-    assert 'VGG19(weights="imagenet", include_top=False)' in bake
-    assert VGG19_NOTOP in bake, "the build fails if the weights file did not land"
+    (bake,) = [r for k, r in stages()["weights"] if k == "RUN" and "bake_weights.py" in r]
+    assert "--dest /keras/models" in bake and '--bake "${BAKE_IMAGENET_WEIGHTS}"' in bake
+    assert '--md5 "${VGG19_NOTOP_MD5}"' in bake and "--source /tmp/weights" in bake
+    bake_weights = docker_script("bake_weights")
+    assert bake_weights.FILE == VGG19_NOTOP
+    assert env["VGG19_NOTOP_URL"].endswith("/" + VGG19_NOTOP)
+    # The MD5 Keras itself checks its download against (keras/src/applications/vgg19.py).
+    keras_source = Path(importlib.util.find_spec("keras.src.applications.vgg19").origin)
+    notop = re.search(rf'"{VGG19_NOTOP}",\s*\w+,\s*cache_subdir="models",\s*file_hash="(\w+)"',
+                      keras_source.read_text())  # fmt: skip
+    assert notop and env["VGG19_NOTOP_MD5"] == bake_weights.KERAS_MD5 == notop[1]
     # Keras uses its cache only when KERAS_HOME is writable by the runtime user.
-    owner = re.search(r'chown -R "?([^ "]+)"? "?\$\{?KERAS_HOME', bake)
-    assert owner and expand(owner[1]) == f"{image_uid()}:{image_uid()}"
+    ((opts, sources, dest),) = [c for c in copies("runtime") if c[0].get("from") == "weights"]
+    assert sources == ["/keras/"] and expand(dest).rstrip("/") == dockerfile_env()["KERAS_HOME"]
+    assert expand(opts["chown"]) == f"{image_uid()}:{image_uid()}"
+    assert "!weights/" + VGG19_NOTOP in (ROOT / ".dockerignore").read_text().splitlines()
+    assert "/weights/*.h5" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def bake(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "bake_weights.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_weights_baked_from_the_build_context_are_md5_checked(tmp_path):
+    source, dest = tmp_path / "weights", tmp_path / "keras" / "models"
+    source.mkdir()
+    (source / VGG19_NOTOP).write_bytes(b"\x89HDF\r\n" + os.urandom(4096))
+    md5 = hashlib.md5((source / VGG19_NOTOP).read_bytes()).hexdigest()
+    common = ["--source", str(source), "--dest", str(dest), "--url", "file:///no/such/file.h5"]
+    out = bake("--bake", "1", "--md5", md5, *common)
+    assert out.returncode == 0, out.stderr
+    assert (dest / VGG19_NOTOP).read_bytes() == (source / VGG19_NOTOP).read_bytes()
+    assert os.listdir(dest) == [VGG19_NOTOP]
+    (dest / VGG19_NOTOP).unlink()
+    out = bake("--bake", "1", *common)  # Keras's MD5: not this file
+    err = out.stderr.strip()
+    assert out.returncode == 1 and "\n" not in err and os.listdir(dest) == []
+    assert (
+        f"has MD5 {md5}, not 253f8cb515780f3b799900260a226db6" in err and "VGG19_NOTOP_MD5" in err
+    )
+    (source / VGG19_NOTOP).unlink()  # no file and no egress: one line naming both ways
+    out = bake("--bake", "1", *common)
+    err = out.stderr.strip()
+    assert out.returncode == 1 and "\n" not in err and os.listdir(dest) == []
+    assert "cannot download file:///no/such/file.h5" in err
+    assert "weights/ of the build context" in err and "BAKE_IMAGENET_WEIGHTS=0" in err
+    assert "mounted volume" in err and "gs://" in err
+    out = bake("--bake", "0", *common)
+    assert out.returncode == 0 and os.listdir(dest) == []
+
+
+def test_a_weights_file_in_keras_applications_layout_loads(tmp_path):
+    """The stand-in for the ImageNet file (tests/vgg19_notop_h5.py, which image-test.sh mounts
+    into the image) is read by the legacy loader that reads the real file, value for value."""
+    import h5py
+    import vgg19_notop_h5
+
+    path = str(tmp_path / VGG19_NOTOP)
+    vgg19_notop_h5.write(path)
+    with h5py.File(path) as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+        assert "block5_conv4" in names and "block1_conv1" in names
+        kernel = np.asarray(f["block5_conv4"]["block5_conv4"]["kernel"])
+    backbone = model_lib.build_backbone("vgg19", path, (32, 32))
+    assert len(backbone.weights) == 32
+    np.testing.assert_array_equal(backbone.get_layer("block5_conv4").weights[0].numpy(), kernel)
+
+
+def test_missing_weights_error_names_both_ways_to_supply_them():
+    """An image built with BAKE_IMAGENET_WEIGHTS=0 fails the shipped configs at once, saying
+    how to supply the file at build time and at run time."""
+    for target in TARGETS:
+        trainer = pipeline_config(render(target)).sections["trainer"]
+        assert trainer.weights == baked_weights_path() and not os.path.exists(trainer.weights)
+        weights = trainer.weights
+        with pytest.raises(PipelineError) as e:
+            trainer_plan.check_config(dataclasses.replace(trainer, require_gpu=False))
+        message = str(e.value)
+        assert message.startswith(f"trainer.weights: weights file {weights} does not exist")
+        assert "\n" not in message and "BAKE_IMAGENET_WEIGHTS=1" in message
+        assert "weights/ in the build context" in message
+        assert "mounted volume" in message and "gs://" in message
+
+
+def test_serve_listens_on_all_interfaces_in_the_image_only(monkeypatch):
+    env = dockerfile_env()
+    assert env[server_lib.HOST_ENV] == "0.0.0.0"
+    monkeypatch.delenv(server_lib.HOST_ENV, raising=False)
+    assert server_lib.build_parser().parse_args([]).host == "127.0.0.1"
+    monkeypatch.setenv(server_lib.HOST_ENV, env[server_lib.HOST_ENV])
+    assert server_lib.build_parser().parse_args([]).host == "0.0.0.0"
+    assert server_lib.build_parser().parse_args(["--host", "::1"]).host == "::1"
+    # The InfraValidator's own server never follows it.
+    source = (ROOT / "pipeline_components/infra_validator/executor.py").read_text()
+    assert '"--host", "127.0.0.1"' in source
 
 
 def test_dockerignore_keeps_out_data_venvs_and_artifacts_but_not_the_sources():
@@ -512,15 +768,65 @@ def test_dockerignore_keeps_out_data_venvs_and_artifacts_but_not_the_sources():
         "pipeline_components/__pycache__/cli.cpython-311.pyc",
         "transfer_pipeline.egg-info/PKG-INFO",
         "k8s/base/kustomization.yaml",
+        "tests/test_deploy.py",
+        "docker/image-test.sh",
+        "weights/other.h5",
     ):
         assert dockerignore_excludes(path), f"{path} would be sent to the Docker daemon"
+    context = build_context()
     for keyword, rest in dockerfile():
         if keyword == "COPY" and "--from" not in rest:
             for src in shlex.split(rest)[:-1]:
+                src = src.rstrip("/")
                 assert (ROOT / src).exists(), f"COPY {src}: no such file"
-                assert not dockerignore_excludes(src.rstrip("/")), f"COPY {src} is dockerignored"
-    assert not dockerignore_excludes("pipeline_components/cli.py")
-    assert not dockerignore_excludes("serving/config/models.config")
+                assert any(p == src or p.startswith(src + "/") for p in context), (
+                    f"COPY {src}: nothing of it is in the build context (.dockerignore)"
+                )
+    assert {"pipeline_components/cli.py", "serving/config/models.config"} <= context
+
+
+def test_the_image_holds_what_the_demo_reads():
+    """`docker run IMAGE demo` reads its config relative to the working directory: the image
+    must hold configs/demo.yaml there, so .dockerignore must let it in and the image stage copy
+    it. The shipped configs come along for `run --config configs/pipeline.yaml`."""
+    files = image_files(build_context())
+    workdir = image_workdir()
+    wanted = {posixpath.join(workdir, demo_lib.DEFAULT_CONFIG)}
+    wanted |= {posixpath.join(workdir, "configs", p.name) for p in (ROOT / "configs").glob("*")}
+    missing = sorted(wanted - set(files))
+    assert not missing, f"the image lacks {missing}: dockerignored, or not copied to {workdir}"
+    assert "demo" in cli.commands(), "`docker run IMAGE demo` (the entrypoint is the CLI)"
+    # Its outputs can move onto the manifests' volumes on a read-only root.
+    args = demo_lib.build_parser().parse_args(["pipeline_root=/pipeline_root"])
+    assert args.config == demo_lib.DEFAULT_CONFIG and args.overrides == [
+        "pipeline_root=/pipeline_root"
+    ]
+
+
+def test_image_test_runs_the_image_as_the_manifests_do():
+    """docker/image-test.sh (make image-test, CI) runs the CronJob's user, read-only root,
+    dropped capabilities, scratch volumes and config mount, and the CronJob's own command."""
+    script = (ROOT / "docker" / "image-test.sh").read_text()
+    pod = cron_pod(render("overlays/local"))
+    container = pod["spec"]["containers"][0]
+    assert f"UID_GID={pod['spec']['securityContext']['runAsUser']}:{image_uid()}" in script
+    assert container["securityContext"]["readOnlyRootFilesystem"] and "--read-only" in script
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert "--cap-drop ALL" in script
+    for e in container["env"]:
+        if e["name"] in ("HOME", "TMPDIR", "MPLCONFIGDIR"):
+            assert f"-e {e['name']}={e['value']}" in script
+    for mount in container["volumeMounts"]:
+        assert (
+            f":{mount['mountPath']}" in script
+            or f"--tmpfs {mount['mountPath']}" in script
+            or (mount["mountPath"] == "/dev/shm" and "--shm-size" in script)
+        ), mount["mountPath"]
+    config_mount = "k8s/overlays/local/pipeline.yaml:/etc/transfer-pipeline/pipeline.yaml:ro"
+    assert config_mount in script and " ".join(container["args"]) in " ".join(script.split())
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^image-test:.*\n\t.*docker/image-test\.sh", makefile, re.M)
+    assert "make image-test" in (ROOT / ".ci" / "run").read_text()
 
 
 # --- manifests: rendering and schemas ----------------------------------------------------------
@@ -592,7 +898,7 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
     pod = cron_pod(docs)
     container = pod["spec"]["containers"][0]
     problems = []
-    beam_args = cfg.example_gen.beam_args
+    beam_args = cfg.sections["example_gen"].beam_args
     runner = beam_flag(beam_args, "runner") or "DirectRunner"
     if runner == "DataflowRunner":
         # Dataflow workers read data_root and write under pipeline_root: no pod volumes there.
@@ -631,17 +937,27 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
             problems.append(f"{key}={path}: TensorFlow has no {scheme(path)}:// file system")
     if scheme(cfg.data_root) == "s3" and not beam_flag(beam_args, "s3_region_name"):
         problems.append("s3:// data without --s3_region_name")
-    weights = cfg.trainer.weights
+    weights = cfg.sections["trainer"].weights
     read_only_root = container["securityContext"].get("readOnlyRootFilesystem")
     if weights == "imagenet" and read_only_root:
         problems.append("weights: imagenet downloads at run time on a read-only root filesystem")
     elif weights not in ("imagenet", "none") and weights != baked_weights_path():
-        problems.append(f"trainer.weights={weights} is not the file the image bakes")
-    if cfg.trainer.backbone != "vgg19":
+        # Supplied at run time (docs/container.md): a file on a volume, or a path TF can read.
+        where = f"trainer.weights={weights}"
+        if scheme(weights) == "":
+            if volume_at(pod, container, weights) is None:
+                problems.append(f"{where}: not the file the image bakes, and on no volume")
+        elif scheme(weights) not in tf_schemes:
+            problems.append(f"{where}: TensorFlow has no {scheme(weights)}:// file system")
+        elif CREDENTIALS.get(scheme(weights)) not in annotations:
+            problems.append(f"{where} without credentials for {scheme(weights)}://")
+    if cfg.sections["trainer"].backbone != "vgg19":
         problems.append("the image bakes VGG19 weights only")
     gpu = "nvidia.com/gpu" in container["resources"]["limits"]
-    if cfg.trainer.require_gpu != gpu:
-        problems.append(f"trainer.require_gpu={cfg.trainer.require_gpu} with a GPU limit: {gpu}")
+    if cfg.sections["trainer"].require_gpu != gpu:
+        problems.append(
+            f"trainer.require_gpu={cfg.sections['trainer'].require_gpu} with a GPU limit: {gpu}"
+        )
     return problems
 
 
@@ -664,8 +980,27 @@ def test_path_checks_catch_what_the_platforms_cannot_do():
     for sa in (d for d in gke if d["kind"] == "ServiceAccount"):
         del sa["metadata"]["annotations"]
     assert any("iam.gke.io" in p for p in pipeline_config_problems(pipeline_config(gke), gke))
+    # Weights supplied at run time: on a volume or Cloud Storage with credentials, not elsewhere.
+    gke, local = render("overlays/gke"), render("overlays/local")
+    for docs, weights, problem in (
+        (gke, "gs://my-bucket/vgg19_notop.h5", None),
+        (local, "/data/weights/vgg19_notop.h5", None),  # on the pipeline-data claim
+        (local, "/opt/weights/vgg19_notop.h5", "on no volume"),
+        (eks, "s3://my-bucket/vgg19_notop.h5", "no s3:// file system"),
+        (eks, "gs://my-bucket/vgg19_notop.h5", "without credentials for gs://"),
+    ):
+        base = pipeline_config(docs)
+        trainer = dataclasses.replace(base.sections["trainer"], weights=weights)
+        found = pipeline_config_problems(
+            dataclasses.replace(base, sections={**base.sections, "trainer": trainer}), docs
+        )
+        found = [p for p in found if p.startswith("trainer.weights=")]
+        assert found == [] if problem is None else len(found) == 1 and problem in found[0], found
     # A GPU CronJob that would train on the CPU without a word.
-    sections = {**cfg.sections, "trainer": dataclasses.replace(cfg.trainer, require_gpu=False)}
+    sections = {
+        **cfg.sections,
+        "trainer": dataclasses.replace(cfg.sections["trainer"], require_gpu=False),
+    }
     quiet = dataclasses.replace(cfg, sections=sections)
     assert any("require_gpu" in p for p in pipeline_config_problems(quiet, eks))
 
@@ -673,19 +1008,22 @@ def test_path_checks_catch_what_the_platforms_cannot_do():
 def test_dataflow_example_config_is_coherent():
     """overlays/gke/pipeline.dataflow.yaml, the Dataflow variant, is not rendered by default."""
     raw = yaml.safe_load((K8S / "overlays/gke/pipeline.dataflow.yaml").read_text())
-    cfg = config.from_dict(raw, source="pipeline.dataflow.yaml")
+    cfg = config_from_dict(raw, source="pipeline.dataflow.yaml")
     docs = render("overlays/gke")
-    assert beam_flag(cfg.example_gen.beam_args, "runner") == "DataflowRunner"
+    assert beam_flag(cfg.sections["example_gen"].beam_args, "runner") == "DataflowRunner"
     assert pipeline_config_problems(cfg, docs) == []
     assert cfg.serving_dir == pipeline_config(docs).serving_dir, "TF Serving reads this one"
-    # Workers install the wheel the Dockerfile builds into <WORKDIR>/dist.
-    steps = dockerfile()
-    (i,) = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "pip wheel" in r]
-    assert "--wheel-dir dist" in steps[i][1]
-    workdir = [r for k, r in steps[:i] if k == "WORKDIR"][-1]
+    # Workers install the wheel the image holds in <WORKDIR>/dist, copied from the wheel stage.
+    image = image_stage()
+    (i,) = [i for i, (k, r) in enumerate(image) if k == "COPY" and "--from=wheel" in r]
+    ((_, (built,), dest),) = [c for c in copies("runtime") if c[0].get("from") == "wheel"]
+    (build,) = [r for k, r in stages()["wheel"] if k == "RUN" and "pip wheel" in r]
+    assert f"--wheel-dir {built.rstrip('/')} " in build
+    workdir = [r for k, r in image[:i] if k == "WORKDIR"][-1]
     name = PYPROJECT["project"]["name"].replace("-", "_")
-    wheel = f"{workdir}/dist/{name}-{PYPROJECT['project']['version']}-py3-none-any.whl"
-    assert beam_flag(cfg.example_gen.beam_args, "extra_package") == wheel
+    whl = f"{name}-{PYPROJECT['project']['version']}-py3-none-any.whl"
+    wheel = posixpath.join(workdir, dest, whl)
+    assert beam_flag(cfg.sections["example_gen"].beam_args, "extra_package") == wheel
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -928,11 +1266,13 @@ def model_footprint(backbone: str, image_size: tuple[int, int]) -> tuple[int, in
 def serving_memory_needed(cfg: config.PipelineConfig, params: BatchingParameters) -> float:
     """Bytes TF Serving needs with every batch thread running a full batch (see ACTIVATION_
     HEADROOM and RUNTIME for what is measured and what is assumed)."""
-    size = model_lib.image_size_for(cfg.trainer.backbone, cfg.trainer.image_size)
-    activations, weights = model_footprint(cfg.trainer.backbone, tuple(size))
+    size = model_lib.image_size_for(
+        cfg.sections["trainer"].backbone, cfg.sections["trainer"].image_size
+    )
+    activations, weights = model_footprint(cfg.sections["trainer"].backbone, tuple(size))
     per_image = size[0] * size[1] * 3 * 4 + ACTIVATION_HEADROOM * activations
     # policy `all`: every kept version is loaded, plus the new one before retention drops one
-    copies = cfg.pusher.keep_versions + 1
+    copies = cfg.sections["pusher"].keep_versions + 1
     return RUNTIME + copies * weights + params.num_batch_threads * params.max_batch_size * per_image
 
 
@@ -1039,8 +1379,14 @@ def test_prometheus_operator_component_scrapes_every_serving_pod(target, tmp_pat
     docs = render(target)
     with_monitor = with_component(target, PROMETHEUS_OPERATOR, tmp_path)
     added = [d for d in with_monitor if d not in docs]
-    assert [d["kind"] for d in added] == ["PodMonitor"] and len(with_monitor) == len(docs) + 1
-    (monitor,) = added
+    # the PodMonitor, the alert rules and the dashboard (tests/test_monitoring_rules.py)
+    assert sorted(d["kind"] for d in added) == ["ConfigMap", "PodMonitor", "PrometheusRule"]
+    assert len(with_monitor) == len(docs) + 3
+    monitor = one(added, "PodMonitor")
+    dashboard = one(added, "ConfigMap", "transfer-pipeline-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    rule = one(added, "PrometheusRule")
+    assert dashboard["metadata"]["namespace"] == rule["metadata"]["namespace"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     ns = one(docs, "Namespace")["metadata"]["name"]
     assert monitor["metadata"]["namespace"] == ns, "a component's objects get no namespace"
@@ -1472,15 +1818,15 @@ def test_kubeflow_overlay_has_the_claims_the_compiled_spec_mounts(tmp_path):
     for executor in k8s.values():
         for m in executor["pvcMount"]:
             mounted.add((m["constant"], m["mountPath"]))
-    assert mounted == set(cfg.kfp.volumes.items())
+    assert mounted == set(cfg.sections["kfp"].volumes.items())
     for claim, _ in mounted:
         spec_ = pvcs[claim]["spec"]
         assert spec_["accessModes"] == ["ReadWriteMany"] and spec_.get("storageClassName"), claim
     # the image every task runs is the overlay's, as the Deployment's registry
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     images = {e["container"]["image"] for e in executors.values()}
-    assert images == {cfg.kfp.image}
-    assert cfg.kfp.image.split(":")[-1] == PYPROJECT["project"]["version"]
+    assert images == {cfg.sections["kfp"].image}
+    assert cfg.sections["kfp"].image.split(":")[-1] == PYPROJECT["project"]["version"]
     # TF Serving reads <serving_dir>/<model_name> on the claim the tasks write it to
     serving = serving_pod(docs)
     (tfs,) = serving["spec"]["containers"]
@@ -1492,10 +1838,10 @@ def test_kubeflow_overlay_has_the_claims_the_compiled_spec_mounts(tmp_path):
     (model,) = models.model_config_list.config
     serving_mount, serving_vol = volume_at(serving, tfs, model.base_path)
     claim = serving_vol["persistentVolumeClaim"]["claimName"]
-    task_mount = cfg.kfp.volumes[claim]
+    task_mount = cfg.sections["kfp"].volumes[claim]
     assert posixpath.relpath(model.base_path, serving_mount["mountPath"]) == posixpath.relpath(
         posixpath.join(cfg.serving_dir, cfg.model_name), task_mount
     )
     # the GPU pool the Trainer's task selects is the one overlays/gpu's nodes carry
     gpu_selector = cron_pod(render("overlays/gpu"))["spec"]["nodeSelector"]
-    assert cfg.kfp.gpu.node_selector == gpu_selector
+    assert cfg.sections["kfp"].gpu.node_selector == gpu_selector

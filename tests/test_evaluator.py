@@ -17,7 +17,7 @@ from evalfixtures import (
 from pipeline_components import cli
 from pipeline_components.evaluator import executor as evaluator
 from pipeline_components.evaluator import metrics
-from pipeline_components.evaluator.component import EvaluatorConfig
+from pipeline_components.evaluator.config import EvaluatorConfig
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from evalfixtures import export_threshold_model, solid_png, write_split
 from pipeline_components import cli
 from pipeline_components.evaluator import executor as evaluator
 from pipeline_components.evaluator import metrics, plots, scoring
-from pipeline_components.evaluator.component import EvaluatorConfig
+from pipeline_components.evaluator.config import EvaluatorConfig
 from pipeline_components.trainer import export
 
 THREE = ["red", "green", "blue"]

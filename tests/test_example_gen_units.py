@@ -13,12 +13,14 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipeline_components.core import commandline
 from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.config import section_from_dict
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen import component as example_gen_spec
 from pipeline_components.example_gen import executor as example_gen
 from pipeline_components.example_gen import image_check
+from pipeline_components.example_gen.config import ExampleGenConfig
 from pipeline_components.example_gen.executor import FileResult, SourceFile
 
 # kind -> (stored image/format, channels as tf.io.decode_image(channels=0) reports them)
@@ -168,33 +170,36 @@ def test_hashes_are_stable_across_versions_and_machines():
     assert example_gen.shard_name("test", 2, 4) == "test/examples-00002-of-00004.tfrecord.gz"
 
 
-def test_parse_args_passes_beam_args_through():
-    args, beam_args = example_gen_spec.parse_args(
-        [
-            "--data-root",
-            "d",
-            "--output",
-            "o",
-            "--num-shards",
-            "2",
-            "--runner=DirectRunner",
-            "--",
-            "--direct_running_mode=multi_processing",
-            "--direct_num_workers=2",
-        ]
+def parse(*argv: str):
+    """example-gen's command line, parsed (its flags are generated from ExampleGenConfig)."""
+    return commandline.parse(example_gen_spec.COMPONENT, argv)
+
+
+def test_parse_args_passes_beam_args_through(capsys):
+    cmd = parse(
+        "--data-root",
+        "d",
+        "--output",
+        "o",
+        "--num-shards",
+        "2",
+        "--runner=DirectRunner",
+        "--",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
     )
-    assert (args.data_root, args.output, args.num_shards) == ("d", "o", 2)
-    assert beam_args == [
+    assert (cmd.pipeline.data_root, cmd.output, cmd.config.num_shards) == ("d", "o", 2)
+    assert cmd.config.beam_args == [
         "--runner=DirectRunner",
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=2",
     ]
+    # a Beam option before -- is the old spelling: it works, and says so
+    assert "Beam options before -- is deprecated" in capsys.readouterr().err
     with pytest.raises(PipelineError, match="unknown option --num-shardz"):
-        example_gen_spec.parse_args(["--data-root", "d", "--output", "o", "--num-shardz", "2"])
+        parse("--data-root", "d", "--output", "o", "--num-shardz", "2")
     with pytest.raises(PipelineError, match="did you mean --validation-fraction"):
-        example_gen_spec.parse_args(
-            ["--data-root", "d", "--output", "o", "--validation-fractoin", "0.1"]
-        )
+        parse("--data-root", "d", "--output", "o", "--validation-fractoin", "0.1")
 
 
 def test_parameters_are_validated():
@@ -202,8 +207,7 @@ def test_parameters_are_validated():
         example_gen.run_example_gen("d", "o", num_shards=0)
     with pytest.raises(PipelineError, match="--max-image-pixels must be >= 1"):
         example_gen.run_example_gen("d", "o", max_image_pixels=0)
-    args, _ = example_gen_spec.parse_args(["--data-root", "d", "--output", "o"])
-    assert args.max_image_pixels == 40_000_000
+    assert parse("--data-root", "d", "--output", "o").config.max_image_pixels == 40_000_000
     with pytest.raises(PipelineError, match="--validation-fraction must be in"):
         example_gen.run_example_gen("d", "o", validation_fraction=1.0)
 
@@ -243,16 +247,12 @@ def test_direct_mode_follows_input_size_unless_beam_args_say(beam_args, files, c
 
 
 def test_direct_mode_threshold_is_a_ranged_config_option():
-    cfg = example_gen_spec.ExampleGenConfig()
+    cfg = ExampleGenConfig()
     assert cfg.multi_processing_min_files == example_gen.DEFAULT_MULTI_PROCESSING_MIN_FILES
-    args, _ = example_gen_spec.parse_args(
-        ["--data-root", "d", "--output", "o", "--multi-processing-min-files", "5"]
-    )
-    assert args.multi_processing_min_files == 5
+    cmd = parse("--data-root", "d", "--output", "o", "--multi-processing-min-files", "5")
+    assert cmd.config.multi_processing_min_files == 5
     with pytest.raises(PipelineError, match="multi_processing_min_files"):
-        section_from_dict(
-            example_gen_spec.ExampleGenConfig, {"multi_processing_min_files": -1}, "example_gen"
-        )
+        section_from_dict(ExampleGenConfig, {"multi_processing_min_files": -1}, "example_gen")
     with pytest.raises(PipelineError, match="--multi-processing-min-files must be >= 0"):
         example_gen.run_example_gen("d", "o", multi_processing_min_files=-1)
 

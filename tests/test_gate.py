@@ -27,7 +27,7 @@ from pipeline_components.core.errors import PipelineError
 from pipeline_components.evaluator import analysis, bootstrap, measures, slicing, thresholds
 from pipeline_components.evaluator import executor as evaluator
 from pipeline_components.evaluator.analysis import AnalysisOptions, ScoredSplit
-from pipeline_components.evaluator.component import EvaluatorConfig
+from pipeline_components.evaluator.config import EvaluatorConfig
 from pipeline_components.pusher import executor as pusher
 from pipeline_components.pusher.component import PusherConfig
 from pipeline_components.trainer import explain, export

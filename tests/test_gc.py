@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from pipeline_components import cli
-from pipeline_components.core import config, locking
-from pipeline_components.orchestration import runner
+from pipeline_components.core import fsutil, locking, registry
+from pipeline_components.orchestration import executions, runner
 
 
 def write_config(tmp_path: Path, data_root: Path, **extra) -> Path:
@@ -121,7 +121,7 @@ def test_gc_removes_what_a_dead_run_left_and_keeps_the_trainer_resumable(tmp_pat
     for rec_path in (made["run"] / "run.json", made["run"] / "steps" / "Trainer.json"):
         assert json.loads(rec_path.read_text())["status"] == "failed"
     # the interrupted Trainer is what the next run with the same inputs resumes
-    found = runner.find_execution(str(root / "Trainer"), "key-Trainer", ("running", "failed"))
+    found = executions.find_execution(str(root / "Trainer"), "key-Trainer", ("running", "failed"))
     assert found["execution_id"] == 2
     assert (made["serving"] / "m" / "1" / "saved_model.pb").read_bytes() == b"model"
     assert "marked" in out and "kept for the next run to resume" in out
@@ -145,7 +145,7 @@ def test_gc_refuses_while_a_live_run_holds_the_root(tmp_path, capsys):
 
 def test_the_next_run_collects_first_and_says_so_in_run_json(tmp_path):
     made = dead_root(tmp_path)
-    cfg = config.load(str(write_config(tmp_path, tmp_path / "no-such-data")))
+    cfg = registry.load_config(str(write_config(tmp_path, tmp_path / "no-such-data")))
     with pytest.raises(runner.RunFailed) as failed:  # fails on its data, after collecting
         runner.run_pipeline(cfg)
     cleanup = failed.value.record["cleanup"]
@@ -215,6 +215,9 @@ def test_kill_9_during_infra_validation_leaves_no_process_and_the_rerun_cleans(
     root = tmp_path / "root"
     left = list(root.glob("InfraValidator/.*.tmp-*"))
     assert left, "the kill left the InfraValidator's temporary output (the test's premise)"
+    # what it holds this early: the staged candidate (a symlink) and the server's log, often
+    # still empty, so its size may be 0 bytes; gc reports what it measured
+    size = fsutil.tree_bytes(str(left[0]))
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "cleanup: removed" in rerun.stderr
@@ -222,7 +225,8 @@ def test_kill_9_during_infra_validation_leaves_no_process_and_the_rerun_cleans(
     record = json.loads((newest / "run.json").read_text())
     assert record["status"] == "completed" and record["push"]["pushed"]
     cleanup = record["cleanup"]
-    assert cleanup["bytes_freed"] > 0 and str(left[0]) in [r["path"] for r in cleanup["removed"]]
+    assert {"path": str(left[0]), "bytes": size} in cleanup["removed"]
+    assert cleanup["bytes_freed"] == sum(r["bytes"] for r in cleanup["removed"])
     assert {a.get("component") for a in cleanup["abandoned"]} >= {"InfraValidator", None}
     assert not [p for p in root.rglob("*") if ".tmp" in p.name], "a temporary is left"
     assert not list((tmp_path / "serving" / "m").glob(".*")), "a claim or temporary is left"

@@ -89,7 +89,7 @@ def k8s_executors(platform) -> dict:
 
 def flag_values(args: list[str], flag: str) -> list[list[str]]:
     """The values after each occurrence of `flag` (two for --param/--input/--output-param)."""
-    width = 1 if flag in ("--run-id", "--config-text", "--skip") else 2
+    width = 2 if flag in ("--param", "--input", "--output-param") else 1
     return [args[i + 1 : i + 1 + width] for i, a in enumerate(args) if a == flag]
 
 
@@ -99,7 +99,7 @@ def flag_values(args: list[str], flag: str) -> list[list[str]]:
 @pytest.mark.parametrize("name", ["demo.yaml", "pipeline.yaml"])
 def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, capsys, name):
     source = ROOT / "configs" / name
-    cfg = config.load(str(source), CLUSTER)
+    cfg = registry.load_config(str(source), CLUSTER)
     spec, platform, path = compiled(tmp_path, source, *CLUSTER)
     out = capsys.readouterr().out
     assert f"wrote {path}: {len(BUILTIN)} steps in {IMAGE}" in out
@@ -117,8 +117,10 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
         assert container["image"] == IMAGE and container["command"] == ["transfer-pipeline"]
         assert container["args"][0] == "step"
         assert not task.caching_options.enable_cache, name_
-        assert task.retry_policy.max_retry_count == cfg.kfp.retries
-        assert task.retry_policy.backoff_duration.seconds == cfg.kfp.retry_backoff_seconds
+        assert task.retry_policy.max_retry_count == cfg.sections["kfp"].retries
+        assert (
+            task.retry_policy.backoff_duration.seconds == cfg.sections["kfp"].retry_backoff_seconds
+        )
     components = {
         execs[c.executor_label]["container"]["args"][1]: n for n, (_, _, c) in steps.items()
     }
@@ -173,7 +175,7 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
             assert settings["tolerations"] == [
                 {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
             ]
-        res = cfg.kfp.resources_for(component, gpu)
+        res = cfg.sections["kfp"].resources_for(component, gpu)
         assert resources["resourceMemoryRequest"] == f"{round(res.memory_gib * 1024)}Mi"
         assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"]
         assert resources["resourceCpuRequest"] == f"{round(res.cpu * 1000)}m"
@@ -183,17 +185,17 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
         assert settings["activeDeadlineSeconds"] == str(round(res.timeout_hours * 3600))
         # every task mounts every claim where the config's paths live
         mounts = {m["constant"]: m["mountPath"] for m in settings["pvcMount"]}
-        assert mounts == cfg.kfp.volumes
+        assert mounts == cfg.sections["kfp"].volumes
 
     # pipeline parameters: the config's values as defaults
     params = spec.root.input_definitions.parameters
     defaults = {n: json_format.MessageToDict(p.default_value) for n, p in params.items()}
     assert defaults["data_root"] == cfg.data_root and defaults["model_name"] == cfg.model_name
-    assert defaults["trainer_epochs"] == cfg.trainer.epochs
-    assert defaults["evaluator_min_accuracy"] == cfg.evaluator.min_accuracy
+    assert defaults["trainer_epochs"] == cfg.sections["trainer"].epochs
+    assert defaults["evaluator_min_accuracy"] == cfg.sections["evaluator"].min_accuracy
     assert (
         defaults["trainer_image_size"]
-        == yaml.safe_dump(cfg.trainer.image_size, default_flow_style=True).strip()
+        == yaml.safe_dump(cfg.sections["trainer"].image_size, default_flow_style=True).strip()
     )
     assert params["trainer_epochs"].parameter_type == params["pusher_keep_versions"].parameter_type
     # the pushed version is a pipeline output (through dsl.OneOf: 0 when nothing ran)
@@ -203,7 +205,7 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
     # the config each task starts from is the compiled one (its kfp: section left out)
     trainer_args = execs[tasks["trainer"][2].executor_label]["container"]["args"]
     (text,) = flag_values(trainer_args, "--config-text")[0]
-    carried = config.from_dict(yaml.safe_load(text))
+    carried = registry.config_from_dict(yaml.safe_load(text))
     expected = config.to_dict(cfg)
     got = config.to_dict(carried)
     del expected["kfp"], got["kfp"]
@@ -211,6 +213,29 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
     # every pipeline parameter reaches every task under its config key
     keys = {k for k, _ in flag_values(trainer_args, "--param")}
     assert {"data_root", "trainer.epochs", "evaluator.min_accuracy"} <= keys
+
+
+def test_every_task_declares_a_metrics_artifact_and_the_gate_a_report(tmp_path):
+    """What the KFP UI shows: each component task's Metrics, the Evaluator's report (HTML),
+    written through the launcher's artifact paths and executor input."""
+    spec, _, _ = compiled(tmp_path, ROOT / "configs" / "demo.yaml", *CLUSTER)
+    execs = executors(spec)
+    declared = {}
+    for name, (_, _, comp) in walk(spec).items():
+        if not comp.executor_label or name.startswith("skip"):
+            continue
+        outputs = comp.output_definitions.artifacts
+        declared[name] = {k: a.artifact_type.schema_title for k, a in outputs.items()}
+        args = execs[comp.executor_label]["container"]["args"]
+        assert flag_values(args, "--metrics-artifact") == [
+            ["{{$.outputs.artifacts['metrics'].path}}"]
+        ]
+        assert flag_values(args, "--executor-input") == [["{{$}}"]]
+        html = flag_values(args, "--html-artifact")
+        assert html == ([["{{$.outputs.artifacts['report'].path}}"]] if "report" in outputs else [])
+    assert declared.pop("evaluator") == {"metrics": "system.Metrics", "report": "system.HTML"}
+    assert sorted(declared) == sorted(kfp_compiler.kebab(n) for n in BUILTIN if n != "Evaluator")
+    assert all(d == {"metrics": "system.Metrics"} for d in declared.values())
 
 
 def test_spec_settings_follow_the_kfp_section(tmp_path):
@@ -504,6 +529,77 @@ def test_toy_pipeline_runs_its_condition_both_ways_and_publishes_through_oneof(t
     assert third.run({"toy_source_offset": "1.5"})["toy_publisher_total"] == 16
 
 
+def gateway_samples(url: str) -> dict[tuple, float]:
+    """{(metric, frozenset of labels): value} of what a Pushgateway serves."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_tools import http_get
+
+    status, body = http_get(url + "/metrics")
+    assert status == 200
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+        if s.name.startswith("transfer_pipeline_")
+    }
+
+
+def test_each_task_publishes_its_metrics_and_the_last_one_the_run(toys, tmp_path):
+    """KFP tasks push one group each (grouping key job, pipeline, component), so tasks never
+    overwrite each other; the task that finishes the run pushes the run group. Each task's
+    Metrics artifact carries the same numbers as its metadata (what the KFP UI shows)."""
+    from prometheus_tools import pushgateway
+
+    with pushgateway(tmp_path) as gateway:
+        config = toy_config(tmp_path, monitoring={"pushgateway": gateway.url})
+        spec, platform, _ = compiled(tmp_path, config)
+        local = LocalRun(spec, platform, tmp_path / "kfp", call=in_process)
+        local.run()
+        samples = gateway_samples(gateway.url)
+    group = {"job": "transfer_pipeline", "pipeline": "toys", "instance": ""}
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, frozenset({**group, **labels}.items())))
+
+    for toy in ("ToySource", "ToyJudge", "ToyPublisher", "ToyAuditor"):
+        assert value("transfer_pipeline_component_status", component=toy, status="completed") == 1
+        assert value("transfer_pipeline_component_status", component=toy, status="failed") == 0
+    assert value("transfer_pipeline_run_success") == 1  # decided by the last task
+    (info,) = [k for k in samples if k[0] == "transfer_pipeline_run_info"]
+    assert dict(info[1])["run_id"] == local.run_id
+    # the KFP artifacts: a Metrics artifact per task, its metadata merged from the task's
+    # ExecutorOutput; no report (no ModelBlessing among the toys)
+    for task in local.ran:
+        shown = local.artifacts[task]
+        assert set(shown) == {"metrics"} and shown["metrics"]["schema_title"] == "system.Metrics"
+        written = json.loads(Path(shown["metrics"]["path"]).read_text())
+        assert written == shown["metrics"]["metadata"] and written["success"] == 1
+        assert "component_duration_seconds" in written
+
+
+def test_a_task_that_fails_for_good_decides_the_run(toys, tmp_path):
+    """Bad input is not retried: that task pushes the run as failed, and the components it
+    never reached as not_run (no group keeps an older run's values)."""
+    from prometheus_tools import pushgateway
+
+    Source.fail_with = PipelineError("toy_source: the numbers are bad")
+    with pushgateway(tmp_path) as gateway:
+        config = toy_config(tmp_path, monitoring={"pushgateway": gateway.url})
+        spec, platform, _ = compiled(tmp_path, config)
+        with pytest.raises(AssertionError, match="toy-source failed"):
+            LocalRun(spec, platform, tmp_path / "kfp", call=in_process).run()
+        samples = gateway_samples(gateway.url)
+    group = frozenset({"job": "transfer_pipeline", "pipeline": "toys", "instance": ""}.items())
+    assert samples[("transfer_pipeline_run_success", group)] == 0
+    for toy, status in (
+        ("ToySource", "failed"),
+        ("ToyJudge", "not_run"),
+        ("ToyAuditor", "not_run"),
+    ):
+        labels = group | {("component", toy), ("status", status)}
+        assert samples[("transfer_pipeline_component_status", labels)] == 1
+
+
 def test_bad_input_fails_every_retry_at_once_and_a_crash_is_retried(toys, tmp_path):
     """KFP retries any failure; a step that failed on bad input (PipelineError) does not do
     the work again in the same run, a crash (any other exception) does."""
@@ -704,6 +800,21 @@ def test_compiled_spec_runs_like_transfer_pipeline_run(make_dataset, tmp_path, c
     assert outputs["pusher_version"] == reference["push"]["version"] == 1
     assert records["Pusher"]["push"]["path"] == str(tmp_path / "kfp" / "serving" / "shapes" / "1")
     assert records["Evaluator"]["metrics"]["num_examples"] == reference["metrics"]["num_examples"]
+
+    # what the KFP UI shows: every task's Metrics artifact (its metadata, from the task's
+    # ExecutorOutput) and the Evaluator's report, the run so far as HTML
+    for name in BUILTIN:
+        shown = local.artifacts[kfp_compiler.kebab(name)]
+        metrics = shown["metrics"]
+        assert json.loads(Path(metrics["path"]).read_text()) == metrics["metadata"]
+        assert metrics["metadata"]["success"] == 1, name  # skipped (BulkInferrer) too
+        assert name == "BulkInferrer" or metrics["metadata"]["component_cache_hit"] == 0
+    evaluator = local.artifacts["evaluator"]
+    assert evaluator["metrics"]["metadata"]["model_accuracy"] == reference["metrics"]["accuracy"]
+    assert evaluator["metrics"]["metadata"]["model_blessed_passed"] == 1
+    report = Path(evaluator["report"]["path"]).read_text()
+    assert report.startswith("<!doctype html>") and local.run_id in report
+    assert "accuracy" in report and "ExampleValidator" in report
 
     # the pushed version serves over gRPC, answering as the Evaluator predicted
     with open(os.path.join(entries["Evaluator"]["output_dir"], "predictions.csv")) as f:

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from pipeline_components import cli
-from pipeline_components.core import codeprint, config, locking, registry
+from pipeline_components.core import codeprint, locking, registry
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import runner
+from pipeline_components.orchestration import executions, runner
 from pipeline_components.trainer import executor as trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +209,7 @@ def test_running_execution_of_a_live_process_is_not_resumed(tmp_path):
                 "owner": {"host": socket.gethostname(), "pid": pid},
             }
             (component_dir / f"{eid}.json").write_text(json.dumps(record))
-        found = runner.find_execution(str(component_dir), "k", ("running", "failed"))
+        found = executions.find_execution(str(component_dir), "k", ("running", "failed"))
         assert found["execution_id"] == 1, "execution 2's process still runs: not resumable"
     finally:
         sleeper.kill()
@@ -218,7 +218,7 @@ def test_running_execution_of_a_live_process_is_not_resumed(tmp_path):
 
 def test_force_never_resumes_an_interrupted_trainer(make_dataset, tmp_path, monkeypatch):
     data = make_dataset(per_split=(4, 2, 2))
-    cfg = config.load(str(write_config(tmp_path, data)))
+    cfg = registry.load_config(str(write_config(tmp_path, data)))
     seen = []
 
     def killed_trainer(examples_dir, output_dir, config, **kwargs):
@@ -294,9 +294,32 @@ def test_sigterm_releases_the_root_for_the_jobs_retry(make_dataset, tmp_path):
 def test_only_a_component_folder_of_a_pipeline_root_counts_as_inside_it(tmp_path):
     root = tmp_path / "root"
     (root / "runs").mkdir(parents=True)
-    assert locking.pipeline_root_of(str(root / "Trainer" / "7")) == str(root)
-    assert locking.pipeline_root_of(str(root / "Evaluator" / "3" / "x")) == str(root)
+    names = {c.name for c in registry.components()}
+    assert locking.pipeline_root_of(str(root / "Trainer" / "7"), names) == str(root)
+    assert locking.pipeline_root_of(str(root / "Evaluator" / "3" / "x"), names) == str(root)
     # a project folder with TensorBoard's runs/ is not a pipeline_root
-    assert locking.pipeline_root_of(str(root / "out" / "trainer")) is None
+    assert locking.pipeline_root_of(str(root / "out" / "trainer"), names) is None
     (root / "lock.json").write_text("{}")
-    assert locking.pipeline_root_of(str(root / "out" / "trainer")) == str(root)
+    assert locking.pipeline_root_of(str(root / "out" / "trainer"), names) == str(root)
+
+
+def test_sigterm_before_the_renewal_thread_starts_still_releases_the_lock(tmp_path, monkeypatch):
+    """The signal can land after the lock is taken and before its renewal thread runs (the
+    window in which test_sigterm_releases_the_root_for_the_jobs_retry failed now and then):
+    the interrupt is what propagates and the lock file is gone. Here the real SIGTERM is raised
+    at the start of Thread.start, through the run's own SIGTERM handler."""
+
+    class SignalledThread(threading.Thread):
+        def start(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # handled before raise_signal returns
+            super().start()
+
+    monkeypatch.setattr(locking.threading, "Thread", SignalledThread)
+    root = tmp_path / "root"
+    with (
+        pytest.raises(KeyboardInterrupt, match="received SIGTERM"),
+        runner._sigterm_interrupts(),
+        locking.hold(str(root), "r1", "transfer-pipeline run"),
+    ):
+        pytest.fail("the interrupt came before the block")
+    assert not (root / "lock.json").exists()

@@ -14,7 +14,7 @@ import pytest
 import test_deploy as deploy
 import yaml
 
-from pipeline_components.core import config as config_lib
+from pipeline_components.core import commandline, registry
 from pipeline_components.trainer import cluster
 from pipeline_components.trainer.component import COMPONENT as TRAINER
 
@@ -77,7 +77,7 @@ def test_tf_config_of_each_pod_names_the_pods_the_job_and_service_create(docs, i
     j, spec = job(docs), pod_spec(docs)
     c = trainer(docs)
     env = pod_env(docs, index)
-    args = TRAINER.parser().parse_args(expand(c["args"], env))
+    args = commandline.parser(TRAINER).parse_args(expand(c["args"], env))
     assert c["command"] == [deploy.SCRIPT] and expand(c["args"], env)[0] == "train"
     assert args.tf_config_from_k8s and args.workers == j["spec"]["completions"]
     spec_json = cluster.tf_config_from_k8s(
@@ -129,14 +129,16 @@ def test_a_lost_worker_is_restarted_and_usage_errors_are_not(docs):
 def test_trains_the_pipelines_model_on_a_gpu_per_worker(docs):
     c, spec = trainer(docs), pod_spec(docs)
     env = pod_env(docs, 0)
-    args = TRAINER.parser().parse_args(expand(c["args"], env))
+    args = commandline.parser(TRAINER).parse_args(expand(c["args"], env))
     mounted = deploy.configmap_file(docs, job(docs)["spec"]["template"], c, args.config)
     assert mounted is not None, f"--config {args.config} is not mounted"
-    cfg = config_lib.from_dict(yaml.safe_load(mounted), source="train-multiworker-config")
+    cfg = registry.config_from_dict(yaml.safe_load(mounted), source="train-multiworker-config")
     base = yaml.safe_load((deploy.K8S / "base" / "pipeline.yaml").read_text())["trainer"]
     assert yaml.safe_load(mounted)["trainer"] == base  # the scheduled pipeline's trainer
-    assert cfg.trainer.batch_size % args.workers == 0  # the global batch splits over workers
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and cfg.trainer.require_gpu
+    assert (
+        cfg.sections["trainer"].batch_size % args.workers == 0
+    )  # the global batch splits over workers
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and cfg.sections["trainer"].require_gpu
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     assert list(spec["nodeSelector"]) == ["nvidia.com/gpu.present"]
     for path, writes in ((args.examples, False), (args.output, True)):

@@ -163,7 +163,7 @@ def test_two_workers_read_disjoint_parts_that_make_up_the_split(make_dataset, tm
 
 def test_group_checks_batch_split_and_split_sizes():
     from pipeline_components.trainer import distributed
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
 
     def group(replicas, workers):
         me = cluster.Cluster(tuple(f"h:{i}" for i in range(workers)), "worker", 0, 0)
@@ -275,7 +275,7 @@ def test_a_group_cannot_form_in_a_process_that_already_ran_tensorflow(tmp_path, 
     import tensorflow as tf
 
     from pipeline_components.trainer import executor
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
 
     assert float(tf.constant(1.0) + 1) == 2.0  # TensorFlow's runtime is up in this process
     monkeypatch.setenv(

@@ -21,11 +21,11 @@ from pipeline_components.core import examples, fsutil
 from pipeline_components.example_gen import executor as example_gen
 from pipeline_components.infra_validator.executor import serve_in_subprocess
 from pipeline_components.pusher import executor as pusher
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 from pipeline_components.tools import sample_data
 from pipeline_components.trainer import callbacks
 from pipeline_components.trainer import executor as trainer
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from serving.client import PredictionClient
 
 SPLIT_COUNTS = {"train": 24, "validation": 8, "test": 8}  # make_dataset(): 2 classes x (12, 4, 4)

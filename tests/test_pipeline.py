@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline_components import cli
-from pipeline_components.core import config
+from pipeline_components.core import registry
 from pipeline_components.evaluator import executor as evaluator
 from pipeline_components.infra_validator.executor import serve_in_subprocess
 from pipeline_components.orchestration import runner
@@ -193,7 +193,7 @@ def test_model_missing_the_gate_is_not_pushed(make_dataset, tmp_path, capsys):
 @pytest.mark.slow
 def test_failed_run_resumes_without_retraining(make_dataset, tmp_path, monkeypatch):
     data = make_dataset(per_split=(6, 2, 2))
-    cfg = config.load(str(write_config(tmp_path, data)))
+    cfg = registry.load_config(str(write_config(tmp_path, data)))
 
     def broken_evaluator(*args, **kwargs):
         raise RuntimeError("evaluator node preempted")
@@ -226,7 +226,7 @@ def test_interrupted_trainer_execution_is_resumed_in_place(make_dataset, tmp_pat
     """A killed Trainer leaves checkpoints in its execution dir; the next run with the same
     inputs trains in that same dir (BackupAndRestore continues), not a fresh one."""
     data = make_dataset(per_split=(4, 2, 2))
-    cfg = config.load(str(write_config(tmp_path, data)))
+    cfg = registry.load_config(str(write_config(tmp_path, data)))
     seen = []
 
     def killed_trainer(examples_dir, output_dir, config, **kwargs):

@@ -28,7 +28,7 @@ from pipeline_components import cli
 from pipeline_components.core import artifacts, fsutil
 from pipeline_components.pusher import executor as pusher
 from pipeline_components.pusher import journal
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 from pipeline_components.pusher.versions import ModelVersions
 from serving.model_config import load_model_config_file
 

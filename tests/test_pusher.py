@@ -11,7 +11,7 @@ from evalfixtures import export_threshold_model
 from pipeline_components import cli
 from pipeline_components.core import fsutil
 from pipeline_components.pusher import executor as pusher
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,30 @@ def test_unblessed_pushes_nothing_and_says_why(model, tmp_path, capsys):
     record = json.loads((tmp_path / "push.json").read_text())
     assert record["pushed"] is False and record["version"] is None
     assert not (tmp_path / "s" / "m").exists()
+
+
+def test_push_writes_push_json_only_into_an_output_it_is_given(
+    models, tmp_path, monkeypatch, capsys
+):
+    """Its command once wrote ./push.json by default: no command writes into the current
+    directory unless asked."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    where = ["--serving-dir", str(tmp_path / "s"), "--model-name", "m"]
+
+    def push_cli(model, *extra):
+        bless = _blessing(tmp_path, model, name=f"blessing-{model.name}.json")
+        return cli.main(["push", "--model", str(model), "--blessing", str(bless), *where, *extra])
+
+    assert push_cli(models[0]) == 0
+    assert "pushed version 1 as stable" in capsys.readouterr().out
+    assert _entries(tmp_path / "s" / "m") == ["1"] and _entries(cwd) == []
+    # with --output: there, and only there; --version-label from the command line
+    assert push_cli(models[1], "--output", str(tmp_path / "p"), "--version-label", "canary") == 0
+    record = json.loads((tmp_path / "p" / "push.json").read_text())
+    assert (record["pushed"], record["version"], record["label"]) == (True, 2, "canary")
+    assert _entries(cwd) == []
 
 
 def test_infra_validation_failure_blocks_the_push(model, tmp_path):
@@ -182,7 +206,8 @@ def test_blessing_for_another_model_is_refused(model, tmp_path, capsys):
         ({"blessing": "bad.json"}, "not valid JSON"),
         ({"blessing": "noflag.json"}, "no boolean 'blessed' field"),
         ({"model": "nomodel"}, "no SavedModel at"),
-        ({"model_name": "../escape"}, "model name '../escape' must be"),
+        # checked when the command's config loads (core/config.py), before the Pusher runs
+        ({"model_name": "../escape"}, "model_name: must be 1 to 128 letters"),
     ],
 )
 def test_error_cases(model, tmp_path, capsys, change, message):

@@ -11,7 +11,7 @@ import tensorflow as tf
 import yaml
 
 from pipeline_components import cli
-from pipeline_components.core import config
+from pipeline_components.core import registry
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.trainer.plan import check_config
 
@@ -21,15 +21,22 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_require_gpu_is_a_strict_boolean_that_defaults_to_off():
-    assert config.from_dict({}).trainer.require_gpu is False
-    assert config.from_dict({"trainer": {"require_gpu": True}}).trainer.require_gpu is True
+    assert registry.config_from_dict({}).sections["trainer"].require_gpu is False
+    assert (
+        registry.config_from_dict({"trainer": {"require_gpu": True}})
+        .sections["trainer"]
+        .require_gpu
+        is True
+    )
     with pytest.raises(PipelineError, match=r"trainer\.require_gpu: expected true or false"):
-        config.from_dict({"trainer": {"require_gpu": "yes"}}, source="p.yaml")
+        registry.config_from_dict({"trainer": {"require_gpu": "yes"}}, source="p.yaml")
 
 
 def test_check_config_fails_in_one_line_when_tensorflow_sees_no_gpu(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    cfg = config.from_dict({"trainer": {"weights": "none", "require_gpu": True}}).trainer
+    cfg = registry.config_from_dict({"trainer": {"weights": "none", "require_gpu": True}}).sections[
+        "trainer"
+    ]
     with pytest.raises(PipelineError) as e:
         check_config(cfg)
     message = str(e.value)
@@ -37,7 +44,7 @@ def test_check_config_fails_in_one_line_when_tensorflow_sees_no_gpu(monkeypatch)
     assert f"built with CUDA: {tf.test.is_built_with_cuda()}" in message
     assert "CUDA_VISIBLE_DEVICES=0" in message  # what the device plugin handed the container
     # Off (the default), the same machine trains on the CPU as before.
-    check_config(config.from_dict({"trainer": {"weights": "none"}}).trainer)
+    check_config(registry.config_from_dict({"trainer": {"weights": "none"}}).sections["trainer"])
 
 
 def test_train_command_stops_before_reading_data(tmp_path, capsys):

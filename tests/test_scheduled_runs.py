@@ -174,9 +174,10 @@ def test_a_file_added_in_a_nested_folder_changes_examplegens_key(make_dataset):
     from pipeline_components.core.config import PipelineConfig
     from pipeline_components.example_gen import executor
     from pipeline_components.example_gen.component import COMPONENT
+    from pipeline_components.example_gen.config import ExampleGenConfig
 
     data = make_dataset(per_split=(3, 1, 1))
-    ctx = ExecutionContext(PipelineConfig(data_root=str(data)), None, {}, "")
+    ctx = ExecutionContext(PipelineConfig(data_root=str(data)), ExampleGenConfig(), {}, "")
     before = COMPONENT.external_inputs(ctx)
     nested = data / "train" / "squares" / "2019" / "06"
     nested.mkdir(parents=True)

@@ -107,7 +107,7 @@ def test_oversized_request_and_full_queue_get_tf_serving_codes(base):
 def vgg19_base(tmp_path_factory):
     """The Trainer's real model (VGG19 without weights, 32x32): its convolutions are what an
     empty batch broke; the tiny Dense model of the other tests has none."""
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
     from pipeline_components.trainer.export import export_saved_model
     from pipeline_components.trainer.model import create_model
 

@@ -106,8 +106,8 @@ def test_models_config_is_a_model_server_config():
     model = models[0]
     assert model.name and model.model_platform == "tensorflow"
     assert model.base_path.startswith("/"), "base_path is a path in the TF Serving container"
-    # the shape the Pusher writes (pusher/versions.py): every kept version loaded, so a label
-    # can always move onto a loaded one
+    # the shape the Pusher writes (pusher/version_registry.py): every kept version loaded, so a
+    # label can always move onto a loaded one
     assert model.model_version_policy.WhichOneof("policy_choice") == "all"
 
 

@@ -30,7 +30,8 @@ from pipeline_components.core.image_header import DEFAULT_MAX_IMAGE_PIXELS
 from serving.batching import BatchingParameters
 from serving.errors import StatusError
 from serving.servables import Servable
-from serving.server import ServerLimits, start_server
+from serving.server import start_server
+from serving.services import ServerLimits
 from serving.tensors import shape_proto
 
 pytestmark = pytest.mark.timeout(300)

@@ -31,7 +31,8 @@ from tensorflow_serving.apis import (
 from pipeline_components import cli
 from serving.batching import BatchingParameters
 from serving.client import PredictionClient
-from serving.server import ServerLimits, start_server
+from serving.server import start_server
+from serving.services import ServerLimits
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,7 +15,7 @@ from pipeline_components.tools import sample_data
 from pipeline_components.trainer import datasets, inputs, model, training
 from pipeline_components.trainer import executor as trainer
 from pipeline_components.trainer.callbacks import weights_from_bytes
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.export import decode_and_resize
 from pipeline_components.trainer.fit import OneProcess
 

@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline_components import cli
-from pipeline_components.core import examples
-from pipeline_components.core.component import load_for_cli
+from pipeline_components.core import commandline, examples
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import sample_data
@@ -18,7 +17,7 @@ from pipeline_components.trainer import datasets, inputs, model, training
 from pipeline_components.trainer import plan as plan_lib
 from pipeline_components.trainer.callbacks import BestCheckpoint
 from pipeline_components.trainer.checkpoints import checkpoint_paths, prepare_checkpoints
-from pipeline_components.trainer.component import AugmentationConfig, TrainerConfig
+from pipeline_components.trainer.config import AugmentationConfig, TrainerConfig
 from pipeline_components.trainer.export import decode_and_resize
 from pipeline_components.trainer.fit import OneProcess
 from pipeline_components.trainer.runtime import Run
@@ -419,7 +418,8 @@ def test_missing_config_file_and_examples_are_one_line_errors(tmp_path, capsys):
 def test_config_file_and_overrides(tmp_path):
     path = tmp_path / "pipeline.yaml"
     path.write_text("trainer:\n  epochs: 3\n  head: global_average\n  augmentation: null\n")
-    cfg = load_for_cli(str(path), ["batch_size=4", "trainer.image_size=[40,40]"], "trainer").trainer
+    overrides = ["batch_size=4", "trainer.image_size=[40,40]"]
+    cfg = commandline.load_config(str(path), overrides, "trainer")[0].sections["trainer"]
     assert (cfg.epochs, cfg.head, cfg.augmentation) == (3, "global_average", None)
     assert (cfg.batch_size, cfg.image_size, cfg.backbone) == (4, [40, 40], "vgg19")
 

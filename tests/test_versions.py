@@ -17,7 +17,7 @@ from pipeline_components import cli
 from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.pusher import executor as pusher
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 from pipeline_components.pusher.versions import ModelVersions
 from serving.client import PredictionClient, ServingError
 from serving.model_config import ModelConfig
@@ -148,8 +148,8 @@ def test_models_config_keeps_the_entries_of_other_models(models, tmp_path):
     "argv, message",
     [
         (["rollback"], "nothing to roll back to: version 1 is the only served version of model m"),
-        (["rollback", "--to", "5"], "version 5 of model m is not served (served: 1)"),
-        (["rollback", "--to", "1"], "nothing to roll back: version 1 is the newest"),
+        (["rollback", "--version", "5"], "version 5 of model m is not served (served: 1)"),
+        (["rollback", "--version", "1"], "nothing to roll back: version 1 is the newest"),
         (["promote"], "model m has no canary to promote; give --version"),
         (["promote", "--version", "4"], "version 4 of model m is not served (served: 1)"),
     ],
@@ -197,7 +197,7 @@ def test_stable_and_canary_by_label_promote_rollback_and_a_clean_restart(models,
         assert answer(handle.target, "stable") == (1, "class_0")
         assert cli.main(
             ["push", "--model", str(models[1]), "--blessing", str(bless(tmp_path, models[1]))]
-            + ["--serving-dir", serving, "--model-name", "m", "--label", "canary"]
+            + ["--serving-dir", serving, "--model-name", "m", "--version-label", "canary"]
             + ["--output", str(tmp_path / "p2")]
         ) == 0  # fmt: skip
         wait_for(lambda: answer(handle.target, "canary") == (2, "class_1"))

@@ -35,6 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
+from pipeline_components.bulk_inferrer.config import BatchPredictConfig
 from pipeline_components.core import artifacts, examples, fsutil, image_header
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.inference import beam_run
@@ -466,6 +467,29 @@ def _summary(
     }
 
 
+def _write_predictions(
+    rows: beam.PCollection, out_dir: str, output_format: str, num_shards: int, model: ModelRef
+) -> None:
+    """predictions-*.jsonl, or predictions-*.csv with a header in every shard."""
+    prefix = fsutil.join(out_dir, artifacts.BATCH_PREDICTIONS_PREFIX)
+    if output_format == "csv":
+        _ = (
+            rows
+            | "ToCsv" >> beam.Map(csv_row)
+            | "WriteCsv"
+            >> beam.io.WriteToText(
+                prefix, file_name_suffix=".csv", num_shards=num_shards, header=csv_header(model)
+            )
+        )
+    else:
+        _ = (
+            rows
+            | "ToJson" >> beam.Map(json.dumps)
+            | "WriteJsonLines"
+            >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl", num_shards=num_shards)
+        )
+
+
 def build_pipeline(
     p: beam.Pipeline,
     spec: InputSpec,
@@ -482,29 +506,7 @@ def build_pipeline(
     read = p | "ReadImages" >> ReadImages(spec, max_image_pixels)
     predicted = read.images | "Predict" >> Predict(model, batch_size, model_copies)
     rows = predicted.rows
-    if output_format == "csv":
-        _ = (
-            rows
-            | "ToCsv" >> beam.Map(csv_row)
-            | "WriteCsv"
-            >> beam.io.WriteToText(
-                fsutil.join(out_dir, artifacts.BATCH_PREDICTIONS_PREFIX),
-                file_name_suffix=".csv",
-                num_shards=num_shards,
-                header=csv_header(model),
-            )
-        )
-    else:
-        _ = (
-            rows
-            | "ToJson" >> beam.Map(json.dumps)
-            | "WriteJsonLines"
-            >> beam.io.WriteToText(
-                fsutil.join(out_dir, artifacts.BATCH_PREDICTIONS_PREFIX),
-                file_name_suffix=".jsonl",
-                num_shards=num_shards,
-            )
-        )
+    _write_predictions(rows, out_dir, output_format, num_shards, model)
     _ = predicted[LOGS] | "WritePredictionLogs" >> beam.io.WriteToTFRecord(
         fsutil.join(out_dir, artifacts.PREDICTION_LOGS_PREFIX),
         file_name_suffix=artifacts.PREDICTION_LOGS_SUFFIX,
@@ -553,6 +555,30 @@ class BatchPredictOptions:
     max_image_pixels: int | None = None  # None: the model's recorded limit (or the default)
     model_copies: int | None = None
     beam_args: list[str] | None = None
+
+
+def options_from(cfg: BatchPredictConfig) -> BatchPredictOptions:
+    """The run's options from the `batch_predict:` section."""
+    return BatchPredictOptions(
+        output_format=cfg.output_format,
+        batch_size=cfg.batch_size,
+        num_shards=cfg.num_shards,
+        max_image_pixels=cfg.max_image_pixels,
+        model_copies=cfg.model_copies,
+        beam_args=list(cfg.beam_args) or None,
+    )
+
+
+def run_result(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a pipeline run records of summary.json (the execution's result)."""
+    return {
+        "input": summary["input"],
+        "model_version": summary["model"]["version"],
+        "num_predictions": summary["num_predictions"],
+        "per_class": summary["per_class"],
+        "num_errors": summary["num_errors"],
+        "seconds": summary["seconds"],
+    }
 
 
 def run_batch_predict(

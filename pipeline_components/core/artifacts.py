@@ -169,9 +169,18 @@ def labels_asset(saved_model: str) -> str:
     return fsutil.join(saved_model, ASSETS_DIR, LABELS_ASSET)
 
 
+def parse_labels(text: str) -> list[str]:
+    """The class names of a labels.txt, exactly as written: one per line, split at "\n" only
+    (str.splitlines would also split at U+2028, U+0085, ...), nothing stripped but a "\r" of a
+    CRLF line end (a name may end in a space; none holds a control character: ExampleGen refuses
+    them), empty lines skipped."""
+    lines = (line.removesuffix("\r") for line in text.split("\n"))
+    return [line for line in lines if line]
+
+
 def read_labels_asset(saved_model: str) -> list[str]:
     """The class names a SavedModel was exported with (assets/labels.txt), in label order."""
-    return [line for line in fsutil.read_text(labels_asset(saved_model)).splitlines() if line]
+    return parse_labels(fsutil.read_text(labels_asset(saved_model)))
 
 
 def limits_asset(saved_model: str) -> str:

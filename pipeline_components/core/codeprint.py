@@ -61,7 +61,7 @@ def module_file(module: str) -> str | None:
     return None
 
 
-def _imported_modules(path: str, module: str) -> set[str]:
+def imported_modules(path: str, module: str) -> set[str]:
     """First-party modules a source file imports (relative imports resolved)."""
     with open(path, "rb") as f:
         tree = ast.parse(f.read(), filename=path)
@@ -111,7 +111,7 @@ def source_closure(seeds: list[str]) -> dict[str, str]:
         # a file outside the first-party packages (a test's component, a plugin): it counts,
         # and so does what it imports of ours
         files[f"<{os.path.basename(seed)}>"] = seed
-        for dep in _imported_modules(seed, ""):
+        for dep in imported_modules(seed, ""):
             if (dep_file := module_file(dep)) is not None:
                 pending.append((dep, dep_file))
     while pending:
@@ -120,7 +120,7 @@ def source_closure(seeds: list[str]) -> dict[str, str]:
             continue
         files[name] = path
         parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
-        for dep in [*parents, *_imported_modules(path, name)]:
+        for dep in [*parents, *imported_modules(path, name)]:
             if dep not in files and (dep_file := module_file(dep)) is not None:
                 pending.append((dep, dep_file))
     return files
@@ -149,13 +149,13 @@ def dependency_versions() -> tuple[tuple[str, str], ...]:
 
 def seeds_for(module: str) -> list[str]:
     """The files a component's code starts from: every .py file of the package of the module
-    that defines it (its spec, executor and internals), or that module alone when it is not
-    part of a first-party package (a test's toy component, a plugin)."""
+    that defines it (its config, spec, executor, present and internals), first-party or not (a
+    plugin's package), or that module alone when it is in no package (a test's toy component)."""
     file = module_file(module)
     if file is None:
-        mod = sys.modules.get(module)
-        path = getattr(mod, "__file__", None)
-        return [path] if path else []
+        file = getattr(sys.modules.get(module), "__file__", None)
+        if not file:
+            return []
     directory = os.path.dirname(file)
     if module.count(".") == 0:
         return [file]

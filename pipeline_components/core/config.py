@@ -12,20 +12,48 @@ Defaults reproduce the reference notebook (frozen VGG19, 224x224, batch 100, 20 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from pipeline_components.core.errors import PipelineError
 
 CORE_FIELDS = ("pipeline_name", "pipeline_root", "data_root", "serving_dir", "model_name")
+ROOTS = ("pipeline_root", "data_root", "serving_dir")
+# A name that becomes a path component and a label: `<serving_dir>/<model_name>/`, TF Serving's
+# model name (REST `/v1/models/<name>`: no '/' or ':'), `_versions/<model_name>.json`, the
+# KFP pipeline name (compile-kfp narrows it further to lowercase), run records. Letters, digits,
+# '_', '.', '-', starting with a letter or digit (so never '..'), at most 128 characters.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = "1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+DISPLAY_NAME_RULE = (
+    "1 to 128 characters of any alphabet, no control characters or surrounding spaces"
+)
+
+
+def display_name(value: str) -> bool:
+    """A name shown and used as a label, never as a path: any alphabet (emoji included)."""
+    return (
+        0 < len(value) <= 128
+        and value == value.strip()
+        and not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
+    )
+
+
 # Sections that say how the pipeline is deployed rather than configure a component
 # (section -> "module:Class", imported when a config is loaded); never part of a cache key.
-SETTINGS_SECTIONS = {"kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig"}
+SETTINGS_SECTIONS = {
+    "kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig",
+    # where a run's Prometheus metrics go (issue 32: docs/monitoring.md)
+    "monitoring": "pipeline_components.orchestration.monitoring.settings:MonitoringConfig",
+}
+T = TypeVar("T")
 
 
 def option(
@@ -53,21 +81,24 @@ def option(
 class PipelineConfig:
     """The top-level keys, plus one section object per registered component."""
 
-    pipeline_name: str = "transfer-pipeline"
-    pipeline_root: str = "./pipeline_root"
-    data_root: str = "./data"
-    serving_dir: str = "./serving_models"
-    model_name: str = "model"
+    pipeline_name: str = option("transfer-pipeline", doc="names the runs and the KFP pipeline")
+    pipeline_root: str = option(
+        "./pipeline_root", doc="executions, run records and reports (local, gs://, s3://)"
+    )
+    data_root: str = option("./data", doc="the image folders: <split>/<class>/<image>")
+    serving_dir: str = option(
+        "./serving_models", doc="TF Serving's model root: <serving_dir>/<model_name>/<version>/"
+    )
+    model_name: str = option("model", doc="the served model's name")
     sections: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __getattr__(self, name: str) -> Any:  # cfg.trainer, cfg.evaluator, ...
-        sections = self.__dict__.get("sections", {})
-        if name in sections:
-            return sections[name]
-        raise AttributeError(f"PipelineConfig has no section or field {name!r}")
-
-    def section(self, name: str) -> Any:
-        return self.sections[name]
+    def section(self, name: str, cls: type[T]) -> T:
+        """The section `name`, typed: `cfg.section("trainer", TrainerConfig)`."""
+        value = self.sections.get(name)
+        if not isinstance(value, cls):
+            what = "no" if value is None else f"a {type(value).__name__}, not a"
+            raise PipelineError(f"config: section {name!r} is {what} {cls.__name__}")
+        return value
 
 
 # ------------------------------------------------------------------------ type conversion
@@ -217,31 +248,19 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------------- loading
 
 
-def _section_classes() -> dict[str, type]:
-    import importlib
-
-    from pipeline_components.core import registry
-
-    classes = {
-        c.config_section: c.config_class
-        for c in registry.components()
-        if c.config_section and c.config_class
-    }
-    for section, target in SETTINGS_SECTIONS.items():
-        module, _, name = target.partition(":")
-        classes.setdefault(section, getattr(importlib.import_module(module), name))
-    return classes
-
-
-def from_dict(data: dict | None, source: str = "config") -> PipelineConfig:
-    """A validated PipelineConfig from a pipeline.yaml-shaped dict (defaults for what is absent)."""
+def from_dict(
+    data: dict | None, source: str = "config", *, sections: Mapping[str, type]
+) -> PipelineConfig:
+    """A validated PipelineConfig from a pipeline.yaml-shaped dict (defaults for what is absent).
+    `sections`: section name -> its dataclass (`registry.section_classes()`: the registered
+    components' and the settings sections)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PipelineError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
-    classes = _section_classes()
+    classes = dict(sections)
     hints = typing.get_type_hints(PipelineConfig)
     core, sections = {}, {}
     for key, value in data.items():
@@ -252,10 +271,49 @@ def from_dict(data: dict | None, source: str = "config") -> PipelineConfig:
         else:
             known = ", ".join(sorted([*CORE_FIELDS, *classes]))
             raise PipelineError(f"{source}: unknown key '{key}' (known: {known})")
+    check_core(core, source)
     for name, cls in classes.items():
         sections.setdefault(name, cls())
         check_section(sections[name], name, source)
     return PipelineConfig(**core, sections=sections)
+
+
+def check_core(core: Mapping[str, Any], source: str) -> None:
+    """The top-level names and roots, when the config loads: model_name, which becomes a path
+    component and TF Serving's model name, follows NAME; pipeline_name, a label only (run
+    records, the report, metric labels; compile-kfp narrows it to KFP's form itself), may be
+    written in any alphabet; a root is a folder or not there yet (never an existing file, nor
+    below one) and holds no control character."""
+    value = core.get("model_name")
+    if value is not None and not NAME.fullmatch(value):
+        raise PipelineError(f"{source}: model_name: must be {NAME_RULE}, got {value!r}")
+    value = core.get("pipeline_name")
+    if value is not None and not display_name(value):
+        raise PipelineError(f"{source}: pipeline_name: must be {DISPLAY_NAME_RULE}, got {value!r}")
+    for key in ROOTS:
+        if key in core:
+            check_root(key, core[key], source)
+
+
+def check_root(key: str, path: str, source: str) -> None:
+    def fail(what: str, why: str = "") -> None:
+        raise PipelineError(f"{source}: {key}: must be {what}, got {path!r}{why}")
+
+    if not path.strip():
+        fail("a folder's path")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in path):
+        fail("a path without control characters")
+    if "://" in path:  # gs://, s3://: checked where it is used, with the right credentials
+        return
+    local = os.path.abspath(path)
+    existing = local
+    while not os.path.lexists(existing):  # the nearest part of it that exists
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            return
+        existing = parent
+    if not os.path.isdir(existing):
+        fail("a folder", " (a file)" if existing == local else f" (below {existing}, a file)")
 
 
 def section_from_dict(cls: type, data: dict | None, prefix: str, source: str = "config") -> Any:
@@ -263,6 +321,49 @@ def section_from_dict(cls: type, data: dict | None, prefix: str, source: str = "
     obj = _convert(data or {}, cls, prefix, source)
     check_section(obj, prefix, source)
     return obj
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a key given twice in one mapping, at any depth (PyYAML
+    keeps the last one silently): `duplicate key 'trainer.epochs' (first on line 5)`, marked at
+    the second."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}  # id(node) -> its dotted key, set by its parent
+
+    def _note(self, node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            self._paths[id(node)] = path
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._note(item, f"{path}[{i}]")
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        where = self._paths.get(id(node), "")
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges, not repeats
+                continue
+            key = self.construct_object(key_node, deep=True)
+            path = f"{where}.{key}" if where else str(key)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{path}' (first on line {first.line + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            self._note(value_node, path)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load, refusing duplicate keys: for every YAML a person writes (pipeline.yaml,
+    overrides, --config-text, schema.yaml)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
 
 
 def load_yaml(path: str) -> dict:
@@ -273,7 +374,7 @@ def load_yaml(path: str) -> dict:
     except Exception:
         raise PipelineError(f"config file {path} does not exist or cannot be read") from None
     try:
-        return yaml.safe_load(text) or {}
+        return safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -291,7 +392,9 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "override") 
             raise PipelineError(f"{source} {item!r}: expected key=value, e.g. trainer.epochs=2")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = safe_load(raw)
+        except yaml.constructor.ConstructorError as e:  # a duplicate key
+            raise PipelineError(f"{source} {item!r}: {e.problem}") from None
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str) and _NUMBER.fullmatch(value):  # YAML 1.1 reads 1e-9 as text
@@ -306,20 +409,12 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "override") 
     return data
 
 
-def qualify(override: str, section: str | None) -> str:
-    """`epochs=2` means `<section>.epochs=2`; keys naming a top-level key stay as they are."""
-    if section is None or "=" not in override:
-        return override
-    head = override.split("=", 1)[0].strip().split(".")[0]
-    if head in CORE_FIELDS or head in _section_classes():
-        return override
-    return f"{section}.{override}"
-
-
-def load(path: str | None, overrides: list[str] | None = None) -> PipelineConfig:
+def load(
+    path: str | None, overrides: list[str] | None = None, *, sections: Mapping[str, type]
+) -> PipelineConfig:
     data = load_yaml(path) if path else {}
     apply_overrides(data, overrides or [])
-    return from_dict(data, source=path or "config")
+    return from_dict(data, source=path or "config", sections=sections)
 
 
 def to_dict(cfg: Any) -> dict:

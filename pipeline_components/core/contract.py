@@ -5,7 +5,8 @@ A client of a served model depends on
 - its signatures: their names, and each input's and output's name, dtype and shape
   (`probabilities` [-1, C] carries the number of classes);
 - the input it expects (`assets/preprocessing.json`, written at export: image size, channels,
-  colour order, pixel range, resize method), which `predict_pixels` clients reproduce.
+  colour order, pixel range, resize method, whether a JPEG's EXIF orientation is applied), which
+  `predict_pixels` clients reproduce.
 
 Explanation signatures (`grad_cam`: trainer/explain.py) are read into `explanations`, apart from
 `signatures`: the Evaluator calls them, no client relies on them, so adding or dropping one is a
@@ -27,6 +28,12 @@ from pipeline_components.core.errors import PipelineError
 
 # preprocessing.json keys a client must match; the others (backbone, ...) are informational
 CLIENT_PREPROCESSING_KEYS = ("image_size", "channels", "color", "pixel_range", "resize")
+# What a key recorded since means for a model exported before it (the EXIF orientation was
+# ignored until `example_gen.exif_transpose`).
+ABSENT_PREPROCESSING = {"exif_transpose": False}
+# Keys whose change is noted, never refused: clients send the same bytes either way (a JPEG's
+# EXIF orientation applied or not changes what the model sees of a rotated photo, not the API).
+NOTED_PREPROCESSING_KEYS = ("exif_transpose",)
 
 
 def read_signature_defs(path: str) -> dict:
@@ -157,8 +164,10 @@ def differences(served: dict, candidate: dict) -> list[str]:
     old_pre, new_pre = served.get("preprocessing"), candidate.get("preprocessing")
     if old_pre is not None and new_pre is not None:
         for key in CLIENT_PREPROCESSING_KEYS:
-            if key != "image_size" and old_pre.get(key) != new_pre.get(key):
-                found.append(f"preprocessing {key!r} {old_pre.get(key)} -> {new_pre.get(key)}")
+            old_v = old_pre.get(key, ABSENT_PREPROCESSING.get(key))
+            new_v = new_pre.get(key, ABSENT_PREPROCESSING.get(key))
+            if key != "image_size" and old_v != new_v:
+                found.append(f"preprocessing {key!r} {old_v} -> {new_v}")
     return found
 
 
@@ -176,4 +185,10 @@ def compare(served_model: str, candidate_model: str) -> dict:
             f"{served_model} was exported without {artifacts.ASSETS_DIR}/"
             f"{artifacts.PREPROCESSING_ASSET}: its input image size comes from its signatures"
         )
+    old_pre, new_pre = served.get("preprocessing") or {}, candidate.get("preprocessing") or {}
+    for key in NOTED_PREPROCESSING_KEYS:
+        old_v = old_pre.get(key, ABSENT_PREPROCESSING.get(key))
+        new_v = new_pre.get(key, ABSENT_PREPROCESSING.get(key))
+        if served.get("preprocessing") is not None and old_v != new_v:
+            notes.append(f"preprocessing {key!r} {old_v} -> {new_v} (same request; not refused)")
     return {"differences": differences(served, candidate), "notes": notes}

@@ -25,13 +25,14 @@ the comments that explain each field.
 from __future__ import annotations
 
 import decimal
-import json
 import math
+import re
 from typing import Any
 
 import yaml
 
 from pipeline_components.core import fsutil
+from pipeline_components.core.config import safe_load
 from pipeline_components.core.data_stats import FEATURES, UNITS
 from pipeline_components.core.errors import PipelineError
 
@@ -124,7 +125,7 @@ def parse(data: Any, source: str = "schema") -> dict:
 
 def loads(text: str, source: str = "schema") -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -160,8 +161,31 @@ def _bounds(b: dict) -> str:
     return f"{{min: {_value(b.get('min'))}, max: {_value(b.get('max'))}}}"
 
 
+# What a YAML double-quoted scalar may hold as it is: the characters PyYAML's reader accepts,
+# less the ones YAML folds as line breaks (NEL, LS, PS) and the byte-order mark. Everything
+# else is escaped, and no character outside the BMP is (json.dumps writes a surrogate pair,
+# `\ud83d\udc36`, which YAML reads back as two lone surrogates instead of one emoji).
+_LITERAL = re.compile(
+    "[\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+def quote(text: str) -> str:
+    """`text` as a YAML double-quoted scalar that reads back as exactly `text` (any alphabet,
+    emoji included, written as themselves; quotes, backslashes and control characters escaped)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif _LITERAL.match(ch):
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02X}" if ord(ch) <= 0xFF else f"\\u{ord(ch):04X}")
+    return '"' + "".join(out) + '"'
+
+
 def _names(names: list) -> str:
-    return "[" + ", ".join(json.dumps(n) if isinstance(n, str) else str(n) for n in names) + "]"
+    return "[" + ", ".join(quote(n) if isinstance(n, str) else str(n) for n in names) + "]"
 
 
 HEADER = """\
@@ -204,5 +228,5 @@ def render(schema: dict, origin: str = "") -> str:
         shares = spec.get("class_shares") or {}
         lines.append("    class_shares:" + ("" if shares else " {}"))
         for name, b in shares.items():
-            lines.append(f"      {json.dumps(name)}: {_bounds(b)}")
+            lines.append(f"      {quote(name)}: {_bounds(b)}")
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from pipeline_components.core.artifacts import (
     LABELS_FILE,
     METADATA_FILE,
     STATS_FILE,
+    parse_labels,
     shard_pattern,
 )
 from pipeline_components.core.errors import PipelineError
@@ -109,7 +110,7 @@ def read_labels(examples_dir: str) -> list[str]:
     path = fsutil.join(examples_dir, LABELS_FILE)
     if not fsutil.exists(path):
         raise PipelineError(f"{path} does not exist (is {examples_dir} an ExampleGen output?)")
-    labels = [line.strip() for line in fsutil.read_text(path).splitlines() if line.strip()]
+    labels = parse_labels(fsutil.read_text(path))
     if len(labels) < 2:
         raise PipelineError(f"{path} lists {len(labels)} class(es); at least 2 are needed")
     return labels
@@ -117,6 +118,17 @@ def read_labels(examples_dir: str) -> list[str]:
 
 def read_stats(examples_dir: str) -> dict:
     return fsutil.read_json(fsutil.join(examples_dir, STATS_FILE), "ExampleGen statistics")
+
+
+def exif_transpose(examples_dir: str) -> bool:
+    """Whether readers of these examples apply a JPEG's EXIF orientation (stats.json, from
+    `example_gen.exif_transpose`); examples written before the option: False, as they were read
+    then. A missing stats.json: True, the option's default."""
+    try:
+        stats = read_stats(examples_dir)
+    except PipelineError:
+        return True
+    return bool(stats.get("exif_transpose", False))
 
 
 def num_examples(examples_dir: str, split: str) -> int | None:

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from pipeline_components.core import artifacts, fsutil
@@ -309,7 +309,9 @@ class PipelineLock:
         self.lost: str | None = None  # why this holder no longer holds the root
         self.took_over: str | None = None  # the previous holder, when taken over
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # held around each renewal: release() takes it, so no renewal is in progress when the
+        # lock file is deleted and none starts after (whether the thread ever started or not)
+        self._renewal = threading.Lock()
 
     def _text(self) -> str:
         return json.dumps({**self.info, "lease_expires": _now() + self.lease_s}, indent=2) + "\n"
@@ -373,24 +375,33 @@ class PipelineLock:
     def start_renewing(self) -> None:
         def loop() -> None:
             while not self._stop.wait(self.lease_s / 4):
-                try:
-                    if not self.renew():
+                with self._renewal:
+                    if self._stop.is_set():  # released meanwhile
                         return
-                except Exception as e:  # a blip of the storage: try again at the next tick
-                    log.warning("could not renew the lock %s: %s", self.path, e)
+                    try:
+                        if not self.renew():
+                            return
+                    except Exception as e:  # a blip of the storage: try again at the next tick
+                        log.warning("could not renew the lock %s: %s", self.path, e)
 
-        self._thread = threading.Thread(target=loop, name="pipeline-lock", daemon=True)
-        self._thread.start()
+        threading.Thread(target=loop, name="pipeline-lock", daemon=True).start()
 
     def release(self) -> None:
+        """Stop renewing and delete the lock file. Safe at any point after __init__, also when
+        an interrupt (SIGTERM, Ctrl-C) came before the renewal thread started: it waits for a
+        renewal in progress (up to 5 s: a hung storage call; the lease then expires by
+        itself), never for the thread."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if not self.lost and self.version is not None:
-            try:
-                self.store.delete(self.version)
-            except Exception as e:  # the lease expires by itself
-                log.warning("could not release the lock %s: %s", self.path, e)
+        waited = self._renewal.acquire(timeout=5)
+        try:
+            if not self.lost and self.version is not None:
+                try:
+                    self.store.delete(self.version)
+                except Exception as e:  # the lease expires by itself
+                    log.warning("could not release the lock %s: %s", self.path, e)
+        finally:
+            if waited:
+                self._renewal.release()
 
     def holder(self) -> dict:
         return {k: v for k, v in self.info.items() if k != "token"}
@@ -431,12 +442,10 @@ def hold(
         yield lock
 
 
-def pipeline_root_of(path: str) -> str | None:
+def pipeline_root_of(path: str, names: Collection[str]) -> str | None:
     """The pipeline_root a path lies in, or None: an ancestor that holds the lock file, or
-    `runs/` with the path under one of its component folders (`<root>/Trainer/7`)."""
-    from pipeline_components.core import registry
-
-    names = {c.name for c in registry.components()}
+    `runs/` with the path under one of its component folders (`<root>/Trainer/7`; `names`: the
+    components' names)."""
     current = str(path).rstrip("/")
     if not fsutil.is_remote(current):
         current = os.path.abspath(current)
@@ -455,9 +464,12 @@ def pipeline_root_of(path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def hold_for_output(output_dir: str, command: str) -> Iterator[PipelineLock | None]:
-    """A standalone component writing into a pipeline_root holds its lock meanwhile."""
-    root = pipeline_root_of(output_dir) if output_dir else None
+def hold_for_output(
+    output_dir: str, command: str, names: Collection[str]
+) -> Iterator[PipelineLock | None]:
+    """A standalone component writing into a pipeline_root holds its lock meanwhile (`names`:
+    the components' names, see pipeline_root_of)."""
+    root = pipeline_root_of(output_dir, names) if output_dir else None
     if root is None:
         yield None
         return

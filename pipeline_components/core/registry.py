@@ -8,6 +8,9 @@ point names a Component instance), and tests register toy components with `regis
 The pipeline order is derived, not written down: a component runs after the producers of every
 artifact type it consumes, and before the producers of the types its `runs_before` names (a
 stable topological sort; ties keep registration order).
+
+The config loader gets the section classes from here (`section_classes`, `load_config`,
+`config_from_dict`): core/config.py knows the format, not which components exist.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import contextlib
 import importlib
 import importlib.metadata
 import logging
+import re
 from collections.abc import Iterator
 
+from pipeline_components.core import config as config_lib
 from pipeline_components.core.component import Component
+from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -54,7 +60,24 @@ def _load() -> list[Component]:
     return _components
 
 
+# A component's name is a folder of every pipeline_root (`<pipeline_root>/<name>/<n>/`), a KFP
+# task's display name and a key of run.json; its config section a pipeline.yaml key and the
+# prefix of KFP parameter names. A plugin cannot pick one that escapes pipeline_root.
+COMPONENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+SECTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 def _add(into: list[Component], component: Component) -> None:
+    if not isinstance(component.name, str) or not COMPONENT_NAME.fullmatch(component.name):
+        raise PipelineError(
+            f"component name {component.name!r} must be a letter then letters, digits or '_'"
+        )
+    section = component.config_section
+    if section and not SECTION_NAME.fullmatch(section):
+        raise PipelineError(
+            f"component {component.name}: config section {section!r} must be a lowercase letter "
+            "then lowercase letters, digits or '_'"
+        )
     for other in into:
         if other.name == component.name:
             raise PipelineError(f"two components are named {component.name}")
@@ -150,3 +173,30 @@ def pipeline_order() -> list[Component]:
         done.add(component.name)
         pending.remove(component)
     return order
+
+
+# --------------------------------------------------------------------------------- config
+
+
+def section_classes() -> dict[str, type]:
+    """pipeline.yaml's sections: each registered component's, then the settings sections
+    (config.SETTINGS_SECTIONS, e.g. `kfp:`), name -> dataclass."""
+    classes: dict[str, type] = {
+        c.config_section: c.config_class
+        for c in components()
+        if c.config_section and c.config_class
+    }
+    for section, target in config_lib.SETTINGS_SECTIONS.items():
+        module, _, name = target.partition(":")
+        classes.setdefault(section, getattr(importlib.import_module(module), name))
+    return classes
+
+
+def config_from_dict(data: dict | None, source: str = "config") -> PipelineConfig:
+    """A validated PipelineConfig with every registered section (config.from_dict)."""
+    return config_lib.from_dict(data, source, sections=section_classes())
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """pipeline.yaml (or the defaults) plus `section.key=value` overrides, validated."""
+    return config_lib.load(path, overrides, sections=section_classes())

@@ -38,7 +38,7 @@ from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.evaluator import analysis, metrics, thresholds
 from pipeline_components.evaluator.analysis import AnalysisOptions, ScoredSplit
-from pipeline_components.evaluator.component import EvaluatorConfig
+from pipeline_components.evaluator.config import EvaluatorConfig
 from pipeline_components.evaluator.slicing import SliceBuilder
 from pipeline_components.evaluator.thresholds import Threshold
 

@@ -1,2 +1,3 @@
-"""ExampleGen: image folders -> TFRecord Examples with Apache Beam (spec: component.py; the Beam
-job: executor.py; per-file decode check: image_check.py)."""
+"""ExampleGen: image folders -> TFRecord Examples with Apache Beam. config.py: its section;
+component.py: the spec; executor.py: the Beam job (image_check.py: the per-file decode check);
+present.py: its run-table line and report section."""

@@ -151,10 +151,10 @@ def _empty_class_folders(root: str, split: str, classes: set[str]) -> list[str]:
         return []
     return [
         name
-        for name in fsutil.listdir(split_dir)
+        for name in sorted(os.listdir(split_dir))  # not gfile: it fails on non-UTF-8 names
         if name not in classes
         and image_check.name_skip_reason([name, "x"]) is None
-        and fsutil.isdir(os.path.join(split_dir, name))
+        and os.path.isdir(os.path.join(split_dir, name))
     ]
 
 
@@ -169,6 +169,7 @@ def list_sources(data_root: str) -> Layout:
     classes = {s: {c for c in map(_class_of, rels) if c} for s, rels in found.items()}
     for split in SPLITS:
         folder = FileSystems.join(root, split)
+        _check_class_names(folder, classes[split])
         optional = split == "validation" and not found[split]
         if not classes[split] and not optional:
             raise PipelineError(
@@ -177,7 +178,8 @@ def list_sources(data_root: str) -> Layout:
             )
         empty = _empty_class_folders(root, split, classes[split])
         if empty:
-            raise PipelineError(f"class folder {FileSystems.join(folder, empty[0])} is empty")
+            shown = image_check.shown(empty[0])
+            raise PipelineError(f"class folder {FileSystems.join(folder, shown)} is empty")
     labels = sorted(classes["train"])
     if len(labels) < 2:
         raise PipelineError(
@@ -212,10 +214,21 @@ def data_fingerprint(data_root: str, beam_args: list[str] | None = None) -> dict
     return {"num_files": len(listing), "sha256": digest}
 
 
+def _check_class_names(folder: str, names: set[str]) -> None:
+    """A class name goes everywhere (labels.txt, the schema, the model's outputs, CSVs): one that
+    cannot be written byte-exactly is refused, naming the folder."""
+    for name in sorted(names):
+        problem = image_check.name_problem(name)
+        if problem:
+            shown = FileSystems.join(folder, image_check.shown(name))
+            fix = "" if "PYTHONUTF8" in problem else "; rename it"  # else the locale is at fault
+            raise PipelineError(f"class folder {shown}: the name {problem}{fix}")
+
+
 def _warn_unknown_folders(root: str) -> None:
-    for name in fsutil.listdir(root):
+    for name in sorted(os.listdir(root)):  # not gfile: it fails on non-UTF-8 names
         path = os.path.join(root, name)
-        if name not in SPLITS and not name.startswith(".") and fsutil.isdir(path):
+        if name not in SPLITS and not name.startswith(".") and os.path.isdir(path):
             log.warning("ignoring %s: split folders are %s", path, ", ".join(SPLITS))
 
 
@@ -259,6 +272,9 @@ def convert_file(
         reason = image_check.name_skip_reason(src.relpath.split("/")[1:])
         if reason:
             raise image_check.SkipFile(reason, bad=False)
+        problem = image_check.name_problem(src.relpath)
+        if problem:  # it could not be written as image/filename, nor in stats or CSVs
+            raise image_check.SkipFile(f"file name {problem}")
         try:
             data = read_file(FileSystems.join(data_root, *src.relpath.split("/")))
         except Exception as e:  # permission denied, object vanished, ...
@@ -623,11 +639,18 @@ def handle_duplicates(summaries: list[dict], policy: str, data_root: str) -> lis
 RECORD_ORDER = "path-hash"
 
 
-def fingerprint(labels: list[str], kept: list[dict]) -> str:
+def fingerprint(labels: list[str], kept: list[dict], exif_transpose: bool = True) -> str:
     """Stable hash of what the examples hold: labels, record order, sorted (split, path,
-    sha256)."""
+    sha256), and how their images are read (exif_transpose: the Trainer's pixels)."""
     items = sorted((r["split"], r["relpath"], r["sha256"]) for r in kept)
-    blob = json.dumps({"labels": labels, "record_order": RECORD_ORDER, "examples": items})
+    blob = json.dumps(
+        {
+            "labels": labels,
+            "record_order": RECORD_ORDER,
+            "examples": items,
+            "exif_transpose": exif_transpose,
+        }
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -644,6 +667,7 @@ def build_stats(
     carve_fraction: float | None,
     on_duplicates: str = "drop",
     dropped: list[dict] | None = None,
+    exif_transpose: bool = True,
 ) -> dict:
     kept = [r for r in summaries if not r["reason"]]
     splits = {}
@@ -674,8 +698,9 @@ def build_stats(
         "duplicates": find_duplicates(found),
         "on_duplicates": on_duplicates,
         "dropped_duplicates": list(dropped or []),
-        "fingerprint": fingerprint(layout.labels, kept),
+        "fingerprint": fingerprint(layout.labels, kept, exif_transpose),
         "record_order": RECORD_ORDER,
+        "exif_transpose": exif_transpose,
         "source_formats": dict(sorted(formats.items())),
         "data_root": layout.root,
         "validation": f"carved from train ({carve_fraction:g})" if carve_fraction else "folder",
@@ -857,8 +882,13 @@ def run_example_gen(
     max_image_pixels: int = image_check.DEFAULT_MAX_IMAGE_PIXELS,
     on_duplicates: str = "drop",
     multi_processing_min_files: int = DEFAULT_MULTI_PROCESSING_MIN_FILES,
+    exif_transpose: bool = True,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict.
+
+    exif_transpose is recorded, not applied: the stored bytes are the files' own, and every
+    decoder of them (the Trainer's, the exported model's) turns a JPEG as its EXIF orientation
+    says when it is set (trainer/exif.py). It is part of the data fingerprint.
 
     Without DirectRunner options in beam_args the running mode follows the number of files
     (`direct_mode_args`); the choice and the reason are logged.
@@ -923,6 +953,7 @@ def run_example_gen(
             carve_fraction=carve,
             on_duplicates=on_duplicates,
             dropped=dropped,
+            exif_transpose=exif_transpose,
         )
         if extra is not None:  # metadata.csv's rows of the images written, for the Evaluator
             metadata.attach(stats, extra, summaries, work, layout.root)

@@ -8,8 +8,11 @@ TensorFlow; ExampleGen's Beam DoFn calls `check_image` once per file.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import re
+import sys
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +55,46 @@ class StoredImage:
     width: int
     channels: int
     source_fmt: str  # sniffed from the file's bytes
+
+
+def name_problem(name: str) -> str | None:
+    """Why a file or folder name cannot be written byte-exactly wherever names go (labels.txt
+    lines, TFRecord UTF-8 strings, CSV rows, YAML, the console), or None. Any alphabet, emoji
+    and spaces are fine; bytes that are not UTF-8 (a surrogate after Python's decoding) and
+    control characters (line breaks among them) are not."""
+    for ch in name:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            return _not_utf8(name)
+        if category in ("Cc", "Zl", "Zp"):
+            return f"holds the control character U+{ord(ch):04X}"
+    return None
+
+
+def _not_utf8(name: str) -> str:
+    try:  # the bytes as listed (undoing Python's surrogateescape)
+        os.fsencode(name).decode("utf-8")
+    except UnicodeError:
+        return "is not valid UTF-8"
+    return (  # Python in a C locale with UTF-8 mode switched off
+        f"is UTF-8 but this process reads file names as {sys.getfilesystemencoding()} "
+        "(run it with PYTHONUTF8=1 or a UTF-8 locale)"
+    )
+
+
+def shown(name: str) -> str:
+    """A name for a one-line message: what name_problem refuses as escapes (\\xff for a byte
+    that is not UTF-8, \\n, \\u2028), everything else as it is."""
+    out = []
+    for ch in name:
+        code, category = ord(ch), unicodedata.category(ch)
+        if category == "Cs":
+            out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
+        elif category in ("Cc", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def name_skip_reason(parts: list[str]) -> str | None:

@@ -1,3 +1,4 @@
 """ExampleValidator: ExampleStatistics + Schema (+ the statistics behind the served model) ->
-ExampleAnomalies. component.py is the spec; executor.py the checks. A `fail` anomaly stops the run
-before the Trainer."""
+ExampleAnomalies. A `fail` anomaly stops the run before the Trainer. config.py: its section;
+component.py: the spec; executor.py: the checks; present.py: its run-table line, alerts and
+report section."""

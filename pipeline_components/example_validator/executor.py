@@ -14,13 +14,20 @@ distance of the class shares), image_size_drift (Jensen-Shannon divergence of th
 and megapixel histograms, per split and per class), encoded_size_drift (the same for bytes),
 split_shrank, skipped_files_jump, missing_class; baseline_missing when a model is served but the
 statistics of its data cannot be found.
+
+`run_validator` is the execution around them (reads the statistics, the schema and the baseline,
+writes anomalies.json and the side-by-side plots); `find_baseline` finds the baseline through
+core/lineage.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline_components.core import data_stats
+from pipeline_components.core import artifacts, data_schema, data_stats, fsutil, lineage
+from pipeline_components.core.config import PipelineConfig
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.example_validator.config import ExampleValidatorConfig
 
 KINDS = (
     "missing_class",
@@ -135,16 +142,7 @@ def _drift_anomaly(
     )
 
 
-def validate(
-    stats: dict,
-    schema: dict,
-    baseline: dict | None,
-    config: Any,
-    baseline_missing: str | None = None,
-) -> list[dict]:
-    """Every anomaly of `stats` against the schema and the baseline statistics (if any)."""
-    found = _Found(config.severity)
-    labels, expected = list(stats["labels"]), list(schema["classes"])
+def _schema_classes(found: _Found, labels: list[str], expected: list[str]) -> None:
     for c in expected:
         if c not in labels:
             found.add(
@@ -157,6 +155,19 @@ def validate(
                 f"class {c!r} is not in the schema (classes: {', '.join(expected)})",
                 classes=[c],
             )
+
+
+def validate(
+    stats: dict,
+    schema: dict,
+    baseline: dict | None,
+    config: ExampleValidatorConfig,
+    baseline_missing: str | None = None,
+) -> list[dict]:
+    """Every anomaly of `stats` against the schema and the baseline statistics (if any)."""
+    found = _Found(config.severity)
+    labels = list(stats["labels"])
+    _schema_classes(found, labels, list(schema["classes"]))
     formats, channels = set(schema["formats"]), {str(c) for c in schema["channels"]}
     for split, s in stats["splits"].items():
         for c in labels:
@@ -252,7 +263,9 @@ def _schema_split(found: _Found, schema: dict, split: str, s: dict, labels: list
         )
 
 
-def _against_baseline(found: _Found, stats: dict, baseline: dict, config: Any) -> None:
+def _against_baseline(
+    found: _Found, stats: dict, baseline: dict, config: ExampleValidatorConfig
+) -> None:
     for c in baseline.get("labels", []):
         if c not in stats["labels"]:
             found.add(
@@ -320,3 +333,77 @@ def failure_line(anomalies: list[dict], where: str) -> str:
     body = "; ".join(f"{a['message']} [{a['kind']}]" for a in fails)
     tail = f" (and {warns} warning(s))" if warns else ""
     return f"{head}{body}{tail}; see {where}"
+
+
+# ------------------------------------------------------------------------------ execution
+
+
+def run_validator(
+    statistics: str,
+    schema_path: str,
+    spec: dict | None,
+    config: ExampleValidatorConfig,
+    output_dir: str,
+    anomalies_path: str,
+) -> dict:
+    """Validate the statistics at `statistics` against the schema and the baseline `spec`
+    (find_baseline's); writes anomalies.json (and plots with a baseline) into `output_dir`.
+    Raises PipelineError (result = anomalies.json's content) on a `fail` anomaly."""
+    stats = data_stats.read(statistics)
+    schema = data_schema.load(schema_path)
+    spec = spec or {}
+    baseline = None
+    if spec.get("statistics"):
+        baseline = data_stats.read(spec["statistics"], "baseline statistics")
+    anomalies = validate(stats, schema, baseline, config, baseline_missing=spec.get("missing"))
+    failed = [a for a in anomalies if a["severity"] == "fail"]
+    result = {
+        "passed": not failed,
+        "fail": len(failed),
+        "warn": len(anomalies) - len(failed),
+        "anomalies": anomalies,
+        "baseline": spec or None,
+        "statistics": data_stats.statistics_path(statistics),
+        "schema": schema_path,
+    }
+    with fsutil.atomic_dir(output_dir) as work:
+        fsutil.write_json(fsutil.join(work, artifacts.ANOMALIES_FILE), result)
+        if baseline is not None:  # this run next to the baseline, for the report
+            data_stats.write_plots(stats, fsutil.join(work, artifacts.PLOTS_DIR), baseline)
+    if failed:
+        raise PipelineError(failure_line(anomalies, anomalies_path), result=result)
+    return result
+
+
+def find_baseline(pipeline: PipelineConfig) -> dict | None:
+    """{statistics, fingerprint, served_version} of the data behind the served model; None
+    when nothing is served; {missing: why} when a model is served but its statistics are not
+    in pipeline_root."""
+    served = lineage.served_examples(
+        pipeline.pipeline_root, pipeline.serving_dir, pipeline.model_name
+    )
+    if served is None:
+        return None
+    if not served.examples_fingerprint:
+        return {
+            "served_version": served.version,
+            "missing": f"{served.describe()}: {served.reason}",
+        }
+    stats = lineage.find_artifact(
+        pipeline.pipeline_root,
+        artifacts.EXAMPLE_STATISTICS,
+        artifacts.EXAMPLES,
+        served.examples_fingerprint,
+    )
+    if stats is None:
+        return {
+            "served_version": served.version,
+            "missing": f"no statistics of the data behind {served.describe()} in "
+            f"{pipeline.pipeline_root}",
+        }
+    return {
+        "served_version": served.version,
+        "statistics": data_stats.statistics_path(stats.uri),
+        "fingerprint": stats.fingerprint(),
+        "run_id": served.run_id,
+    }

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline_components.core import artifacts, children, examples, fsutil
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.infra_validator.component import InfraValidatorConfig
+from pipeline_components.infra_validator.config import InfraValidatorConfig
 
 log = logging.getLogger(__name__)
 

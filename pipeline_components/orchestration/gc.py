@@ -37,11 +37,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline_components.core import artifacts, fsutil, locking, registry
-from pipeline_components.core import config as config_lib
+from pipeline_components.core import artifacts, commandline, fsutil, locking, registry
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration.runner import now, owner_alive
+from pipeline_components.orchestration.executions import now, owner_alive
 
 log = logging.getLogger(__name__)
 
@@ -221,17 +220,20 @@ def _close_run_record(path: str, by: str) -> bool:
 # ---------------------------------------------------------------------------- command
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline gc",
-        description="Remove what dead runs left in pipeline_root (temporary outputs, records "
-        "left running) and finish or roll back an interrupted push in serving_dir. Refused "
-        "while a live run holds the pipeline_root. Every run does this when it starts.",
+def parser() -> argparse.ArgumentParser:
+    p = commandline.new_parser(
+        "gc",
+        "Remove what dead runs left in pipeline_root (temporary outputs, records left running) "
+        "and finish or roll back an interrupted push in serving_dir. Refused while a live run "
+        "holds the pipeline_root. Every run does this when it starts.",
     )
-    p.add_argument("--config", required=True, help="pipeline.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = p.parse_args(argv)
-    cfg = config_lib.load(args.config, args.overrides)
+    commandline.add_config_arguments(p, None, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    cfg, _ = commandline.load_config(args.config, args.overrides, None)
     if not fsutil.isdir(cfg.pipeline_root):
         raise PipelineError(f"pipeline_root {cfg.pipeline_root} does not exist: nothing to collect")
     with locking.hold(cfg.pipeline_root, None, "transfer-pipeline gc"):

@@ -45,13 +45,14 @@ from typing import Any
 
 import yaml
 
+from pipeline_components.core import commandline, registry
 from pipeline_components.core import config as config_lib
-from pipeline_components.core import registry
 from pipeline_components.core.component import Component
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import step as step_lib
 from pipeline_components.orchestration.kfp_settings import KfpConfig
+from pipeline_components.orchestration.monitoring import kfp_outputs
 
 COMMAND = "transfer-pipeline"
 RUN_ID = "run_id"  # every task's input fed {{$.pipeline_job_uuid}}
@@ -96,7 +97,7 @@ def mount_of(path: str, volumes: dict[str, str]) -> str | None:
 def check_reachable(cfg: PipelineConfig, source: str) -> None:
     """Every path a task reads or writes must be reachable from any node: a bucket the image can
     use, or an absolute path on a volume mounted into every task."""
-    kfp: KfpConfig = cfg.kfp
+    kfp = cfg.section("kfp", KfpConfig)
     for key, schemes in REMOTE_SCHEMES.items():
         path = getattr(cfg, key)
         if path.startswith("file://"):
@@ -210,7 +211,7 @@ def parameters(cfg: PipelineConfig, components: list[Component]) -> list[Paramet
         section = component.config_section
         if not section:
             continue
-        obj = cfg.section(section)
+        obj = component.section_of(cfg)
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
@@ -228,10 +229,10 @@ def parameters(cfg: PipelineConfig, components: list[Component]) -> list[Paramet
 
 
 def config_text(cfg: PipelineConfig) -> str:
-    """The resolved config every task starts from (deployment sections left out)."""
-    data = {
-        k: v for k, v in config_lib.to_dict(cfg).items() if k not in config_lib.SETTINGS_SECTIONS
-    }
+    """The resolved config every task starts from, settings sections included: a task
+    publishes its metrics where `monitoring:` says, and knows from `kfp.retries` whether its
+    failure is final (issue 32)."""
+    data = config_lib.to_dict(cfg)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1 << 30)
 
 
@@ -261,15 +262,18 @@ def container_component(
     outputs: dict[str, type],
     image: str,
     args: Callable[[dict[str, Any]], list[Any]],
+    artifacts: dict[str, Any] | None = None,
 ) -> Any:
-    """A kfp container component with these inputs and output parameters (built at run time:
-    the set of components and options is the registry's, not written down here)."""
+    """A kfp container component with these inputs, output parameters and output artifacts
+    ({name: dsl artifact class}) (built at run time: the set of components and options is the
+    registry's, not written down here)."""
     from kfp import dsl
 
-    clash = set(inputs) & set(outputs)
+    artifacts = artifacts or {}
+    clash = (set(inputs) & set(outputs)) | (set(artifacts) & (set(inputs) | set(outputs)))
     if clash:
         raise PipelineError(f"{name}: {sorted(clash)} is both an input and an output")
-    names = [*inputs, *outputs]
+    names = [*inputs, *outputs, *artifacts]
 
     def body(*values: Any) -> Any:
         return dsl.ContainerSpec(
@@ -277,7 +281,11 @@ def container_component(
         )
 
     body.__signature__ = _signature(  # type: ignore[attr-defined]
-        {**inputs, **{k: dsl.OutputPath(t) for k, t in outputs.items()}}
+        {
+            **inputs,
+            **{k: dsl.OutputPath(t) for k, t in outputs.items()},
+            **{k: dsl.Output[t] for k, t in artifacts.items()},
+        }
     )
     body.__name__ = body.__qualname__ = name
     body.__doc__ = description
@@ -289,7 +297,7 @@ class Builder:
 
     def __init__(self, cfg: PipelineConfig, image: str, components: list[Component]):
         self.cfg, self.image = cfg, image
-        self.kfp_cfg: KfpConfig = cfg.kfp
+        self.kfp_cfg = cfg.section("kfp", KfpConfig)
         self.steps = plan(components)
         self.params = parameters(cfg, components)
         self.config_text = config_text(cfg)
@@ -363,15 +371,19 @@ class Builder:
         inputs: dict[str, type] = {RUN_ID: str, **{p.name: p.type for p in self.params}}
         inputs.update({name: str for name in s.sources})
 
+        shown = kfp_outputs.task_artifacts(c)  # issue 32: its Metrics (and HTML) artifacts
+
         def args(values: dict[str, Any]) -> list[Any]:
             out: list[Any] = ["step", c.name, *self._common_args(values)]
             for name in s.sources:
                 out += ["--input", name, values[name]]
             for key in published:
                 out += ["--output-param", f"{c.name}.{key}", values[key]]
-            return out
+            return out + kfp_outputs.step_args(values, shown)
 
-        op = container_component(kebab(c.name), c.description, inputs, published, self.image, args)
+        op = container_component(
+            kebab(c.name), c.description, inputs, published, self.image, args, shown
+        )
         upstream = {
             name: self.tasks[producer].outputs[output]
             for name, (producer, output) in s.sources.items()
@@ -514,7 +526,7 @@ def pipeline_function(cfg: PipelineConfig, image: str, components: list[Componen
 
 def compile_pipeline(cfg: PipelineConfig, image: str | None, output: str, source: str) -> dict:
     """Write the KFP v2 spec of `cfg` to `output`; returns a summary."""
-    image = check_image(image or cfg.kfp.image)
+    image = check_image(image or cfg.section("kfp", KfpConfig).image)
     if not PIPELINE_NAME.fullmatch(cfg.pipeline_name):
         raise PipelineError(
             f"{source}: pipeline_name={cfg.pipeline_name!r}: KFP needs lowercase letters, digits "
@@ -551,18 +563,21 @@ def compile_pipeline(cfg: PipelineConfig, image: str | None, output: str, source
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline compile-kfp",
-        description="Compile the pipeline to a Kubeflow Pipelines v2 spec (also runs on Vertex "
-        "AI Pipelines): one container task per component.",
+def parser() -> argparse.ArgumentParser:
+    p = commandline.new_parser(
+        "compile-kfp",
+        "Compile the pipeline to a Kubeflow Pipelines v2 spec (also runs on Vertex AI "
+        "Pipelines): one container task per component.",
     )
-    p.add_argument("--config", required=True, help="pipeline.yaml (with its kfp: section)")
+    commandline.add_config_arguments(p, "kfp", required=True)
     p.add_argument("--image", help="the project's image (default: kfp.image)")
-    p.add_argument("--output", required=True, help="where to write the spec (YAML)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = p.parse_args(argv)
-    cfg = config_lib.load(args.config, args.overrides)
+    p.add_argument("--output", required=True, metavar="FILE", help="where to write the spec")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    cfg, _ = commandline.load_config(args.config, args.overrides, "kfp")
     summary = compile_pipeline(cfg, args.image, args.output, args.config)
     for s in summary["steps"]:
         where = " on the GPU pool" if s["gpu"] else ""

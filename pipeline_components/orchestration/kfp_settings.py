@@ -28,6 +28,12 @@ from pipeline_components.core.config import option
 
 # A Kubernetes object name (RFC 1123 subdomain), e.g. a PersistentVolumeClaim's.
 K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+# A Kubernetes label key (an optional DNS-subdomain prefix and '/', then a name of at most 63
+# characters) and a label value (such a name, or empty): the GPU pool's node selector and taint;
+# also the shape of an extended resource name (nvidia.com/gpu) and Vertex AI's NVIDIA_L4.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+K8S_LABEL_KEY = re.compile(rf"({K8S_NAME.pattern}/)?{_LABEL_NAME}")
+K8S_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
 # Keys of `resources` that are not a component's name.
 DEFAULT, GPU = "default", "gpu"
 
@@ -68,6 +74,20 @@ class GpuConfig:
     node_selector: dict[str, str] = option(factory=lambda: {"nvidia.com/gpu.present": "true"})
     # The GPU pool's taint (tolerated with operator Exists, effect NoSchedule); null: untainted.
     toleration_key: str | None = "nvidia.com/gpu"
+
+    def validate(self, fail: Any) -> None:
+        """Each becomes a Kubernetes label key or value (or a resource name) in the spec."""
+        if not K8S_LABEL_KEY.fullmatch(self.accelerator_type):
+            fail(
+                "accelerator_type", "a resource name such as nvidia.com/gpu", self.accelerator_type
+            )
+        if self.toleration_key is not None and not K8S_LABEL_KEY.fullmatch(self.toleration_key):
+            fail("toleration_key", "a Kubernetes taint key", self.toleration_key)
+        for key, value in self.node_selector.items():
+            if not K8S_LABEL_KEY.fullmatch(key):
+                fail("node_selector", "keyed by Kubernetes label keys", key)
+            if not K8S_LABEL_VALUE.fullmatch(value):
+                fail(f"node_selector.{key}", "a Kubernetes label value", value)
 
 
 @dataclasses.dataclass

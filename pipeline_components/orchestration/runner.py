@@ -33,10 +33,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
-import re
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -45,20 +42,23 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_components import __version__
-from pipeline_components.core import artifacts, fsutil, locking, registry
+from pipeline_components.core import artifacts, commandline, fsutil, locking, registry
 from pipeline_components.core import config as config_lib
 from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import Component, ExecutionContext, output_uri
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import report
+from pipeline_components.orchestration import monitoring, report
+from pipeline_components.orchestration.executions import (
+    execution_ids,
+    find_execution,
+    now,
+    owner,
+    record_path,
+)
 from pipeline_components.orchestration.summary import has_result, summary_table
 
 log = logging.getLogger(__name__)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:
@@ -67,52 +67,6 @@ def new_run_id() -> str:
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------ executions
-
-
-def _execution_ids(component_dir: str) -> list[int]:
-    if not fsutil.isdir(component_dir):
-        return []
-    ids = set()
-    for name in fsutil.listdir(component_dir):
-        m = re.fullmatch(r"(\d+)(\.json)?", name)
-        if m:
-            ids.add(int(m.group(1)))
-    return sorted(ids)
-
-
-def _record_path(component_dir: str, execution_id: int) -> str:
-    return fsutil.join(component_dir, f"{execution_id}.json")
-
-
-def owner_alive(rec: dict) -> bool:
-    """Whether the process that wrote an execution record still runs (same host only; on
-    another host the pipeline_root lock already rules out a live writer)."""
-    owner = rec.get("owner") or {}
-    pid = owner.get("pid")
-    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False
-    return pid != os.getpid() and locking.pid_alive(pid)
-
-
-def find_execution(component_dir: str, key: str, statuses: tuple[str, ...]) -> dict | None:
-    """The newest execution record with this cache key and one of these statuses (a running
-    one only when its process is gone)."""
-    for execution_id in reversed(_execution_ids(component_dir)):
-        path = _record_path(component_dir, execution_id)
-        if not fsutil.exists(path):
-            continue
-        rec = fsutil.read_json(path, "execution record")
-        if not rec:  # claimed a moment ago, not written yet
-            continue
-        complete = rec.get("status") != "completed" or fsutil.exists(rec["output_dir"])
-        if rec.get("cache_key") == key and rec.get("status") in statuses and complete:
-            if rec.get("status") == "running" and owner_alive(rec):
-                continue
-            return rec
-    return None
 
 
 @dataclasses.dataclass
@@ -184,15 +138,9 @@ class Run:
         ):
             log.info("%s: reused from this run's earlier attempt", step.name)
             return previous
-        if step.cacheable and not self.force:
-            hit = find_execution(component_dir, key, ("completed",))
-            if hit:
-                entry = {**hit, "status": "cached", "cached": True, "duration_s": 0.0}
-                entry["cached_from_run"] = hit.get("run_id")
-                self.record["components"][step.name] = entry
-                self.save()
-                log.info("%s: cached (execution %s)", step.name, hit["execution_id"])
-                return entry
+        hit = self._cached(step, component_dir, key)
+        if hit is not None:
+            return hit
         resumable = None
         if step.resumable and not self.force:
             resumable = find_execution(component_dir, key, ("running", "failed"))
@@ -212,7 +160,7 @@ class Run:
             "inputs": step.key_inputs,
             "output_dir": artifacts.execution_dir(self.root, step.name, execution_id),
             "started": now(),
-            "owner": {"host": socket.gethostname(), "pid": os.getpid()},
+            "owner": owner(),
         }
         self._write_execution(component_dir, entry)
         t0 = time.monotonic()
@@ -232,17 +180,31 @@ class Run:
             self._write_execution(component_dir, entry)
         return entry
 
+    def _cached(self, step: Step, component_dir: str, key: str) -> dict | None:
+        """The entry of a completed execution with this key, reused (None: run it)."""
+        if not step.cacheable or self.force:
+            return None
+        hit = find_execution(component_dir, key, ("completed",))
+        if not hit:
+            return None
+        entry = {**hit, "status": "cached", "cached": True, "duration_s": 0.0}
+        entry["cached_from_run"] = hit.get("run_id")
+        self.record["components"][step.name] = entry
+        self.save()
+        log.info("%s: cached (execution %s)", step.name, hit["execution_id"])
+        return entry
+
     def _claim_execution_id(self, component_dir: str) -> int:
         """The next free execution id, claimed by creating its record exclusively (two
         claimers never get the same id, even without the pipeline_root lock)."""
         fsutil.makedirs(component_dir)
-        execution_id = max(_execution_ids(component_dir), default=0) + 1
-        while not locking.create_exclusive(_record_path(component_dir, execution_id), "{}\n"):
+        execution_id = max(execution_ids(component_dir), default=0) + 1
+        while not locking.create_exclusive(record_path(component_dir, execution_id), "{}\n"):
             execution_id += 1
         return execution_id
 
     def _write_execution(self, component_dir: str, entry: dict) -> None:
-        fsutil.write_json(_record_path(component_dir, entry["execution_id"]), entry)
+        fsutil.write_json(record_path(component_dir, entry["execution_id"]), entry)
         self.record["components"][entry["component"]] = entry
         self.save()
 
@@ -276,7 +238,7 @@ class Pipeline:
         order = registry.pipeline_order()
         for component in order:  # fail in seconds, not after the components before it
             if component.config_section:
-                component.preflight(self.cfg.section(component.config_section))
+                component.preflight(component.section_of(self.cfg))
         for component in order:
             self.step(component)
 
@@ -286,7 +248,7 @@ class Pipeline:
             self.run.skip(component.name, missing)
             self._mark_skipped(component, f"{component.name} was skipped")
             return
-        config = self.cfg.section(component.config_section) if component.config_section else None
+        config = component.section_of(self.cfg)
         ctx = ExecutionContext(self.cfg, config, inputs, "", run_id=self.run.run_id)
         reason = component.skip_reason(ctx)
         if reason:
@@ -380,6 +342,7 @@ def _run_locked(
         raise RunFailed(run.record) from e
     finally:
         _finish(run)
+        monitoring.publish_run(cfg, run.record)  # issue 32: never raises, bounded in time
     return run.record
 
 
@@ -444,18 +407,21 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline run",
-        description="Run every pipeline component in order (cached): "
+def parser() -> argparse.ArgumentParser:
+    p = commandline.new_parser(
+        "run",
+        "Run every pipeline component in order (cached): "
         + " -> ".join(c.name for c in registry.pipeline_order()),
     )
-    p.add_argument("--config", required=True, help="pipeline.yaml")
+    commandline.add_config_arguments(p, None, required=True)
     p.add_argument("--force", action="store_true", help="ignore the cache, run every component")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a failed run's record")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.epochs=2")
-    args = p.parse_args(argv)
-    cfg = config_lib.load(args.config, args.overrides)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    cfg, _ = commandline.load_config(args.config, args.overrides, None)
     try:
         with _sigterm_interrupts():
             record = run_pipeline(cfg, args.force, args.resume, args.config)

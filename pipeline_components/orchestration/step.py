@@ -37,24 +37,21 @@ from typing import Any
 
 import yaml
 
-from pipeline_components.core import artifacts, fsutil, locking, registry
+from pipeline_components.core import artifacts, commandline, fsutil, locking, registry
 from pipeline_components.core import config as config_lib
 from pipeline_components.core.artifacts import Artifact
+from pipeline_components.core.commandline import UsageError
 from pipeline_components.core.component import Component
 from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.orchestration import runner
+from pipeline_components.orchestration import monitoring, runner
+from pipeline_components.orchestration.executions import now
+from pipeline_components.orchestration.monitoring import kfp_outputs
 
 log = logging.getLogger(__name__)
 
 VERDICT_SUFFIX = "_verdict"
 ZERO: dict[type, Any] = {bool: False, int: 0, float: 0.0, str: ""}
-
-
-class UsageError(PipelineError):
-    """A bad `step` command line (exit 2, as argparse)."""
-
-    exit_code = 2
 
 
 # ------------------------------------------------------------------------ published values
@@ -118,7 +115,7 @@ def field_type(key: str) -> Any:
         if section not in config_lib.CORE_FIELDS:
             raise UsageError(f"--param {key}: not a config key")
         return typing.get_type_hints(PipelineConfig)[section]
-    classes = config_lib._section_classes()
+    classes = registry.section_classes()
     if section not in classes or "." in field:
         raise UsageError(f"--param {key}: not a config key")
     hints = typing.get_type_hints(classes[section])
@@ -147,7 +144,7 @@ def config_data(path: str | None, text: str | None) -> tuple[dict, str]:
     """The config's content (before parameters) and where it came from."""
     if text is not None:
         try:
-            data = yaml.safe_load(text) or {}
+            data = config_lib.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise UsageError(f"--config-text is not valid YAML: {e}") from None
         source = "--config-text"
@@ -185,7 +182,7 @@ class StepRun(runner.Run):
                 "run_id": run_id,
                 "pipeline_name": cfg.pipeline_name,
                 "component": component,
-                "started": runner.now(),
+                "started": now(),
                 "code_version": runner.__version__,
                 "config_path": config_path,
                 "config": config_lib.to_dict(cfg),
@@ -196,7 +193,7 @@ class StepRun(runner.Run):
 
     def finish(self, status: str) -> None:
         self.record["status"] = status
-        self.record["finished"] = runner.now()
+        self.record["finished"] = now()
         self.save()
 
 
@@ -208,7 +205,7 @@ def remember_failure(root: str, run_id: str, component: str, error: PipelineErro
         run_id=run_id,
         component=component,
         status="failed",
-        finished=runner.now(),
+        finished=now(),
         permanent_error=str(error),
         exit_code=error.exit_code,
     )
@@ -264,7 +261,10 @@ def run_step(
     # one writer per pipeline_root, as for `run`: a task holds the lock while it runs
     command = f"transfer-pipeline step {component.name}"
     with locking.hold(cfg.pipeline_root, run_id, command) as lock:
-        return _run_step_locked(cfg, component, run_id, inputs, config_path, lock)
+        try:
+            return _run_step_locked(cfg, component, run_id, inputs, config_path, lock)
+        finally:  # issue 32: its metrics, success or failure; never raises, bounded in time
+            monitoring.publish_step(cfg, run_id, [component.name])
 
 
 def _run_step_locked(
@@ -290,7 +290,7 @@ def _run_step_locked(
             pipeline.skipped[spec.type.name] = "its producer did not run"
     try:
         if component.config_section:
-            component.preflight(cfg.section(component.config_section))
+            component.preflight(component.section_of(cfg))
         pipeline.step(component)
     except PipelineError as e:
         run.finish("failed")
@@ -313,18 +313,23 @@ def skip_steps(
         run = StepRun(cfg, run_id, component.name, config_path)
         run.skip(component.name, reason)
         run.finish("skipped")
+    monitoring.publish_step(cfg, run_id, [c.name for c in components])  # issue 32
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline step",
-        description="Run one pipeline component as its own task (a Kubeflow Pipelines step), "
-        "cached and recorded like `transfer-pipeline run`.",
+    p = commandline.new_parser(
+        "step",
+        "Run one pipeline component as its own task (a Kubeflow Pipelines step), cached and "
+        "recorded like `transfer-pipeline run`.",
+        "KEY=VALUE: config overrides, YAML values, after --param; a bare key=value means the "
+        "step's component's section.",
     )
-    p.add_argument("components", nargs="+", metavar="COMPONENT", help="component name(s)")
+    p.add_argument(
+        "items", nargs="+", metavar="COMPONENT|KEY=VALUE", help="component name(s), overrides"
+    )
     p.add_argument("--run-id", required=True, help="the run this step belongs to")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="pipeline.yaml")
+    source.add_argument("--config", metavar="FILE", help=commandline.CONFIG_HELP)
     source.add_argument("--config-text", help="pipeline.yaml's content (the KFP spec carries it)")
     p.add_argument("--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     p.add_argument("--input", nargs=2, action="append", default=[], metavar=("NAME", "URI"))
@@ -332,7 +337,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--output-param", nargs=2, action="append", default=[], metavar=("COMPONENT.KEY", "FILE")
     )
     p.add_argument("--skip", metavar="REASON", help="record the components as skipped")
-    return p.parse_args(argv)
+    kfp_outputs.add_arguments(p)  # issue 32: the task's KFP Metrics / HTML artifacts
+    args = p.parse_intermixed_args(argv)
+    args.components = [i for i in args.items if "=" not in i]
+    args.overrides = [i for i in args.items if "=" in i]
+    if not args.components:
+        p.error("name the component to run")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,8 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     root = str(data.get("pipeline_root") or PipelineConfig().pipeline_root)
     if args.skip is None:
         refuse_repeat(root, args.run_id, components[0].name)
+    own = components[0].config_section if len(components) == 1 else None
     try:
-        cfg = config_lib.from_dict(apply_parameters(data, args.param), source=source)
+        data = apply_parameters(data, args.param)
+        sections = registry.section_classes()
+        overrides = [commandline.qualify(o, own, sections) for o in args.overrides]
+        config_lib.apply_overrides(data, overrides)
+        cfg = registry.config_from_dict(data, source=source)
     except PipelineError as e:  # a bad run-time parameter fails every retry alike
         if args.skip is None:
             remember_failure(root, args.run_id, components[0].name, e)
@@ -368,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = run_step(cfg, component, args.run_id, dict(args.input), config_path)
     values = {f"{component.name}.{k}": v for k, v in output_values(component, entry).items()}
     write_outputs(files, values)
+    kfp_outputs.write_task_artifacts(args, cfg, component.name, entry, args.run_id)  # issue 32
     line = component.summary(entry) if entry.get("status") != "skipped" else entry.get("reason")
     print(f"{component.name}: {entry.get('status')}" + (f": {line}" if line else ""))
     return 0

@@ -1,2 +1,4 @@
-"""Pusher: copy a blessed model into the serving directory as a new version (spec: component.py;
-executor.py)."""
+"""Pusher: copy a blessed model into the serving directory as a new version. config.py: its section;
+component.py: the spec; executor.py: the push (journal.py: the push sequence and its repair;
+version_registry.py: the version registry and models.config; versions.py: its lock and the
+versions/rollback/promote commands); present.py: its run-table line and report sections."""

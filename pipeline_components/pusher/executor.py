@@ -16,11 +16,11 @@ then done; whoever takes the lock next finishes or rolls back a push a dead proc
 crash at any point never leaves a split. Racing pushers wait for each other's lock; the version
 number is above every one on disk and every one ever pushed or being pushed.
 
-Around the copy (pusher/versions.py): a model whose fingerprint was rolled back is refused, a
-model whose serving contract (labels, signatures, input; core/contract.py) differs from the
-newest served version's is refused unless `allow_contract_change` (then the change is recorded),
-the new version is labelled `stable` or `canary`, retention never deletes a labelled version,
-and `<serving_dir>/models.config` is rewritten with the labels.
+Around the copy (pusher/version_registry.py): a model whose fingerprint was rolled back is
+refused, a model whose serving contract (labels, signatures, input; core/contract.py) differs
+from the newest served version's is refused unless `allow_contract_change` (then the change is
+recorded), the new version is labelled `stable` or `canary`, retention never deletes a labelled
+version, and `<serving_dir>/models.config` is rewritten with the labels.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from typing import Any
 from pipeline_components.core import artifacts, contract, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.pusher import journal
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 from pipeline_components.pusher.journal import STAGING_DIR, remove_version
-from pipeline_components.pusher.versions import ModelVersions, check_model_name
+from pipeline_components.pusher.version_registry import check_model_name
+from pipeline_components.pusher.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 

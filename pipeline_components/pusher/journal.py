@@ -47,7 +47,7 @@ import re
 
 from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.pusher.versions import LABELS, ModelVersions, move_aside, now
+from pipeline_components.pusher.version_registry import LABELS, VersionRegistry, move_aside, now
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def apply_retention(model_path: str, keep_versions: int, protect: int | set[int]
 # ------------------------------------------------------------------------------ sequence
 
 
-def begin(versions: ModelVersions, intent: dict) -> None:
+def begin(versions: VersionRegistry, intent: dict) -> None:
     """Step 1: record the intent (`version`, `fingerprint`, `label`, `keep_versions`, and
     `run_id`, `accuracy`, `source`, `extra` for the registry entry)."""
     if intent["label"] not in LABELS:
@@ -95,7 +95,7 @@ def begin(versions: ModelVersions, intent: dict) -> None:
     versions.save()
 
 
-def finish(versions: ModelVersions) -> dict:
+def finish(versions: VersionRegistry) -> dict:
     """Steps 3-5 for the journal's version, which is in place: labels in models.config,
     retention, then the registry. Each step can be redone, so a repair simply runs them."""
     pending = versions.pending()
@@ -114,7 +114,7 @@ def finish(versions: ModelVersions) -> dict:
     return {"labels": versions.labels(), "removed_versions": removed}
 
 
-def abandon(versions: ModelVersions, why: str) -> str | None:
+def abandon(versions: VersionRegistry, why: str) -> str | None:
     """Undo a push whose version never became complete: delete what there is of it and drop
     the journal (an event records it); its number is free again, no client having seen it. A
     complete folder that is not the journal's model is moved aside instead, and its number
@@ -150,7 +150,7 @@ def abandon(versions: ModelVersions, why: str) -> str | None:
 # -------------------------------------------------------------------------------- repair
 
 
-def repair(versions: ModelVersions) -> list[dict]:
+def repair(versions: VersionRegistry) -> list[dict]:
     """Finish or roll back an interrupted push, remove what interrupted pushes left, and bring
     models.config in line with the registry (see the module docstring). Call it holding the
     model's registry lock, the registry loaded. Returns what it did (`describe` says it)."""
@@ -173,7 +173,7 @@ def repair(versions: ModelVersions) -> list[dict]:
     return repairs
 
 
-def _repair_pending(versions: ModelVersions, pending: dict) -> dict:
+def _repair_pending(versions: VersionRegistry, pending: dict) -> dict:
     version = int(pending["version"])
     path = artifacts.version_path(versions.base_path, version)
     complete = version in versions.on_disk() and (
@@ -191,7 +191,7 @@ def _repair_pending(versions: ModelVersions, pending: dict) -> dict:
     return {"action": "rolled_back", **about, "reason": why, "moved_to": moved_to}
 
 
-def _leftovers(versions: ModelVersions) -> list[str]:
+def _leftovers(versions: VersionRegistry) -> list[str]:
     """Paths an interrupted push of this model left (only ever called under its lock)."""
     found = []
     base = versions.base_path
@@ -216,7 +216,7 @@ def _leftovers(versions: ModelVersions) -> list[str]:
     return found
 
 
-def _remove_leftovers(versions: ModelVersions) -> list[dict]:
+def _remove_leftovers(versions: VersionRegistry) -> list[dict]:
     removed = []
     for path in _leftovers(versions):
         size = fsutil.tree_bytes(path)

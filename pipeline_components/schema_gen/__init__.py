@@ -1,2 +1,3 @@
-"""SchemaGen: ExampleStatistics -> Schema (schema.yaml). component.py is the spec; executor.py
-infers a schema from statistics (the format is core/data_schema.py)."""
+"""SchemaGen: ExampleStatistics -> Schema (schema.yaml, the format is core/data_schema.py).
+config.py: its section; component.py: the spec; executor.py: which schema, and its inference from
+statistics; present.py: its run-table line and report section."""

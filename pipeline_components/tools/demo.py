@@ -39,21 +39,35 @@ def predict_with_local_server(serving_dir: str, model_name: str, images: list[st
     return header + "\n" + format_table(rows)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="transfer-pipeline demo",
+        description="make demo: sample data, the whole pipeline, gRPC predictions from the"
+        " pushed model (also `python -m pipeline_components.tools.demo`)",
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="relative to the working directory")
+    p.add_argument("--per-class", nargs=3, type=int, default=[150, 50, 50])
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value config overrides, e.g. pipeline_root=/pipeline_root on a read-only root",
+    )
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline_components import cli
-    from pipeline_components.core import config
+    from pipeline_components.core import registry
     from pipeline_components.orchestration import runner
     from pipeline_components.orchestration.summary import summary_table
     from pipeline_components.tools import sample_data
 
-    p = argparse.ArgumentParser(prog="python -m pipeline_components.tools.demo")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
-    p.add_argument("--per-class", nargs=3, type=int, default=[150, 50, 50])
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    cli.print_anything()
     cli.quiet_tensorflow()
     cli.setup_logging()
 
-    cfg = config.load(args.config)
+    cfg = registry.load_config(args.config, args.overrides)
     if not os.path.isdir(cfg.data_root):
         counts = sample_data.generate(
             cfg.data_root, DEMO_CLASSES, args.per_class, size=(32, 32), seed=0

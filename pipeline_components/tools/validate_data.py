@@ -1,7 +1,7 @@
 """`transfer-pipeline validate-data`: data validation alone, on an ExampleGen output folder.
 
-    transfer-pipeline validate-data --examples O [--schema S] [--baseline-stats P]
-        [--output D] [--config pipeline.yaml] [section.key=value ...] [-- BEAM_ARGS]
+    transfer-pipeline validate-data --examples O --output D [--schema S] [--baseline-stats P]
+        [--config FILE] [section.key=value ...] [-- BEAM_ARGS]
 
 Runs the registered StatisticsGen, SchemaGen and ExampleValidator (the same `run` a pipeline
 run uses) into `D/statistics/`, `D/schema/` and `D/anomalies/`. Without `--schema` the schema is
@@ -16,64 +16,86 @@ import argparse
 import dataclasses
 from typing import Any
 
-from pipeline_components.core import artifacts, data_stats, fsutil, registry
+from pipeline_components.core import artifacts, commandline, data_stats, fsutil, registry
 from pipeline_components.core.artifacts import Artifact, ArtifactType
-from pipeline_components.core.component import Component, ExecutionContext, load_for_cli
+from pipeline_components.core.component import Component, ExecutionContext
+from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
 
+DEFAULT_OUTPUT = "data_validation"  # the deprecated default, in the current directory
 
-def _producer(artifact_type: ArtifactType) -> Component:
+
+def _producer(artifact_type: ArtifactType) -> Component[Any]:
     for component in registry.components():
         if any(t.name == artifact_type.name for t in component.outputs.values()):
             return component
     raise PipelineError(f"no registered component produces {artifact_type.name}")
 
 
-def _context(
-    component: Component, pipeline: Any, inputs: dict, output_dir: str
-) -> ExecutionContext:
-    config = pipeline.section(component.config_section) if component.config_section else None
-    return ExecutionContext(pipeline, config, inputs, output_dir)
-
-
-def _input_name(component: Component, artifact_type: ArtifactType) -> str:
+def _input_name(component: Component[Any], artifact_type: ArtifactType) -> str:
     return next(n for n, s in component.inputs.items() if s.type.name == artifact_type.name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(argv or [])
-    beam_args = argv[argv.index("--") + 1 :] if "--" in argv else None
-    own = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(
-        prog="transfer-pipeline validate-data",
-        description="Statistics, schema and anomalies of an ExampleGen output folder.",
-        epilog="Beam options for the statistics go after --.",
+def _run(
+    component: Component[Any],
+    pipeline: PipelineConfig,
+    inputs: dict[str, Artifact],
+    output_dir: str,
+    external: dict[str, Any] | None = None,
+) -> tuple[dict, ExecutionContext[Any]]:
+    """Run one component on `inputs` ({artifact type name: artifact})."""
+    named: dict[str, Artifact | None] = {
+        _input_name(component, artifact.type): artifact for artifact in inputs.values()
+    }
+    ctx = ExecutionContext(pipeline, component.section_of(pipeline), named, output_dir)
+    ctx.external = external or {}
+    return component.run(ctx), ctx
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Its command line (and the Beam options after `--`)."""
+    own, beam_args = commandline.split_beam_args(argv)
+    p = commandline.new_parser(
+        "validate-data",
+        "Statistics, schema and anomalies of an ExampleGen output folder.",
+        "Beam options for the statistics go after --.",
     )
-    p.add_argument("--examples", required=True, help="an ExampleGen output folder")
-    p.add_argument("--schema", help="a schema.yaml to use as it is (default: inferred)")
+    p.add_argument("--examples", required=True, metavar="URI", help="an ExampleGen output folder")
+    p.add_argument("--output", metavar="DIR", help="writes DIR/statistics, schema, anomalies")
+    p.add_argument("--schema", metavar="FILE", help="a schema.yaml to use as it is (else inferred)")
     p.add_argument(
-        "--baseline-stats", help="statistics.json of a previous run (or its folder) to compare"
+        "--baseline-stats",
+        metavar="PATH",
+        help="statistics.json of a previous run (or its folder) to compare with",
     )
-    p.add_argument(
-        "--output", default="data_validation", help="where to write (default: %(default)s)"
-    )
-    p.add_argument("--config", help="pipeline.yaml (thresholds, severities, Beam options)")
-    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE")
-    args = p.parse_args(own)
-    pipeline = load_for_cli(args.config, args.overrides, None)
-    stats_gen = _producer(artifacts.EXAMPLE_STATISTICS)
+    commandline.add_config_arguments(p, None)
+    args = p.parse_intermixed_args(own)
+    if args.output is None:
+        old = commandline.deprecated("validate-data", commandline.NO_OUTPUT)
+        assert old is not None
+        old.warn()
+        args.output = DEFAULT_OUTPUT
+    return args, beam_args
+
+
+def _pipeline(args: argparse.Namespace, beam_args: list[str], stats_gen: Component[Any]) -> Any:
+    flags = {f"{stats_gen.config_section}.beam_args": beam_args} if beam_args else {}
+    pipeline, _ = commandline.load_config(args.config, args.overrides, None, flags)
     schema_gen = _producer(artifacts.SCHEMA)
-    validator = _producer(artifacts.EXAMPLE_ANOMALIES)
-    if beam_args is not None and stats_gen.config_section:
-        section = pipeline.section(stats_gen.config_section)
-        pipeline.sections[stats_gen.config_section] = dataclasses.replace(
-            section, beam_args=beam_args
-        )
     if schema_gen.config_section:  # standalone: a given schema, or one inferred here
-        section = pipeline.section(schema_gen.config_section)
+        section = schema_gen.section_of(pipeline)
         pipeline.sections[schema_gen.config_section] = dataclasses.replace(
             section, schema_path=args.schema, reuse_served=False
         )
+    return pipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = parse_args(list(argv or []))
+    stats_gen = _producer(artifacts.EXAMPLE_STATISTICS)
+    schema_gen = _producer(artifacts.SCHEMA)
+    validator = _producer(artifacts.EXAMPLE_ANOMALIES)
+    pipeline = _pipeline(args, beam_args, stats_gen)
     baseline = None
     if args.baseline_stats:
         path = data_stats.statistics_path(args.baseline_stats)
@@ -82,33 +104,20 @@ def main(argv: list[str] | None = None) -> int:
 
     out = {name: fsutil.join(args.output, name) for name in ("statistics", "schema", "anomalies")}
     examples = Artifact(artifacts.EXAMPLES, args.examples)
-    stats_gen.run(
-        _context(
-            stats_gen,
-            pipeline,
-            {_input_name(stats_gen, artifacts.EXAMPLES): examples},
-            out["statistics"],
-        )
-    )
+    _run(stats_gen, pipeline, {"examples": examples}, out["statistics"])
     statistics = Artifact(artifacts.EXAMPLE_STATISTICS, out["statistics"])
-    schema_ctx = _context(
-        schema_gen,
-        pipeline,
-        {_input_name(schema_gen, artifacts.EXAMPLE_STATISTICS): statistics},
-        out["schema"],
-    )
-    schema_result = schema_gen.run(schema_ctx)
+    schema_result, schema_ctx = _run(schema_gen, pipeline, {"s": statistics}, out["schema"])
     schema = Artifact(artifacts.SCHEMA, schema_ctx.output_uri(schema_gen, "schema"))
-    inputs = {
-        _input_name(validator, artifacts.EXAMPLE_STATISTICS): statistics,
-        _input_name(validator, artifacts.SCHEMA): schema,
-    }
-    ctx = _context(validator, pipeline, inputs, out["anomalies"])
-    ctx.external = {"baseline": baseline}
     print(f"statistics: {data_stats.statistics_path(out['statistics'])}")
     print(f"schema:     {schema.uri} ({schema_result.get('source', '')})")
     try:
-        result = validator.run(ctx)
+        result, ctx = _run(
+            validator,
+            pipeline,
+            {"s": statistics, "schema": schema},
+            out["anomalies"],
+            {"baseline": baseline},
+        )
     except PipelineError as e:
         _print_anomalies((e.result or {}).get("anomalies", []))
         raise

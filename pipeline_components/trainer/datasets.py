@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def image_dataset(
         image_size=plan.image_size,
         batch_size=batch_size,
         num_classes=plan.num_classes,
+        exif_transpose=plan.exif_transpose,
         training=training,
         augmentation=config.augmentation if training else None,
         shuffle_buffer=config.shuffle_buffer,
@@ -115,6 +116,7 @@ def cached_features(
     image_size: Sequence[int],
     batch_size: int,
     num_classes: int,
+    exif_transpose: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One backbone pass over a split: (features, labels) as numpy arrays, reading order."""
     labels = np.asarray(inputs.split_labels(examples_dir, split))
@@ -125,6 +127,7 @@ def cached_features(
         batch_size=batch_size,
         num_classes=num_classes,
         num_examples=len(labels),
+        exif_transpose=exif_transpose,
     )
     features = model_lib.feature_extractor(net).predict(ds.map(lambda x, y: x), verbose=0)
     labels = labels.astype(np.float32)[:, None] if num_classes == 2 else labels.astype(np.int32)
@@ -150,6 +153,7 @@ def shard_features(
         image_size=plan.image_size,
         batch_size=config.batch_size,
         num_classes=plan.num_classes,
+        exif_transpose=plan.exif_transpose,
         shard=shard,
     )
     xs, ys = [], []

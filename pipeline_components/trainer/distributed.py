@@ -55,7 +55,7 @@ from pipeline_components.trainer import datasets
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.checkpoints import checkpoint_paths, prepare_checkpoints
 from pipeline_components.trainer.cluster import Cluster, WorkerLost
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan
 from pipeline_components.trainer.runtime import Run, Runtime
 from pipeline_components.trainer.steps import Batch, Steps, epoch_logs

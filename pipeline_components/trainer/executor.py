@@ -28,13 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline_components import __version__
-from pipeline_components.core import artifacts, fsutil
+from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core import config as config_lib
 from pipeline_components.trainer import distributed, export, inputs, plots, training
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.checkpoints import finish_checkpoints
 from pipeline_components.trainer.cluster import multi_worker_cluster
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.fit import OneProcess
 from pipeline_components.trainer.runtime import Runtime
 
@@ -92,6 +92,7 @@ def export_model(
         warmup_images=warmup,
         max_image_pixels=config.max_image_pixels,
         preprocessing={"backbone": config.backbone, "preprocess_input": "inside the model"},
+        exif_transpose=examples.exif_transpose(examples_dir),
     )
 
 

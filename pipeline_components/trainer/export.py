@@ -11,7 +11,8 @@ The Keras `model` given here maps float32 RGB pixels [N, H, W, 3] in 0..255 (the
 both returning `probabilities` [-1, C] (C >= 2, `[1-p, p]` for a sigmoid head), `scores` [-1],
 `class_ids` [-1] int64 and `classes` [-1] string; 0 images in are 0 rows of each out (the empty
 batch never reaches the model: TensorFlow's Conv2D fails on one). `decode_and_resize` is also
-what the Trainer's tf.data pipeline uses, so training and serving see identical pixels.
+what the Trainer's tf.data pipeline uses, so training and serving see identical pixels, EXIF
+orientation included (`exif_transpose`, from the Examples' stats.json; trainer/exif.py).
 
 Decompression bombs: before anything is decoded, `serving_default` reads each image's width and
 height from its header (JPEG via `tf.image.extract_jpeg_shape`, PNG IHDR, GIF logical screen and
@@ -43,6 +44,7 @@ from pipeline_components.core.artifacts import (
     SERVING_SIGNATURE,
 )
 from pipeline_components.core.image_header import DEFAULT_MAX_IMAGE_PIXELS
+from pipeline_components.trainer import exif
 
 if TYPE_CHECKING:
     import keras
@@ -218,15 +220,28 @@ def check_image_sizes(images: tf.Tensor, max_image_pixels: int) -> tf.Operation:
         return tf.debugging.Assert(tf.logical_not(any_over), [text])
 
 
-def decode_and_resize(encoded: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
-    """One encoded image -> float32 [H, W, 3] RGB in 0..255 (bilinear resize, no antialias)."""
+def decode_and_resize(
+    encoded: tf.Tensor, image_size: Sequence[int], exif_transpose: bool = True
+) -> tf.Tensor:
+    """One encoded image -> float32 [H, W, 3] RGB in 0..255 (bilinear resize, no antialias).
+    With `exif_transpose`, a JPEG's EXIF orientation is applied first (trainer/exif.py), as
+    viewers show the photo."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
-    # resize reads uint8 directly (float32 out, same values): a third cheaper than casting first
-    return tf.image.resize(image, image_size, method="bilinear")
+    if not exif_transpose:
+        # resize reads uint8 directly (float32 out, same values): a third cheaper than casting
+        return tf.image.resize(image, image_size, method="bilinear")
+    # turned after resizing (they commute), to the swapped size when the turn swaps the sides
+    value = exif.orientation(encoded)
+    height, width = (int(s) for s in image_size)
+    size = tf.where(exif.swaps_sides(value), [width, height], [height, width])
+    resized = tf.image.resize(image, size, method="bilinear")
+    turned = exif.apply_orientation(resized, value)
+    turned.set_shape([height, width, 3])
+    return turned
 
 
-def input_metadata(image_size: Sequence[int]) -> dict[str, Any]:
+def input_metadata(image_size: Sequence[int], exif_transpose: bool = True) -> dict[str, Any]:
     """What decode_and_resize makes of a request, for clients of `predict_pixels` and for the
     serving-contract check: recorded at export in assets/preprocessing.json."""
     height, width = (int(s) for s in image_size)
@@ -237,6 +252,7 @@ def input_metadata(image_size: Sequence[int]) -> dict[str, Any]:
         "pixel_range": [0, 255],
         "resize": "bilinear",
         "decode": "tf.io.decode_image",
+        "exif_transpose": bool(exif_transpose),
     }
 
 
@@ -259,6 +275,7 @@ def build_serving_fns(
     labels: list[str],
     image_size: Sequence[int],
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    exif_transpose: bool = True,
 ) -> tuple[ServingFn, ServingFn]:
     """The two endpoint functions, as plain callables (traced by ExportArchive)."""
     height, width = (int(s) for s in image_size)
@@ -280,18 +297,25 @@ def build_serving_fns(
         return outputs_from_probabilities(probs, labels)
 
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return predict_pixels(decode_images(images, (height, width), max_image_pixels))
+        return predict_pixels(
+            decode_images(images, (height, width), max_image_pixels, exif_transpose)
+        )
 
     return serving_default, predict_pixels
 
 
-def decode_images(images: tf.Tensor, image_size: Sequence[int], max_image_pixels: int) -> tf.Tensor:
+def decode_images(
+    images: tf.Tensor,
+    image_size: Sequence[int],
+    max_image_pixels: int,
+    exif_transpose: bool = True,
+) -> tf.Tensor:
     """Encoded images [N] -> float32 pixels [N, H, W, 3], after the header check of every image
     against max_image_pixels (serving_default's input path, shared by grad_cam)."""
     height, width = (int(s) for s in image_size)
     with tf.control_dependencies([check_image_sizes(images, max_image_pixels)]):
         return tf.map_fn(
-            lambda x: decode_and_resize(x, (height, width)),
+            lambda x: decode_and_resize(x, (height, width), exif_transpose),
             images,
             fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32),
             parallel_iterations=DECODE_PARALLELISM,
@@ -303,6 +327,7 @@ def build_grad_cam_fn(
     labels: list[str],
     image_size: Sequence[int],
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    exif_transpose: bool = True,
 ) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """The `grad_cam` endpoint (trainer/explain.py): encoded images and the class to explain
     per image -> heat maps at the model's input size. 0 images in: 0 rows out."""
@@ -323,7 +348,7 @@ def build_grad_cam_fn(
     def grad_cam(images: tf.Tensor, class_ids: tf.Tensor) -> dict[str, tf.Tensor]:
         count = tf.shape(images)[0]
         with tf.control_dependencies([explain.check_class_ids(class_ids, count, num_classes)]):
-            pixels = decode_images(images, (height, width), max_image_pixels)
+            pixels = decode_images(images, (height, width), max_image_pixels, exif_transpose)
         return tf.cond(count > 0, lambda: run(pixels, class_ids), empty)
 
     return grad_cam
@@ -357,19 +382,23 @@ def export_saved_model(
     *,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     preprocessing: dict[str, Any] | None = None,
+    exif_transpose: bool = True,
 ) -> str:
     """Write the SavedModel to `export_dir` atomically (temporary sibling + rename).
     `assets/preprocessing.json` records the input the model expects (input_metadata) plus
-    `preprocessing` (e.g. the backbone): part of the serving contract (core/contract.py)."""
+    `preprocessing` (e.g. the backbone): part of the serving contract (core/contract.py).
+    `exif_transpose` must be what the model was trained with (the Examples' stats.json)."""
     height, width = (int(s) for s in image_size)
     serving_default, predict_pixels = build_serving_fns(
-        model, labels, (height, width), max_image_pixels
+        model, labels, (height, width), max_image_pixels, exif_transpose
     )
     from pipeline_components.trainer import explain
 
     grad_cam = None
     if explain.supports_grad_cam(model):  # the Trainer's models (trainer/model.py)
-        grad_cam = build_grad_cam_fn(model, labels, (height, width), max_image_pixels)
+        grad_cam = build_grad_cam_fn(
+            model, labels, (height, width), max_image_pixels, exif_transpose
+        )
     with fsutil.atomic_dir(export_dir) as tmp:
         archive = _archive(model, serving_default, predict_pixels, height, width, grad_cam)
         archive.write_out(tmp, verbose=False)
@@ -378,7 +407,7 @@ def export_saved_model(
         fsutil.write_atomic(artifacts.labels_asset(tmp), "\n".join(labels) + "\n")
         limits = {"max_image_pixels": int(max_image_pixels)}
         fsutil.write_atomic(artifacts.limits_asset(tmp), json.dumps(limits) + "\n")
-        metadata = {**input_metadata((height, width)), **(preprocessing or {})}
+        metadata = {**input_metadata((height, width), exif_transpose), **(preprocessing or {})}
         fsutil.write_atomic(
             artifacts.preprocessing_asset(tmp), json.dumps(metadata, sort_keys=True) + "\n"
         )

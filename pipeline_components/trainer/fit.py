@@ -25,7 +25,7 @@ from pipeline_components.trainer.callbacks import (
     weights_to_bytes,
 )
 from pipeline_components.trainer.checkpoints import checkpoint_paths, prepare_checkpoints
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan
 from pipeline_components.trainer.runtime import Run, Runtime
 

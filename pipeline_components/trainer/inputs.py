@@ -39,7 +39,7 @@ from pipeline_components.trainer.augment import RandomAffine
 from pipeline_components.trainer.export import decode_and_resize
 
 if TYPE_CHECKING:
-    from pipeline_components.trainer.component import AugmentationConfig
+    from pipeline_components.trainer.config import AugmentationConfig
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +194,11 @@ def shuffle_buffer_size(
 
 
 def decode_example(
-    serialized: tf.Tensor, image_size: Sequence[int], num_classes: int
+    serialized: tf.Tensor, image_size: Sequence[int], num_classes: int, exif_transpose: bool = True
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One serialized Example -> (float32 [H, W, 3] pixels 0..255, label)."""
     features = examples.parse(serialized)
-    pixels = decode_and_resize(features[examples.ENCODED], image_size)
+    pixels = decode_and_resize(features[examples.ENCODED], image_size, exif_transpose)
     label = features[examples.LABEL]
     if num_classes == 2:
         label = tf.reshape(tf.cast(label, tf.float32), [1])
@@ -214,6 +214,7 @@ def make_dataset(
     image_size: Sequence[int],
     batch_size: int,
     num_classes: int,
+    exif_transpose: bool = True,
     training: bool = False,
     augmentation: AugmentationConfig | None = None,
     shuffle_buffer: int | None = None,
@@ -229,7 +230,9 @@ def make_dataset(
     `shuffle_memory_mb` (`shuffle_buffer_size`). With a seed the order and the augmentation are
     the same on every run. `num_examples` (the split's size, when known) lets Keras know the
     number of batches of a finite dataset. `shard` = (workers, index) keeps one worker's part of
-    the split (`shard_inputs`); `num_examples` is then that part's size, or None."""
+    the split (`shard_inputs`); `num_examples` is then that part's size, or None.
+    `exif_transpose`: apply a JPEG's EXIF orientation, as the exported model will
+    (`examples.exif_transpose`: what ExampleGen recorded)."""
     all_files = examples.split_files(examples_dir, split)
     files, record_shard = shard_inputs(all_files, shard)
     deterministic = seed is not None or not training
@@ -259,7 +262,7 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     augment = make_augmenter(augmentation, seed) if training else None
-    ds = decode_records(ds, image_size, num_classes, augment, seed, deterministic)
+    ds = decode_records(ds, image_size, num_classes, augment, seed, deterministic, exif_transpose)
     threads = input_parallelism()
     ds = ds.batch(batch_size, num_parallel_calls=threads, deterministic=deterministic)
     return ds.with_options(fixed_parallelism_options(deterministic)).prefetch(PREFETCH_BATCHES)
@@ -272,13 +275,14 @@ def decode_records(
     augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None,
     seed: int | None,
     deterministic: bool,
+    exif_transpose: bool = True,
 ) -> tf.data.Dataset:
     """Serialized records -> (pixels, label), decoded (and augmented) in one parallel map."""
     height_width = (int(image_size[0]), int(image_size[1]))
     threads = input_parallelism()
     if augment is None:
         return ds.map(
-            lambda s: decode_example(s, height_width, num_classes),
+            lambda s: decode_example(s, height_width, num_classes, exif_transpose),
             num_parallel_calls=threads,
             deterministic=deterministic,
         )
@@ -286,7 +290,7 @@ def decode_records(
     # Decode and augment in one parallel map, each record with its own stateless key: the
     # draws do not depend on which call runs first, so seeded runs stay deterministic.
     def decode_and_augment(serialized: tf.Tensor, key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        pixels, label = decode_example(serialized, height_width, num_classes)
+        pixels, label = decode_example(serialized, height_width, num_classes, exif_transpose)
         return augment(pixels[None], key)[0], label
 
     return tf.data.Dataset.zip(ds, record_keys(seed)).map(

@@ -35,7 +35,7 @@ from pipeline_components.core.errors import PipelineError
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,21 @@ def build_backbone(name: str, weights: str, image_size: Sequence[int]) -> keras.
     return backbone
 
 
+def missing_weights(path: str) -> PipelineError:
+    """The one-line error for a weights file that is not there, naming both ways to supply it."""
+    return PipelineError(
+        f"trainer.weights: weights file {path} does not exist; supply it at build time (the"
+        " Dockerfile bakes it with BAKE_IMAGENET_WEIGHTS=1, from weights/ in the build context"
+        " or downloaded) or at run time (trainer.weights: a file on a mounted volume, or a gs://"
+        " path); docs/container.md"
+    )
+
+
 def load_backbone_weights(backbone: keras.Model, path: str, name: str = "") -> None:
     """Load a weights file (Keras `.weights.h5` or a legacy `.h5` such as the keras.applications
     download) into the backbone; a missing or mismatched file is a one-line PipelineError."""
     if not fsutil.exists(path):
-        raise PipelineError(f"trainer.weights: weights file {path} does not exist")
+        raise missing_weights(path)
     local, tmp = path, None
     if fsutil.is_remote(path):  # h5py reads local files only
         tmp = tempfile.TemporaryDirectory()

@@ -15,7 +15,7 @@ from pipeline_components.core import examples, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 
 
 def use_cached_features(config: TrainerConfig) -> bool:
@@ -45,7 +45,7 @@ def check_config(config: TrainerConfig) -> None:
     use_cached_features(config)
     weights = config.weights.strip()
     if weights.lower() not in ("imagenet", "none") and not fsutil.exists(weights):
-        raise PipelineError(f"trainer.weights: weights file {weights} does not exist")
+        raise model_lib.missing_weights(weights)
     if config.require_gpu and not tf.config.list_physical_devices("GPU"):
         raise PipelineError(
             "trainer.require_gpu: TensorFlow sees no GPU (built with CUDA:"
@@ -67,6 +67,7 @@ class TrainingPlan:
     mixed: bool  # mixed_float16
     fine_tune: bool  # a second phase with part of the backbone unfrozen
     fingerprint: str | None  # of the examples (stats.json)
+    exif_transpose: bool = True  # apply a JPEG's EXIF orientation (the examples' stats.json)
 
     @property
     def num_classes(self) -> int:
@@ -81,6 +82,7 @@ class TrainingPlan:
             "image_size": self.image_size,
             "batch_size": config.batch_size,
             "num_classes": self.num_classes,
+            "exif_transpose": self.exif_transpose,
         }
 
     def run_key(self, config: TrainerConfig) -> dict[str, Any]:
@@ -106,6 +108,7 @@ def plan_training(examples_dir: str, config: TrainerConfig) -> TrainingPlan:
         mixed=use_mixed_precision(config),
         fine_tune=bool(config.fine_tune_from) and config.fine_tune_epochs > 0,
         fingerprint=_fingerprint(examples_dir),
+        exif_transpose=examples.exif_transpose(examples_dir),
     )
 
 

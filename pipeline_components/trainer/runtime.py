@@ -29,7 +29,7 @@ from pipeline_components.trainer.callbacks import (
     ScalarLogger,
 )
 from pipeline_components.trainer.checkpoints import checkpoint_paths
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan
 
 

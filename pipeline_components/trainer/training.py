@@ -24,7 +24,7 @@ import keras
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.callbacks import METRICS, BestCheckpoint, read_epoch_records
 from pipeline_components.trainer.checkpoints import checkpoint_paths
-from pipeline_components.trainer.component import TrainerConfig
+from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan, check_config, plan_training
 from pipeline_components.trainer.runtime import Run, Runtime
 
@@ -158,6 +158,7 @@ def training_summary(
         "mixed_precision": plan.mixed,
         "replicas": replicas,
         "image_size": list(plan.image_size),
+        "exif_transpose": plan.exif_transpose,
         "num_classes": plan.num_classes,
         "labels": plan.labels,
         "head": {"pooling": config.head, "activation": model_lib.head_type(plan.num_classes)},

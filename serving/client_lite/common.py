@@ -120,11 +120,14 @@ def read_labels(labels: Sequence[str] | str | os.PathLike[str] | None) -> list[s
         return None
     if isinstance(labels, str | os.PathLike):
         try:
-            with open(labels, encoding="utf-8") as f:
+            with open(labels, encoding="utf-8", newline="") as f:
                 text = f.read()
         except OSError:
             raise ClientError(f"labels file {labels} does not exist or cannot be read") from None
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        # exactly as written (pipeline_components.core.artifacts.parse_labels, which this
+        # package cannot import): split at "\n" only, nothing stripped but a CRLF's "\r"
+        lines = (line.removesuffix("\r") for line in text.split("\n"))
+        return [line for line in lines if line]
     return [str(label) for label in labels]
 
 
