@@ -24,12 +24,19 @@ from evalfixtures import (
 )
 from pipeline_components.core import artifacts, contract
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.evaluator import analysis, bootstrap, measures, slicing, thresholds
+from pipeline_components.evaluator import (
+    analysis,
+    bootstrap,
+    measures,
+    slicing,
+    thresholds,
+    vocabulary,
+)
 from pipeline_components.evaluator import executor as evaluator
-from pipeline_components.evaluator.analysis import AnalysisOptions, ScoredSplit
+from pipeline_components.evaluator.analysis import ScoredSplit
 from pipeline_components.evaluator.config import EvaluatorConfig
 from pipeline_components.pusher import executor as pusher
-from pipeline_components.pusher.component import PusherConfig
+from pipeline_components.pusher.config import PusherConfig
 from pipeline_components.trainer import explain, export
 
 # ------------------------------------------------------------------ metrics vs scikit-learn
@@ -96,7 +103,7 @@ def test_replicate_weights_equal_the_resample_itself():
     w = bootstrap.replicate_weights(len(y), seed=3, start=5, stop=6)
     drawn = np.repeat(np.arange(len(y)), w[0])
     weighted, resampled = measures.measure(ex, w), measures.point(ex.take(drawn))
-    for name in measures.METRICS:
+    for name in vocabulary.METRICS:
         assert weighted.overall[name][0] == pytest.approx(resampled.overall[name][0], abs=1e-9)
     assert w.sum() == len(y)
 
@@ -148,12 +155,12 @@ def test_intervals_are_reproducible_with_the_seed_and_do_not_depend_on_blocks():
     whole = bootstrap.replicate_weights(len(y), 5, 0, 300)
     assert np.array_equal(np.concatenate([w for _, w in blocks]), whole)
     for i in range(len(subsets)):
-        for name in measures.METRICS:
+        for name in vocabulary.METRICS:
             np.testing.assert_array_equal(one[i].overall[name], again[i].overall[name])
             np.testing.assert_allclose(rows[i].overall[name], one[i].overall[name], atol=1e-12)
-        for name in measures.PER_CLASS:
+        for name in vocabulary.PER_CLASS:
             np.testing.assert_allclose(rows[i].per_class[name], one[i].per_class[name], atol=1e-12)
-    for name in measures.METRICS:
+    for name in vocabulary.METRICS:
         assert not np.array_equal(one[0].overall[name], other[0].overall[name]), name
     low, high = bootstrap.interval(one[0].overall["accuracy"], 0.95)
     point = measures.point(measures.Examples.of(p, y)).overall["accuracy"][0]
@@ -189,6 +196,62 @@ def test_a_bad_threshold_is_a_one_line_config_error(item, message):
     with pytest.raises(PipelineError) as err:
         thresholds.parse([item])
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        (
+            {"thresholds": [{"metric": "recal", "lower": 0.5}]},
+            "p.yaml: evaluator.thresholds[0].metric: unknown metric 'recal' (known: accuracy,",
+        ),
+        (
+            {"thresholds": [{"metric": "auc", "lower": 0.9}, "recall"]},
+            "p.yaml: evaluator.thresholds[1]: expected a mapping, got 'recall'",
+        ),
+        (
+            {"thresholds": {"metric": "auc"}},
+            "p.yaml: evaluator.thresholds: expected a list",
+        ),
+        (
+            {
+                "thresholds": [{"metric": "auc", "lower": 0.9, "with_confidence": True}],
+                "bootstrap_resamples": 0,
+            },
+            "p.yaml: evaluator.thresholds[0].with_confidence: needs intervals: "
+            "bootstrap_resamples is 0",
+        ),
+        (
+            {"bootstrap_resamples": 10**6},
+            "p.yaml: evaluator.bootstrap_resamples: must be in [0, 100000]",
+        ),
+        ({"min_slice_size": 0}, "p.yaml: evaluator.min_slice_size: must be in [1, "),
+        ({"num_error_examples": 1000}, "p.yaml: evaluator.num_error_examples: must be in [0, 256]"),
+    ],
+)
+def test_the_gate_config_is_checked_when_pipeline_yaml_loads(section, message):
+    from pipeline_components.core import registry
+
+    with pytest.raises(PipelineError) as err:
+        registry.config_from_dict({"evaluator": section}, source="p.yaml")
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_a_bad_threshold_stops_a_run_before_anything_runs(tmp_path, capsys):
+    from pipeline_components import cli
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"pipeline_root: {tmp_path / 'root'}\n"
+        "evaluator:\n  thresholds:\n    - {metric: recall, class: cats, lowr: 0.8}\n"
+    )
+    assert cli.main(["run", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"transfer-pipeline run: error: {path}: evaluator.thresholds[0]: unknown key 'lowr' "
+        "(known: metric, class, lower, upper, change, slice, with_confidence)\n"
+    )
+    assert not (tmp_path / "root").exists()
 
 
 def test_thresholds_parse_as_the_issue_writes_them_and_resolve_against_the_classes():
@@ -231,14 +294,12 @@ def test_a_bad_class_stops_the_evaluator_before_scoring_and_writes_nothing(tmp_p
         tmp_path / "ex", "test", [(solid_png(0.2), 0), (solid_png(0.8), 1)], ["blue", "red"]
     )
     model = export_threshold_model(tmp_path / "m", 0.5)
-    options = AnalysisOptions(
-        thresholds=tuple(thresholds.parse([{"metric": "recall", "class": "green", "lower": 0.5}]))
-    )
+    config = EvaluatorConfig(thresholds=[{"metric": "recall", "class": "green", "lower": 0.5}])
     out = tmp_path / "out"
     with pytest.raises(
         PipelineError, match=r"^evaluator.thresholds\[0\].class: 'green' is not a class"
     ):
-        evaluator.run_evaluator(str(model), str(data), str(out), EvaluatorConfig(), options=options)
+        evaluator.run_evaluator(str(model), str(data), str(out), config)
     assert not out.exists() and sorted(tmp_path.iterdir()) == [tmp_path / "ex", tmp_path / "m"]
 
 
@@ -259,12 +320,9 @@ def test_a_change_smaller_than_its_interval_passes_on_the_point_and_fails_with_c
         {"metric": "accuracy", "change": {"absolute": -0.065}, "with_confidence": True},
         {"metric": "log_loss", "change": {"absolute": 1.0}},  # lower is better: <= bound
     ]
-    options = AnalysisOptions(thresholds=tuple(thresholds.parse(raw)))
-    config = EvaluatorConfig(min_accuracy=0.5, max_regression=0.1)
+    config = EvaluatorConfig(min_accuracy=0.5, max_regression=0.1, thresholds=raw)
     out = tmp_path / "out"
-    b = evaluator.run_evaluator(
-        str(candidate), str(data), str(out), config, baseline=str(served), options=options
-    )
+    b = evaluator.run_evaluator(str(candidate), str(data), str(out), config, baseline=str(served))
     lines = {(t["origin"]): t for t in b["thresholds"]}
     plain, confident = lines["evaluator.thresholds[0]"], lines["evaluator.thresholds[1]"]
     for line in (plain, confident):
@@ -291,12 +349,8 @@ def test_without_a_baseline_a_change_threshold_is_recorded_and_not_gated(tmp_pat
         ["blue", "red"],
     )
     model = export_threshold_model(tmp_path / "m", 0.5)
-    options = AnalysisOptions(
-        thresholds=tuple(thresholds.parse([{"metric": "auc", "change": {"relative": -0.01}}]))
-    )
-    b = evaluator.run_evaluator(
-        str(model), str(data), str(tmp_path / "o"), EvaluatorConfig(), options=options
-    )
+    config = EvaluatorConfig(thresholds=[{"metric": "auc", "change": {"relative": -0.01}}])
+    b = evaluator.run_evaluator(str(model), str(data), str(tmp_path / "o"), config)
     line = b["thresholds"][-1]
     assert b["blessed"] and line["passed"] is None
     assert line["reason"] == "auc change: not applicable: no baseline model (first push)"
@@ -319,10 +373,9 @@ def patch_run(tmp_path_factory):
     items = [(png(x), int(y)) for x, y in zip(test_x, test_y, strict=True)]
     data = write_split(root / "examples", "test", items, PATCH_CLASSES, shards=2)
     raw = [{"metric": "recall", "class": "*", "lower": 0.5}, {"metric": "auc", "lower": 0.5}]
-    options = AnalysisOptions(thresholds=tuple(thresholds.parse(raw)))
     out = root / "evaluation"
-    config = EvaluatorConfig(min_accuracy=0.85, batch_size=16)
-    blessing = evaluator.run_evaluator(str(model), str(data), str(out), config, options=options)
+    config = EvaluatorConfig(min_accuracy=0.85, batch_size=16, thresholds=raw)
+    blessing = evaluator.run_evaluator(str(model), str(data), str(out), config)
     return {
         "net": net, "model": model, "data": data, "out": out, "blessing": blessing,
         "test": (test_x, test_y),
@@ -477,11 +530,9 @@ def test_a_metadata_csv_slice_is_gated_through_example_gen(tmp_path):
         {"metric": "accuracy", "slice": {"camera": "dslr"}, "lower": 0.9},
         {"metric": "recall", "class": "red", "slice": {"📷 site": "north"}, "lower": 0.9},
     ]
-    options = AnalysisOptions(thresholds=tuple(thresholds.parse(raw)), min_slice_size=5)
+    config = EvaluatorConfig(min_accuracy=0.6, thresholds=raw, min_slice_size=5)
     out = tmp_path / "out"
-    b = evaluator.run_evaluator(
-        str(model), str(examples_dir), str(out), EvaluatorConfig(min_accuracy=0.6), options=options
-    )
+    b = evaluator.run_evaluator(str(model), str(examples_dir), str(out), config)
     phone, dslr, north = b["thresholds"][2:]
     assert b["accuracy"] == pytest.approx(0.7) and not b["blessed"]
     assert phone["count"] == 6 and phone["value"] == 0.0 and phone["passed"] is False
@@ -545,7 +596,7 @@ def test_grad_cam_on_the_last_conv_block_of_every_backbone(backbone):
     """weights none, the smallest input each takes (32x48; Inception 75x96, Xception 71x96):
     the map has the input's height and width (not swapped), values in [0, 1]."""
     from pipeline_components.trainer import model
-    from pipeline_components.trainer.component import TrainerConfig
+    from pipeline_components.trainer.config import TrainerConfig
 
     size = {"inception_v3": (75, 96), "xception": (71, 96)}.get(backbone, (32, 48))
     config = TrainerConfig(backbone=backbone, weights="none", image_size=list(size), head="flatten")

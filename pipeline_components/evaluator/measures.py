@@ -42,29 +42,6 @@ LOG_LOSS_EPSILON = float(np.finfo(np.float32).eps)
 CHUNK = 16_384
 
 
-class Metric(NamedTuple):
-    name: str
-    higher_is_better: bool
-    per_class: bool  # also has one value per class (overall: the macro mean)
-    title: str
-
-
-METRICS = {
-    m.name: m
-    for m in (
-        Metric("accuracy", True, False, "accuracy"),
-        Metric("precision", True, True, "precision"),
-        Metric("recall", True, True, "recall"),
-        Metric("f1", True, True, "F1"),
-        Metric("auc", True, True, "ROC AUC"),
-        Metric("auc_pr", True, True, "AUC-PR (average precision)"),
-        Metric("log_loss", False, False, "log loss"),
-        Metric("ece", False, False, "expected calibration error"),
-    )
-}
-PER_CLASS = tuple(name for name, m in METRICS.items() if m.per_class)
-
-
 @dataclasses.dataclass(frozen=True)
 class Examples:
     """One model's predictions on n examples, with what every metric needs per example."""

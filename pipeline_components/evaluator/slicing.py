@@ -21,15 +21,18 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-CLASS, SIZE, FOLDER = "class", "size", "folder"
-BUILT_IN = (CLASS, SIZE, FOLDER)
-SIZE_EDGES = (32, 64, 128, 256, 512, 1024)
-SIZE_BUCKETS = ("0-31", "32-63", "64-127", "128-255", "256-511", "512-1023", "1024+")
-DEFAULT_MAX_VALUES = 100
-DEFAULT_MIN_SLICE_SIZE = 30
-NO_VALUE = -1
+from pipeline_components.evaluator.vocabulary import (
+    CLASS,
+    DEFAULT_MAX_VALUES,
+    FOLDER,
+    SIZE,
+    SIZE_BUCKETS,
+    SIZE_EDGES,
+    SliceKey,
+    slice_name,
+)
 
-SliceKey = tuple[tuple[str, str], ...]  # ((dimension, value), ...), dimensions in order
+NO_VALUE = -1
 
 
 def size_bucket(height: np.ndarray, width: np.ndarray) -> np.ndarray:
@@ -43,10 +46,6 @@ def source_folder(filename: str) -> str:
     `<split>/<class>/[<folders>/]<file>`, relative to data_root."""
     parts = filename.split("/")
     return "/".join(parts[2:-1]) or "."
-
-
-def slice_name(key: SliceKey) -> str:
-    return ", ".join(f"{dim}={value}" for dim, value in key) or "all"
 
 
 @dataclasses.dataclass

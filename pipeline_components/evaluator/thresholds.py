@@ -9,7 +9,7 @@
         - {metric: recall, class: "*", lower: 0.5}         # every class
         - {metric: accuracy, slice: {camera: phone}, lower: 0.8, with_confidence: true}
 
-Keys: `metric` (measures.METRICS), `class` (a class name, or "*": one check per class; only for
+Keys: `metric` (vocabulary.METRICS), `class` (a class name, or "*": one check per class; only for
 per-class metrics; without it: the overall value, a macro mean for per-class metrics), either
 `lower` and/or `upper` (the value's bounds, inclusive) or `change` (`{relative: x}` or
 `{absolute: x}`: the candidate's change against the baseline — the served model — on the same
@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.evaluator import slicing
-from pipeline_components.evaluator.measures import METRICS, PER_CLASS
+from pipeline_components.evaluator import vocabulary
+from pipeline_components.evaluator.vocabulary import METRICS, PER_CLASS
 
 KEYS = ("metric", "class", "lower", "upper", "change", "slice", "with_confidence")
 CHANGE_KINDS = ("relative", "absolute")
@@ -51,7 +51,6 @@ MAX_THRESHOLDS = 1000
 MAX_NAME_CHARS = 256
 # Comparisons allow this much float rounding (a change of exactly -max_regression passes).
 TOLERANCE = 1e-12
-BOUNDED = ("accuracy", "precision", "recall", "f1", "auc", "auc_pr", "ece")  # values in [0, 1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +66,7 @@ class Threshold:
     lower: float | None = None
     upper: float | None = None
     change: Change | None = None
-    slice: slicing.SliceKey = ()
+    slice: vocabulary.SliceKey = ()
     with_confidence: bool = False
     origin: str = ""  # where it was configured, for messages: evaluator.thresholds[2]
 
@@ -81,7 +80,7 @@ class Threshold:
         if self.class_name is not None:
             text += f" of class {self.class_name!r}"
         if self.slice:
-            text += f" on slice {slicing.slice_name(self.slice)}"
+            text += f" on slice {vocabulary.slice_name(self.slice)}"
         return text
 
     def bound_text(self) -> str:
@@ -111,8 +110,16 @@ class Threshold:
 # ------------------------------------------------------------------------------ parse
 
 
-def _fail(where: str, message: str) -> PipelineError:
-    return PipelineError(f"{where}: {message}")
+class ThresholdError(PipelineError):
+    """A threshold refused: `where` (evaluator.thresholds[2].metric) and what is wrong."""
+
+    def __init__(self, where: str, text: str) -> None:
+        super().__init__(f"{where}: {text}")
+        self.where, self.text = where, text
+
+
+def _fail(where: str, message: str) -> ThresholdError:
+    return ThresholdError(where, message)
 
 
 def _number(value: Any, where: str) -> float:
@@ -139,15 +146,15 @@ def _change(value: Any, where: str) -> Change:
     return Change(kind, _number(bound, f"{where}.{kind}"))
 
 
-def _slice(value: Any, where: str) -> slicing.SliceKey:
+def _slice(value: Any, where: str) -> vocabulary.SliceKey:
     if not isinstance(value, dict) or not value:
         raise _fail(where, f"expected a mapping of dimension to value, got {value!r}")
     key = tuple((_name(k, where), _name(v, f"{where}.{k}")) for k, v in value.items())
     for dim, bucket in key:
-        if dim == slicing.SIZE and bucket not in slicing.SIZE_BUCKETS:
+        if dim == vocabulary.SIZE and bucket not in vocabulary.SIZE_BUCKETS:
             raise _fail(
                 f"{where}.size",
-                f"unknown size bucket {bucket!r} (buckets: {', '.join(slicing.SIZE_BUCKETS)})",
+                f"unknown size bucket {bucket!r} (buckets: {', '.join(vocabulary.SIZE_BUCKETS)})",
             )
     return key
 
@@ -184,7 +191,7 @@ def parse_one(item: Any, where: str) -> Threshold:
         raise _fail(where, f"lower {lower:g} is above upper {upper:g}")
     for key, bound in (("lower", lower), ("upper", upper)):
         low = 0.0
-        high = 1.0 if metric in BOUNDED else math.inf
+        high = 1.0 if METRICS[metric].bounded else math.inf
         if bound is not None and not low <= bound <= high:
             raise _fail(f"{where}.{key}", f"{metric} is in [0, {high:g}], got {bound:g}")
     with_confidence = item.get("with_confidence", False)
@@ -226,7 +233,7 @@ def resolve(
 ) -> list[Threshold]:
     """Check class names and slice dimensions against the model's labels and metadata.csv's
     columns, before scoring; "*" becomes one threshold per class."""
-    known_dims = [*slicing.BUILT_IN, *columns]
+    known_dims = [*vocabulary.BUILT_IN, *columns]
     out = []
     for t in thresholds:
         for dim, value in t.slice:
@@ -236,7 +243,7 @@ def resolve(
                     f"unknown slice dimension {dim!r} (dimensions: {', '.join(known_dims)}; "
                     "more come from the columns of metadata.csv beside the images)",
                 )
-            if dim == slicing.CLASS and value not in labels:
+            if dim == vocabulary.CLASS and value not in labels:
                 raise _fail(f"{t.origin}.slice.class", _unknown_class(value, labels))
         if t.class_name == EVERY_CLASS:
             out += [dataclasses.replace(t, class_name=name) for name in labels]
