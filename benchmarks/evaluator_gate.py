@@ -10,8 +10,9 @@ Data: N photo-like 500x375 JPEGs from the shared pool, two classes, as GZIP TFRe
 three values) as ExampleGen writes it from a metadata.csv. Variants, in alternating rounds,
 both scoring the candidate and the baseline in one Beam job (DirectRunner in_memory):
 
-(a) today's gate: `min_accuracy` and `max_regression` only (AnalysisOptions.off(): no
-    intervals, slices, mistakes or heat maps); metrics.json, predictions.csv, the plots;
+(a) today's gate: `min_accuracy` and `max_regression` only (bootstrap_resamples 0, slices
+    off, no heat maps: what the Evaluator did before issue 31); metrics.json,
+    predictions.csv, the confusion matrix and 12 misclassified images;
 (b) everything on: 6 thresholds (per-class recall for every class, AUC, log loss, a relative
     accuracy change with_confidence, a camera slice floor), 1,000 paired bootstrap replicates
     of every metric overall and per slice, slices by class, size, folder and camera, the 4 most
@@ -90,17 +91,18 @@ def write_metadata(examples_dir: str, root: str, paths: list[str]) -> None:
 
 
 def evaluate(candidate: str, baseline: str, examples_dir: str, out: str, everything: bool) -> None:
-    from pipeline_components.evaluator import executor, thresholds
-    from pipeline_components.evaluator.analysis import AnalysisOptions
+    from pipeline_components.evaluator import executor
     from pipeline_components.evaluator.config import EvaluatorConfig
 
-    config = EvaluatorConfig(min_accuracy=0.0, max_regression=1.0, batch_size=BATCH)
-    options = (
-        AnalysisOptions(thresholds=tuple(thresholds.parse(THRESHOLDS)))
-        if everything
-        else AnalysisOptions.off()
-    )
-    executor.run_evaluator(candidate, examples_dir, out, config, baseline=baseline, options=options)
+    gate = {"min_accuracy": 0.0, "max_regression": 1.0, "batch_size": BATCH}
+    if everything:  # the defaults: intervals, slices, mistakes with Grad-CAM; and thresholds
+        config = EvaluatorConfig(**gate, thresholds=THRESHOLDS)
+    else:  # today's gate: 12 misclassified images drawn, nothing more
+        config = EvaluatorConfig(
+            **gate, bootstrap_resamples=0, slices=False, mistakes_per_class=12,
+            num_error_examples=12, grad_cam=False,
+        )  # fmt: skip
+    executor.run_evaluator(candidate, examples_dir, out, config, baseline=baseline)
 
 
 def run(

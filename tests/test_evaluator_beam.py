@@ -1,6 +1,7 @@
-"""The Evaluator on Beam: the same metrics.json, predictions.csv and errors.png as the previous
-single-process scorer (`predict_split` + `metrics.classification_metrics`), the fragments that
-carry every prediction to the driver, the mistakes it picks, and its one-line errors."""
+"""The Evaluator on Beam: the same metrics.json and predictions.csv as the previous
+single-process scorer (`predict_split` + `metrics.classification_metrics`), the mistakes it
+picks for mistakes.png, the fragments that carry every prediction to the driver, and its
+one-line errors."""
 
 import io
 import json
@@ -14,7 +15,7 @@ from PIL import Image
 from evalfixtures import export_threshold_model, solid_png, write_split
 from pipeline_components import cli
 from pipeline_components.evaluator import executor as evaluator
-from pipeline_components.evaluator import metrics, plots, scoring
+from pipeline_components.evaluator import metrics, scoring
 from pipeline_components.evaluator.config import EvaluatorConfig
 from pipeline_components.trainer import export
 
@@ -78,6 +79,21 @@ def single_process(model, data, num_errors):
     return preds, labels, metrics.classification_metrics(preds.probabilities, preds.y_true, labels)
 
 
+def most_confident_mistakes(preds, per_class, limit):
+    """scoring.TopMistakes's choice in plain Python: each true class's most confident wrong
+    predictions (ties: the earlier row), every class's first before any second, class by class."""
+    wrong = np.flatnonzero(preds.probabilities.argmax(1) != preds.y_true)
+    ranked = []
+    for c in sorted(set(preds.y_true[wrong].tolist())):
+        rows = sorted((-preds.probabilities[i].max(), i) for i in wrong if preds.y_true[i] == c)
+        ranked += [(rank, neg, c, i) for rank, (neg, i) in enumerate(rows[:per_class])]
+    chosen = sorted(sorted(ranked)[:limit], key=lambda r: (r[2], r[0]))
+    return [
+        (preds.filenames[i], c, int(preds.probabilities[i].argmax()), -neg)
+        for _, neg, c, i in chosen
+    ]
+
+
 def assert_same_metrics(new, old, tol=1e-6):
     assert new.keys() == old.keys()
     assert new["num_examples"] == old["num_examples"] and new["labels"] == old["labels"]
@@ -97,8 +113,9 @@ def test_beam_evaluator_equals_the_single_process_scorer(case, binary, three, tm
     out = tmp_path / "eval"
     baseline = setup.get("baseline")
     config = EvaluatorConfig(
-        min_accuracy=0.0, max_regression=1.0, batch_size=4, num_error_examples=5
-    )
+        min_accuracy=0.0, max_regression=1.0, batch_size=4, mistakes_per_class=2,
+        num_error_examples=3,
+    )  # fmt: skip
     blessing = evaluator.run_evaluator(
         str(setup["model"]), str(setup["data"]), str(out), config,
         baseline=str(baseline) if baseline else None,
@@ -109,12 +126,17 @@ def test_beam_evaluator_equals_the_single_process_scorer(case, binary, three, tm
     assert 0 < new["accuracy"] < 1 and new["num_examples"] == len(preds.filenames)
     if case == "binary":
         assert 0 < new["auc"] < 1
-    # the same rows in the same order, and the same misclassified images in errors.png
+    # the same rows in the same order, and the most confident mistakes of each class in
+    # mistakes.png (2 per class, 3 in all)
     assert (out / "predictions.csv").read_bytes() == evaluator._predictions_csv(
         preds, labels
     ).encode("utf-8")
-    assert len(preds.errors) == 5
-    assert (out / "errors.png").read_bytes() == plots.errors_png(preds.errors, labels)
+    drawn = json.loads((out / "analysis.json").read_text())["mistakes"]
+    expected = most_confident_mistakes(preds, 2, 3)
+    assert len(expected) == 3 and len({c for _, c, _, _ in expected}) >= 2
+    assert [(m["filename"], m["true"], m["pred"]) for m in drawn] == [e[:3] for e in expected]
+    assert [m["score"] for m in drawn] == pytest.approx([e[3] for e in expected])
+    assert (out / "mistakes.png").read_bytes()[:4] == b"\x89PNG"
     assert blessing["accuracy"] == new["accuracy"]
     if baseline:  # scored in the same Beam job, on the same records
         _, _, old_base = single_process(baseline, setup["data"], 0)

@@ -16,7 +16,7 @@ the names and functions here, so a layout changes in one file. The layouts:
     <example_validator>/            ExampleAnomalies (ExampleValidator)
         anomalies.json  plots/ (this run next to the baseline's, when there is one)
     <evaluator>/                    ModelBlessing (Evaluator)
-        blessing.json  metrics.json  predictions.csv  confusion_matrix.png  errors.png
+        blessing.json  metrics.json  predictions.csv  confusion_matrix.png
         baseline_metrics.json (when a baseline was scored)
         analysis.json  reliability.png  slices.png  mistakes.png
     <infra_validator>/infra_blessing.json   InfraBlessing (InfraValidator)
@@ -98,7 +98,6 @@ METRICS_FILE = "metrics.json"
 BASELINE_METRICS_FILE = "baseline_metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
-ERRORS_PNG = "errors.png"
 ANALYSIS_FILE = "analysis.json"  # every metric with its interval, per class and slice
 RELIABILITY_PNG = "reliability.png"
 SLICES_PNG = "slices.png"

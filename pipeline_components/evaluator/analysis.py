@@ -18,11 +18,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipeline_components.evaluator import bootstrap, slicing
+from pipeline_components.evaluator import bootstrap, slicing, vocabulary
+from pipeline_components.evaluator.config import EvaluatorConfig
 from pipeline_components.evaluator.measures import (
     ECE_BINS,
-    METRICS,
-    PER_CLASS,
     Examples,
     Measures,
     from_sums,
@@ -35,32 +34,38 @@ from pipeline_components.evaluator.measures import (
     tie_groups,
     with_ranks,
 )
-from pipeline_components.evaluator.thresholds import TOLERANCE, Threshold
+from pipeline_components.evaluator.thresholds import TOLERANCE, Threshold, parse
+from pipeline_components.evaluator.vocabulary import METRICS, PER_CLASS
 
 NO_BASELINE = "not applicable: no baseline model (first push)"
 
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisOptions:
-    """What the Evaluator computes beyond metrics.json (stage 2: from `evaluator:` config)."""
+    """What the Evaluator computes beyond metrics.json: `from_config` of the `evaluator:`
+    section (config.py documents each option)."""
 
     thresholds: tuple[Threshold, ...] = ()  # parsed (thresholds.parse), not yet resolved
     bootstrap: bootstrap.BootstrapSpec = bootstrap.BootstrapSpec()
     slices: bool = True
-    min_slice_size: int = slicing.DEFAULT_MIN_SLICE_SIZE
-    max_slice_values: int = slicing.DEFAULT_MAX_VALUES
+    min_slice_size: int = vocabulary.DEFAULT_MIN_SLICE_SIZE
+    max_slice_values: int = vocabulary.DEFAULT_MAX_VALUES
     mistakes_per_class: int = 4  # most confident wrong test images per true class (Grad-CAM)
-    max_mistakes: int = 48  # at most this many in all (every class's first before any second)
+    max_mistakes: int = 24  # at most this many in all (every class's first before any second)
     grad_cam: bool = True
 
     @classmethod
-    def off(cls) -> AnalysisOptions:
-        """Today's gate only: no intervals, slices, mistakes or heat maps."""
+    def from_config(cls, config: EvaluatorConfig) -> AnalysisOptions:
+        gallery = config.mistakes_per_class if config.num_error_examples > 0 else 0
         return cls(
-            bootstrap=bootstrap.BootstrapSpec(resamples=0),
-            slices=False,
-            mistakes_per_class=0,
-            grad_cam=False,
+            thresholds=tuple(parse(config.thresholds)),
+            bootstrap=bootstrap.BootstrapSpec(config.bootstrap_resamples, config.bootstrap_seed),
+            slices=config.slices,
+            min_slice_size=config.min_slice_size,
+            max_slice_values=config.max_slice_values,
+            mistakes_per_class=gallery,
+            max_mistakes=config.num_error_examples,
+            grad_cam=config.grad_cam,
         )
 
 
@@ -116,7 +121,7 @@ class _Blocks:
 
 
 def _ranked_subsets(
-    subsets: Sequence[slicing.Slice], named: set[slicing.SliceKey], classes: int, resamples: int
+    subsets: Sequence[slicing.Slice], named: set[vocabulary.SliceKey], classes: int, resamples: int
 ) -> list[int]:
     """Which subsets get AUC / AUC-PR replicates: all within RANK_BUDGET, else the whole split
     and the slices thresholds name."""
@@ -195,7 +200,7 @@ def measure_subsets(
     split: ScoredSplit,
     subsets: Sequence[slicing.Slice],
     spec: bootstrap.BootstrapSpec,
-    named: Collection[slicing.SliceKey] = (),
+    named: Collection[vocabulary.SliceKey] = (),
     max_elements: int = bootstrap.BLOCK_ELEMENTS,
 ) -> list[SubsetResult]:
     """Point values and bootstrap replicates of every subset, for both models (the same
@@ -468,7 +473,7 @@ def analyse(
 def _document(
     split: ScoredSplit,
     subsets: Sequence[slicing.Slice],
-    results: dict[slicing.SliceKey, SubsetResult],
+    results: dict[vocabulary.SliceKey, SubsetResult],
     options: AnalysisOptions,
 ) -> dict[str, Any]:
     """analysis.json."""

@@ -2,19 +2,21 @@
 
 It calls `serving_default` on the raw `image/encoded` bytes — the artifact and preprocessing
 that will be served — so training/serving skew shows up here, not in production. The scoring is
-a Beam job (scoring.py: RunInference, metrics by combiners) on any runner, with the options in
-`evaluator.beam_args`; the baseline is scored in the same job, on the same records.
+a Beam job (scoring.py: RunInference; every prediction collected for the driver) on any runner,
+with the options in `evaluator.beam_args`; the baseline is scored in the same job, on the same
+records.
 
     transfer-pipeline evaluate --model T/saved_model --examples O --output E \
         [--min-accuracy A] [--max-regression R] [--baseline PATH | --serving-dir S --model-name M]
-        [-- BEAM_ARGS]
+        [thresholds=[...]] [-- BEAM_ARGS]
 
 Outputs (written atomically into E): metrics.json, blessing.json, predictions.csv,
-confusion_matrix.png, errors.png, and baseline_metrics.json when a baseline was scored; with the
-analysis (analysis.py, `options`): analysis.json (every metric with its bootstrap interval,
-overall, per class and per slice), reliability.png, slices.png and mistakes.png (the most
-confident wrong images with Grad-CAM heat maps). blessing.json records one line per threshold
-(`min_accuracy` and `max_regression` are two of them).
+confusion_matrix.png, baseline_metrics.json when a baseline was scored, and the analysis
+(analysis.py, configured by the `evaluator:` section: AnalysisOptions.from_config):
+analysis.json (every metric with its bootstrap interval, overall, per class and per slice),
+reliability.png, slices.png (when `slices`) and mistakes.png (the most confident wrong images,
+with Grad-CAM heat maps). blessing.json records one line per threshold (`min_accuracy` and
+`max_regression` are two of them).
 
 Checked before anything is scored (`check_inputs`): the model's classes against the data's, and
 every threshold's classes and slice dimensions (metadata.jsonl's columns).
@@ -65,7 +67,6 @@ class Scores:
     """What the Beam job produced; predictions.csv is already in the output directory."""
 
     split: ScoredSplit  # every prediction (and the baseline's, on the same records)
-    errors: list[dict]  # the first num_error_examples misclassified: encoded, true, pred, ...
     mistakes: list[dict] = field(default_factory=list)  # most confident wrong, per true class
     baseline_failure: list[str] | None = None  # [filename, reason]
     counters: dict[str, int] = field(default_factory=dict)
@@ -285,7 +286,7 @@ def score_test_split(
     from pipeline_components.evaluator import scoring
     from pipeline_components.inference import beam_run
 
-    options = options or AnalysisOptions()
+    options = options or AnalysisOptions.from_config(config)
     beam_run.quiet_beam()
     files = examples.split_files(examples_dir, "test")
     p = beam_run.make_pipeline(config.beam_args)
@@ -298,7 +299,6 @@ def score_test_split(
         baseline_dir=baseline_dir,
         batch_size=config.batch_size,
         model_copies=config.model_copies,
-        num_error_examples=config.num_error_examples,
         mistakes_per_class=options.mistakes_per_class,
         max_mistakes=options.max_mistakes,
     )
@@ -319,11 +319,9 @@ def score_test_split(
     split = _collect(work_dir, labels, metadata, options, bool(baseline_dir) and not base_failure)
     if len(split.y) == 0:
         raise PipelineError(f"the test split under {examples_dir} holds no examples")
-    scores = Scores(split, [], baseline_failure=base_failure[0] if base_failure else None)
+    scores = Scores(split, baseline_failure=base_failure[0] if base_failure else None)
     scores.counters = counters
-    if config.num_error_examples > 0:
-        scores.errors = scoring.decode_errors(result(scoring.ERRORS_PART, "errors"))
-    if options.mistakes_per_class > 0:
+    if options.mistakes_per_class > 0 and options.max_mistakes > 0:
         scores.mistakes = scoring.decode_errors(result(scoring.MISTAKES_PART, "mistakes"))
     scoring.join_predictions(work_dir, fsutil.join(work_dir, PREDICTIONS_FILE), labels)
     return scores
@@ -375,11 +373,10 @@ def run_evaluator(
     baseline: str | None = None,
     serving_dir: str | None = None,
     model_name: str | None = None,
-    options: AnalysisOptions | None = None,
 ) -> dict:
     """Score, gate, write the artifacts; returns the blessing dict."""
     config = config or EvaluatorConfig()
-    options = options or AnalysisOptions()
+    options = AnalysisOptions.from_config(config)
     started = time.monotonic()
     labels, meta, checks = check_inputs(model_dir, examples_dir, config, options)
     fingerprint = fsutil.tree_fingerprint(model_dir)
@@ -417,7 +414,7 @@ def run_evaluator(
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
         if baseline_metrics:
             fsutil.write_json(fsutil.join(tmp, artifacts.BASELINE_METRICS_FILE), baseline_metrics)
-        _write_plots(tmp, result, scores.errors, labels)
+        _write_confusion_matrix(tmp, result, labels)
         _write_analysis(tmp, found, scores.mistakes, model_dir, labels, options)
         fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
     log.info(
@@ -488,7 +485,7 @@ def _write_analysis(
     if options.slices:
         png = plots.slices_png(doc["slices"], doc["overall"], options.min_slice_size)
         fsutil.write_atomic(fsutil.join(out_dir, artifacts.SLICES_PNG), png)
-    if options.mistakes_per_class > 0:
+    if options.mistakes_per_class > 0 and options.max_mistakes > 0:
         png = plots.mistakes_png(mistakes_found, labels)
         fsutil.write_atomic(fsutil.join(out_dir, artifacts.MISTAKES_PNG), png)
 
@@ -505,7 +502,7 @@ def _predictions_csv(preds: Predictions, labels: list[str]) -> str:
     return buf.getvalue()
 
 
-def _write_plots(out_dir: str, result: dict, errors: list[dict], labels: list[str]) -> None:
+def _write_confusion_matrix(out_dir: str, result: dict, labels: list[str]) -> None:
     from pipeline_components.evaluator import plots
 
     fsutil.write_atomic(
@@ -513,7 +510,4 @@ def _write_plots(out_dir: str, result: dict, errors: list[dict], labels: list[st
         plots.confusion_matrix_png(
             np.array(result["confusion_matrix"]), labels, result["accuracy"]
         ),
-    )
-    fsutil.write_atomic(
-        fsutil.join(out_dir, artifacts.ERRORS_PNG), plots.errors_png(errors, labels)
     )

@@ -1,6 +1,5 @@
-"""Figures a person looks at first after an evaluation: confusion matrix, misclassified images,
-the reliability diagram, the metric per slice, and the most confident mistakes with their
-Grad-CAM heat maps.
+"""Figures a person looks at first after an evaluation: the confusion matrix, the reliability
+diagram, the metric per slice, and the most confident mistakes with their Grad-CAM heat maps.
 
 Each function returns PNG bytes (matplotlib Agg, no display needed).
 """
@@ -35,36 +34,6 @@ def confusion_matrix_png(cm: np.ndarray, labels: list[str], accuracy: float | No
         for j in range(n):
             color = "white" if peak and cm[i, j] > peak / 2 else "black"
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=color)
-    return figure_png(fig)
-
-
-def errors_png(errors: list[dict], labels: list[str], columns: int = 4) -> bytes:
-    """Grid of misclassified images titled 'true → predicted (score)'."""
-    import tensorflow as tf
-
-    plt = pyplot()
-    if not errors:
-        fig, ax = plt.subplots(figsize=(4, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-        return figure_png(fig)
-    rows = (len(errors) + columns - 1) // columns
-    cols = min(columns, len(errors))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2.6 * cols, 2.8 * rows + 0.4), squeeze=False, layout="constrained"
-    )
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, err in zip(axes.ravel(), errors, strict=False):
-        image = tf.io.decode_image(err["encoded"], channels=3, expand_animations=False).numpy()
-        ax.imshow(image)
-        ax.set_title(
-            f"{labels[err['true']]} → {labels[err['pred']]} ({err['score']:.2f})\n"
-            f"{err['filename'][-28:]}",
-            fontsize=8,
-            color="firebrick",
-        )
-    fig.suptitle("Misclassified test images (true → predicted)")
     return figure_png(fig)
 
 

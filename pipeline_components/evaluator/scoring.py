@@ -6,9 +6,9 @@ the exported `serving_default`; every prediction goes to per-shard fragments the
                  _predictions-SSSSS.csv        (predictions.csv's rows)
                  _scores-candidate-SSSSS.npz   (labels, float32 probabilities, height, width,
                                                 filenames: what every metric and slice needs)
-        Scored --FirstErrors--> the first `num_error_examples` misclassified (errors.png)
         Scored --TopMistakes--> the `mistakes_per_class` most confident wrong images of each
-                                true class (the Grad-CAM gallery)
+                                true class, `num_error_examples` in all (mistakes.png, with
+                                Grad-CAM heat maps)
     (Example, bytes) --Score[baseline]--> WriteScores --> _scores-baseline-SSSSS.npz
                                           (same run, same records: a paired comparison)
 
@@ -49,7 +49,6 @@ PREDICTIONS_PART = "_predictions-{:05d}.csv"
 PREDICTIONS_PARTS_GLOB = "_predictions-*.csv"
 SCORES_PART = "_scores-{}-{:05d}.npz"  # candidate | baseline, input shard
 SCORES_PARTS_GLOB = "_scores-{}-*.npz"
-ERRORS_PART = "_errors.json"
 MISTAKES_PART = "_mistakes.json"
 FAILURES_PART = "_failures-{}.json"  # candidate | baseline
 
@@ -65,7 +64,7 @@ class Example(NamedTuple):
 class Scored(NamedTuple):
     example: Example
     probabilities: np.ndarray  # float32 [C], as the signature returned them
-    encoded: bytes  # the image, kept only for misclassified examples (errors.png); else b""
+    encoded: bytes  # the image, kept only for misclassified examples (mistakes.png); else b""
 
 
 # ---------------------------------------------------------------- reading
@@ -169,7 +168,7 @@ class Score(beam.PTransform):
         )
 
 
-# ---------------------------------------------------------------- predictions.csv, errors.png
+# ------------------------------------------------------------- predictions.csv, mistakes.png
 
 
 def predictions_header(labels: list[str]) -> list[str]:
@@ -368,24 +367,6 @@ def decode_errors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**item, "encoded": base64.b64decode(item["encoded"])} for item in items]
 
 
-class FirstErrors(beam.PTransform):
-    """The first `n` misclassified examples in predictions.csv order -> one list of dicts
-    (encoded as base64) for errors.png."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-
-    def expand(self, scored: beam.PCollection[Scored]) -> beam.PCollection[list[dict[str, Any]]]:
-        return (
-            scored
-            | "Misclassified" >> beam.Filter(lambda s: bool(s.encoded))
-            | "WithOrder" >> beam.Map(_error_item)
-            | "First" >> beam.combiners.Top.Smallest(self.n, key=lambda item: item[0])
-            | "DropOrder" >> beam.Map(lambda items: [item for _, item in items])
-        )
-
-
 def _mistake_item(scored: Scored) -> tuple[int, tuple[float, tuple[int, int], dict[str, Any]]]:
     order, item = _error_item(scored)
     return scored.example.label, (item["score"], order, item)
@@ -412,7 +393,7 @@ class TopMistakes(beam.PTransform):
     class's first mistake comes before any class's second (the most confident first), so many
     classes still each get one; no step holds more than n per class or `limit` images."""
 
-    def __init__(self, n: int, limit: int = 48) -> None:
+    def __init__(self, n: int, limit: int = 24) -> None:
         super().__init__()
         self.n = n
         self.limit = limit
@@ -460,26 +441,19 @@ def build_pipeline(
     baseline_dir: str | None = None,
     batch_size: int = 32,
     model_copies: int | None = None,
-    num_error_examples: int = 12,
     mistakes_per_class: int = 0,
-    max_mistakes: int = 48,
+    max_mistakes: int = 24,
 ) -> None:
     """Score the candidate (and the baseline) on the shards; write the working files the driver
     reads: _scores-{candidate,baseline}-*.npz, _predictions-*.csv,
-    _failures-{candidate,baseline}.json, _errors.json and _mistakes.json."""
+    _failures-{candidate,baseline}.json and _mistakes.json."""
     records = p | "ReadTestSplit" >> ReadShards(files)
-    keep = num_error_examples > 0 or mistakes_per_class > 0
+    keep = mistakes_per_class > 0 and max_mistakes > 0
     scored = records | "ScoreCandidate" >> Score(
         model_dir, batch_size, model_copies, keep_misclassified=keep
     )
     _ = scored.scored | "WritePredictions" >> WritePredictions(work_dir, labels)
-    if num_error_examples > 0:
-        _ = (
-            scored.scored
-            | "FirstErrors" >> FirstErrors(num_error_examples)
-            | "WriteErrors" >> beam.ParDo(WriteJson(fsutil.join(work_dir, ERRORS_PART)))
-        )
-    if mistakes_per_class > 0:
+    if keep:
         _ = (
             scored.scored
             | "TopMistakes" >> TopMistakes(mistakes_per_class, max_mistakes)
