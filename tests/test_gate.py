@@ -573,6 +573,49 @@ def test_a_malformed_metadata_csv_is_a_one_line_error(text, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_deep_image_path_is_not_a_metadata_cell_over_the_limit():
+    """The cell limit bounds the values and column names; a path is as long as the tree."""
+    from pipeline_components.example_gen import metadata
+
+    deep = "test/cats/" + "/".join(["folder" * 8] * 6) + "/001.jpg"
+    assert len(deep) > metadata.MAX_VALUE_CHARS
+    columns, rows = metadata.parse(f"path,camera\n{deep},phone\n", "m.csv")
+    assert columns == ["camera"] and rows[deep] == (2, {"camera": "phone"})
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (
+            "--metadata-max-bytes=20",
+            "bytes, over the limit of 20 bytes (example_gen.metadata_max_bytes)",
+        ),
+        (
+            "--metadata-max-columns=1",
+            "line 1: 2 columns, at most 1 (example_gen.metadata_max_columns)",
+        ),
+        (
+            "--metadata-max-cell-chars=5",
+            "line 2: a cell of 12 characters, at most 5 (example_gen.metadata_max_cell_chars)",
+        ),
+    ],
+)
+def test_metadata_csv_limits_are_flags_and_refused_before_any_work(tmp_path, capsys, flag, message):
+    from pipeline_components import cli
+
+    data_root = tmp_path / "data"
+    reds = {"train": {"a": [0.1], "b": [0.9]}, "test": {"a": [0.2], "b": [0.8]}}
+    paths = _image_folder(data_root, reds)
+    (data_root / "metadata.csv").write_text(f"path,cam,site\n{paths['test'][0]},x,north-east-f\n")
+    out = tmp_path / "examples"
+    args = ["example-gen", "--data-root", str(data_root), "--output", str(out), flag]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"transfer-pipeline example-gen: error: {data_root / 'metadata.csv'}")
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------ every backbone
 
 

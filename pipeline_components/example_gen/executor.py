@@ -883,6 +883,7 @@ def run_example_gen(
     on_duplicates: str = "drop",
     multi_processing_min_files: int = DEFAULT_MULTI_PROCESSING_MIN_FILES,
     exif_transpose: bool = True,
+    metadata_limits: metadata.Limits = metadata.DEFAULT_LIMITS,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict.
 
@@ -908,7 +909,7 @@ def run_example_gen(
     started = time.monotonic()
     set_filesystem_options(beam_args)
     layout = list_sources(data_root)
-    extra = metadata.read(layout.root)  # a malformed metadata.csv fails before any work
+    extra = metadata.read(layout.root, metadata_limits)  # a bad one fails before any work
     carve = None if "validation" in layout.splits else validation_fraction
     log.info(
         "ExampleGen: %d files, classes %s, splits %s%s",

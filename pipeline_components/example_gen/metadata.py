@@ -12,8 +12,9 @@ UTF-8 (a byte-order mark is allowed), standard CSV quoting.
 ExampleGen copies the rows of the images it listed into `<examples>/metadata.jsonl`
 (core/examples.py) and mixes the file's hash into the Examples fingerprint, so a changed
 metadata.csv re-runs what reads it. Rows naming no listed image are counted in stats.json and
-the first few logged. Bounded: at most MAX_BYTES, MAX_COLUMNS columns, MAX_VALUE_CHARS per cell;
-beyond, or a malformed file (a row with another number of cells, a path twice, a bad header),
+the first few logged. Bounded (`Limits`: example_gen.metadata_max_bytes, metadata_max_columns,
+metadata_max_cell_chars; 64 MiB, 32 columns, 256 characters per cell by default): beyond, or a
+malformed file (a row with another number of cells, a path twice, a bad header),
 is a one-line error naming the file and line.
 """
 
@@ -24,6 +25,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -36,6 +38,19 @@ log = logging.getLogger(__name__)
 MAX_BYTES = 64 << 20
 MAX_COLUMNS = 32
 MAX_VALUE_CHARS = 256
+
+
+class Limits(NamedTuple):
+    """What a metadata.csv may hold (the example_gen options named in each error)."""
+
+    max_bytes: int = MAX_BYTES  # example_gen.metadata_max_bytes
+    max_columns: int = MAX_COLUMNS  # example_gen.metadata_max_columns
+    max_cell_chars: int = MAX_VALUE_CHARS  # example_gen.metadata_max_cell_chars
+
+
+DEFAULT_LIMITS = Limits()
+
+
 RESERVED = ("path", "class", "size", "folder")
 
 
@@ -68,17 +83,20 @@ def _normalize(path: str) -> str:
     return path
 
 
-def _header(row: list[str], where: str) -> list[str]:
+def _header(row: list[str], where: str, limits: Limits) -> list[str]:
     if not row or row[0].strip() != "path":
         raise PipelineError(f"{where} line 1: the first column must be 'path', got {row[:1]}")
     columns = row[1:]
-    if len(columns) > MAX_COLUMNS:
-        raise PipelineError(f"{where} line 1: {len(columns)} columns, at most {MAX_COLUMNS}")
+    if len(columns) > limits.max_columns:
+        raise PipelineError(
+            f"{where} line 1: {len(columns)} columns, at most {limits.max_columns} "
+            "(example_gen.metadata_max_columns)"
+        )
     for name in columns:
-        if not name or len(name) > MAX_VALUE_CHARS or name in RESERVED:
+        if not name or len(name) > limits.max_cell_chars or name in RESERVED:
             raise PipelineError(
-                f"{where} line 1: bad column name {name!r} (1 to {MAX_VALUE_CHARS} characters,"
-                f" not {', '.join(RESERVED)})"
+                f"{where} line 1: bad column name {name[:80]!r} (1 to {limits.max_cell_chars} "
+                f"characters, not {', '.join(RESERVED)})"
             )
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     if duplicated:
@@ -86,11 +104,13 @@ def _header(row: list[str], where: str) -> list[str]:
     return columns
 
 
-def parse(text: str, where: str) -> tuple[list[str], dict[str, tuple[int, dict[str, str]]]]:
+def parse(
+    text: str, where: str, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[str], dict[str, tuple[int, dict[str, str]]]]:
     """(columns, {path: (line, {column: value})}) of metadata.csv's text; one-line errors."""
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        columns = _header(next(reader, []), where)
+        columns = _header(next(reader, []), where, limits)
         rows: dict[str, tuple[int, dict[str, str]]] = {}
         for row in reader:
             line = reader.line_num
@@ -109,11 +129,11 @@ def parse(text: str, where: str) -> tuple[list[str], dict[str, tuple[int, dict[s
                 raise PipelineError(
                     f"{where} line {line}: path {path!r} also on line {rows[path][0]}"
                 )
-            long = [c for c in row if len(c) > MAX_VALUE_CHARS]
+            long = [c for c in row[1:] if len(c) > limits.max_cell_chars]  # not the path
             if long:
                 raise PipelineError(
                     f"{where} line {line}: a cell of {len(long[0])} characters, "
-                    f"at most {MAX_VALUE_CHARS}"
+                    f"at most {limits.max_cell_chars} (example_gen.metadata_max_cell_chars)"
                 )
             rows[path] = (line, dict(zip(columns, row[1:], strict=True)))
     except csv.Error as e:
@@ -121,23 +141,25 @@ def parse(text: str, where: str) -> tuple[list[str], dict[str, tuple[int, dict[s
     return columns, rows
 
 
-def read(data_root: str, max_bytes: int = MAX_BYTES) -> Parsed | None:
+def read(data_root: str, limits: Limits = DEFAULT_LIMITS) -> Parsed | None:
     """metadata.csv parsed, with its sha256; None when the data has none."""
     found = stat(data_root)
     if found is None:
         return None
     where = csv_path(data_root)
-    if found[0] > max_bytes:
-        raise PipelineError(f"{where} is {found[0]} bytes, over the limit of {max_bytes}")
+    limit = limits.max_bytes
+    over = f"over the limit of {limit} bytes (example_gen.metadata_max_bytes)"
+    if found[0] > limit:
+        raise PipelineError(f"{where} is {found[0]} bytes, {over}")
     with FileSystems.open(where, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise PipelineError(f"{where} is over the limit of {max_bytes} bytes")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise PipelineError(f"{where} is {over}")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise PipelineError(f"{where}: not UTF-8 (byte {e.start})") from None
-    columns, rows = parse(text, where)
+    columns, rows = parse(text, where, limits)
     return columns, rows, hashlib.sha256(data).hexdigest()
 
 
