@@ -306,10 +306,15 @@ def test_a_bad_class_stops_the_evaluator_before_scoring_and_writes_nothing(tmp_p
 # ------------------------------------------------------------- change against the served model
 
 
-def test_a_change_smaller_than_its_interval_passes_on_the_point_and_fails_with_confidence(tmp_path):
+def test_a_change_smaller_than_its_interval_passes_on_the_point_and_fails_with_confidence(
+    tmp_path, capsys
+):
     """200 images; the served model (t=0.5) is right on all, the candidate (t=0.45) wrong on
     the 10 reds in (0.45, 0.5]: accuracy change -0.05, its paired 95% interval about
-    [-0.08, -0.02]. Bound -0.065: the point clears it, the interval does not."""
+    [-0.08, -0.02]. Bound -0.065: the point clears it, the interval does not. Through
+    `transfer-pipeline evaluate --baseline`, the thresholds as KEY=VALUE."""
+    from pipeline_components import cli
+
     reds = np.round(np.arange(0.0025, 1.0, 0.005), 4)
     items = [(solid_png(r), int(r > 0.5)) for r in reds]
     data = write_split(tmp_path / "ex", "test", items, ["blue", "red"], shards=3)
@@ -320,9 +325,12 @@ def test_a_change_smaller_than_its_interval_passes_on_the_point_and_fails_with_c
         {"metric": "accuracy", "change": {"absolute": -0.065}, "with_confidence": True},
         {"metric": "log_loss", "change": {"absolute": 1.0}},  # lower is better: <= bound
     ]
-    config = EvaluatorConfig(min_accuracy=0.5, max_regression=0.1, thresholds=raw)
     out = tmp_path / "out"
-    b = evaluator.run_evaluator(str(candidate), str(data), str(out), config, baseline=str(served))
+    args = ["--model", str(candidate), "--examples", str(data), "--output", str(out)]
+    args += ["--baseline", str(served), "--min-accuracy", "0.5", "--max-regression", "0.1"]
+    assert cli.main(["evaluate", *args, f"thresholds={json.dumps(raw)}"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    b = json.loads((out / "blessing.json").read_text())
     lines = {(t["origin"]): t for t in b["thresholds"]}
     plain, confident = lines["evaluator.thresholds[0]"], lines["evaluator.thresholds[1]"]
     for line in (plain, confident):
@@ -337,8 +345,8 @@ def test_a_change_smaller_than_its_interval_passes_on_the_point_and_fails_with_c
     assert lines["evaluator.thresholds[2]"]["passed"] is True
     assert lines["evaluator.max_regression"]["passed"] is True  # the shorthand: -0.05 >= -0.1
     assert not b["blessed"] and confident["reason"] in b["reasons"]
-    on_disk = json.loads((out / "blessing.json").read_text())
-    assert on_disk["thresholds"] == json.loads(json.dumps(b["thresholds"]))
+    assert b["reasons"][-1] == "2 of 3 thresholds passed (blessing.json lists each)"
+    assert printed[0].startswith("NOT BLESSED: ") and confident["reason"] in printed[0]
 
 
 def test_without_a_baseline_a_change_threshold_is_recorded_and_not_gated(tmp_path):
@@ -420,6 +428,38 @@ def test_a_rare_class_recall_floor_blocks_what_accuracy_lets_through(patch_run, 
         serving_dir=str(serving), model_name="m",
     )  # fmt: skip
     assert not pushed["pushed"] and "recall of class 'rare' 0.0000 fails" in pushed["reason"]
+    assert not (serving / "m").exists()
+
+
+def test_the_rare_class_through_the_commands_every_option_a_flag(patch_run, tmp_path, capsys):
+    """`transfer-pipeline evaluate` with the analysis options as generated flags and the
+    thresholds as KEY=VALUE, then `transfer-pipeline push` with its blessing: not pushed."""
+    from pipeline_components import cli
+
+    model, out = str(patch_run["model"]), tmp_path / "e"
+    data = str(patch_run["data"])
+    args = ["evaluate", "--model", model, "--examples", data, "--output", str(out)]
+    args += ["--min-accuracy", "0.85", "--bootstrap-resamples", "200", "--bootstrap-seed", "3"]
+    args += ["--no-slices", "--mistakes-per-class", "4", "--num-error-examples", "2"]
+    args += ["--no-grad-cam", 'thresholds=[{metric: recall, class: "*", lower: 0.5}]']
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    b = json.loads((out / "blessing.json").read_text())
+    rare = next(t for t in b["thresholds"] if t["class"] == "rare")
+    assert not b["blessed"] and rare["passed"] is False and rare["value"] == 0.0
+    assert f"NOT BLESSED: accuracy {b['accuracy']:.4f} >= min_accuracy 0.8500" in printed
+    assert rare["reason"] in printed and "2 of 3 thresholds passed" in printed
+    doc = json.loads((out / "analysis.json").read_text())
+    assert doc["bootstrap"]["resamples"] == 200 and doc["bootstrap"]["seed"] == 3
+    assert doc["slices"] == [] and not (out / "slices.png").exists()
+    # the 6 rare images are the mistakes (called red): 2 drawn in all, no heat maps
+    assert [(m["true"], m["pred"], m["grad_cam"]) for m in doc["mistakes"]] == [(2, 1, False)] * 2
+
+    serving = tmp_path / "serving"
+    push = ["push", "--model", model, "--blessing", str(out / "blessing.json")]
+    assert cli.main([*push, "--serving-dir", str(serving), "--model-name", "m"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("not pushed: model not blessed: ") and rare["reason"] in printed
     assert not (serving / "m").exists()
 
 

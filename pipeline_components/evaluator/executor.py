@@ -435,15 +435,17 @@ def _blessing(
     config: EvaluatorConfig,
     skip_reason: str | None,
 ) -> dict:
-    """blessing.json: the verdict, today's two reasons (min_accuracy, max_regression) and one
-    reason per configured threshold, and every threshold's line."""
+    """blessing.json: the verdict; `reasons`: today's two (min_accuracy, max_regression), then
+    the configured thresholds that failed and a count; `thresholds`: every threshold's line."""
     baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
     ok, reasons = gate(
         result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
     )
     if skip_reason:
         reasons[-1] = skip_reason
-    reasons += [o.reason for o in found.outcomes if o.threshold.origin not in SHORTHANDS]
+    reasons += _threshold_reasons(
+        [o for o in found.outcomes if o.threshold.origin not in SHORTHANDS]
+    )
     return {
         "blessed": ok and found.passed,
         "reasons": reasons,
@@ -453,6 +455,28 @@ def _blessing(
         "baseline_accuracy": baseline_accuracy,
         "thresholds": [o.record() for o in found.outcomes],
     }
+
+
+MAX_REASONS = 10  # failed thresholds named in `reasons` (the push reason, the report's banner)
+
+
+def _threshold_reasons(configured: list[analysis.Outcome]) -> list[str]:
+    """`reasons` after today's two: each configured threshold that failed (up to MAX_REASONS),
+    then one line counting them all; blessing.json's `thresholds` has every line."""
+    if not configured:
+        return []
+    failed = [o.reason for o in configured if o.passed is False]
+    out = failed[:MAX_REASONS]
+    if len(failed) > MAX_REASONS:
+        out.append(f"{len(failed) - MAX_REASONS} more thresholds failed")
+    passed = sum(o.passed is True for o in configured)
+    ungated = sum(o.passed is None for o in configured)
+    out.append(
+        f"{passed} of {len(configured)} thresholds passed"
+        + (f", {ungated} not gated" if ungated else "")
+        + " (blessing.json lists each)"
+    )
+    return out
 
 
 def _write_analysis(
