@@ -101,6 +101,11 @@ class TrainerConfig:
         le=2**40,
         doc="serving_default rejects images whose header claims more pixels (INVALID_ARGUMENT)",
     )
+    export_grad_cam: bool = option(
+        True,
+        doc="export the grad_cam signature: the Evaluator's heat maps on its mistakes.png "
+        "(not part of the serving contract; false: a faster export, no heat maps)",
+    )
 
     def validate(self, fail: Any) -> None:
         if self.image_size is not None and not (
