@@ -812,9 +812,18 @@ def test_compiled_spec_runs_like_transfer_pipeline_run(make_dataset, tmp_path, c
     evaluator = local.artifacts["evaluator"]
     assert evaluator["metrics"]["metadata"]["model_accuracy"] == reference["metrics"]["accuracy"]
     assert evaluator["metrics"]["metadata"]["model_blessed_passed"] == 1
+    shown = evaluator["metrics"]["metadata"]
+    assert shown["model_macro_recall"] == reference["metrics"]["macro_recall"]
+    assert shown["gate_thresholds"] == 2 and shown["gate_thresholds_failed"] == 0
     report = Path(evaluator["report"]["path"]).read_text()
     assert report.startswith("<!doctype html>") and local.run_id in report
     assert "accuracy" in report and "ExampleValidator" in report
+    from report_html import Report
+
+    page = Report(report)  # the gate's two lines (the first push: no regression check)
+    lines = [(r[0], r[-2]) for r in page.table("Thresholds")[1:]]
+    assert lines == [("not gated", "evaluator.max_regression"), ("pass", "evaluator.min_accuracy")]
+    assert {"Confusion matrix (test split)", "Reliability (calibration)"} <= set(page.figures)
 
     # the pushed version serves over gRPC, answering as the Evaluator predicted
     with open(os.path.join(entries["Evaluator"]["output_dir"], "predictions.csv")) as f:
