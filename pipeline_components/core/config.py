@@ -49,6 +49,8 @@ def display_name(value: str) -> bool:
 # Sections that say how the pipeline is deployed rather than configure a component
 # (section -> "module:Class", imported when a config is loaded); never part of a cache key.
 SETTINGS_SECTIONS = {
+    # every Beam job's options and its progress lines (core/beam.py)
+    "beam": "pipeline_components.core.beam:BeamConfig",
     "kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig",
     # where a run's Prometheus metrics go (issue 32: docs/monitoring.md)
     "monitoring": "pipeline_components.orchestration.monitoring.settings:MonitoringConfig",
@@ -267,7 +269,8 @@ def from_dict(
 ) -> PipelineConfig:
     """A validated PipelineConfig from a pipeline.yaml-shaped dict (defaults for what is absent).
     `sections`: section name -> its dataclass (`registry.section_classes()`: the registered
-    components' and the settings sections)."""
+    components' and the settings sections). A section class may carry `upgrade_config(data,
+    source) -> data`, a rewrite of an old config's keys kept for one release (core/beam.py)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -275,6 +278,10 @@ def from_dict(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
     classes = dict(sections)
+    for cls in classes.values():  # a section's one-release rewrite of an old config's keys
+        upgrade = getattr(cls, "upgrade_config", None)
+        if callable(upgrade):
+            data = upgrade(data, source)
     hints = typing.get_type_hints(PipelineConfig)
     core, sections = {}, {}
     for key, value in data.items():

@@ -78,8 +78,8 @@ class EvaluatorConfig:
         doc="a Grad-CAM heat map on each image of mistakes.png (models that export grad_cam)",
     )
     batch_size: int = option(32, ge=1, le=4096, doc="images per call of the model")
-    beam_args: list[str] = option(
-        factory=lambda: ["--runner=DirectRunner"], key=False, doc="Beam pipeline options"
+    beam_args: list[str] | None = option(
+        None, key=False, doc="its Beam jobs' options, replacing beam.args (null: beam.args)"
     )
     model_copies: int | None = option(
         None,

@@ -3,8 +3,8 @@
 It calls `serving_default` on the raw `image/encoded` bytes — the artifact and preprocessing
 that will be served — so training/serving skew shows up here, not in production. The scoring is
 a Beam job (scoring.py: RunInference; every prediction collected for the driver) on any runner,
-with the options in `evaluator.beam_args`; the baseline is scored in the same job, on the same
-records.
+built and run by core/beam.py (`evaluator.beam_args`, else `beam.args`); the baseline is scored
+in the same job, on the same records.
 
     transfer-pipeline evaluate --model T/saved_model --examples O --output E \
         [--min-accuracy A] [--max-regression R] [--baseline PATH | --serving-dir S --model-name M]
@@ -31,12 +31,14 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline_components.core import artifacts, examples, fsutil
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.evaluator import analysis, metrics, thresholds
 from pipeline_components.evaluator.analysis import AnalysisOptions, ScoredSplit
@@ -281,15 +283,18 @@ def score_test_split(
     baseline_dir: str | None = None,
     options: AnalysisOptions | None = None,
     metadata: examples.Metadata | None = None,
+    beam_setup: core_beam.BeamSetup | None = None,
 ) -> Scores:
-    """Run the Beam job (scoring.build_pipeline) writing into work_dir; collect its results."""
+    """Run the Beam job (scoring.build_pipeline) writing into work_dir; collect its results.
+    `beam_setup`: how it runs (default: `config.beam_args`, else DirectRunner)."""
     from pipeline_components.evaluator import scoring
-    from pipeline_components.inference import beam_run
+    from pipeline_components.inference import results
 
     options = options or AnalysisOptions.from_config(config)
-    beam_run.quiet_beam()
+    beam_setup = beam_setup or core_beam.setup(config.beam_args)
+    core_beam.quiet()
     files = examples.split_files(examples_dir, "test")
-    p = beam_run.make_pipeline(config.beam_args)
+    p = core_beam.pipeline(beam_setup)
     scoring.build_pipeline(
         p,
         files,
@@ -302,12 +307,16 @@ def score_test_split(
         mistakes_per_class=options.mistakes_per_class,
         max_mistakes=options.max_mistakes,
     )
-    counters = beam_run.run_pipeline(
-        p, [scoring.COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]
+    counters = core_beam.run(
+        p,
+        beam_setup,
+        job="Evaluator",
+        namespaces=[scoring.COUNTER_NAMESPACE, results.RUN_INFERENCE_NAMESPACE],
+        describe=_progress(examples_dir),
     )
 
     def result(name: str, what: str) -> Any:
-        return beam_run.read_json_result(fsutil.join(work_dir, name), what)
+        return results.read_json_result(fsutil.join(work_dir, name), what)
 
     failure = result(scoring.FAILURES_PART.format("candidate"), "failures")
     if failure:
@@ -343,6 +352,22 @@ def _collect(
     return ScoredSplit(labels, got.y, got.candidate, got.baseline, builder.finish())
 
 
+def _progress(examples_dir: str) -> core_beam.Describe:
+    """The job's progress line: `1,200/5,000 test examples read, 1,100 scored`."""
+    try:
+        total = f"/{int(examples.read_stats(examples_dir)['splits']['test']['num_examples']):,}"
+    except (PipelineError, KeyError, TypeError, ValueError):  # an older or partial stats.json
+        total = ""
+
+    def describe(counters: Mapping[str, int]) -> str:
+        read = counters.get("evaluator.examples_read", 0)
+        failed = counters.get("evaluator.failed", 0)
+        text = f"{read:,}{total} test examples read, {counters.get('evaluator.scored', 0):,} scored"
+        return text + (f", {failed:,} failed" if failed else "")
+
+    return describe
+
+
 def check_inputs(
     model_dir: str, examples_dir: str, config: EvaluatorConfig, options: AnalysisOptions
 ) -> tuple[list[str], examples.Metadata | None, list[Threshold]]:
@@ -373,8 +398,10 @@ def run_evaluator(
     baseline: str | None = None,
     serving_dir: str | None = None,
     model_name: str | None = None,
+    beam_setup: core_beam.BeamSetup | None = None,
 ) -> dict:
-    """Score, gate, write the artifacts; returns the blessing dict."""
+    """Score, gate, write the artifacts; returns the blessing dict. `beam_setup`: how the
+    scoring job runs (default: `config.beam_args`, else DirectRunner)."""
     config = config or EvaluatorConfig()
     options = AnalysisOptions.from_config(config)
     started = time.monotonic()
@@ -386,7 +413,15 @@ def run_evaluator(
 
     with fsutil.atomic_dir(output_dir) as tmp:
         scores = score_test_split(
-            model_dir, examples_dir, tmp, labels, config, scored_baseline, options, meta
+            model_dir,
+            examples_dir,
+            tmp,
+            labels,
+            config,
+            scored_baseline,
+            options,
+            meta,
+            beam_setup,
         )
         result = metrics.classification_metrics(scores.split.candidate, scores.split.y, labels)
         log.info(
@@ -402,26 +437,16 @@ def run_evaluator(
             baseline_metrics, skip_reason = _score_baseline(scored_baseline, scores)
         split = scores.split if baseline_metrics else replace(scores.split, baseline=None)
         found = analysis.analyse(split, checks, options, skip_reason)
-        blessing = _blessing(result, baseline_metrics, found, config, skip_reason)
-        blessing.update(
-            baseline=baseline_path if baseline_metrics else None,
-            baseline_comparable=(
-                None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
-            ),
-            model=model_dir,
-            model_fingerprint=fingerprint,
-        )
+        blessing = _blessing(result, baseline_path, baseline_metrics, found, config, skip_reason)
+        blessing.update(model=model_dir, model_fingerprint=fingerprint)
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
         if baseline_metrics:
             fsutil.write_json(fsutil.join(tmp, artifacts.BASELINE_METRICS_FILE), baseline_metrics)
         _write_confusion_matrix(tmp, result, labels)
         _write_analysis(tmp, found, scores.mistakes, model_dir, labels, options)
         fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
-    log.info(
-        "%s: %s",
-        "BLESSED" if blessing["blessed"] else "NOT blessed",
-        "; ".join(blessing["reasons"]),
-    )
+    verdict = "BLESSED" if blessing["blessed"] else "NOT blessed"
+    log.info("%s: %s", verdict, "; ".join(blessing["reasons"]))
     return blessing
 
 
@@ -430,13 +455,15 @@ SHORTHANDS = ("evaluator.min_accuracy", "evaluator.max_regression")
 
 def _blessing(
     result: dict,
+    baseline_path: str | None,
     baseline_metrics: dict | None,
     found: analysis.Analysis,
     config: EvaluatorConfig,
     skip_reason: str | None,
 ) -> dict:
     """blessing.json: the verdict; `reasons`: today's two (min_accuracy, max_regression), then
-    the configured thresholds that failed and a count; `thresholds`: every threshold's line."""
+    the configured thresholds that failed and a count; `thresholds`: every threshold's line
+    (without the model's path and fingerprint)."""
     baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
     ok, reasons = gate(
         result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
@@ -454,6 +481,10 @@ def _blessing(
         "max_regression": config.max_regression,
         "baseline_accuracy": baseline_accuracy,
         "thresholds": [o.record() for o in found.outcomes],
+        "baseline": baseline_path if baseline_metrics else None,
+        "baseline_comparable": (
+            None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
+        ),
     }
 
 
