@@ -2,14 +2,14 @@
 
     python -m benchmarks [--quick | --smoke] [--only NAME ...] [--out DIR] [--in-process]
 
-Benchmarks: every module of this package that declares `BENCHMARK` (benchmarks/headline.py), in
-its `order`; today example_gen, statistics_gen, input_pipeline, training, serving,
-batch_inference, multi_worker. Each is its script's `run(quick)` followed by its `report()`, exactly
-as `python -m benchmarks.<name>` does, and each runs in a fresh `python` subprocess: TensorFlow
-fixes its thread pools at first use (the serving benchmark sets the server's thread settings, which
-a process that already ran TensorFlow refuses), Keras and tf.data keep models and caches for the
-life of a process, and a crash, a hang or an out-of-memory kill then costs one benchmark, not the
-run. The price is ~5 s of imports each.
+Benchmarks: every module of this package that declares `BENCHMARK` (benchmarks/headline.py), in its
+`order`; today example_gen, statistics_gen, input_pipeline, training, feature_stream, serving,
+batch_inference, evaluator_gate, multi_worker. Each is its script's `run(quick)` followed by its
+`report()`, exactly as `python -m benchmarks.<name>` does, and each runs in a fresh `python`
+subprocess: TensorFlow fixes its thread pools at first use (the serving benchmark sets the server's
+thread settings, which a process that already ran TensorFlow refuses), Keras and tf.data keep models
+and caches for the life of a process, and a crash, a hang or an out-of-memory kill then costs one
+benchmark, not the run. The price is ~5 s of imports each.
 
 Writes <out>/results.json (every result, each benchmark's headline claims and its own Markdown
 table), <out>/results.md (the headline table, then each benchmark's table) and, as each script

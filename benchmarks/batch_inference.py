@@ -147,7 +147,7 @@ def batch_predict(model_dir: str, root: str, out: str, beam_args: list[str]) -> 
 def evaluator_before(model_dir: str, examples_dir: str, out: str) -> None:
     """The previous Evaluator's work: score in one process, metrics, predictions.csv, plots."""
     from pipeline_components.core import fsutil
-    from pipeline_components.evaluator import executor, metrics
+    from pipeline_components.evaluator import executor, metrics, plots
 
     _, signature, labels = executor.load_serving_model(model_dir)
     preds = executor.predict_split(signature, examples_dir, "test", BATCH, 12)
@@ -157,14 +157,22 @@ def evaluator_before(model_dir: str, examples_dir: str, out: str) -> None:
         fsutil.write_atomic(
             os.path.join(tmp, "predictions.csv"), executor._predictions_csv(preds, labels)
         )
-        executor._write_plots(tmp, result, preds.errors, labels)
+        executor._write_confusion_matrix(tmp, result, labels)
+        fsutil.write_atomic(
+            os.path.join(tmp, "mistakes.png"), plots.mistakes_png(preds.errors, labels)
+        )
 
 
 def evaluator_beam(model_dir: str, examples_dir: str, out: str) -> None:
     from pipeline_components.evaluator import executor
     from pipeline_components.evaluator.config import EvaluatorConfig
 
-    config = EvaluatorConfig(min_accuracy=0.0, batch_size=BATCH)
+    # the same work as (d): no intervals, slices or heat maps (benchmarks/evaluator_gate.py
+    # measures those), 12 misclassified images drawn
+    config = EvaluatorConfig(
+        min_accuracy=0.0, batch_size=BATCH, bootstrap_resamples=0, slices=False,
+        mistakes_per_class=12, num_error_examples=12, grad_cam=False,
+    )  # fmt: skip
     executor.run_evaluator(model_dir, examples_dir, out, config)
 
 

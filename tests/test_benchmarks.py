@@ -20,6 +20,7 @@ import benchmarks.__main__ as bench
 from benchmarks import (
     batch_inference,
     common,
+    evaluator_gate,
     example_gen,
     feature_stream,
     headline,
@@ -40,6 +41,7 @@ MODULES = {
     "feature_stream": feature_stream,
     "serving": serving,
     "batch_inference": batch_inference,
+    "evaluator_gate": evaluator_gate,
     "multi_worker": multi_worker,
 }
 
@@ -166,6 +168,7 @@ def fake_results(name: str) -> dict:
     variants = {f"({k}) variant {k}": {"median_s": 1.0 + i} for i, k in enumerate("abcdet")}
     ratios = {
         "batch_inference": {"b_over_a": 1.2, "a_over_c": 1.1, "e_over_d": 1.5},
+        "evaluator_gate": {"b_over_a": 1.2},
         "example_gen": {"a_over_b": 1.4, "b_over_d": 2.0},
         "statistics_gen": {"s_over_c": 0.4, "t_over_c": 0.5, "p_over_t": 1.5},
         "input_pipeline": {"a_over_b": 6.0, "a_over_d": 9.0},
@@ -179,6 +182,7 @@ def fake_results(name: str) -> dict:
     }[name]
     goals = {
         "batch_inference": {"b_within_1.3x_of_a": True, "c_faster_than_a": False},
+        "evaluator_gate": {"b_within_1.5x_of_a": True},
         "example_gen": {"b_no_slower_than_a": True},
         "statistics_gen": {"none_set": True},
         "input_pipeline": {"a_over_b_at_least_5": True, "b_at_least_0.85_of_floor": False},
@@ -404,7 +408,7 @@ def test_each_ratio_in_results_md_carries_its_spread_and_the_load(fakes, monkeyp
 def test_the_benchmarks_declare_themselves_in_table_order():
     assert NAMES == [
         "example_gen", "statistics_gen", "input_pipeline", "training", "feature_stream",
-        "serving", "batch_inference", "multi_worker",
+        "serving", "batch_inference", "evaluator_gate", "multi_worker",
     ]  # fmt: skip
     for name, module in MODULES.items():
         assert module.BENCHMARK is not None and bench.BENCHMARKS[name].module == module.__name__

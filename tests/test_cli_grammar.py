@@ -5,6 +5,7 @@ DEPRECATED still parse, each with its one line on stderr; the shipped manifests 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 
@@ -86,6 +87,11 @@ def test_every_component_command_shows_config_overrides_and_defaults(component, 
         assert f.metadata.get("doc"), f"{component.config_section}.{f.name} has no doc"
         assert flat(commandline.option_help(f, default, nullable)).replace("%%", "%") in out
         assert f"(default: {commandline.show(default)})" in out
+    flagged = {f.name for f, _, _ in fields}
+    for f in dataclasses.fields(component.config_class):  # no flag: KEY=VALUE, with its doc
+        if f.name not in flagged:
+            shown = f"{f.name}={commandline.show(commandline.default_of(f))}"
+            assert f"{shown} ({flat(f.metadata['doc'])})" in out, f.name
 
 
 @pytest.mark.parametrize("command", sorted(TOOL_PARSERS) + ["validate-data", "step"])

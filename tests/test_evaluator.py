@@ -68,7 +68,7 @@ def test_metrics_equal_a_hand_computation(models, data, tmp_path):
     assert blessing["blessed"] and blessing["baseline_accuracy"] is None
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 10 and sum(r["label"] != r["predicted"] for r in rows) == 2
-    for name in ("confusion_matrix.png", "errors.png"):
+    for name in ("confusion_matrix.png", "mistakes.png", "reliability.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 

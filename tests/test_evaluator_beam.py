@@ -1,6 +1,7 @@
-"""The Evaluator on Beam: the same metrics.json, predictions.csv and errors.png as the previous
-single-process scorer (`predict_split` + `metrics.classification_metrics`), the pieces of the
-distributed metrics against their one-process formulas, and its one-line errors."""
+"""The Evaluator on Beam: the same metrics.json and predictions.csv as the previous
+single-process scorer (`predict_split` + `metrics.classification_metrics`), the mistakes it
+picks for mistakes.png, the fragments that carry every prediction to the driver, and its
+one-line errors."""
 
 import io
 import json
@@ -17,7 +18,7 @@ from evalfixtures import export_threshold_model, solid_png, write_split
 from pipeline_components import cli
 from pipeline_components.core.beam import BeamSetup
 from pipeline_components.evaluator import executor as evaluator
-from pipeline_components.evaluator import metrics, plots, scoring
+from pipeline_components.evaluator import metrics, scoring
 from pipeline_components.evaluator.config import EvaluatorConfig
 from pipeline_components.trainer import export
 
@@ -81,6 +82,21 @@ def single_process(model, data, num_errors):
     return preds, labels, metrics.classification_metrics(preds.probabilities, preds.y_true, labels)
 
 
+def most_confident_mistakes(preds, per_class, limit):
+    """scoring.TopMistakes's choice in plain Python: each true class's most confident wrong
+    predictions (ties: the earlier row), every class's first before any second, class by class."""
+    wrong = np.flatnonzero(preds.probabilities.argmax(1) != preds.y_true)
+    ranked = []
+    for c in sorted(set(preds.y_true[wrong].tolist())):
+        rows = sorted((-preds.probabilities[i].max(), i) for i in wrong if preds.y_true[i] == c)
+        ranked += [(rank, neg, c, i) for rank, (neg, i) in enumerate(rows[:per_class])]
+    chosen = sorted(sorted(ranked)[:limit], key=lambda r: (r[2], r[0]))
+    return [
+        (preds.filenames[i], c, int(preds.probabilities[i].argmax()), -neg)
+        for _, neg, c, i in chosen
+    ]
+
+
 def assert_same_metrics(new, old, tol=1e-6):
     assert new.keys() == old.keys()
     assert new["num_examples"] == old["num_examples"] and new["labels"] == old["labels"]
@@ -100,8 +116,9 @@ def test_beam_evaluator_equals_the_single_process_scorer(case, binary, three, tm
     out = tmp_path / "eval"
     baseline = setup.get("baseline")
     config = EvaluatorConfig(
-        min_accuracy=0.0, max_regression=1.0, batch_size=4, num_error_examples=5
-    )
+        min_accuracy=0.0, max_regression=1.0, batch_size=4, mistakes_per_class=2,
+        num_error_examples=3,
+    )  # fmt: skip
     blessing = evaluator.run_evaluator(
         str(setup["model"]), str(setup["data"]), str(out), config,
         baseline=str(baseline) if baseline else None,
@@ -112,12 +129,17 @@ def test_beam_evaluator_equals_the_single_process_scorer(case, binary, three, tm
     assert 0 < new["accuracy"] < 1 and new["num_examples"] == len(preds.filenames)
     if case == "binary":
         assert 0 < new["auc"] < 1
-    # the same rows in the same order, and the same misclassified images in errors.png
+    # the same rows in the same order, and the most confident mistakes of each class in
+    # mistakes.png (2 per class, 3 in all)
     assert (out / "predictions.csv").read_bytes() == evaluator._predictions_csv(
         preds, labels
     ).encode("utf-8")
-    assert len(preds.errors) == 5
-    assert (out / "errors.png").read_bytes() == plots.errors_png(preds.errors, labels)
+    drawn = json.loads((out / "analysis.json").read_text())["mistakes"]
+    expected = most_confident_mistakes(preds, 2, 3)
+    assert len(expected) == 3 and len({c for _, c, _, _ in expected}) >= 2
+    assert [(m["filename"], m["true"], m["pred"]) for m in drawn] == [e[:3] for e in expected]
+    assert [m["score"] for m in drawn] == pytest.approx([e[3] for e in expected])
+    assert (out / "mistakes.png").read_bytes()[:4] == b"\x89PNG"
     assert blessing["accuracy"] == new["accuracy"]
     if baseline:  # scored in the same Beam job, on the same records
         _, _, old_base = single_process(baseline, setup["data"], 0)
@@ -144,49 +166,76 @@ def test_a_baseline_that_fails_on_the_test_images_skips_the_regression_check(bin
     assert not (tmp_path / "e" / "baseline_metrics.json").exists()
 
 
-def test_bucketed_auc_equals_roc_auc_with_ties_and_bucket_edges():
-    rng = np.random.default_rng(0)
-    edges = [np.float32(v) for v in (0.0, -0.0, 1.0, 0.5, np.nextafter(np.float32(0.5), 1))]
-    scores = np.concatenate(
-        [rng.random(3000).astype(np.float32), np.repeat(edges, 40), np.full(50, 0.25, np.float32)]
-    )
-    positive = rng.random(len(scores)) < 0.4
-    buckets: dict[int, dict[float, list[int]]] = {}
-    for s, pos in zip(scores, positive, strict=True):
-        score = float(s) + 0.0
-        counts = buckets.setdefault(metrics.auc_bucket(score), {}).setdefault(score, [0, 0])
-        counts[int(pos)] += 1
-    assert len(buckets) > 100  # the scores really are spread over many buckets
-    summaries = [(b, *metrics.bucket_auc(c)) for b, c in buckets.items()]
-    expected = metrics.roc_auc(scores.astype(np.float64), positive)
-    assert metrics.auc_from_buckets(summaries) == pytest.approx(expected, abs=1e-12)
-    # order: every score of a lower bucket is lower
-    keys = sorted(buckets)
-    assert all(max(buckets[a]) < min(buckets[b]) for a, b in zip(keys, keys[1:], strict=False))
-    assert metrics.auc_from_buckets([(0, 5, 0, 0)]) is None
+def test_fragments_carry_every_prediction_exactly_in_record_order(tmp_path):
+    """WritePredictions (candidate and baseline) -> collect: float32 probabilities bit for bit,
+    labels, sizes and emoji filenames (into the folder slice) in predictions.csv's order."""
+    from pipeline_components.evaluator.slicing import SliceBuilder
+
+    rng = np.random.default_rng(1)
+    n, names = 40, ["c0", "c1", "c2"]
+    probs = rng.dirichlet(np.ones(3), n).astype(np.float32)
+    base = rng.dirichlet(np.ones(3), n).astype(np.float32)
+    labels = rng.integers(0, 3, n)
+    folders = ["2019", "🐈 cam", "."]
+
+    def scored(p, i):
+        folder = folders[i % 3]
+        name = f"test/{names[labels[i]]}/{'' if folder == '.' else folder + '/'}{i:02d}.png"
+        example = scoring.Example((i % 4, i // 4), name, int(labels[i]), 10 + i, 300)
+        return scoring.Scored(example, p[i], b"")
+
+    work = str(tmp_path)
+    with test_pipeline.TestPipeline() as p:
+        _ = (
+            p
+            | "cand" >> scoring.beam.Create([scored(probs, i) for i in reversed(range(n))])
+            | "writeC" >> scoring.WritePredictions(work, names)
+        )
+        _ = (
+            p
+            | "base" >> scoring.beam.Create([scored(base, i) for i in range(n)])
+            | "writeB" >> scoring.WritePredictions(work, names, "baseline")
+        )
+    builder = SliceBuilder(names)
+    got = scoring.collect(work, 3, builder, with_baseline=True)
+    order = sorted(range(n), key=lambda i: (i % 4, i // 4))  # shard, then record
+    assert np.array_equal(got.candidate, probs[order]) and got.candidate.dtype == np.float32
+    assert np.array_equal(got.baseline, base[order])
+    assert np.array_equal(got.y, labels[order])
+    dims = {d.name: d for d in builder.finish()}
+    assert dims["folder"].values == sorted(folders)
+    expected = [folders[i % 3] for i in order]
+    assert [dims["folder"].values[c] for c in dims["folder"].codes] == expected
+    sizes = ["0-31" if 10 + i < 32 else "32-63" for i in order]  # the shorter side: 10 + i
+    assert [dims["size"].values[c] for c in dims["size"].codes] == sizes
+    assert not list(tmp_path.glob("_scores-*"))  # collected fragments are removed
 
 
-@pytest.mark.parametrize("num_classes", [2, 3])
-def test_compute_metrics_combiners_equal_the_one_process_formula(num_classes):
-    rng = np.random.default_rng(num_classes)
-    n = 1500
-    probs = rng.dirichlet(np.ones(num_classes), n).astype(np.float32)
-    probs[:200] = probs[0]  # ties
-    labels = rng.integers(0, num_classes, n)
-    names = [f"c{i}" for i in range(num_classes)]
-    scored = [
-        scoring.Scored(scoring.Example((i % 4, i), f"f{i}", int(y)), p, b"")
-        for i, (p, y) in enumerate(zip(probs, labels, strict=True))
-    ]
-    expected = metrics.classification_metrics(probs, labels, names)
+def test_top_mistakes_are_the_most_confident_wrong_per_true_class():
+    rows = [  # (label, p) for records 0..6; encoded kept for the wrong ones only
+        (0, [0.2, 0.8]), (0, [0.1, 0.9]), (0, [0.9, 0.1]), (1, [0.7, 0.3]),
+        (1, [0.6, 0.4]), (1, [0.95, 0.05]), (0, [0.1, 0.9]),
+    ]  # fmt: skip
+    scored = []
+    for i, (label, p) in enumerate(rows):
+        wrong = int(np.argmax(p)) != label
+        example = scoring.Example((0, i), f"f{i}", label)
+        scored.append(scoring.Scored(example, np.array(p, np.float32), b"x" if wrong else b""))
 
     def check(results):
         assert len(results) == 1
-        assert_same_metrics(results[0], expected, tol=1e-9)
+        got = [(m["filename"], m["true"], m["pred"]) for m in results[0]]
+        # class 0: 0.9 (records 1 and 6: the earlier first), not record 0 (0.8); class 1: 0.95, 0.7
+        assert got == [("f1", 0, 1), ("f6", 0, 1), ("f5", 1, 0), ("f3", 1, 0)], got
+
+    def check_limit(results):
+        got = [(m["filename"], m["true"]) for m in results[0]]
+        assert got == [("f1", 0), ("f6", 0), ("f5", 1)], got  # both firsts, then the surer second
 
     with test_pipeline.TestPipeline() as p:
-        result = p | scoring.beam.Create(scored) | scoring.ComputeMetrics(names)
-        assert_that(result, check)
+        mistakes = p | scoring.beam.Create(scored)
+        assert_that(mistakes | "all" >> scoring.TopMistakes(2), check, label="all")
+        assert_that(mistakes | "limit" >> scoring.TopMistakes(2, 3), check_limit, label="limit")
 
 
 def _run_cli(args, capsys):

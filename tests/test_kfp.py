@@ -680,6 +680,36 @@ def test_a_skipped_producer_skips_its_consumers_in_the_step(toys, tmp_path):
     assert entry["status"] == "skipped" and "ToyNumbers" in entry["reason"]
 
 
+def test_the_gate_thresholds_are_a_pipeline_parameter_checked_before_the_evaluator_runs(
+    tmp_path, capsys
+):
+    """evaluator.thresholds (a list) is a run-time parameter as YAML text, its default the
+    config's; a bad one given at run time is the task's one-line error, before any scoring."""
+    floor = '[{metric: recall, class: "*", lower: 0.5}]'
+    spec, _, _ = compiled(
+        tmp_path, ROOT / "configs" / "demo.yaml", *CLUSTER, f"evaluator.thresholds={floor}"
+    )
+    params = spec.root.input_definitions.parameters
+    text = json_format.MessageToDict(params["evaluator_thresholds"].default_value)
+    assert yaml.safe_load(text) == [{"metric": "recall", "class": "*", "lower": 0.5}]
+    args = executors(spec)[walk(spec)["evaluator"][2].executor_label]["container"]["args"]
+    assert ["evaluator.thresholds", "{{$.inputs.parameters['evaluator_thresholds']}}"] in (
+        flag_values(args, "--param")
+    )
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"pipeline_root": str(tmp_path / "root")}))
+    bad = "[{metric: recal, lower: 0.5}]"
+    argv = ["step", "Evaluator", "--run-id", "r1", "--config", str(path)]
+    assert cli.main([*argv, "--param", "evaluator.thresholds", bad]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evaluator.thresholds[0].metric" in err, err
+    record = step_record(tmp_path / "root", "r1", "Evaluator")  # failed for good, nothing else
+    assert record["status"] == "failed" and "unknown metric 'recal'" in record["permanent_error"]
+    written = [p for p in (tmp_path / "root").rglob("*") if p.is_file()]
+    assert written == [tmp_path / "root" / "runs" / "r1" / "steps" / "Evaluator.json"]
+
+
 def test_step_runs_in_an_image_without_the_kfp_sdk(tmp_path):
     """The runtime image does not install the `kfp` extra: `step` must not need it."""
     import subprocess
@@ -822,9 +852,18 @@ def test_compiled_spec_runs_like_transfer_pipeline_run(make_dataset, tmp_path, c
     evaluator = local.artifacts["evaluator"]
     assert evaluator["metrics"]["metadata"]["model_accuracy"] == reference["metrics"]["accuracy"]
     assert evaluator["metrics"]["metadata"]["model_blessed_passed"] == 1
+    shown = evaluator["metrics"]["metadata"]
+    assert shown["model_macro_recall"] == reference["metrics"]["macro_recall"]
+    assert shown["gate_thresholds"] == 2 and shown["gate_thresholds_failed"] == 0
     report = Path(evaluator["report"]["path"]).read_text()
     assert report.startswith("<!doctype html>") and local.run_id in report
     assert "accuracy" in report and "ExampleValidator" in report
+    from report_html import Report
+
+    page = Report(report)  # the gate's two lines (the first push: no regression check)
+    lines = [(r[0], r[-2]) for r in page.table("Thresholds")[1:]]
+    assert lines == [("not gated", "evaluator.max_regression"), ("pass", "evaluator.min_accuracy")]
+    assert {"Confusion matrix (test split)", "Reliability (calibration)"} <= set(page.figures)
 
     # the pushed version serves over gRPC, answering as the Evaluator predicted
     with open(os.path.join(entries["Evaluator"]["output_dir"], "predictions.csv")) as f:

@@ -210,3 +210,33 @@ def test_groups_hold_status_one_hot_and_what_each_component_measured():
 )
 def test_the_gate_reason_comes_from_its_numbers(blessing, reason):
     assert run_metrics.gate_reason(blessing) == reason
+
+
+def _lines(**passed):
+    return [{"origin": origin, "passed": ok} for origin, ok in passed.items()]
+
+
+@pytest.mark.parametrize(
+    "lines, reason",
+    [
+        (_lines(min_accuracy=True, max_regression=None, rare=False), "thresholds"),
+        (_lines(min_accuracy=True, max_regression=False, rare=True), "regression"),
+        (_lines(min_accuracy=False, max_regression=True, rare=False), "below_min_accuracy"),
+        (
+            _lines(min_accuracy=False, max_regression=False),
+            "below_min_accuracy_and_regression",
+        ),
+    ],
+)
+def test_the_gate_reason_reads_the_threshold_lines(lines, reason):
+    """blessing.json's lines decide (an accuracy a hair above baseline - max_regression is no
+    regression; a failed per-class floor is `thresholds`), and they are counted."""
+    for line in lines:
+        if line["origin"] in ("min_accuracy", "max_regression"):
+            line["origin"] = "evaluator." + line["origin"]
+    blessing = {"blessed": False, "accuracy": 0.8, "threshold": 0.5, "baseline_accuracy": 0.81}
+    blessing |= {"max_regression": 0.01, "thresholds": lines}
+    assert run_metrics.gate_reason(blessing) == reason
+    samples = {s.name: s.value for s in run_metrics._model(None, blessing)}
+    assert samples["gate_thresholds"] == len(lines)
+    assert samples["gate_thresholds_failed"] == sum(t["passed"] is False for t in lines)

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -79,7 +80,15 @@ def assert_artifacts(record):
         "training_config.json",
     ):
         assert os.path.exists(os.path.join(tr, rel)), rel
-    for rel in ("metrics.json", "blessing.json", "confusion_matrix.png", "errors.png"):
+    for rel in (
+        "metrics.json",
+        "blessing.json",
+        "analysis.json",
+        "confusion_matrix.png",
+        "mistakes.png",
+        "reliability.png",
+        "slices.png",
+    ):
         assert os.path.exists(os.path.join(ev, rel)), rel
     report = record["report"]
     with open(report) as f:
@@ -177,22 +186,89 @@ def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
     assert code == 0 and alone["blessed"] and alone["num_examples"] == 2
 
 
+def write_metadata(data, cameras=("phone", "phone", "dslr")):
+    """metadata.csv beside the images: a camera for every test image, in turn."""
+    tests = sorted(p.relative_to(data).as_posix() for p in (data / "test").rglob("*.jpg"))
+    rows = [f"{path},{cameras[i % len(cameras)]}" for i, path in enumerate(tests)]
+    (data / "metadata.csv").write_text("path,camera\n" + "\n".join(rows) + "\n")
+    return {c: sum(1 for r in rows if r.endswith("," + c)) for c in cameras}
+
+
 @pytest.mark.slow
-def test_model_missing_the_gate_is_not_pushed(make_dataset, tmp_path, capsys):
+def test_a_class_floor_the_model_misses_stops_the_push_and_the_report_shows_why(
+    make_dataset, tmp_path, capsys
+):
+    """Thresholds from pipeline.yaml: accuracy clears min_accuracy 0, a recall floor of 1.0 on
+    every class does not (a head left at its random initialisation cannot get every test
+    image right); a metadata.csv slice gated, one under min_slice_size not. Not blessed,
+    nothing pushed; run.json, the metrics published and report.html say which line failed."""
+    from report_html import Report
+
+    from pipeline_components.orchestration.monitoring import run_metrics
+
     data = make_dataset(per_split=(6, 2, 3))
-    path = write_config(tmp_path, data, evaluator={"min_accuracy": 1.0})
-    # a head left at its random initialisation cannot get every test image right
+    cameras = write_metadata(data)
+    assert cameras == {"phone": 4, "dslr": 2}
+    thresholds = [
+        {"metric": "recall", "class": "*", "lower": 1.0},
+        {"metric": "accuracy", "slice": {"camera": "phone"}, "lower": 0.0},
+        {"metric": "accuracy", "slice": {"camera": "dslr"}, "lower": 0.0},
+    ]
+    evaluator = {"min_accuracy": 0.0, "min_slice_size": 3, "thresholds": thresholds}
+    path = write_config(tmp_path, data, evaluator=evaluator)
     code, out, _ = run_cli(path, capsys, "trainer.epochs=1", "trainer.learning_rate=1e-9")
     record = newest_record(tmp_path)
     assert code == 0, out  # a rightly unpushed model is the pipeline working
-    assert record["status"] == "completed"
-    assert record["blessing"]["blessed"] is False
-    assert "< min_accuracy 1.0000" in record["blessing"]["reasons"][0]
+    blessing = record["blessing"]
+    assert record["status"] == "completed" and blessing["blessed"] is False
+    assert blessing["reasons"][0].startswith(f"accuracy {blessing['accuracy']:.4f} >= min_accuracy")
+    lines = {(t["origin"], t["class"]): t for t in blessing["thresholds"]}
+    recall = {c: lines["evaluator.thresholds[0]", c] for c in ("circles", "squares")}
+    failed = [t for t in recall.values() if t["passed"] is False]
+    assert failed and all(t["passed"] is (t["value"] == 1.0) for t in recall.values())
+    for t in failed:  # the reason names the class, the metric, the value and the bound
+        assert t["reason"].startswith(
+            f"recall of class {t['class']!r} {t['value']:.4f} fails >= 1.0000 (95% interval ["
+        )
+        assert t["reason"] in blessing["reasons"] and t["reason"] in record["push"]["reason"]
+    phone, dslr = lines["evaluator.thresholds[1]", None], lines["evaluator.thresholds[2]", None]
+    assert phone["count"] == 4 and phone["passed"] is True and phone["slice"] == {"camera": "phone"}
+    assert dslr["count"] == 2 and dslr["passed"] is None and "not gated" in dslr["reason"]
     assert record["components"]["InfraValidator"]["status"] == "skipped"
     assert record["push"]["pushed"] is False
-    assert record["push"]["reason"].startswith("model not blessed: accuracy")
     assert not (tmp_path / "serving" / "shapes").exists()
     assert "not pushed: model not blessed" in out
+
+    # run.json's metrics carry the gate's, and the published metrics count the failed lines
+    metrics = record["metrics"]
+    assert metrics["min_class_recall"] == min(t["value"] for t in recall.values())
+    for key in ("macro_recall", "log_loss", "ece", "auc", "auc_pr"):
+        assert metrics[key] is not None and len(metrics["intervals"][key]) == 2, key
+    group = run_metrics.component_group("p", "Evaluator", record["components"]["Evaluator"])
+    samples = {(s.name, s.labels): s.value for s in group.samples}
+    assert samples["gate_thresholds", ()] == len(blessing["thresholds"]) == 6  # 2 shorthands
+    assert samples["gate_thresholds_failed", ()] == len(failed)
+    assert samples["model_blessed", (("reason", "thresholds"),)] == 0
+    assert samples["model_macro_recall", ()] == metrics["macro_recall"]
+
+    # report.html: the thresholds (failed first), the classes, the slices as bars, the figures
+    # and the mistakes with their heat maps
+    report = Report(Path(record["report"]).read_text(encoding="utf-8"))
+    titles = [text for level, text in report.headings if level == "h3"]
+    assert titles[:3] == ["Thresholds", "Classes", "Accuracy per slice (red: all test images, "
+                          f"{metrics['accuracy']:.4f})"]  # fmt: skip
+    rows = report.table("Thresholds")
+    assert rows[0][:3] == ["passed", "threshold", "bound"] and len(rows) == 1 + 6
+    assert [r[0] for r in rows[1 : 1 + len(failed)]] == ["FAIL"] * len(failed)
+    assert {r[1] for r in rows[1 : 1 + len(failed)]} == {f"recall of {t['class']}" for t in failed}
+    assert ["not gated", "accuracy on camera=dslr", ">= 0.0000"] in [r[:3] for r in rows]
+    slices = {r[0]: r[1] for r in report.table("Accuracy per slice")[1:]}
+    assert slices["camera=phone"] == "4" and slices["class=circles"] == "3"
+    assert report.svgs >= len(slices) + 2  # a bar per slice and per class
+    assert {"Confusion matrix (test split)", "Reliability (calibration)"} <= set(report.figures)
+    assert "Most confident mistakes per class" in report.figures
+    mistakes = report.table("Most confident mistakes")[1:]
+    assert mistakes and all(r[5] == "yes" for r in mistakes)  # each with its Grad-CAM map
 
 
 @pytest.mark.slow

@@ -129,7 +129,8 @@ def test_binary_end_to_end_through_the_cli(make_dataset, tmp_path, capsys):
     assert "trained 2 epochs" in capsys.readouterr().out
 
     loaded = tf.saved_model.load(str(out / "saved_model"))
-    assert set(loaded.signatures) == {"serving_default", "predict_pixels"}
+    # grad_cam: the Evaluator's heat maps (trainer/explain.py), not a client signature
+    assert set(loaded.signatures) == {"serving_default", "predict_pixels", "grad_cam"}
     encoded, labels = _raw(ex, "test")
     outputs = loaded.signatures["serving_default"](images=tf.constant(encoded))
     assert outputs["probabilities"].dtype == tf.float32 and outputs["probabilities"].shape == (8, 2)

@@ -6,6 +6,7 @@ the names and functions here, so a layout changes in one file. The layouts:
     <examples>/                     Examples (ExampleGen)
         <split>/examples-SSSSS-of-NNNNN.tfrecord.gz
         labels.txt   stats.json
+        metadata.jsonl (when the data has a metadata.csv: core/examples.py)
     <trainer>/                      Model (Trainer)
         saved_model/                the SavedModel TF Serving loads (see below)
         history.json  history.csv  plots/  logs/  checkpoints/  training_config.json
@@ -21,8 +22,9 @@ the names and functions here, so a layout changes in one file. The layouts:
     <example_validator>/            ExampleAnomalies (ExampleValidator)
         anomalies.json  plots/ (this run next to the baseline's, when there is one)
     <evaluator>/                    ModelBlessing (Evaluator)
-        blessing.json  metrics.json  predictions.csv  confusion_matrix.png  errors.png
+        blessing.json  metrics.json  predictions.csv  confusion_matrix.png
         baseline_metrics.json (when a baseline was scored)
+        analysis.json  reliability.png  slices.png  mistakes.png
     <infra_validator>/infra_blessing.json   InfraBlessing (InfraValidator)
     <pusher>/push.json                      PushedModel (Pusher)
     <batch_predict>/                        InferenceResult (BulkInferrer, batch-predict)
@@ -65,6 +67,8 @@ SHARD_PREFIX = "examples"
 SHARD_SUFFIX = ".tfrecord.gz"
 LABELS_FILE = "labels.txt"
 STATS_FILE = "stats.json"
+METADATA_CSV = "metadata.csv"  # <data_root>/metadata.csv: path, then columns (optional)
+METADATA_FILE = "metadata.jsonl"  # its rows for the images ExampleGen wrote
 
 # ------------------------------------------------------------------- data validation
 STATISTICS_FILE = "statistics.json"
@@ -114,7 +118,10 @@ METRICS_FILE = "metrics.json"
 BASELINE_METRICS_FILE = "baseline_metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
-ERRORS_PNG = "errors.png"
+ANALYSIS_FILE = "analysis.json"  # every metric with its interval, per class and slice
+RELIABILITY_PNG = "reliability.png"
+SLICES_PNG = "slices.png"
+MISTAKES_PNG = "mistakes.png"  # the most confident wrong images with Grad-CAM heat maps
 
 # --------------------------------------------------------------------- InfraValidator, Pusher
 INFRA_BLESSING_FILE = "infra_blessing.json"
@@ -153,6 +160,12 @@ PIXELS_SIGNATURE = "predict_pixels"  # pixels: DT_FLOAT [-1, H, W, 3], RGB 0..25
 IMAGES_INPUT = "images"
 PIXELS_INPUT = "pixels"
 OUTPUT_KEYS = ("probabilities", "scores", "class_ids", "classes")
+# An explanation, not a client signature (trainer/explain.py; the serving contract records it
+# apart): images DT_STRING [-1] + class_ids DT_INT64 [-1] (-1: the predicted class) ->
+# heatmaps DT_FLOAT [-1, H, W], class_ids, probabilities.
+GRAD_CAM_SIGNATURE = "grad_cam"
+CLASS_IDS_INPUT = "class_ids"
+EXPLANATION_SIGNATURES = (GRAD_CAM_SIGNATURE,)
 
 VERSION_DIR = re.compile(r"[0-9]{1,18}")
 

@@ -420,11 +420,12 @@ def parser(component: Component[Any]) -> argparse.ArgumentParser:
         flagged = {f.name for f, _, _ in option_fields(component.config_class)}
         rest = [
             f"{f.name}={show(default_of(f))}"
+            + (f" ({f.metadata['doc']})" if f.metadata.get("doc") else "")
             for f in dataclasses.fields(component.config_class)
             if f.name not in flagged
         ]
         if rest:
-            epilog.append(f"Also in {section} (KEY=VALUE or --config): {', '.join(rest)}.")
+            epilog.append(f"Also in {section} (KEY=VALUE or --config): {'; '.join(rest)}.")
     if component.beam:
         epilog.append(BEAM_HELP)
     about = (type(component).__doc__ or "").strip()

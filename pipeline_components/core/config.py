@@ -18,7 +18,7 @@ import types
 import typing
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
@@ -202,12 +202,26 @@ def has_range(meta: Any) -> bool:
     return any(meta.get(k) is not None for k in ("ge", "gt", "le", "lt"))
 
 
+class Refusal:
+    """What a section's `validate(fail)` hook is given: `fail(key, what, value)` raises
+    `<source>: <section>.<key>: must be <what>, got <value>`; `fail.says(key, text)` raises
+    `<source>: <section>.<key>: <text>`, for a check that words its own message (the
+    Evaluator's thresholds: `thresholds[2].metric: unknown metric 'recal' (known: ...)`)."""
+
+    def __init__(self, prefix: str, source: str) -> None:
+        self.prefix, self.source = prefix, source
+
+    def __call__(self, key: str, what: str, value: Any) -> NoReturn:
+        self.says(key, f"must be {what}, got {value!r}")
+
+    def says(self, key: str, text: str) -> NoReturn:
+        raise PipelineError(f"{self.source}: {self.prefix}.{key}: {text}")
+
+
 def check_section(obj: Any, prefix: str, source: str) -> None:
     """Every option's range and choices, recursively; then the section's own `validate(fail)`
-    hook for checks a range cannot express."""
-
-    def fail(key: str, what: str, value: Any) -> None:
-        raise PipelineError(f"{source}: {prefix}.{key}: must be {what}, got {value!r}")
+    hook (given a Refusal) for checks a range cannot express."""
+    fail = Refusal(prefix, source)
 
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)

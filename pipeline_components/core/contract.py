@@ -8,6 +8,10 @@ A client of a served model depends on
   colour order, pixel range, resize method, whether a JPEG's EXIF orientation is applied), which
   `predict_pixels` clients reproduce.
 
+Explanation signatures (`grad_cam`: trainer/explain.py) are read into `explanations`, apart from
+`signatures`: the Evaluator calls them, no client relies on them, so adding or dropping one is a
+note of `compare`, not a difference.
+
 `read_contract(saved_model)` reads these without loading the model (saved_model.pb is parsed as
 a protocol buffer); `differences(served, candidate)` names every difference in words, e.g.
 `labels changed: removed 'two'` or `output 'probabilities' shape [-1,3] -> [-1,2] in
@@ -73,12 +77,19 @@ def read_contract(saved_model: str) -> dict:
         for name, sig in sorted(defs.items())
         if not name.startswith("__")  # __saved_model_init_op: not a serving signature
     }
+    # explanations (grad_cam) are recorded apart: no client of the served model relies on them
+    explanations = {
+        name: signatures.pop(name)
+        for name in artifacts.EXPLANATION_SIGNATURES
+        if name in signatures
+    }
     labels = None
     if fsutil.exists(artifacts.labels_asset(saved_model)):
         labels = artifacts.read_labels_asset(saved_model)
     return {
         "labels": labels,
         "signatures": signatures,
+        "explanations": explanations,
         "preprocessing": artifacts.read_preprocessing_asset(saved_model),
     }
 
@@ -164,6 +175,11 @@ def compare(served_model: str, candidate_model: str) -> dict:
     """{"differences": [...], "notes": [...]} between a served SavedModel and a candidate."""
     served, candidate = read_contract(served_model), read_contract(candidate_model)
     notes = []
+    old_x, new_x = set(served.get("explanations") or {}), set(candidate.get("explanations") or {})
+    for name in sorted(new_x - old_x):
+        notes.append(f"explanation signature {name!r} added (not part of the serving contract)")
+    for name in sorted(old_x - new_x):
+        notes.append(f"explanation signature {name!r} removed (not part of the serving contract)")
     if served.get("preprocessing") is None:
         notes.append(
             f"{served_model} was exported without {artifacts.ASSETS_DIR}/"

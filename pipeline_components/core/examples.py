@@ -4,14 +4,26 @@
 `<examples>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz` (GZIP tf.train.Example), `labels.txt`,
 `stats.json` (file names in core/artifacts.py). Writers build records with `make_example`;
 tf.data readers use `parse`.
+
+`metadata.jsonl` (only when the data has a `metadata.csv`): JSON Lines, UTF-8; the first line
+`{"columns": [names]}`, then one line per image ExampleGen wrote that has a row,
+`{"filename": <image/filename>, "values": {column: value}}` (empty values left out). Written by
+example_gen/metadata.py, read by the Evaluator (its slices) with `read_metadata`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, NamedTuple
 
 from pipeline_components.core import fsutil
-from pipeline_components.core.artifacts import LABELS_FILE, STATS_FILE, parse_labels, shard_pattern
+from pipeline_components.core.artifacts import (
+    LABELS_FILE,
+    METADATA_FILE,
+    STATS_FILE,
+    parse_labels,
+    shard_pattern,
+)
 from pipeline_components.core.errors import PipelineError
 
 ENCODED = "image/encoded"
@@ -125,3 +137,35 @@ def num_examples(examples_dir: str, split: str) -> int | None:
         return int(read_stats(examples_dir)["splits"][split]["num_examples"])
     except (PipelineError, KeyError, TypeError, ValueError):
         return None
+
+
+class Metadata(NamedTuple):
+    columns: list[str]
+    values: dict[str, dict[str, str]]  # image/filename -> {column: value}
+
+
+def metadata_lines(columns: list[str], rows: dict[str, dict[str, str]]) -> str:
+    """metadata.jsonl's text: the columns, then one line per image (sorted by filename)."""
+    out = [json.dumps({"columns": columns}, ensure_ascii=False)]
+    for filename in sorted(rows):
+        values = {k: v for k, v in rows[filename].items() if v != ""}
+        out.append(json.dumps({"filename": filename, "values": values}, ensure_ascii=False))
+    return "\n".join(out) + "\n"
+
+
+def read_metadata(examples_dir: str) -> Metadata | None:
+    """metadata.jsonl of an Examples directory; None when the data had no metadata.csv."""
+    path = fsutil.join(examples_dir, METADATA_FILE)
+    if not fsutil.exists(path):
+        return None
+    lines = fsutil.read_text(path).splitlines()
+    try:
+        columns = list(json.loads(lines[0])["columns"])
+        values = {}
+        for line in lines[1:]:
+            if line:
+                row = json.loads(line)
+                values[str(row["filename"])] = {str(k): str(v) for k, v in row["values"].items()}
+    except (IndexError, KeyError, TypeError, ValueError) as e:
+        raise PipelineError(f"{path} is not ExampleGen's metadata file: {e}") from None
+    return Metadata([str(c) for c in columns], values)

@@ -25,11 +25,21 @@ def fmt(value: Any, digits: int = 4) -> str:
     return e(value)
 
 
-def img(path: str | None, caption: str) -> str:
-    """A PNG file inlined as a data: URI figure (the report is one self-contained file)."""
+MAX_INLINE_BYTES = 4 << 20  # a larger figure is named, not inlined: the page stays mailable
+
+
+def img(path: str | None, caption: str, max_bytes: int = MAX_INLINE_BYTES) -> str:
+    """A PNG file inlined as a data: URI figure (the report is one self-contained file); one
+    over `max_bytes` is named with its size instead."""
     if not path or not fsutil.exists(path):
         return ""
-    data = base64.b64encode(fsutil.read_bytes(path)).decode()
+    raw = fsutil.read_bytes(path)
+    if len(raw) > max_bytes:
+        return (
+            f"<figure><figcaption>{e(caption)}: {len(raw) / 2**20:.1f} MiB, not inlined "
+            f"(over {max_bytes / 2**20:.0f} MiB): <code>{e(path)}</code></figcaption></figure>"
+        )
+    data = base64.b64encode(raw).decode()
     return (
         f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
         f"<figcaption>{e(caption)}</figcaption></figure>"
@@ -80,6 +90,36 @@ def table(
 def key_values(pairs: Iterable[tuple[Any, Any]], *, num: bool = False) -> str:
     """A two-column table of `(key, value)` rows, the keys as headings."""
     return table(pairs, num=(1,) if num else (), row_heads=True)
+
+
+def bar(
+    value: float | None,
+    interval: Sequence[float] | None = None,
+    *,
+    low: float = 0.0,
+    high: float = 1.0,
+    mark: float | None = None,
+    muted: bool = False,
+    width: int = 160,
+) -> Html:
+    """A horizontal bar as inline SVG (a table cell): `value` on [low, high], its interval as a
+    black line, `mark` (a bound, the overall value) as a red tick; `muted`: grey (not gated)."""
+
+    def x(v: float) -> float:
+        return round(width * min(max((v - low) / ((high - low) or 1.0), 0.0), 1.0), 1)
+
+    parts = [f'<rect x="0" y="2" width="{width}" height="10" fill="#f3f6f9"/>']
+    if value is not None:
+        fill = "#c4c9d0" if muted else "#4682b4"
+        parts.append(f'<rect x="0" y="2" width="{x(value)}" height="10" fill="{fill}"/>')
+    if interval:
+        parts.append(
+            f'<line x1="{x(interval[0])}" x2="{x(interval[1])}" y1="7" y2="7" stroke="#000" '
+            'stroke-width="1.5"/>'
+        )
+    if mark is not None:
+        parts.append(f'<line x1="{x(mark)}" x2="{x(mark)}" y1="0" y2="14" stroke="#b22222"/>')
+    return Html(f'<svg width="{width}" height="14" role="img">{"".join(parts)}</svg>')
 
 
 def bullets(items: Iterable[Any]) -> str:

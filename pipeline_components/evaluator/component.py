@@ -1,8 +1,13 @@
 """The Evaluator's spec: Model + Examples -> ModelEvaluation + ModelBlessing (the gate).
 
     transfer-pipeline evaluate --model T/saved_model --examples O --output E [--config FILE]
-        [--min-accuracy A] [--max-regression R] [--batch-size N] [--model-copies N]
-        [--baseline PATH | --serving-dir S --model-name M] [KEY=VALUE ...] [-- BEAM_ARGS]
+        [--min-accuracy A] [--max-regression R] [--bootstrap-resamples N] [--no-slices] ...
+        [--baseline PATH | --serving-dir S --model-name M]
+        ['thresholds=[{metric: recall, class: "*", lower: 0.5}]' KEY=VALUE ...] [-- BEAM_ARGS]
+
+The gate (docs/evaluation.md): `min_accuracy` and `max_regression`, then every threshold of
+`evaluator.thresholds`, each metric with a bootstrap interval, on the whole test split and its
+slices; blessing.json has one line per threshold.
 
 The scoring runs as a Beam job (RunInference) with the options in `evaluator.beam_args` (or
 after `--`; null: the pipeline's `beam.args`): DirectRunner here, Dataflow/Flink/Spark on a
@@ -33,6 +38,12 @@ SERVED = ("serving_dir", "model_name")
 
 
 class Evaluator(Component[EvaluatorConfig]):
+    """Scores the exported SavedModel on the raw test images (and the served model on the same
+    images) and blesses it when every threshold holds: min_accuracy, max_regression and the
+    list in evaluator.thresholds (per class, AUC, log loss, change against the served model,
+    slices; docs/evaluation.md). Writes blessing.json, metrics.json, analysis.json and the
+    figures; prints the verdict."""
+
     name = "Evaluator"
     description = "score the SavedModel on the test split, write the blessing"
     command = "evaluate"

@@ -2,16 +2,24 @@
 
 It calls `serving_default` on the raw `image/encoded` bytes — the artifact and preprocessing
 that will be served — so training/serving skew shows up here, not in production. The scoring is
-a Beam job (scoring.py: RunInference, metrics by combiners) on any runner, built and run by
-core/beam.py (`evaluator.beam_args`, else `beam.args`); the baseline is scored in the same job,
-on the same records.
+a Beam job (scoring.py: RunInference; every prediction collected for the driver) on any runner,
+built and run by core/beam.py (`evaluator.beam_args`, else `beam.args`); the baseline is scored
+in the same job, on the same records.
 
     transfer-pipeline evaluate --model T/saved_model --examples O --output E \
         [--min-accuracy A] [--max-regression R] [--baseline PATH | --serving-dir S --model-name M]
-        [-- BEAM_ARGS]
+        [thresholds=[...]] [-- BEAM_ARGS]
 
 Outputs (written atomically into E): metrics.json, blessing.json, predictions.csv,
-confusion_matrix.png, errors.png, and baseline_metrics.json when a baseline was scored.
+confusion_matrix.png, baseline_metrics.json when a baseline was scored, and the analysis
+(analysis.py, configured by the `evaluator:` section: AnalysisOptions.from_config):
+analysis.json (every metric with its bootstrap interval, overall, per class and per slice),
+reliability.png, slices.png (when `slices`) and mistakes.png (the most confident wrong images,
+with Grad-CAM heat maps). blessing.json records one line per threshold (`min_accuracy` and
+`max_regression` are two of them).
+
+Checked before anything is scored (`check_inputs`): the model's classes against the data's, and
+every threshold's classes and slice dimensions (metadata.jsonl's columns).
 
 `predict_split` is the previous single-process scorer (the whole split through the signature in
 one process), kept as the reference the Beam job is tested and benchmarked against.
@@ -24,7 +32,7 @@ import io
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +40,11 @@ import numpy as np
 from pipeline_components.core import artifacts, examples, fsutil
 from pipeline_components.core import beam as core_beam
 from pipeline_components.core.errors import PipelineError
+from pipeline_components.evaluator import analysis, metrics, thresholds
+from pipeline_components.evaluator.analysis import AnalysisOptions, ScoredSplit
 from pipeline_components.evaluator.config import EvaluatorConfig
+from pipeline_components.evaluator.slicing import SliceBuilder
+from pipeline_components.evaluator.thresholds import Threshold
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -54,11 +66,10 @@ class Predictions:
 
 @dataclass
 class Scores:
-    """What the Beam job computed; predictions.csv is already in the output directory."""
+    """What the Beam job produced; predictions.csv is already in the output directory."""
 
-    metrics: dict
-    errors: list[dict]  # the first num_error_examples misclassified: encoded, true, pred, ...
-    baseline_metrics: dict | None = None
+    split: ScoredSplit  # every prediction (and the baseline's, on the same records)
+    mistakes: list[dict] = field(default_factory=list)  # most confident wrong, per true class
     baseline_failure: list[str] | None = None  # [filename, reason]
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -257,7 +268,10 @@ def _score_baseline(path: str, scores: Scores) -> tuple[dict | None, str | None]
             f"baseline {path} failed on test example {filename} ({reason}); "
             "regression check skipped"
         )
-    return scores.baseline_metrics, None
+    split = scores.split
+    if split.baseline is None:
+        return None, f"baseline {path} did not score every test image; regression check skipped"
+    return metrics.classification_metrics(split.baseline, split.y, split.labels), None
 
 
 def score_test_split(
@@ -267,13 +281,16 @@ def score_test_split(
     labels: list[str],
     config: EvaluatorConfig,
     baseline_dir: str | None = None,
+    options: AnalysisOptions | None = None,
+    metadata: examples.Metadata | None = None,
     beam_setup: core_beam.BeamSetup | None = None,
 ) -> Scores:
-    """Run the Beam job (scoring.build_pipeline) writing into work_dir; read its results.
+    """Run the Beam job (scoring.build_pipeline) writing into work_dir; collect its results.
     `beam_setup`: how it runs (default: `config.beam_args`, else DirectRunner)."""
     from pipeline_components.evaluator import scoring
     from pipeline_components.inference import results
 
+    options = options or AnalysisOptions.from_config(config)
     beam_setup = beam_setup or core_beam.setup(config.beam_args)
     core_beam.quiet()
     files = examples.split_files(examples_dir, "test")
@@ -287,7 +304,8 @@ def score_test_split(
         baseline_dir=baseline_dir,
         batch_size=config.batch_size,
         model_copies=config.model_copies,
-        num_error_examples=config.num_error_examples,
+        mistakes_per_class=options.mistakes_per_class,
+        max_mistakes=options.max_mistakes,
     )
     counters = core_beam.run(
         p,
@@ -304,21 +322,34 @@ def score_test_split(
     if failure:
         filename, reason = failure[0]
         raise PipelineError(f"the model failed on test example {filename}: {reason}")
-    scores = Scores(
-        metrics=result(scoring.METRICS_PART.format("candidate"), "metrics"),
-        errors=[],
-        counters=counters,
+    base_failure = (
+        result(scoring.FAILURES_PART.format("baseline"), "failures") if baseline_dir else None
     )
-    if config.num_error_examples > 0:
-        scores.errors = scoring.decode_errors(result(scoring.ERRORS_PART, "errors"))
-    if baseline_dir:
-        scores.baseline_metrics = result(scoring.METRICS_PART.format("baseline"), "metrics")
-        base_failure = result(scoring.FAILURES_PART.format("baseline"), "failures")
-        scores.baseline_failure = base_failure[0] if base_failure else None
-    if scores.metrics["num_examples"] == 0:
+    split = _collect(work_dir, labels, metadata, options, bool(baseline_dir) and not base_failure)
+    if len(split.y) == 0:
         raise PipelineError(f"the test split under {examples_dir} holds no examples")
+    scores = Scores(split, baseline_failure=base_failure[0] if base_failure else None)
+    scores.counters = counters
+    if options.mistakes_per_class > 0 and options.max_mistakes > 0:
+        scores.mistakes = scoring.decode_errors(result(scoring.MISTAKES_PART, "mistakes"))
     scoring.join_predictions(work_dir, fsutil.join(work_dir, PREDICTIONS_FILE), labels)
     return scores
+
+
+def _collect(
+    work_dir: str,
+    labels: list[str],
+    metadata: examples.Metadata | None,
+    options: AnalysisOptions,
+    with_baseline: bool,
+) -> ScoredSplit:
+    """The job's per-shard scores as arrays, with the slice codes (metadata's columns too)."""
+    from pipeline_components.evaluator import scoring
+
+    values, columns = (metadata.values, metadata.columns) if metadata else (None, [])
+    builder = SliceBuilder(labels, values, columns, options.max_slice_values)
+    got = scoring.collect(work_dir, len(labels), builder, with_baseline)
+    return ScoredSplit(labels, got.y, got.candidate, got.baseline, builder.finish())
 
 
 def _progress(examples_dir: str) -> core_beam.Describe:
@@ -337,8 +368,11 @@ def _progress(examples_dir: str) -> core_beam.Describe:
     return describe
 
 
-def _labels(model_dir: str, examples_dir: str) -> list[str]:
-    """The model's classes, which must be the examples' labels."""
+def check_inputs(
+    model_dir: str, examples_dir: str, config: EvaluatorConfig, options: AnalysisOptions
+) -> tuple[list[str], examples.Metadata | None, list[Threshold]]:
+    """Everything checkable before scoring: the split, the model's classes against the data's,
+    metadata.jsonl, and every threshold against the classes and slice dimensions."""
     data_labels = examples.read_labels(examples_dir)
     examples.split_files(examples_dir, "test")  # a missing test split fails before model loading
     labels = check_serving_model(model_dir)
@@ -347,7 +381,13 @@ def _labels(model_dir: str, examples_dir: str) -> list[str]:
             f"model classes {labels} differ from the examples' labels.txt {data_labels} "
             f"({model_dir} vs {examples_dir})"
         )
-    return labels
+    meta = examples.read_metadata(examples_dir)
+    wanted = [
+        *thresholds.shorthands(config.min_accuracy, config.max_regression),
+        *options.thresholds,
+    ]
+    checks = thresholds.resolve(wanted, labels, meta.columns if meta else ())
+    return labels, meta, checks
 
 
 def run_evaluator(
@@ -363,8 +403,9 @@ def run_evaluator(
     """Score, gate, write the artifacts; returns the blessing dict. `beam_setup`: how the
     scoring job runs (default: `config.beam_args`, else DirectRunner)."""
     config = config or EvaluatorConfig()
+    options = AnalysisOptions.from_config(config)
     started = time.monotonic()
-    labels = _labels(model_dir, examples_dir)
+    labels, meta, checks = check_inputs(model_dir, examples_dir, config, options)
     fingerprint = fsutil.tree_fingerprint(model_dir)
     baseline_path = resolve_baseline(baseline, serving_dir, model_name, fingerprint)
     skip_reason = _check_baseline(baseline_path, labels) if baseline_path else None
@@ -372,9 +413,17 @@ def run_evaluator(
 
     with fsutil.atomic_dir(output_dir) as tmp:
         scores = score_test_split(
-            model_dir, examples_dir, tmp, labels, config, scored_baseline, beam_setup
+            model_dir,
+            examples_dir,
+            tmp,
+            labels,
+            config,
+            scored_baseline,
+            options,
+            meta,
+            beam_setup,
         )
-        result = scores.metrics
+        result = metrics.classification_metrics(scores.split.candidate, scores.split.y, labels)
         log.info(
             "test accuracy %.4f, loss %.4f on %d examples (%.1f s; %s)",
             result["accuracy"],
@@ -386,47 +435,114 @@ def run_evaluator(
         baseline_metrics = None
         if scored_baseline:
             baseline_metrics, skip_reason = _score_baseline(scored_baseline, scores)
-        blessing = _blessing(result, config, baseline_path, baseline_metrics, skip_reason)
+        split = scores.split if baseline_metrics else replace(scores.split, baseline=None)
+        found = analysis.analyse(split, checks, options, skip_reason)
+        blessing = _blessing(result, baseline_path, baseline_metrics, found, config, skip_reason)
         blessing.update(model=model_dir, model_fingerprint=fingerprint)
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
         if baseline_metrics:
             fsutil.write_json(fsutil.join(tmp, artifacts.BASELINE_METRICS_FILE), baseline_metrics)
-        _write_plots(tmp, result, scores.errors, labels)
+        _write_confusion_matrix(tmp, result, labels)
+        _write_analysis(tmp, found, scores.mistakes, model_dir, labels, options)
         fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
-    log.info(
-        "%s: %s",
-        "BLESSED" if blessing["blessed"] else "NOT blessed",
-        "; ".join(blessing["reasons"]),
-    )
+    verdict = "BLESSED" if blessing["blessed"] else "NOT blessed"
+    log.info("%s: %s", verdict, "; ".join(blessing["reasons"]))
     return blessing
+
+
+SHORTHANDS = ("evaluator.min_accuracy", "evaluator.max_regression")
 
 
 def _blessing(
     result: dict,
-    config: EvaluatorConfig,
     baseline_path: str | None,
     baseline_metrics: dict | None,
+    found: analysis.Analysis,
+    config: EvaluatorConfig,
     skip_reason: str | None,
 ) -> dict:
-    """blessing.json's verdict and its reasons (without the model's path and fingerprint)."""
+    """blessing.json: the verdict; `reasons`: today's two (min_accuracy, max_regression), then
+    the configured thresholds that failed and a count; `thresholds`: every threshold's line
+    (without the model's path and fingerprint)."""
     baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
-    blessed, reasons = gate(
+    ok, reasons = gate(
         result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
     )
     if skip_reason:
         reasons[-1] = skip_reason
+    reasons += _threshold_reasons(
+        [o for o in found.outcomes if o.threshold.origin not in SHORTHANDS]
+    )
     return {
-        "blessed": blessed,
+        "blessed": ok and found.passed,
         "reasons": reasons,
         "accuracy": result["accuracy"],
         "threshold": config.min_accuracy,
         "max_regression": config.max_regression,
         "baseline_accuracy": baseline_accuracy,
+        "thresholds": [o.record() for o in found.outcomes],
         "baseline": baseline_path if baseline_metrics else None,
         "baseline_comparable": (
             None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
         ),
     }
+
+
+MAX_REASONS = 10  # failed thresholds named in `reasons` (the push reason, the report's banner)
+
+
+def _threshold_reasons(configured: list[analysis.Outcome]) -> list[str]:
+    """`reasons` after today's two: each configured threshold that failed (up to MAX_REASONS),
+    then one line counting them all; blessing.json's `thresholds` has every line."""
+    if not configured:
+        return []
+    failed = [o.reason for o in configured if o.passed is False]
+    out = failed[:MAX_REASONS]
+    if len(failed) > MAX_REASONS:
+        out.append(f"{len(failed) - MAX_REASONS} more thresholds failed")
+    passed = sum(o.passed is True for o in configured)
+    ungated = sum(o.passed is None for o in configured)
+    out.append(
+        f"{passed} of {len(configured)} thresholds passed"
+        + (f", {ungated} not gated" if ungated else "")
+        + " (blessing.json lists each)"
+    )
+    return out
+
+
+def _write_analysis(
+    out_dir: str,
+    found: analysis.Analysis,
+    mistakes_found: list[dict],
+    model_dir: str,
+    labels: list[str],
+    options: AnalysisOptions,
+) -> None:
+    """analysis.json, the reliability diagram, the per-slice bars and the mistakes gallery
+    with Grad-CAM heat maps (when the model exports grad_cam)."""
+    from pipeline_components.evaluator import mistakes, plots
+
+    doc = found.document
+    explain = options.grad_cam and mistakes_found and mistakes.has_grad_cam(model_dir)
+    maps = mistakes.heat_maps(model_dir, mistakes_found) if explain else []
+    for item, heat in zip(mistakes_found, maps, strict=False):
+        item["heatmap"] = heat
+    doc["mistakes"] = [
+        {k: item[k] for k in ("filename", "true", "pred", "score")} | {"grad_cam": bool(maps)}
+        for item in mistakes_found
+    ]
+    fsutil.write_json(fsutil.join(out_dir, artifacts.ANALYSIS_FILE), doc)
+    ece = doc["overall"]["metrics"]["ece"]["value"]
+    fsutil.write_atomic(
+        fsutil.join(out_dir, artifacts.RELIABILITY_PNG),
+        plots.reliability_png(doc["calibration"], ece),
+    )
+    if options.slices:
+        png = plots.slices_png(doc["slices"], doc["overall"], options.min_slice_size)
+        fsutil.write_atomic(fsutil.join(out_dir, artifacts.SLICES_PNG), png)
+    if options.mistakes_per_class > 0 and options.max_mistakes > 0:
+        png = plots.mistakes_png(mistakes_found, labels)
+        fsutil.write_atomic(fsutil.join(out_dir, artifacts.MISTAKES_PNG), png)
 
 
 def _predictions_csv(preds: Predictions, labels: list[str]) -> str:
@@ -441,7 +557,7 @@ def _predictions_csv(preds: Predictions, labels: list[str]) -> str:
     return buf.getvalue()
 
 
-def _write_plots(out_dir: str, result: dict, errors: list[dict], labels: list[str]) -> None:
+def _write_confusion_matrix(out_dir: str, result: dict, labels: list[str]) -> None:
     from pipeline_components.evaluator import plots
 
     fsutil.write_atomic(
@@ -449,7 +565,4 @@ def _write_plots(out_dir: str, result: dict, errors: list[dict], labels: list[st
         plots.confusion_matrix_png(
             np.array(result["confusion_matrix"]), labels, result["accuracy"]
         ),
-    )
-    fsutil.write_atomic(
-        fsutil.join(out_dir, artifacts.ERRORS_PNG), plots.errors_png(errors, labels)
     )

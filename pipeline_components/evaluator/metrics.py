@@ -1,10 +1,9 @@
 """Classification metrics from predicted probabilities: pure numpy, no TensorFlow.
 
-Kept apart from I/O so a test can compare them with a hand computation. Two ways in:
-`classification_metrics` over every prediction at once (single process), and the pieces a
-distributed job combines (the Evaluator's Beam pipeline): the confusion matrix and the sum of
-`example_loss`, summed over examples; `bucket_auc` per score bucket, then `auc_from_buckets`
-over the buckets; and `metrics_from_counts` to finish. Both end in the same numbers.
+Kept apart from I/O so a test can compare them with a hand computation and with scikit-learn.
+`classification_metrics` is metrics.json (accuracy, the Keras-clipped cross-entropy `loss`,
+per-class precision/recall/F1, the confusion matrix, binary ROC AUC). The gate's metrics,
+with bootstrap replicates, are in measures.py.
 """
 
 from __future__ import annotations
@@ -94,54 +93,3 @@ def metrics_from_counts(cm: np.ndarray, loss: float, labels: list[str], auc: flo
     if n_classes == 2:
         out["auc"] = auc
     return out
-
-
-# ------------------------------------------------------------------ distributed pieces
-
-
-def example_loss(probabilities: np.ndarray, label: int) -> float:
-    """-log p(true class) of one example, clipped as `cross_entropy` clips."""
-    p_true = float(probabilities[label])
-    return float(-np.log(np.clip(p_true, EPSILON, 1.0 - EPSILON)))
-
-
-# A score's bucket is the top bits of an order-preserving integer of its float32 value:
-# 2**AUC_BUCKET_BITS float32 values per bucket, so a bucket's distinct scores are bounded
-# whatever the number of examples, and scores in [0, 1] fall in at most 16,257 buckets.
-AUC_BUCKET_BITS = 16
-
-
-def score_key(score: float) -> int:
-    """An integer with the order of the float32 value of `score` (-0.0 counts as 0.0)."""
-    bits = int(np.array([score + 0.0], dtype=np.float32).view(np.uint32)[0])
-    return bits | 0x80000000 if bits < 0x80000000 else ~bits & 0xFFFFFFFF
-
-
-def auc_bucket(score: float) -> int:
-    return score_key(score) >> AUC_BUCKET_BITS
-
-
-def bucket_auc(counts: dict[float, list[int]]) -> tuple[int, int, int]:
-    """(negatives, positives, 2U) of one bucket from {score: [negatives, positives]}: U counts,
-    for each positive, the negatives of the bucket with a lower score, ties as one half."""
-    negatives = positives = twice_u = 0
-    for score in sorted(counts):
-        neg, pos = counts[score]
-        twice_u += pos * (2 * negatives + neg)
-        negatives += neg
-        positives += pos
-    return negatives, positives, twice_u
-
-
-def auc_from_buckets(buckets: list[tuple[int, int, int, int]]) -> float | None:
-    """ROC AUC from (bucket, negatives, positives, 2U) of every bucket: exactly `roc_auc` of
-    all the scores, since every negative of a lower bucket has a lower score. None when one
-    class is absent."""
-    negatives = positives = twice_u = 0
-    for _, neg, pos, bucket_twice_u in sorted(buckets):
-        twice_u += bucket_twice_u + 2 * pos * negatives
-        negatives += neg
-        positives += pos
-    if positives == 0 or negatives == 0:
-        return None
-    return float(twice_u / (2 * positives * negatives))

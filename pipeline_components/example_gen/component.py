@@ -37,7 +37,7 @@ class ExampleGen(Component[ExampleGenConfig]):
         return {"data_root": data_root, "data": fingerprint}
 
     def run(self, ctx: ExecutionContext[ExampleGenConfig]) -> dict:
-        from pipeline_components.example_gen import executor
+        from pipeline_components.example_gen import executor, metadata
 
         cfg = ctx.config
         stats = executor.run_example_gen(
@@ -51,6 +51,9 @@ class ExampleGen(Component[ExampleGenConfig]):
             on_duplicates=cfg.on_duplicates,
             multi_processing_min_files=cfg.multi_processing_min_files,
             exif_transpose=cfg.exif_transpose,
+            metadata_limits=metadata.Limits(
+                cfg.metadata_max_bytes, cfg.metadata_max_columns, cfg.metadata_max_cell_chars
+            ),
         )
         return {
             "fingerprint": stats["fingerprint"],

@@ -50,4 +50,13 @@ class ExampleGenConfig:
         "is decoded: in training and in the exported model's serving_default alike; the stored "
         "bytes stay the file's own",
     )
+    metadata_max_bytes: int = option(
+        64 << 20, ge=1, le=2**34, doc="refuse a metadata.csv beside the images over this size"
+    )
+    metadata_max_columns: int = option(
+        32, ge=1, le=1024, doc="refuse a metadata.csv with more columns besides path"
+    )
+    metadata_max_cell_chars: int = option(
+        256, ge=1, le=65_536, doc="refuse a metadata.csv with a longer cell or column name"
+    )
     removed_options: ClassVar[dict[str, str]] = {"resize_max_side": RESIZE_REMOVED}

@@ -8,6 +8,7 @@ in its sections:
     convert.py     one file to a checked Example; the Beam transforms that write the shards
     duplicates.py  identical images across splits: dropped, reported or a failure
     stats.py       stats.json, the data fingerprint of the examples, the checks on the results
+    metadata.py    the optional metadata.csv, checked first, carried as metadata.jsonl
 
 Files are listed and read through Beam's FileSystems (local, gs://, s3://), checked with the
 decoder training uses, and written as `<O>/<split>/examples-SSSSS-of-NNNNN.tfrecord.gz` plus
@@ -31,7 +32,7 @@ import apache_beam as beam
 from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core import beam as core_beam
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.example_gen import image_check
+from pipeline_components.example_gen import image_check, metadata
 from pipeline_components.example_gen.convert import build_pipeline
 from pipeline_components.example_gen.duplicates import (
     DUPLICATE_POLICIES,
@@ -61,6 +62,7 @@ class Options:
     on_duplicates: str = "drop"
     multi_processing_min_files: int = core_beam.DEFAULT_MULTI_PROCESSING_MIN_FILES
     exif_transpose: bool = True
+    metadata_limits: metadata.Limits = metadata.DEFAULT_LIMITS
 
     def check(self) -> None:
         def fail(flag: str, what: str, value: object) -> None:
@@ -93,6 +95,7 @@ def run_example_gen(
     on_duplicates: str = "drop",
     multi_processing_min_files: int = core_beam.DEFAULT_MULTI_PROCESSING_MIN_FILES,
     exif_transpose: bool = True,
+    metadata_limits: metadata.Limits = metadata.DEFAULT_LIMITS,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict.
 
@@ -108,7 +111,7 @@ def run_example_gen(
     or fails the run ('fail', nothing written)."""
     opts = Options(
         num_shards, max_bad_fraction, validation_fraction, max_image_pixels, on_duplicates,
-        multi_processing_min_files, exif_transpose,
+        multi_processing_min_files, exif_transpose, metadata_limits,
     )  # fmt: skip
     opts.check()
     beam_setup = beam_setup or core_beam.BeamSetup()
@@ -116,6 +119,7 @@ def run_example_gen(
     started = time.monotonic()
     core_beam.set_filesystem_options(beam_setup.args)
     layout = list_sources(data_root)
+    extra = metadata.read(layout.root, opts.metadata_limits)  # a bad one fails before any work
     carve = None if "validation" in layout.splits else opts.validation_fraction
     log.info(
         "ExampleGen: %d files, classes %s, splits %s%s",
@@ -130,7 +134,7 @@ def run_example_gen(
     log.info("ExampleGen: running with %s (%s)", " ".join(run_args) or "Beam's defaults", why)
     job = dataclasses.replace(beam_setup, args=tuple(run_args))
     with fsutil.atomic_dir(output) as work:
-        stats = _convert(layout, work, carve, opts, job)
+        stats = _convert(layout, work, carve, opts, job, extra)
     _report(stats, output, time.monotonic() - started)
     return stats
 
@@ -141,9 +145,11 @@ def _convert(
     carve: float | None,
     opts: Options,
     job: core_beam.BeamSetup,
+    extra: metadata.Parsed | None,
 ) -> dict:
     """The Beam jobs writing the shards into `work`, the checks of their results, then
-    labels.txt and stats.json; returns the stats."""
+    labels.txt, stats.json and metadata.jsonl (`extra`: metadata.csv's rows); returns the
+    stats."""
     plan = plan_shards(layout, carve, opts.num_shards)
     shard_keys = write_shard_lists(work, plan)
     p = core_beam.pipeline(job)
@@ -176,6 +182,8 @@ def _convert(
         dropped=dropped,
         exif_transpose=opts.exif_transpose,
     )
+    if extra is not None:  # metadata.csv's rows of the images written, for the Evaluator
+        metadata.attach(stats, extra, summaries, work, layout.root)
     fsutil.write_atomic(fsutil.join(work, artifacts.LABELS_FILE), "\n".join(layout.labels) + "\n")
     fsutil.write_json(fsutil.join(work, artifacts.STATS_FILE), stats)
     return stats

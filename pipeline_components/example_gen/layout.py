@@ -16,11 +16,11 @@ from typing import NamedTuple
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core import beam as core_beam
-from pipeline_components.core import fsutil
 from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.example_gen import image_check
+from pipeline_components.example_gen import image_check, metadata
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,9 @@ def data_fingerprint(data_root: str, beam_args: Sequence[str] | None = None) -> 
     core_beam.set_filesystem_options(beam_args)
     root = _normalized_root(data_root)
     listing = [tuple(f) for split in SPLITS for f in list_split(root, split)]
+    extra = metadata.stat(root)
+    if extra is not None:  # metadata.csv is read too
+        listing.append((artifacts.METADATA_CSV, *extra))
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     return {"num_files": len(listing), "sha256": digest}
 

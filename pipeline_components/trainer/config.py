@@ -104,6 +104,11 @@ class TrainerConfig:
         le=2**40,
         doc="serving_default rejects images whose header claims more pixels (INVALID_ARGUMENT)",
     )
+    export_grad_cam: bool = option(
+        True,
+        doc="export the grad_cam signature: the Evaluator's heat maps on its mistakes.png "
+        "(not part of the serving contract; false: a faster export, no heat maps)",
+    )
 
     def features_blocker(self) -> str | None:
         """Why the backbone's features cannot be computed once and reused, or None: they vary

@@ -108,6 +108,7 @@ def export_model(
         max_image_pixels=config.max_image_pixels,
         preprocessing={"backbone": config.backbone, "preprocess_input": "inside the model"},
         exif_transpose=examples.exif_transpose(examples_dir),
+        grad_cam=config.export_grad_cam,
     )
 
 

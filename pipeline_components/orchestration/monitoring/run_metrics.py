@@ -34,7 +34,14 @@ PREFIX = "transfer_pipeline_"
 STATUSES = ("completed", "cached", "failed", "skipped", "running", "not_run")
 SEVERITIES = ("fail", "warn")
 # Why the gate blessed or refused (label `reason` of transfer_pipeline_model_blessed)
-REASONS = ("passed", "below_min_accuracy", "regression", "below_min_accuracy_and_regression")
+# (`thresholds`: accuracy and its change cleared, another of evaluator.thresholds failed)
+REASONS = (
+    "passed",
+    "below_min_accuracy",
+    "regression",
+    "below_min_accuracy_and_regression",
+    "thresholds",
+)
 
 # name -> (help, labels besides the grouping key's); the catalog docs/monitoring.md follows
 CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -61,12 +68,21 @@ CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
     "anomalies": ("data anomalies found against the schema, by severity", ("severity",)),
     "model_accuracy": ("test accuracy of the run's model (the Evaluator)", ()),
     "model_loss": ("test loss of the run's model", ()),
-    "model_auc": ("test ROC AUC of the run's model (two classes)", ()),
+    "model_auc": (
+        "test ROC AUC of the run's model (two classes; more: the macro one-vs-rest mean)",
+        (),
+    ),
+    "model_macro_recall": ("test recall of the run's model, the mean over classes", ()),
+    "model_min_class_recall": ("test recall of the class the run's model recalls worst", ()),
+    "model_log_loss": ("test log loss of the run's model (scikit-learn's)", ()),
+    "model_calibration_error": ("expected calibration error of the run's model on test", ()),
     "model_test_examples": ("test examples the model was scored on", ()),
     "model_blessed": ("1 when the gate blessed the model; `reason` says why", ("reason",)),
     "gate_min_accuracy": ("the gate's min_accuracy", ()),
     "gate_max_regression": ("the gate's max_regression against the served model", ()),
     "gate_baseline_accuracy": ("test accuracy of the served model the gate compared with", ()),
+    "gate_thresholds": ("thresholds the gate checked (min_accuracy and max_regression too)", ()),
+    "gate_thresholds_failed": ("thresholds the run's model failed", ()),
     "infra_blessed": ("1 when the InfraValidator's real server answered like the Evaluator", ()),
     "infra_load_seconds": ("how long the InfraValidator's server took to load the model", ()),
     "infra_latency_seconds": ("the InfraValidator's request latency", ()),
@@ -180,17 +196,27 @@ def _anomalies(anomalies: Any) -> Iterator[Sample]:
 
 
 def gate_reason(blessing: dict) -> str:
-    """Why the gate decided as it did, from its numbers (not its words)."""
+    """Why the gate decided as it did, from its numbers (not its words): blessing.json's
+    threshold lines (min_accuracy and max_regression are two of them) when it has them."""
     if blessing.get("blessed"):
         return "passed"
-    accuracy = _num(blessing.get("accuracy"))
-    threshold, baseline = _num(blessing.get("threshold")), _num(blessing.get("baseline_accuracy"))
-    regression = _num(blessing.get("max_regression")) or 0.0
-    low = accuracy is not None and threshold is not None and accuracy < threshold
-    worse = accuracy is not None and baseline is not None and accuracy < baseline - regression
+    lines = blessing.get("thresholds")
+    if isinstance(lines, list) and lines:
+        passed = {t.get("origin"): t.get("passed") for t in lines if isinstance(t, dict)}
+        low = passed.get("evaluator.min_accuracy") is False
+        worse = passed.get("evaluator.max_regression") is False
+    else:  # a blessing.json from before the threshold lines
+        accuracy = _num(blessing.get("accuracy"))
+        threshold = _num(blessing.get("threshold"))
+        baseline = _num(blessing.get("baseline_accuracy"))
+        regression = _num(blessing.get("max_regression")) or 0.0
+        low = accuracy is not None and threshold is not None and accuracy < threshold
+        worse = accuracy is not None and baseline is not None and accuracy < baseline - regression
     if low and worse:
         return "below_min_accuracy_and_regression"
-    return "regression" if worse else "below_min_accuracy"
+    if worse:
+        return "regression"
+    return "below_min_accuracy" if low or not lines else "thresholds"
 
 
 def _model(metrics: Any, blessing: Any) -> Iterator[Sample]:
@@ -199,6 +225,10 @@ def _model(metrics: Any, blessing: Any) -> Iterator[Sample]:
             ("accuracy", "model_accuracy"),
             ("loss", "model_loss"),
             ("auc", "model_auc"),
+            ("macro_recall", "model_macro_recall"),
+            ("min_class_recall", "model_min_class_recall"),
+            ("log_loss", "model_log_loss"),
+            ("ece", "model_calibration_error"),
             ("num_examples", "model_test_examples"),
         ):
             if (value := _num(metrics.get(key))) is not None:
@@ -213,6 +243,11 @@ def _model(metrics: Any, blessing: Any) -> Iterator[Sample]:
         ):
             if (value := _num(blessing.get(key))) is not None:
                 yield Sample(name, value)
+        lines = blessing.get("thresholds")
+        if isinstance(lines, list):
+            failed = [t for t in lines if isinstance(t, dict) and t.get("passed") is False]
+            yield Sample("gate_thresholds", float(len(lines)))
+            yield Sample("gate_thresholds_failed", float(len(failed)))
 
 
 def _infra(infra: Any) -> Iterator[Sample]:
