@@ -291,7 +291,9 @@ def _run_step_locked(
     try:
         if component.config_section:
             component.preflight(component.section_of(cfg))
-        pipeline.step(component)
+        order = [c.name for c in registry.pipeline_order()]
+        index = order.index(component.name) + 1 if component.name in order else 1
+        pipeline.step(component, (index, len(order)))
     except PipelineError as e:
         run.finish("failed")
         remember_failure(cfg.pipeline_root, run_id, component.name, e)

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
+from pipeline_components.trainer.callbacks import FeatureProgress
 from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan
 
@@ -129,7 +130,9 @@ def cached_features(
         num_examples=len(labels),
         exif_transpose=exif_transpose,
     )
-    features = model_lib.feature_extractor(net).predict(ds.map(lambda x, y: x), verbose=0)
+    extractor = model_lib.feature_extractor(net)
+    shown = FeatureProgress(split, len(labels), batch_size)
+    features = extractor.predict(ds.map(lambda x, y: x), verbose=0, callbacks=[shown])
     labels = labels.astype(np.float32)[:, None] if num_classes == 2 else labels.astype(np.int32)
     return features, labels
 
@@ -157,9 +160,13 @@ def shard_features(
         shard=shard,
     )
     xs, ys = [], []
+    shown = FeatureProgress(f"{split} (part {shard[1] + 1} of {shard[0]})", None, config.batch_size)
+    shown.on_predict_begin()
     for x, y in ds:
         xs.append(extract(x).numpy())
         ys.append(y.numpy())
+        shown.update(shown.done + len(ys[-1]))
+    shown.end()
     if not xs:  # an empty part (a split with fewer shards' worth of records than workers)
         shape = tuple(extractor.output.shape[1:])
         label_shape = (0, 1) if plan.num_classes == 2 else (0,)
