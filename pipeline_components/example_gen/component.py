@@ -31,7 +31,8 @@ class ExampleGen(Component[ExampleGenConfig]):
         from pipeline_components.example_gen import executor
 
         data_root = ctx.pipeline.data_root
-        fingerprint = executor.data_fingerprint(data_root, ctx.config.beam_args)
+        flat = ctx.config.test_fraction is not None
+        fingerprint = executor.data_fingerprint(data_root, ctx.config.beam_args, flat)
         return {"data_root": data_root, "data": fingerprint}
 
     def run(self, ctx: ExecutionContext[ExampleGenConfig]) -> dict:
@@ -49,6 +50,7 @@ class ExampleGen(Component[ExampleGenConfig]):
             on_duplicates=cfg.on_duplicates,
             multi_processing_min_files=cfg.multi_processing_min_files,
             exif_transpose=cfg.exif_transpose,
+            test_fraction=cfg.test_fraction,
         )
         return {
             "fingerprint": stats["fingerprint"],

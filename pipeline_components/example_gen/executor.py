@@ -9,6 +9,10 @@ runner: a file's shard and its place inside the shard are stable hashes of its r
 the classes are mixed along every shard (never `train/cats/...` before `train/dogs/...`).
 Identical images in two splits (train/test leakage) are dropped from the less held-out split,
 reported, or fail the run (`on_duplicates`).
+
+A flat folder, `<data_root>/<class>/<image>` with no split level, is read when
+`example_gen.test_fraction` is set: each file's split follows from a stable hash of its relative
+path (`flat_split`), the rule that carves validation from train when validation/ is absent.
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ DROP_LIST = "_drop_list"  # <work>/_drop_list-<split>-SSSSS.jsonl: leaked copies
 
 
 class SourceFile(NamedTuple):
-    relpath: str  # relative to data_root, '/'-separated, starts with the split folder
-    folder_split: str  # the folder it was found in
+    relpath: str  # relative to data_root, '/'-separated, starts with the split folder (or flat:
+    # with the class folder)
+    folder_split: str  # the folder it was found in; '' in a flat layout
     split: str  # the split it is written to (validation when carved from train)
     label: int  # index into labels, -1 when not inside a class folder
 
@@ -80,7 +85,7 @@ class ListedFile(NamedTuple):
 class Layout(NamedTuple):
     root: str
     labels: list[str]
-    splits: list[str]  # split folders present, in SPLITS order
+    splits: list[str]  # split folders present, in SPLITS order; [] in a flat layout
     sources: list[SourceFile]
 
 
@@ -91,6 +96,16 @@ def unit_hash(text: str) -> float:
     """A stable number in [0, 1) for a string (same on every machine, Python and runner)."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def flat_split(relpath: str, validation_fraction: float, test_fraction: float) -> str:
+    """The split of a file in a flat layout: the first `test_fraction` of the hash range of its
+    relative path is test, the next `validation_fraction` validation, the rest train. Stable: a
+    file keeps its split when others are added or removed."""
+    u = unit_hash(relpath)
+    if u < test_fraction:
+        return "test"
+    return "validation" if u < test_fraction + validation_fraction else "train"
 
 
 def shard_index(relpath: str, num_shards: int) -> int:
@@ -117,11 +132,12 @@ def _normalized_root(data_root: str) -> str:
 
 
 def list_split(root: str, split: str) -> list[ListedFile]:
-    """Every file below root/split, at any depth (`split/class/2019/x.jpg` included), through
-    Beam's FileSystems: THE listing of the data. ExampleGen reads exactly these files, and the
-    data fingerprint in its cache key (data_fingerprint) is made of exactly this listing, so a
-    file ExampleGen would read cannot change without re-running it."""
-    pattern = FileSystems.join(root, split, "**")
+    """Every file below root/split (root itself for split '': a flat layout), at any depth
+    (`split/class/2019/x.jpg` included), through Beam's FileSystems: THE listing of the data.
+    ExampleGen reads exactly these files, and the data fingerprint in its cache key
+    (data_fingerprint) is made of exactly this listing, so a file ExampleGen would read cannot
+    change without re-running it."""
+    pattern = FileSystems.join(root, split, "**") if split else FileSystems.join(root, "**")
     try:
         metadata = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # BeamIOError: unknown scheme, missing credentials, ...
@@ -138,8 +154,14 @@ def list_split(root: str, split: str) -> list[ListedFile]:
     return sorted(files)
 
 
-def _class_of(relpath: str) -> str | None:
-    parts = relpath.split("/")[1:]
+def below_split(relpath: str, folder_split: str) -> list[str]:
+    """The path components below the split folder (all of them in a flat layout)."""
+    parts = relpath.split("/")
+    return parts[1:] if folder_split else parts
+
+
+def _class_of(relpath: str, folder_split: str = "split") -> str | None:
+    parts = below_split(relpath, folder_split)
     return parts[0] if image_check.name_skip_reason(parts) is None else None
 
 
@@ -158,14 +180,23 @@ def _empty_class_folders(root: str, split: str, classes: set[str]) -> list[str]:
     ]
 
 
-def list_sources(data_root: str) -> Layout:
-    """Every file of every split folder, with labels; a bad layout is a one-line PipelineError."""
+def list_sources(data_root: str, flat: bool = False) -> Layout:
+    """Every file of every split folder (`flat`: of every class folder), with labels; a bad
+    layout is a one-line PipelineError."""
     root = _normalized_root(data_root)
-    if not fsutil.is_remote(root):
-        if not fsutil.isdir(root):
-            raise PipelineError(f"data root {root} does not exist or is not a folder")
-        _warn_unknown_folders(root)
+    if not fsutil.is_remote(root) and not fsutil.isdir(root):
+        raise PipelineError(f"data root {root} does not exist or is not a folder")
+    if flat:
+        return _list_flat(root)
     found = {split: [f.relpath for f in list_split(root, split)] for split in SPLITS}
+    if not any(found.values()) and list_split(root, ""):
+        raise PipelineError(
+            f"data root {root} has no split folders ({', '.join(SPLITS)}); for a flat "
+            f"{root}/<class>/<image> folder set example_gen.test_fraction (transfer-pipeline "
+            "init writes it): each file's split then follows from a hash of its path"
+        )
+    if not fsutil.is_remote(root):
+        _warn_unknown_folders(root)
     classes = {s: {c for c in map(_class_of, rels) if c} for s, rels in found.items()}
     for split in SPLITS:
         folder = FileSystems.join(root, split)
@@ -198,15 +229,46 @@ def list_sources(data_root: str) -> Layout:
     return Layout(root, labels, splits, sources)
 
 
-def data_fingerprint(data_root: str, beam_args: list[str] | None = None) -> dict:
+def _list_flat(root: str) -> Layout:
+    """A flat layout: `<root>/<class>/<image>`, no split folders (they would be read as classes:
+    refused, naming the folder)."""
+    relpaths = [f.relpath for f in list_split(root, "")]
+    classes = {c for c in (_class_of(rel, "") for rel in relpaths) if c}
+    split_folders = sorted(classes & set(SPLITS))
+    if split_folders:
+        raise PipelineError(
+            f"data root {root} has split folders ({', '.join(split_folders)}) but "
+            "example_gen.test_fraction is set, which is for a flat <class>/<image> folder: "
+            "unset it to read the split folders"
+        )
+    _check_class_names(root, classes)
+    empty = _empty_class_folders(root, "", classes)
+    if empty:
+        raise PipelineError(
+            f"class folder {FileSystems.join(root, image_check.shown(empty[0]))} is empty"
+        )
+    labels = sorted(classes)
+    if len(labels) < 2:
+        raise PipelineError(
+            f"{root} has {len(labels)} class folder(s) ({', '.join(labels)}); at least 2 are needed"
+        )
+    index: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
+    sources = [SourceFile(rel, "", "train", index.get(_class_of(rel, ""), -1)) for rel in relpaths]
+    return Layout(root, labels, [], sources)
+
+
+def data_fingerprint(
+    data_root: str, beam_args: list[str] | None = None, flat: bool = False
+) -> dict:
     """(relative path, size, mtime) of every file ExampleGen would read: list_split's listing of
-    each split folder, the one ExampleGen itself reads (nested folders included), one listing
-    call per split (cheap on gs://), not a read of every image. A missing root lists nothing
-    (ExampleGen then fails with its own one-line error). `beam_args` carry what the file system
-    needs (s3:// cannot list without them)."""
+    each split folder (`flat`: of the whole root), the one ExampleGen itself reads (nested
+    folders included), one listing call per split (cheap on gs://), not a read of every image.
+    A missing root lists nothing (ExampleGen then fails with its own one-line error).
+    `beam_args` carry what the file system needs (s3:// cannot list without them)."""
     set_filesystem_options(beam_args)
     root = _normalized_root(data_root)
-    listing = [tuple(f) for split in SPLITS for f in list_split(root, split)]
+    folders = [""] if flat else SPLITS
+    listing = [tuple(f) for split in folders for f in list_split(root, split)]
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     return {"num_files": len(listing), "sha256": digest}
 
@@ -266,7 +328,7 @@ def convert_file(
     """Read and decode-check one file: its FileResult and serialized Example (None: skipped)."""
     result = FileResult(src.relpath, src.folder_split, src.split, src.label, "", "", False, "", "")
     try:
-        reason = image_check.name_skip_reason(src.relpath.split("/")[1:])
+        reason = image_check.name_skip_reason(below_split(src.relpath, src.folder_split))
         if reason:
             raise image_check.SkipFile(reason, bad=False)
         problem = image_check.name_problem(src.relpath)
@@ -297,8 +359,13 @@ def convert_file(
     return result._replace(source_fmt=stored.source_fmt, fmt=stored.fmt), serialized
 
 
-def assign_split(src: SourceFile, validation_fraction: float | None) -> SourceFile:
-    """Carve validation from train by a stable hash of the relative path."""
+def assign_split(
+    src: SourceFile, validation_fraction: float | None, test_fraction: float | None = None
+) -> SourceFile:
+    """Carve validation from train by a stable hash of the relative path; in a flat layout
+    (test_fraction set) every file's split by the same hash (flat_split)."""
+    if test_fraction is not None and not src.folder_split:
+        return src._replace(split=flat_split(src.relpath, validation_fraction or 0, test_fraction))
     if (
         validation_fraction
         and src.folder_split == "train"
@@ -371,7 +438,8 @@ class ConvertShardFn(beam.DoFn):
                     self.data_root, self.labels, src, self.max_image_pixels
                 )
                 outcome = "skipped" if example is None else "kept"
-                for name in (f"{src.folder_split}_read", f"{src.folder_split}_{outcome}"):
+                folder = src.folder_split or src.split  # flat: the split it was given
+                for name in (f"{folder}_read", f"{folder}_{outcome}"):
                     counts[name] = counts.get(name, 0) + 1
                 if example is not None:
                     writer.write(example)
@@ -429,16 +497,19 @@ ShardKey = tuple[str, int]  # (split, shard index)
 
 
 def plan_shards(
-    layout: Layout, carve_fraction: float | None, num_shards: int
+    layout: Layout,
+    carve_fraction: float | None,
+    num_shards: int,
+    test_fraction: float | None = None,
 ) -> dict[ShardKey, list[SourceFile]]:
     """Every shard of every output split (empty ones too) with the files it will hold: validation
-    carved from train by a stable hash of the path, then the shard by another (the driver does
-    this once; workers only read their shard's list)."""
+    carved from train (flat: every split) by a stable hash of the path, then the shard by another
+    (the driver does this once; workers only read their shard's list)."""
     plan: dict[ShardKey, list[SourceFile]] = {
         (split, i): [] for split in output_splits(layout, carve_fraction) for i in range(num_shards)
     }
     for src in layout.sources:
-        src = assign_split(src, carve_fraction)
+        src = assign_split(src, carve_fraction, test_fraction)
         plan[(src.split, shard_index(src.relpath, num_shards))].append(src)
     return plan
 
@@ -486,7 +557,9 @@ class ConvertListedShardFn(ConvertShardFn):
 
 
 def output_splits(layout: Layout, carve_fraction: float | None) -> list[str]:
-    """The split folders found, plus validation when it is carved from train."""
+    """The split folders found, plus validation when it is carved from train (flat: all)."""
+    if not layout.splits:
+        return list(SPLITS)
     return [s for s in SPLITS if s in layout.splits or (carve_fraction and s == "validation")]
 
 
@@ -676,7 +749,9 @@ def build_stats(
         splits[split] = {
             "num_examples": sum(per_class.values()),
             "per_class": per_class,
-            "skipped": sum(1 for r in summaries if _skipped(r) and r["folder_split"] == split),
+            "skipped": sum(
+                1 for r in summaries if _skipped(r) and (r["folder_split"] or r["split"]) == split
+            ),
             "dropped_duplicates": sum(1 for d in dropped or [] if d["split"] == split),
             "num_shards": num_shards,
         }
@@ -701,11 +776,12 @@ def build_stats(
         "source_formats": dict(sorted(formats.items())),
         "data_root": layout.root,
         "validation": f"carved from train ({carve_fraction:g})" if carve_fraction else "folder",
+        **({"layout": f"flat: splits by path hash ({layout.root})"} if not layout.splits else {}),
     }
 
 
 def check_bad_fraction(layout: Layout, summaries: list[dict], max_bad_fraction: float) -> None:
-    for split in layout.splits:
+    for split in layout.splits or [""]:
         rows = [r for r in summaries if r["folder_split"] == split]
         bad = [r for r in rows if r["bad"]]
         considered = sum(1 for r in rows if r["bad"] or not r["reason"])
@@ -720,7 +796,7 @@ def check_bad_fraction(layout: Layout, summaries: list[dict], max_bad_fraction: 
 
 
 def check_classes_kept(layout: Layout, summaries: list[dict], carve_fraction: float | None) -> None:
-    for split in layout.splits:
+    for split in layout.splits or [""]:
         for label, name in enumerate(layout.labels):
             rows = [r for r in summaries if r["folder_split"] == split and r["label"] == label]
             if not any(not r["reason"] for r in rows):
@@ -737,6 +813,14 @@ def check_classes_kept(layout: Layout, summaries: list[dict], carve_fraction: fl
             f"validation carved from {FileSystems.join(layout.root, 'train')} with fraction "
             f"{carve_fraction:g} is empty; add a validation/ folder or raise --validation-fraction"
         )
+    if not layout.splits:  # flat: every split drawn by path hash must hold something
+        for split in SPLITS:
+            if not any(not r["reason"] and r["split"] == split for r in summaries):
+                fix = "lower" if split == "train" else "raise"
+                raise PipelineError(
+                    f"the {split} split drawn from {layout.root} by path hash is empty; add "
+                    f"images or {fix} example_gen.test_fraction / validation_fraction"
+                )
 
 
 def format_summary(stats: dict) -> str:
@@ -880,8 +964,12 @@ def run_example_gen(
     on_duplicates: str = "drop",
     multi_processing_min_files: int = DEFAULT_MULTI_PROCESSING_MIN_FILES,
     exif_transpose: bool = True,
+    test_fraction: float | None = None,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict.
+
+    test_fraction: read data_root as a flat `<class>/<image>` folder; each file's split follows
+    from a hash of its path (flat_split: test_fraction test, validation_fraction validation).
 
     exif_transpose is recorded, not applied: the stored bytes are the files' own, and every
     decoder of them (the Trainer's, the exported model's) turns a JPEG as its EXIF orientation
@@ -904,19 +992,22 @@ def run_example_gen(
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     started = time.monotonic()
     set_filesystem_options(beam_args)
-    layout = list_sources(data_root)
+    flat = test_fraction is not None
+    layout = list_sources(data_root, flat=flat)
     carve = None if "validation" in layout.splits else validation_fraction
     log.info(
         "ExampleGen: %d files, classes %s, splits %s%s",
         len(layout.sources),
         ", ".join(layout.labels),
-        ", ".join(layout.splits),
-        f" (validation carved from train, {carve:g})" if carve else "",
+        ", ".join(output_splits(layout, carve)),
+        f" (by path hash: test {test_fraction:g}, validation {carve:g})"
+        if flat
+        else (f" (validation carved from train, {carve:g})" if carve else ""),
     )
     run_args, why = direct_mode_args(beam_args, len(layout.sources), multi_processing_min_files)
     log.info("ExampleGen: running with %s (%s)", " ".join(run_args) or "Beam's defaults", why)
     with fsutil.atomic_dir(output) as work:
-        plan = plan_shards(layout, carve, num_shards)
+        plan = plan_shards(layout, carve, num_shards, test_fraction)
         shard_keys = write_shard_lists(work, plan)
         p = beam.Pipeline(options=pipeline_options(run_args))
         build_pipeline(
@@ -928,7 +1019,9 @@ def run_example_gen(
             max_image_pixels=max_image_pixels,
         )
         counters = run_pipeline(p)
-        carved = sum(1 for k, v in plan.items() for s in v if s.split != s.folder_split)
+        carved = sum(
+            1 for v in plan.values() for s in v if s.folder_split and s.split != s.folder_split
+        )
         if carved:
             counters["carved_to_validation"] = carved
         summaries = read_results(work)
