@@ -53,6 +53,10 @@ TOOLS = {
         "pipeline_components.tools.demo",
         "make demo: sample data, the whole pipeline, gRPC predictions (configs/demo.yaml)",
     ),
+    "config-reference": (
+        "pipeline_components.tools.config_reference",
+        "write docs/configuration.md from the config classes (--check: is it current?)",
+    ),
     "sample-data": (
         "pipeline_components.tools.sample_data",
         "generate a small learnable image dataset",

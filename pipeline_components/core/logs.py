@@ -79,13 +79,28 @@ def _drop_import_noise(record: logging.LogRecord) -> bool:
     )
 
 
+class StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever sys.stderr is when a record is written (not when the handler
+    was made: a stream replaced since, by a test's capture or a reconfigure, stays followed)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure(quiet: bool = False, log_format: str = "text") -> None:
     """The root logger of a command: one handler on stderr, in `log_format`, at INFO (or
-    $LOGLEVEL), at WARNING under `quiet`. Called again, it replaces what it set before."""
+    $LOGLEVEL), at WARNING under `quiet`. Called again, it replaces the handler it added before
+    (and leaves others alone)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler()
+        if isinstance(handler, StderrHandler):
+            root.removeHandler(handler)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(_drop_import_noise)
     root.addHandler(handler)

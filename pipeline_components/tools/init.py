@@ -49,8 +49,9 @@ class Found:
     counts: dict[str, Counter]  # class -> split -> images ExampleGen will keep (by format)
     formats: dict[str, Counter]  # class -> format -> images
     folders: list[str]  # split folders present (split layout)
-    skipped: Counter  # reason -> files ExampleGen will skip
+    skipped: Counter  # reason -> files ExampleGen will skip (counted as bad)
     skipped_example: dict[str, str]  # reason -> one path
+    seen: set[str] = dataclasses.field(default_factory=set)  # every class folder with a file
     problems: list[str] = dataclasses.field(default_factory=list)  # ExampleGen will refuse
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -91,8 +92,9 @@ def _classify(root: str, relpath: str, folder_split: str) -> tuple[str | None, s
         return parts[0], None, str(e)
     if fmt is None:
         ext = posixpath.splitext(relpath)[1].lower()
-        document = ext in image_check.DOCUMENT_EXTENSIONS
-        return parts[0], None, f"not an image ({ext} file)" if document else "not an image"
+        if ext in image_check.DOCUMENT_EXTENSIONS:  # a stray document: ignored, not bad
+            return None, None, f"not an image ({ext} file)"
+        return parts[0], None, "not an image"
     if fmt not in image_check.KEPT_FORMATS:
         return parts[0], None, f"unsupported format {fmt}"
     return parts[0], fmt, ""
@@ -129,7 +131,8 @@ def scan(data_root: str, test_fraction: float, validation_fraction: float) -> Fo
     for relpath, folder, size in files:
         cls, fmt, reason = _classify(root, relpath, folder)
         if cls is None:
-            continue  # hidden, system, outside a class folder: ExampleGen ignores it too
+            continue  # hidden, system, a document, outside a class folder: ignored, not bad
+        found.seen.add(cls)
         if reason:
             found.skipped[reason] += 1
             found.skipped_example.setdefault(reason, relpath)
@@ -139,7 +142,7 @@ def scan(data_root: str, test_fraction: float, validation_fraction: float) -> Fo
         found.counts[cls][split] += 1
         found.formats[cls][str(fmt)] += 1
         sizes[size].append((split, relpath))
-    found.labels = sorted(found.counts)
+    found.labels = sorted(found.seen)
     check_names(found)
     check_layout(found, carve, test_fraction)
     check_formats(found)
@@ -154,7 +157,7 @@ def check_names(found: Found) -> None:
     for name in found.labels:
         problem = name_problem(name)
         if problem:
-            found.problems.append(f"class folder {shown(name)!r}: the name {problem}; rename it")
+            found.problems.append(f"class folder '{shown(name)}': the name {problem}; rename it")
     named = [r for r in found.skipped if r.startswith("file name")]
     for reason in named:
         found.warnings.append(
@@ -167,7 +170,7 @@ def check_layout(found: Found, carve: float | None, test_fraction: float) -> Non
     """One class, a split missing, classes missing from a split, tiny classes."""
     if len(found.labels) < 2:
         found.problems.append(
-            f"{len(found.labels)} class ({', '.join(found.labels) or 'none'}): a classifier "
+            f"{len(found.labels)} class ({_names(found.labels) or 'none'}): a classifier "
             "needs at least 2 class folders"
         )
     if not found.flat:
@@ -183,7 +186,7 @@ def check_layout(found: Found, carve: float | None, test_fraction: float) -> Non
             missing = [c for c in found.labels if not found.counts[c][split]]
             if missing and split != "train":
                 found.problems.append(
-                    f"{split}/ has no images of {', '.join(missing)} (every class needs some "
+                    f"{split}/ has no images of {_names(missing)} (every class needs some "
                     "in every split folder)"
                 )
     tiny = []
@@ -191,7 +194,7 @@ def check_layout(found: Found, carve: float | None, test_fraction: float) -> Non
         short = [s for s in SPLITS if found.counts[name][s] < TINY[s]]
         if short:
             have = " / ".join(f"{found.counts[name][s]} {s}" for s in SPLITS)
-            tiny.append(f"{name} ({have})")
+            tiny.append(f"{_names([name])} ({have})")
     if tiny:
         floor = " / ".join(f"{TINY[s]} {s}" for s in SPLITS)
         found.warnings.append(
@@ -217,10 +220,10 @@ def check_formats(found: Found) -> None:
             for a in shares
             for b in shares
         )
-        text = ", ".join(f"{f} {n}" for f, n in total.most_common())
+        text = ", ".join(f"{f} {n}" for f, n in sorted(total.items(), key=_by_count))
         if gap > FORMAT_GAP:
             per_class = "; ".join(
-                f"{c}: " + ", ".join(f"{f} {s:.0%}" for f, s in sorted(shares[c].items()))
+                f"{_names([c])}: " + ", ".join(f"{f} {s:.0%}" for f, s in sorted(shares[c].items()))
                 for c in found.labels
             )
             text += f"; the format tells the classes apart ({per_class}): a model can learn it "
@@ -228,11 +231,25 @@ def check_formats(found: Found) -> None:
         found.warnings.append(f"mixed formats: {text}")
     bad = {r: n for r, n in found.skipped.items() if not r.startswith("file name")}
     if bad:
-        listed = ", ".join(f"{r} ({n}, e.g. {found.skipped_example[r]!a})" for r, n in bad.items())
+        listed = ", ".join(
+            f"{r} ({n}, e.g. {found.skipped_example[r]!a})"
+            for r, n in sorted(bad.items(), key=_by_count)
+        )
         found.warnings.append(
             f"{sum(bad.values())} file(s) ExampleGen will skip: {listed}; more than "
             "example_gen.max_bad_fraction (0.01) of a split fails the run"
         )
+
+
+def _names(names: list[str]) -> str:
+    """Class names for a message: what cannot be shown as it is, escaped (image_check.shown)."""
+    from pipeline_components.example_gen.image_check import shown
+
+    return ", ".join(shown(n) for n in names)
+
+
+def _by_count(item: tuple[str, int]) -> tuple[int, str]:
+    return -item[1], item[0]
 
 
 def check_duplicates(found: Found, sizes: dict[int, list[tuple[str, str]]]) -> None:
