@@ -1,0 +1,108 @@
+"""What a command logs (core/logs.py): progress lines in text, one JSON object per line with
+`--log-format json`, warnings only with `--quiet`; the Trainer's progress callbacks."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from pipeline_components import cli
+from pipeline_components.core import logs
+
+
+def record_of(logger, level, message, **progress):
+    """The LogRecord a call makes, formatted by nothing yet."""
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        if progress:
+            logs.progress(logger, message, **progress)
+        else:
+            logger.log(level, message)
+    finally:
+        logger.removeHandler(handler)
+    return records[0]
+
+
+def test_text_shows_a_progress_event_as_its_line_and_others_as_before():
+    log = logging.getLogger("tp.test.text")
+    fmt = logs.TextFormatter()
+    line = fmt.format(record_of(log, 0, "[5/9] Trainer started", event="component", index=5))
+    assert line.split(" ", 1)[1] == "[5/9] Trainer started"  # after HH:MM:SS
+    line = fmt.format(record_of(log, logging.WARNING, "careful"))
+    assert line.split(" ", 1)[1] == "WARNING tp.test.text: careful"
+
+
+def test_json_is_one_object_per_record_with_the_event_fields():
+    log = logging.getLogger("tp.test.json")
+    fmt = logs.JsonFormatter()
+    record = record_of(log, 0, "epoch 3/20 (head): loss=0.5", event="epoch", epoch=3, loss=0.5)
+    out = json.loads(fmt.format(record))
+    assert out["level"] == "INFO" and out["logger"] == "tp.test.json"
+    assert out["message"] == "epoch 3/20 (head): loss=0.5"
+    assert (out["event"], out["epoch"], out["loss"]) == ("epoch", 3, 0.5)
+    assert out["time"].endswith("+00:00")
+    with pytest.raises(ValueError, match="reserved"):
+        logs.progress(log, "x", event="e", level="clash")
+
+
+def test_options_are_read_before_beam_args_and_bad_values_left_to_the_parser():
+    assert logs.options(["--quiet", "--log-format", "json", "epochs=2"]) == (True, "json")
+    assert logs.options(["--log-format=json"]) == (False, "json")
+    assert logs.options(["--", "--quiet", "--log-format=json"]) == (False, "text")  # Beam's
+    assert logs.options(["--log-format", "xml"]) == (False, "text")
+
+
+def test_a_component_command_logs_json_or_only_warnings(make_dataset, tmp_path, capsys):
+    data = make_dataset(per_split=(4, 2, 2))
+    argv = ["example-gen", "--data-root", str(data), "--num-shards", "1"]
+    assert cli.main([*argv, "--output", str(tmp_path / "a"), "--log-format", "json"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("{")]
+    messages = [json.loads(line)["message"] for line in lines]
+    assert any(m.startswith("ExampleGen: 16 files") for m in messages)
+    assert not [line for line in err.splitlines() if " INFO " in line]  # none as text
+    assert cli.main([*argv, "--output", str(tmp_path / "b"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "INFO" not in captured.err and "ExampleGen: 16 files" not in captured.err
+    assert "wrote 16 examples to" in captured.out  # what it prints stays
+    argv = ["example-gen", "--data-root", str(tmp_path / "nope"), "--output", str(tmp_path / "c")]
+    assert cli.main([*argv, "--log-format", "json"]) == 1  # its one error line is JSON too
+    (last,) = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")][
+        -1:
+    ]
+    assert last["level"] == "ERROR" and "transfer-pipeline example-gen: error:" in last["message"]
+
+
+def test_trainer_progress_within_an_epoch_and_over_a_feature_pass(tmp_path, caplog):
+    from pipeline_components.trainer.callbacks import EpochLog, FeatureProgress
+
+    caplog.set_level(logging.INFO, logger="pipeline_components.trainer.callbacks")
+    epoch = EpochLog(str(tmp_path / "epochs.json"), 64, "head", 3, 4, interval=0.0)
+    epoch.on_epoch_begin(0)
+    epoch.on_train_batch_end(1, {"loss": 0.7})
+    epoch.on_epoch_end(0, {"loss": 0.6, "accuracy": 0.5, "val_loss": 0.7, "val_accuracy": 0.4})
+    features = FeatureProgress("train", 10, 4, interval=0.0)
+    features.on_predict_begin()
+    for batch in range(3):
+        features.on_predict_batch_end(batch)
+    features.on_predict_end()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "epoch 1/3 (head): step 2/4, loss=0.7000"
+    assert messages[1].startswith(
+        "epoch 1/3 (head): loss=0.6000, accuracy=0.5000, val_loss=0.7000, val_accuracy=0.4000 in "
+    )
+    assert messages[2:6] == [f"backbone features of train: {n}/10 images" for n in (0, 4, 8, 10)]
+    assert messages[6].startswith("backbone features of train: 10/10 images in ")
+    fields = [getattr(r, logs.FIELDS) for r in caplog.records]
+    assert fields[1]["event"] == "epoch" and fields[1]["val_accuracy"] == 0.4
+    assert fields[-1] == {**fields[-1], "event": "features", "images": 10, "total": 10}
