@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -233,11 +235,17 @@ def test_init_writes_a_config_that_runs(make_dataset, tmp_path, monkeypatch, cap
     text = (tmp_path / "pipeline.yaml").read_text()
     assert "#   circles      8           3     3" in text and yaml.safe_load(text)["trainer"]
     overrides = ["trainer.weights=none", "trainer.image_size=[32,32]", "trainer.epochs=1"]
-    code = cli.main(["run", "--config", "pipeline.yaml", *overrides, "--log-format", "json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err[-2000:]
-    assert "run " in captured.out and "COMPLETED" in captured.out
-    events = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    argv = ["run", "--config", "pipeline.yaml", *overrides, "--log-format", "json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline_components.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "COMPLETED" in done.stdout
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert all({"time", "level", "logger", "message"} <= e.keys() for e in events)
     steps = [
         (e["index"], e["component"], e["status"]) for e in events if e.get("event") == "component"

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
-from pipeline_components import cli
 from pipeline_components.core import logs
 
 
@@ -62,24 +64,36 @@ def test_options_are_read_before_beam_args_and_bad_values_left_to_the_parser():
     assert logs.options(["--log-format", "xml"]) == (False, "text")
 
 
-def test_a_component_command_logs_json_or_only_warnings(make_dataset, tmp_path, capsys):
+def cli_process(*argv):
+    """`transfer-pipeline ...` in its own process, as a scheduler runs it: logging is set up
+    by the command (in-process, pytest's own logging wins, as logging.basicConfig would let it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline_components.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def test_a_component_command_logs_json_or_only_warnings(make_dataset, tmp_path):
     data = make_dataset(per_split=(4, 2, 2))
-    argv = ["example-gen", "--data-root", str(data), "--num-shards", "1"]
-    assert cli.main([*argv, "--output", str(tmp_path / "a"), "--log-format", "json"]) == 0
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("{")]
-    messages = [json.loads(line)["message"] for line in lines]
-    assert any(m.startswith("ExampleGen: 16 files") for m in messages)
-    assert not [line for line in err.splitlines() if " INFO " in line]  # none as text
-    assert cli.main([*argv, "--output", str(tmp_path / "b"), "--quiet"]) == 0
-    captured = capsys.readouterr()
-    assert "INFO" not in captured.err and "ExampleGen: 16 files" not in captured.err
-    assert "wrote 16 examples to" in captured.out  # what it prints stays
-    argv = ["example-gen", "--data-root", str(tmp_path / "nope"), "--output", str(tmp_path / "c")]
-    assert cli.main([*argv, "--log-format", "json"]) == 1  # its one error line is JSON too
-    (last,) = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")][
-        -1:
-    ]
+    argv = ["example-gen", "--data-root", data, "--num-shards", "1"]
+    done = cli_process(*argv, "--output", tmp_path / "a", "--log-format", "json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    assert any(r["message"].startswith("ExampleGen: 16 files") for r in records)
+    assert not [line for line in done.stderr.splitlines() if " INFO " in line]  # none as text
+    done = cli_process(*argv, "--output", tmp_path / "b", "--quiet")
+    assert done.returncode == 0 and "INFO" not in done.stderr
+    assert "ExampleGen: 16 files" not in done.stderr
+    assert "wrote 16 examples to" in done.stdout  # what it prints stays
+    argv = ["example-gen", "--data-root", tmp_path / "nope", "--output", tmp_path / "c"]
+    done = cli_process(*argv, "--log-format", "json")
+    assert done.returncode == 1  # its one error line is JSON too
+    last = json.loads(done.stderr.strip().splitlines()[-1])
     assert last["level"] == "ERROR" and "transfer-pipeline example-gen: error:" in last["message"]
 
 

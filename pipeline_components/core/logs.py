@@ -94,12 +94,14 @@ class StderrHandler(logging.StreamHandler):
 
 def configure(quiet: bool = False, log_format: str = "text") -> None:
     """The root logger of a command: one handler on stderr, in `log_format`, at INFO (or
-    $LOGLEVEL), at WARNING under `quiet`. Called again, it replaces the handler it added before
-    (and leaves others alone)."""
+    $LOGLEVEL), at WARNING under `quiet`. Called again, it replaces the handler it added before.
+    Where logging is configured already by whoever runs the command in-process (a program
+    embedding it, pytest), it changes nothing, as logging.basicConfig would not."""
     root = logging.getLogger()
+    if any(not isinstance(h, StderrHandler) for h in root.handlers):
+        return
     for handler in list(root.handlers):
-        if isinstance(handler, StderrHandler):
-            root.removeHandler(handler)
+        root.removeHandler(handler)
     handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(_drop_import_noise)
