@@ -187,14 +187,18 @@ def stale(text: str) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="transfer-pipeline config-reference",
         description="write the configuration reference generated from the config classes",
     )
     p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="FILE")
     p.add_argument("--check", action="store_true", help="compare with FILE; exit 1 if stale")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.check:
         try:
             with open(args.output, encoding="utf-8") as f:

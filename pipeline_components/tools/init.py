@@ -23,6 +23,7 @@ import os
 import posixpath
 import re
 import sys
+import textwrap
 from collections import Counter, defaultdict
 
 from pipeline_components.core import logs
@@ -44,6 +45,7 @@ class Found:
     """What init saw in a data root."""
 
     root: str
+    given: str  # the root as the user wrote it (what messages show)
     flat: bool
     labels: list[str]
     counts: dict[str, Counter]  # class -> split -> images ExampleGen will keep (by format)
@@ -124,7 +126,9 @@ def scan(data_root: str, test_fraction: float, validation_fraction: float) -> Fo
         files = list_files(root, flat=True)
     if not files:
         raise PipelineError(f"data root {root} holds no files")
-    found = Found(root, flat, [], defaultdict(Counter), defaultdict(Counter), [], Counter(), {})
+    found = Found(
+        root, data_root, flat, [], defaultdict(Counter), defaultdict(Counter), [], Counter(), {}
+    )
     found.folders = sorted({s for _, s, _ in files if s}, key=SPLITS.index)
     carve = None if "validation" in found.folders else validation_fraction
     sizes: dict[int, list[tuple[str, str]]] = defaultdict(list)  # size -> [(split, relpath)]
@@ -199,7 +203,8 @@ def check_layout(found: Found, carve: float | None, test_fraction: float) -> Non
         floor = " / ".join(f"{TINY[s]} {s}" for s in SPLITS)
         found.warnings.append(
             f"tiny classes, under {floor} images: {'; '.join(tiny)}: their accuracy is noise; "
-            "add images" + (" or raise example_gen.test_fraction" if found.flat else "")
+            "add images"
+            + (" or raise example_gen.test_fraction / validation_fraction" if found.flat else "")
         )
 
 
@@ -301,12 +306,13 @@ def count_table(found: Found) -> list[str]:
 
 
 def layout_line(found: Found, test_fraction: float, validation_fraction: float) -> str:
+    root = found.given.rstrip("/")
     if found.flat:
         return (
-            f"{found.root}/<class>/<image> (no split folders): splits by a stable hash of each "
+            f"{root}/<class>/<image> (no split folders): splits by a stable hash of each "
             f"path, test {test_fraction:g}, validation {validation_fraction:g}, the rest train"
         )
-    return f"{found.root}/<split>/<class>/<image>, split folders: {', '.join(found.folders)}"
+    return f"{root}/<split>/<class>/<image>, split folders: {', '.join(found.folders)}"
 
 
 def model_name(root: str) -> str:
@@ -320,7 +326,7 @@ def config_text(found: Found, args: argparse.Namespace) -> str:
 
     name = model_name(found.root)
     lines = [
-        f"# pipeline.yaml for {found.root}, written by `transfer-pipeline init` "
+        f"# pipeline.yaml for {found.given}, written by `transfer-pipeline init` "
         f"({dt.date.today().isoformat()}).",
         "# Every key, its default and range: docs/configuration.md (a key left out keeps its "
         "default).",
@@ -331,7 +337,8 @@ def config_text(found: Found, args: argparse.Namespace) -> str:
     ]
     notes = [f"will fail: {p}" for p in found.problems] + found.warnings
     if notes:
-        lines += ["# Look at:", *(f"#   - {n}" for n in notes)]
+        lines += ["# Look at:"]
+        lines += [wrap(n, "#   - ", "#     ") for n in notes]
     lines += [
         f"pipeline_name: {quote(name)}",
         "pipeline_root: ./pipeline_root   # runs, their records and reports",
@@ -374,13 +381,25 @@ TRAINER_LINES = [
 
 def report(found: Found, args: argparse.Namespace) -> str:
     lines = [
-        f"data: {layout_line(found, args.test_fraction, args.validation_fraction)}",
+        wrap(layout_line(found, args.test_fraction, args.validation_fraction), "data: "),
         *count_table(found),
         head_line(found.labels),
     ]
-    lines += [f"problem: {p} (ExampleGen will refuse this)" for p in found.problems]
-    lines += [f"warning: {w}" for w in found.warnings]
+    lines += [wrap(f"{p} (ExampleGen will refuse this)", "problem: ") for p in found.problems]
+    lines += [wrap(w, "warning: ") for w in found.warnings]
     return "\n".join(lines)
+
+
+def wrap(text: str, first: str, rest: str = "  ") -> str:
+    """One note, wrapped at 99 columns (long paths stay whole)."""
+    return textwrap.fill(
+        text,
+        99,
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 # ---------------------------------------------------------------------------- the command
