@@ -454,3 +454,14 @@ def test_install_instructions_name_only_this_repository():
             assert arg.startswith((".", "./")), (
                 f"{page}: pip install {arg}: not a path of this repo"
             )
+
+
+def test_the_sample_config_leaves_the_running_mode_to_example_gen():
+    """configs/pipeline.yaml pins no DirectRunner mode or worker count, so the choice by input
+    size and cores that docs/components.md describes ("Running mode") is what it gets."""
+    from pipeline_components.example_gen import executor
+
+    cfg = registry.load_config(str(ROOT / "configs" / "pipeline.yaml"))
+    beam_args = cfg.sections["example_gen"].beam_args
+    _, why = executor.direct_mode_args(beam_args, 2000, cpus=4)
+    assert why.startswith("DirectRunner multi_threading x4: 2000 files < 10000"), why
