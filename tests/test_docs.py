@@ -465,3 +465,13 @@ def test_the_sample_config_leaves_the_running_mode_to_example_gen():
     beam_args = cfg.sections["example_gen"].beam_args
     _, why = executor.direct_mode_args(beam_args, 2000, cpus=4)
     assert why.startswith("DirectRunner multi_threading x4: 2000 files < 10000"), why
+
+
+WITHOUT_LOGGING_FLAGS = {"serve", "predict", "sample-data", "config-reference"}  # docs/cli.md
+
+
+def test_every_command_but_the_documented_few_takes_quiet_and_log_format():
+    for command in cli.commands():
+        options = {o for a in PARSERS[command]()._actions for o in a.option_strings}
+        has = {"--quiet", "--log-format"} <= options
+        assert has == (command not in WITHOUT_LOGGING_FLAGS), command

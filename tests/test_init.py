@@ -75,6 +75,15 @@ def test_a_split_missing(tmp_path):
     assert "test/ has no images of dogs" in " ".join(found.problems)
 
 
+def test_folders_beside_the_split_folders_are_named(tmp_path):
+    root = tree(tmp_path / "d", {**BALANCED, "extra/cats": 3})
+    (warning,) = scan(root).warnings
+    assert warning == (
+        "folders beside the split folders are ignored: extra (split folders are train, "
+        "validation, test)"
+    )
+
+
 def test_tiny_classes(tmp_path):
     found = scan(tree(tmp_path / "d", {**BALANCED, "train/dogs": 4}))
     (warning,) = found.warnings

@@ -98,6 +98,16 @@ def progress(position: tuple[int, int], name: str, what: str, status: str, **fie
     )
 
 
+def ended(step: Step, entry: dict) -> None:
+    """`[5/9] Trainer finished in 42.1s` or `... failed after 3.2s: why`."""
+    seconds = entry["duration_s"]
+    if entry["status"] == "completed":
+        what = f"finished in {seconds:.1f}s"
+    else:
+        what = f"failed after {seconds:.1f}s: {entry.get('error') or 'interrupted'}"
+    progress(step.position, step.name, what, entry["status"], duration_s=seconds)
+
+
 class Run:
     def __init__(
         self,
@@ -196,13 +206,7 @@ class Run:
             entry["finished"] = now()
             entry["duration_s"] = round(time.monotonic() - t0, 2)
             self._write_execution(component_dir, entry)
-            seconds = entry["duration_s"]
-            what = (
-                f"finished in {seconds:.1f}s"
-                if entry["status"] == "completed"
-                else (f"failed after {seconds:.1f}s: {entry.get('error') or 'interrupted'}")
-            )
-            progress(step.position, step.name, what, entry["status"], duration_s=seconds)
+            ended(step, entry)
         return entry
 
     def _cached(self, step: Step, component_dir: str, key: str) -> dict | None:

@@ -178,6 +178,17 @@ def check_layout(found: Found, carve: float | None, test_fraction: float) -> Non
             "needs at least 2 class folders"
         )
     if not found.flat:
+        ignored = sorted(
+            name
+            for name in (os.listdir(found.root) if "://" not in found.root else [])
+            if name not in SPLITS and not name.startswith(".")
+            and os.path.isdir(os.path.join(found.root, name))
+        )  # fmt: skip
+        if ignored:
+            found.warnings.append(
+                f"folders beside the split folders are ignored: {_names(ignored)} (split "
+                f"folders are {', '.join(SPLITS)})"
+            )
         for split in ("train", "test"):
             if split not in found.folders:
                 found.problems.append(f"the {split}/ split folder is missing (or holds no images)")
