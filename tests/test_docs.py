@@ -42,7 +42,6 @@ PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").g
 PROGRAMS = ("transfer-pipeline", "transfer-pipeline-predict")
 FENCE = re.compile(r"^```(\S*)\s*$")
 MARKER = re.compile(r"^<!-- (example|produced by (\S+)::(\w+))\b.*-->$")
-SYNOPSIS_TOKEN = re.compile(r"^(\[|<|\.\.\.|…|\|)|(\]|\.\.\.|…)$|^[^=]*\|")
 # lines a program prints, which must not hide in unmarked blocks
 OUTPUT_LIKE = re.compile(
     r"^(transfer-pipeline [a-z-]+: |run \d{8}-\d{6}-\w+: |wrote |\[\d+/\d+\] |next: |data: )"
@@ -137,7 +136,13 @@ def commands(text: str) -> list[tuple[int, str, bool]]:
 
 
 def is_synopsis(tokens: list[str]) -> bool:
-    return any(SYNOPSIS_TOKEN.search(t) for t in tokens)
+    """A line that shows a command's form: `[--x N]`, `<path>`, `a|b`, `IMAGE...`, `...`; a
+    KEY=VALUE token (`image_size=[32,32]`) is a value, not a bracket."""
+    return any(
+        t.startswith(("[", "<")) or t in ("...", "…", "|")
+        or ("=" not in t and (t.endswith(("]", "...", "…")) or "|" in t))
+        for t in tokens
+    )  # fmt: skip
 
 
 SHELL_OPERATORS = {"&", "&&", ";", "||", ">", "2>&1", ">>"}
