@@ -136,9 +136,10 @@ def plain_loop(model_dir: str, paths: list[str]) -> int:
 
 def batch_predict(model_dir: str, root: str, out: str, beam_args: list[str]) -> None:
     from pipeline_components.bulk_inferrer import executor
+    from pipeline_components.core.beam import BeamSetup
 
     model = executor.resolve_model(model_dir, model_name=MODEL)
-    options = executor.BatchPredictOptions(batch_size=BATCH, beam_args=beam_args)
+    options = executor.BatchPredictOptions(batch_size=BATCH, beam_setup=BeamSetup(tuple(beam_args)))
     summary = executor.run_batch_predict(model, root, out, options)
     assert summary["num_errors"] == 0, summary["first_errors"]
 

@@ -42,7 +42,8 @@ OLD_SHUFFLE_BUFFER = 1000  # the Trainer's default before issue 12
 
 def make_examples(per_class: int, size: int = 32) -> str:
     """ExampleGen output of class-sorted shape JPEGs (cached in $BENCH_CACHE)."""
-    from pipeline_components.example_gen.executor import RECORD_ORDER, run_example_gen
+    from pipeline_components.example_gen.executor import run_example_gen
+    from pipeline_components.example_gen.stats import RECORD_ORDER
     from pipeline_components.tools import sample_data
 
     root = os.path.join(common.cache_dir(NAME), f"shapes-{per_class}-{size}-{RECORD_ORDER}")

@@ -103,13 +103,12 @@ def plain_loop(paths: list[str], root: str, out_dir: str) -> None:
     import tensorflow as tf
 
     from pipeline_components.core import examples
-    from pipeline_components.example_gen import executor as example_gen
-    from pipeline_components.example_gen import image_check
+    from pipeline_components.example_gen import image_check, shards
 
     labels = sorted(os.listdir(os.path.join(root, "train")))
     options = tf.io.TFRecordOptions(
         compression_type="GZIP",
-        compression_level=example_gen.GZIP_LEVEL,  # as ExampleGen writes
+        compression_level=shards.GZIP_LEVEL,  # as ExampleGen writes
     )
     with tf.io.TFRecordWriter(os.path.join(out_dir, "plain.tfrecord.gz"), options) as writer:
         for path in paths:
@@ -159,19 +158,22 @@ def decode_floor(paths: list[str], pool=None) -> None:
 
 
 def example_gen(root: str, out_dir: str, beam_args: list[str]) -> None:
+    from pipeline_components.core.beam import BeamSetup
     from pipeline_components.example_gen.executor import run_example_gen
 
     out = os.path.join(out_dir, "examples")
     with contextlib.redirect_stdout(io.StringIO()):  # the per-run summary table
-        stats = run_example_gen(root, out, num_shards=WORKERS * 2, beam_args=beam_args)
+        stats = run_example_gen(
+            root, out, num_shards=WORKERS * 2, beam_setup=BeamSetup(tuple(beam_args))
+        )
     assert not stats["skipped"], stats["skipped"][:3]
 
 
 def default_mode(num_files: int) -> str:
     """The mode ExampleGen's default picks for this many files on this machine."""
-    from pipeline_components.example_gen import executor
+    from pipeline_components.core import beam as core_beam
 
-    args, _ = executor.direct_mode_args(None, num_files)
+    args, _ = core_beam.direct_mode_args(None, num_files)
     return next((a.split("=", 1)[1] for a in args if a.startswith("--direct_running_mode")), "")
 
 

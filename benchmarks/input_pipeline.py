@@ -198,12 +198,7 @@ def compute_ratios(summary: dict, seconds: dict[str, list[float]]) -> dict[str, 
     }
 
 
-def run(
-    quick: bool = False,
-    num_images: int | None = None,
-    repeats: int | None = None,
-    size: int = 224,
-) -> dict:
+def _require_scipy() -> None:
     try:
         import scipy  # noqa: F401  (ImageDataGenerator's transforms need it)
     except ImportError:
@@ -211,11 +206,10 @@ def run(
             "benchmarks.input_pipeline: the ImageDataGenerator baseline needs scipy "
             "(pip install scipy)"
         ) from None
-    num_images = num_images or (200 if quick else 2000)
-    repeats = repeats or (2 if quick else 5)
-    images, records = make_data(num_images)
 
-    n = num_images
+
+def variants_of(images: str, records: str, n: int, size: int) -> dict[str, Callable[[], None]]:
+    """The variants, each one epoch over the n images, checked to produce all of them."""
     epochs = {
         VARIANTS["a"]: image_data_generator_epochs(images, size),
         VARIANTS["b"]: tf_data_epochs(records, size, True, 42, num_examples=n),
@@ -230,11 +224,24 @@ def run(
     def checked(epoch: Callable[[], int]) -> Callable[[], None]:
         def run_epoch() -> None:
             produced = epoch()
-            assert produced == num_images, (produced, num_images)
+            assert produced == n, (produced, n)
 
         return run_epoch
 
-    variants = {name: checked(epoch) for name, epoch in epochs.items()}
+    return {name: checked(epoch) for name, epoch in epochs.items()}
+
+
+def run(
+    quick: bool = False,
+    num_images: int | None = None,
+    repeats: int | None = None,
+    size: int = 224,
+) -> dict:
+    _require_scipy()
+    num_images = num_images or (200 if quick else 2000)
+    repeats = repeats or (2 if quick else 5)
+    images, records = make_data(num_images)
+    variants = variants_of(images, records, num_images, size)
     print(
         f"{num_images} JPEGs {PHOTO[0]}x{PHOTO[1]} -> {size}x{size}, batch {BATCH},"
         f" {repeats} alternating rounds (one epoch each) after a warm-up epoch"

@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -178,12 +179,12 @@ def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(samples, q))
 
 
-def latency_rounds(
-    model_dir: str, client, images: list[bytes], rounds: int, requests: int, rest_client=None
-):
-    """Single-image requests, in-process, through the server's handler in-process, over gRPC,
-    a no-op RPC and (given a REST client) over REST, interleaved one by one (so all see the same
-    load from other processes); seconds per request, per variant and round."""
+def latency_variants(
+    model_dir: str, client, images: list[bytes], rest_client=None
+) -> dict[str, Callable]:
+    """One single-image request each way: in-process, through the server's handler
+    in-process (its requests serialized beforehand), over gRPC, a no-op RPC and (given a REST
+    client) over REST."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
@@ -214,20 +215,23 @@ def latency_rounds(
         request = predict_pb2.PredictRequest.FromString(serialized[image])
         return service.predict(request).SerializeToString()
 
-    def grpc_call(image):
-        return client.predict([image])
-
-    def noop_rpc(image):
-        return client.status()
-
     variants = {
         "in_process": in_process,
         "handler": handler,
-        "grpc": grpc_call,
-        "noop_rpc": noop_rpc,
+        "grpc": lambda image: client.predict([image]),
+        "noop_rpc": lambda image: client.status(),
     }
     if rest_client is not None:
         variants["rest"] = lambda image: rest_client.predict([image])
+    return variants
+
+
+def latency_rounds(
+    model_dir: str, client, images: list[bytes], rounds: int, requests: int, rest_client=None
+):
+    """latency_variants interleaved one by one (so all see the same load from other
+    processes); seconds per request, per variant and round."""
+    variants = latency_variants(model_dir, client, images, rest_client)
     for call in variants.values():  # warm both paths
         for image in images[:10]:
             call(image)
@@ -335,21 +339,18 @@ def run(
     import logging
 
     logging.getLogger("pipeline_components").setLevel(logging.WARNING)
-    from serving.client import PredictionClient
-    from serving.client_lite import PredictionClient as LiteClient
     from serving.servables import configure_tensorflow
 
     # The same TensorFlow thread settings as `transfer-pipeline serve` uses (spinning off),
     # so the in-process baseline is not handicapped by spinning threads on busy cores.
     configure_tensorflow()
-
     rounds = rounds or (3 if quick else 5)
     requests = requests or (40 if quick else 150)
     tp_rounds = throughput_rounds or (2 if quick else 3)
     tp_seconds = throughput_seconds or (2.0 if quick else 6.0)
     names = [n for n in MODELS if n in (models or MODELS) or n == PRIMARY]
     work = tempfile.mkdtemp(prefix="bench-serving-")
-    servers = {}
+    servers: dict[str, ServerProcess] = {}
     try:
         config = export_models(work, names)
         images = make_images(16)
@@ -359,32 +360,58 @@ def run(
             "on": ServerProcess(work, config, batching),
         }
         targets = {mode: server.wait() for mode, server in servers.items()}
-        latency = {}
         rest_url = servers["off"].rest_url()
-        for model in names:
-            with (
-                PredictionClient(targets["off"], model) as client,
-                LiteClient(rest_url, model) as rest_client,
-            ):
-                samples = latency_rounds(
-                    f"{work}/{model}/1", client, images, rounds, requests, rest_client
-                )
-            summary = summarize_latency(samples)
-            latency[model] = {**summary, "noop_rpc_p50_ms": summary["noop_rpc"]["p50_ms"]}
-            print(
-                f"  latency {model}: {summary['p50_ratio_grpc_over_in_process']}x at p50;"
-                f" overhead {summary['p50_overhead_ms']} ms = {summary['overhead_ms']};"
-                f" REST {summary.get('p50_ratio_rest_over_in_process')}x"
-            )
-        rates: dict[str, list[float]] = {"off": [], "on": []}
-        for _ in range(tp_rounds):
-            for mode in rates:
-                rates[mode].append(throughput(targets[mode], PRIMARY, images, tp_seconds))
-                print(f"  throughput batching {mode}: {rates[mode][-1]:.1f} requests/s")
+        latency = {
+            model: measure_latency(work, model, targets["off"], rest_url, images, rounds, requests)
+            for model in names
+        }
+        rates = measure_throughput(targets, images, tp_rounds, tp_seconds)
     finally:
         for server in servers.values():
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
+    return results_of(quick, names, latency, rates, batching)
+
+
+def measure_latency(
+    work: str,
+    model: str,
+    target: str,
+    rest_url: str,
+    images: list[bytes],
+    rounds: int,
+    requests: int,
+) -> dict:
+    """One model's latency summary (summarize_latency) against the unbatched server."""
+    from serving.client import PredictionClient
+    from serving.client_lite import PredictionClient as LiteClient
+
+    with PredictionClient(target, model) as client, LiteClient(rest_url, model) as rest_client:
+        samples = latency_rounds(f"{work}/{model}/1", client, images, rounds, requests, rest_client)
+    summary = summarize_latency(samples)
+    print(
+        f"  latency {model}: {summary['p50_ratio_grpc_over_in_process']}x at p50;"
+        f" overhead {summary['p50_overhead_ms']} ms = {summary['overhead_ms']};"
+        f" REST {summary.get('p50_ratio_rest_over_in_process')}x"
+    )
+    return {**summary, "noop_rpc_p50_ms": summary["noop_rpc"]["p50_ms"]}
+
+
+def measure_throughput(
+    targets: dict[str, str], images: list[bytes], rounds: int, seconds: float
+) -> dict[str, list[float]]:
+    """Requests/s of the primary model with batching off and on, alternating, per round."""
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in rates:
+            rates[mode].append(throughput(targets[mode], PRIMARY, images, seconds))
+            print(f"  throughput batching {mode}: {rates[mode][-1]:.1f} requests/s")
+    return rates
+
+
+def results_of(
+    quick: bool, names: list[str], latency: dict, rates: dict[str, list[float]], batching: dict
+) -> dict:
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     speedup = round(on / off, 3)
     return {

@@ -44,16 +44,18 @@ MP = ["--direct_running_mode=multi_processing", f"--direct_num_workers={WORKERS}
 
 
 def example_gen(root: str, out: str) -> None:
+    from pipeline_components.core.beam import BeamSetup
     from pipeline_components.example_gen.executor import run_example_gen
 
     with contextlib.redirect_stdout(io.StringIO()):  # ExampleGen's summary table
-        run_example_gen(root, out, num_shards=WORKERS * 2, beam_args=MP)
+        run_example_gen(root, out, num_shards=WORKERS * 2, beam_setup=BeamSetup(tuple(MP)))
 
 
 def statistics_gen(examples: str, out: str, beam_args: list[str]) -> dict:
+    from pipeline_components.core.beam import BeamSetup
     from pipeline_components.statistics_gen.executor import run_statistics_gen
 
-    return run_statistics_gen(examples, out, beam_args=beam_args)
+    return run_statistics_gen(examples, out, beam_setup=BeamSetup(tuple(beam_args)))
 
 
 def plain_loop(examples_dir: str) -> dict:

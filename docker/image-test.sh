@@ -169,11 +169,12 @@ md5=$(md5sum "weights/$WEIGHTS_FILE" | cut -c1-32)
 podman build --format docker --build-arg EXTRAS= --build-arg VGG19_NOTOP_MD5="$md5" \
     -t "$IMAGE-weights" . > "$WORK/build-weights.log" 2>&1 \
     || { tail -40 "$WORK/build-weights.log"; exit 1; }
-grep '^bake_weights:' "$WORK/build-weights.log"
+# a cached build (the same file as a previous run) prints no bake_weights: line; say so
+grep '^bake_weights:' "$WORK/build-weights.log" || say "bake_weights: layer reused from the build cache"
 "${RUN[@]}" --network none "${LOCAL_CONFIG[@]}" --entrypoint python3 "$IMAGE-weights" -c "
-from pipeline_components.core import config
+from pipeline_components.core import registry
 from pipeline_components.trainer import model
-path = config.load('/etc/transfer-pipeline/pipeline.yaml').trainer.weights
+path = registry.load_config('/etc/transfer-pipeline/pipeline.yaml').sections['trainer'].weights
 net = model.build_backbone('vgg19', path, (64, 64))
 print('image-test: the trainer loaded', path, 'named by the local config:', len(net.weights), 'arrays')
 " 2>&1 | grep '^image-test:'

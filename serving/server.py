@@ -501,24 +501,49 @@ def start_server(
     limits = limits or ServerLimits(max_message_bytes=max_message_bytes)
     metrics_path = _metrics_path(monitoring_config_file, rest_api_port)
     metrics = ServingMetrics()
-    scheduler = None
-    if enable_batching:
-        if isinstance(batching_parameters, str | os.PathLike):
-            batching_parameters = load_batching_parameters(str(batching_parameters))
-        scheduler = BatchScheduler(batching_parameters or BatchingParameters(), metrics)
+    scheduler = _scheduler(enable_batching, batching_parameters, metrics)
     manager = ModelManager(
-        configs,
-        scheduler,
-        max_num_load_retries,
-        load_retry_interval_s,
+        configs, scheduler, max_num_load_retries, load_retry_interval_s,
         allow_version_labels_for_unavailable_models,
-    )
+    )  # fmt: skip
     metrics.manager, manager.metrics = manager, metrics
     server = _Server(manager, limits, max_threads, metrics)
     _update_health(server, manager)
     manager.listeners.append(lambda: _update_health(server, manager))
+    bound, rest_bound = _listen(
+        server, scheduler, host, port, server_credentials, rest_api_port, metrics_path
+    )
+    handle = ServerHandle(server, host, bound, manager, rest_bound, metrics_path)
+    _serve(handle, poll_wait_seconds, model_config_file, model_config_file_poll_wait_seconds)
+    return handle
+
+
+def _scheduler(
+    enable_batching: bool,
+    parameters: BatchingParameters | str | None,
+    metrics: ServingMetrics,
+) -> BatchScheduler | None:
+    """The batch scheduler when batching is on (its parameters: given, a file, or defaults)."""
+    if not enable_batching:
+        return None
+    if isinstance(parameters, str | os.PathLike):
+        parameters = load_batching_parameters(str(parameters))
+    return BatchScheduler(parameters or BatchingParameters(), metrics)
+
+
+def _listen(
+    server: _Server,
+    scheduler: BatchScheduler | None,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+    rest_api_port: int | None,
+    metrics_path: str | None,
+) -> tuple[int, int | None]:
+    """Bind the gRPC port (and the REST one); a port that cannot be bound is one line, with
+    the event loop and the scheduler stopped."""
     try:
-        bound = _bind(server, f"{_host_for_url(host)}:{port}", server_credentials)
+        bound = _bind(server, f"{_host_for_url(host)}:{port}", credentials)
         rest_bound = (
             None if rest_api_port is None else server.start_rest(host, rest_api_port, metrics_path)
         )
@@ -528,7 +553,18 @@ def start_server(
         if scheduler is not None:
             scheduler.stop()
         raise
-    handle = ServerHandle(server, host, bound, manager, rest_bound, metrics_path)
+    return bound, rest_bound
+
+
+def _serve(
+    handle: ServerHandle,
+    poll_wait_seconds: float,
+    model_config_file: str | None,
+    config_poll_wait_seconds: float,
+) -> None:
+    """Start answering once the versions present at startup are loaded, then keep polling
+    the file system (and the model config file)."""
+    manager, server = handle.manager, handle.server
     try:
         # Like tensorflow_model_server: the port answers once the versions present at startup
         # are loaded (a client connecting earlier is UNAVAILABLE and retries, not NOT_FOUND).
@@ -541,10 +577,7 @@ def start_server(
     manager.start_polling(poll_wait_seconds)
     if model_config_file is not None:
         path = model_config_file
-        manager.start_config_polling(
-            lambda: load_model_config_file(path), model_config_file_poll_wait_seconds
-        )
-    return handle
+        manager.start_config_polling(lambda: load_model_config_file(path), config_poll_wait_seconds)
 
 
 def _metrics_path(monitoring_config_file: str | None, rest_api_port: int | None) -> str | None:
@@ -579,6 +612,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="TF-Serving-compatible gRPC server (PredictionService, ModelService, "
         "health) and REST API over <model-base-path>/<version>/ SavedModels.",
     )
+    _model_arguments(p)
+    _network_arguments(p)
+    _runtime_arguments(p)
+    _limit_arguments(p)
+    _load_retry_arguments(p)
+    return p
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """Which models: one base path, or TF Serving's models.config."""
     p.add_argument("--model-base-path", help="folder (or gs://, s3://) of numeric version dirs")
     p.add_argument("--model-name", default="default", help="name clients ask for")
     p.add_argument("--model-config-file", help="TF Serving models.config (text proto)")
@@ -593,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a new label may name a version not loaded yet (TF Serving's flag of that name)",
     )
+
+
+def _network_arguments(p: argparse.ArgumentParser) -> None:
+    """Where it listens: gRPC, REST, the metrics page."""
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port; 0 picks a free one")
     p.add_argument(
         "--host",
@@ -613,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="TF Serving monitoring.config: prometheus_config { enable: true path: ... } serves "
         "Prometheus metrics on the REST port (docs/monitoring.md)",
     )
+
+
+def _runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """How it runs: batching, polling, threads, draining."""
     p.add_argument("--enable-batching", action="store_true", help="server-side dynamic batching")
     p.add_argument("--batching-parameters-file", help="TF Serving batching_parameters.txt")
     p.add_argument(
@@ -641,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, how long in-flight requests may take to finish; the process "
         "exits within this + 5 s",
     )
+
+
+def _limit_arguments(p: argparse.ArgumentParser) -> None:
+    """What one client may take (ServerLimits)."""
     d = ServerLimits()
     limits = p.add_argument_group("limits on what one client may take (docs/serving.md)")
     for flag, kind, default, text in (
@@ -672,6 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
          "REST: open connections; more are answered 503 and closed"),
     ):  # fmt: skip
         limits.add_argument(flag, type=kind, default=default, help=text)
+
+
+def _load_retry_arguments(p: argparse.ArgumentParser) -> None:
+    """TF Serving's model load retries."""
     p.add_argument(
         "--max-num-load-retries",
         type=int,
@@ -684,7 +743,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(DEFAULT_LOAD_RETRY_INTERVAL_S * 1e6),
         help="between load retries (TF Serving's --load_retry_interval_micros)",
     )
-    return p
 
 
 def limits_from_args(args: argparse.Namespace) -> ServerLimits:

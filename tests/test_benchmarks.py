@@ -21,6 +21,7 @@ from benchmarks import (
     batch_inference,
     common,
     example_gen,
+    feature_stream,
     headline,
     input_pipeline,
     multi_worker,
@@ -36,6 +37,7 @@ MODULES = {
     "statistics_gen": statistics_gen,
     "input_pipeline": input_pipeline,
     "training": training,
+    "feature_stream": feature_stream,
     "serving": serving,
     "batch_inference": batch_inference,
     "multi_worker": multi_worker,
@@ -168,6 +170,7 @@ def fake_results(name: str) -> dict:
         "statistics_gen": {"s_over_c": 0.4, "t_over_c": 0.5, "p_over_t": 1.5},
         "input_pipeline": {"a_over_b": 6.0, "a_over_d": 9.0},
         "training": {"a_over_b": 12.0, "b_over_floor": 1.3, "ideal_a_over_b": 20.0},
+        "feature_stream": {"streamed_speed": 0.9, "past_cap_speed": 0.4},
         "multi_worker": {
             "b_over_a_training_images_per_s": 0.8,
             "b_over_a_wall_time": 1.9,
@@ -180,6 +183,7 @@ def fake_results(name: str) -> dict:
         "statistics_gen": {"none_set": True},
         "input_pipeline": {"a_over_b_at_least_5": True, "b_at_least_0.85_of_floor": False},
         "training": {"a_over_b_at_least_10": False},
+        "feature_stream": {"streamed_at_least_0.8": True},
         "multi_worker": {"b_faster_in_every_round": False},
     }[name]
     return {
@@ -399,8 +403,8 @@ def test_each_ratio_in_results_md_carries_its_spread_and_the_load(fakes, monkeyp
 
 def test_the_benchmarks_declare_themselves_in_table_order():
     assert NAMES == [
-        "example_gen", "statistics_gen", "input_pipeline", "training", "serving",
-        "batch_inference", "multi_worker",
+        "example_gen", "statistics_gen", "input_pipeline", "training", "feature_stream",
+        "serving", "batch_inference", "multi_worker",
     ]  # fmt: skip
     for name, module in MODULES.items():
         assert module.BENCHMARK is not None and bench.BENCHMARKS[name].module == module.__name__

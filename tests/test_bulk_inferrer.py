@@ -5,6 +5,8 @@ errors."""
 import csv
 import io
 import json
+import logging
+import re
 import struct
 import zlib
 
@@ -17,6 +19,7 @@ from PIL import Image
 from evalfixtures import export_threshold_model, solid_png, write_split
 from pipeline_components import cli
 from pipeline_components.bulk_inferrer import executor as bulk
+from pipeline_components.core.beam import BeamSetup
 from pipeline_components.core.errors import PipelineError
 from serving.client import PredictionClient
 from serving.server import start_server
@@ -310,3 +313,23 @@ def test_off_by_default_in_a_pipeline_run(tmp_path):
     assert "no model was pushed in this run (model not blessed)" in COMPONENT.skip_reason(ctx)
     push.write_text(json.dumps({"pushed": True, "version": 3, "path": str(tmp_path)}))
     assert COMPONENT.skip_reason(ctx) is None
+
+
+def test_the_job_reports_its_progress_while_it_runs(served, folder, tmp_path, caplog):
+    """Its counters every beam.progress_seconds (here 0.05 s) while the job runs (issue 28)."""
+    caplog.set_level(logging.INFO, "pipeline_components.core.beam")
+    options = bulk.BatchPredictOptions(beam_setup=BeamSetup(("--runner=DirectRunner",), 0.05))
+    summary = bulk.run_batch_predict(
+        bulk.resolve_model(str(served)), str(folder["root"]), str(tmp_path / "out"), options
+    )
+    assert summary["num_predictions"] == 12
+    lines = [m for m in caplog.messages if m.startswith("BulkInferrer: ")]
+    assert lines, "no progress line"
+    for line in lines:
+        found = re.fullmatch(
+            r"BulkInferrer: (\d+) images read, (\d+) labelled, (\d+) errors .*", line
+        )
+        assert found, line
+        assert int(found[2]) <= 12 and int(found[1]) <= 14
+    read = [int(re.search(r": (\d+)", line)[1]) for line in lines]  # type: ignore[index]
+    assert read == sorted(read) and read[-1] > 0, lines

@@ -17,6 +17,8 @@ from pipeline_components.core.errors import PipelineError
 from pipeline_components.orchestration import gc, kfp, runner, step
 from pipeline_components.pusher import versions
 from pipeline_components.tools import validate_data
+from serving import client
+from serving.client_lite import cli as lite_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = [c for c in registry.pipeline_order() if c.command]
@@ -34,6 +36,7 @@ BASE = {
     "batch-predict": ["--model", "m", "--input", "i", "--output", "o"],
     "rollback": ["--serving-dir", "s", "--model-name", "n"],
     "validate-data": ["--examples", "e"],
+    "predict": ["--server", "localhost:8500", "--model-name", "m", "x.jpg"],
 }
 # tools that read the config: their parsers
 TOOL_PARSERS = {
@@ -186,6 +189,8 @@ def parsed(command: str, argv: list[str]) -> dict:
     if command == "validate-data":
         args, beam_args = validate_data.parse_args(argv)
         return {**vars(args), "beam_args": beam_args}
+    if command == "predict":
+        return vars(client.build_parser().parse_args(argv))
     return vars(commandline.parse_served_model(versions.parser(command), argv))
 
 
@@ -198,6 +203,28 @@ def test_every_old_spelling_still_parses_with_its_deprecation_line(d, capsys):
     new = parsed(d.command, [*BASE[d.command], *new_spelling(d)])
     assert capsys.readouterr().err == ""
     assert old == new
+
+
+def test_the_tf_free_client_keeps_the_same_old_spellings(capsys):
+    """`transfer-pipeline-predict` (serving/client_lite, which imports nothing of the project)
+    keeps its own copy of predict's rows; both console scripts say the same line."""
+    rows = [(d.old, d.new, d.example) for d in commandline.DEPRECATED if d.command == "predict"]
+    assert list(lite_cli.DEPRECATED) == rows and rows
+    base = BASE["predict"]
+    for old, new, example in lite_cli.DEPRECATED:
+        args = lite_cli.build_parser().parse_args([*base, *example])
+        line = lite_cli.deprecation_line(lite_cli.PROG, old, new)
+        assert capsys.readouterr().err.splitlines() == [line]
+        assert line.startswith("transfer-pipeline-predict: ")
+        assert (
+            line.split(": ", 1)[1]
+            == commandline.deprecated("predict", old).line().split(": ", 1)[1]
+        )
+        renamed = [new if a == old else a for a in example]
+        assert vars(lite_cli.build_parser().parse_args([*base, *renamed])) == vars(args)
+    with pytest.raises(SystemExit):
+        lite_cli.build_parser().parse_args([*base, "--format", "yaml"])  # still checked
+    assert "invalid choice: 'yaml'" in capsys.readouterr().err
 
 
 def test_renamed_flags_are_hidden_from_help(capsys):

@@ -142,11 +142,15 @@ def test_unregistered_section_is_an_unknown_key():
 
 def test_pipeline_order_is_derived_from_artifact_types(counter):
     names = [c.name for c in registry.pipeline_order()]
-    assert names[:8] == [
-        "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+    assert names[:10] == [
+        "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "FeatureGen", "Tuner",
         "Trainer", "Evaluator", "InfraValidator", "Pusher",
     ]  # fmt: skip
     assert names.index("ClassCounter") > names.index("ExampleGen")
+    # a failing validation stops everything that spends time on the backbone, in a DAG too
+    edges = registry.upstream()
+    for spender in ("FeatureGen", "Tuner", "Trainer"):
+        assert "ExampleValidator" in edges[spender], spender
 
 
 def test_runs_before_puts_a_gate_ahead_of_a_producer_it_feeds_nothing():
@@ -162,7 +166,7 @@ def test_runs_before_puts_a_gate_ahead_of_a_producer_it_feeds_nothing():
         names = [c.name for c in registry.pipeline_order()]
         assert names.index("ExampleGen") < names.index("Gate") < names.index("Trainer")
         edges = registry.upstream()
-        assert edges["Trainer"] == {"ExampleGen", "ExampleValidator", "Gate"}
+        assert edges["Trainer"] == {"ExampleGen", "ExampleValidator", "FeatureGen", "Tuner", "Gate"}
         assert edges["Gate"] == {"ExampleGen"}
 
 

@@ -16,8 +16,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import random
+import re
 import shutil
 
 import apache_beam as beam
@@ -276,6 +278,35 @@ def test_quantile_sketch_stays_within_its_stated_error(tmp_path):
     assert len(qs) == 21 and qs[0] == ordered[0] and qs[-1] == ordered[-1]
     for i, q in enumerate(qs):
         assert _rank_ok(ordered, q, i / 20, EPSILON), (i, q)
+
+
+def test_statistics_gen_runs_with_its_own_or_the_pipelines_beam_options(built, tmp_path, caplog):
+    """StatisticsGen reads only its own section: with a `beam:` section, ExampleGen's options
+    (here an unknown runner) never reach it, and its job reports progress while it runs; an
+    old config without `beam:` keeps giving it ExampleGen's options for one release (issue 27)."""
+    from pipeline_components.statistics_gen.component import COMPONENT as STATISTICS_GEN
+
+    base = built["base"]
+    inputs: dict[str, Artifact | None] = {"examples": Artifact(artifacts.EXAMPLES, base.examples)}
+    bad = {"example_gen": {"beam_args": ["--runner=NoSuchRunner"]}}
+    new = registry.config_from_dict(
+        {**bad, "beam": {"args": ["--runner=DirectRunner"], "progress_seconds": 0.05}}
+    )
+    ctx = ExecutionContext(new, STATISTICS_GEN.section_of(new), inputs, str(tmp_path / "new"))
+    with caplog.at_level(logging.INFO, "pipeline_components.core.beam"):
+        result = STATISTICS_GEN.run(ctx)
+    assert result["splits"] == {s: v["num_examples"] for s, v in base.stats["splits"].items()}
+    total = sum(result["splits"].values())
+    lines = [m for m in caplog.messages if m.startswith("StatisticsGen: ")]
+    assert lines and all(
+        re.fullmatch(rf"StatisticsGen: \d+/{total} records read \(after \d+ s\)", line)
+        for line in lines
+    ), lines
+    old = registry.config_from_dict(bad)
+    old_ctx = ExecutionContext(old, STATISTICS_GEN.section_of(old), inputs, str(tmp_path / "old"))
+    with pytest.raises(PipelineError, match=r"^bad Beam options --runner=NoSuchRunner"):
+        STATISTICS_GEN.run(old_ctx)
+    assert not (tmp_path / "old").exists()
 
 
 def test_records_are_read_without_tensorflow_exactly_as_tensorflow_reads_them(built):
@@ -654,6 +685,8 @@ def test_a_nightly_run_with_thumbnails_stops_before_the_trainer(make_dataset, tm
         "StatisticsGen": "cached",
         "SchemaGen": "cached",  # the schema behind version 1 is the one inferred in run 1
         "ExampleValidator": "completed",  # its baseline appeared: version 1's statistics
+        "FeatureGen": "cached",
+        "Tuner": "skipped",  # no search space
         "Trainer": "cached",
         "Evaluator": "cached",
         "InfraValidator": "cached",

@@ -48,8 +48,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline_components import cli
 from pipeline_components.core import artifacts, config
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.core.registry import config_from_dict
+from pipeline_components.core.registry import components, config_from_dict
 from pipeline_components.example_gen.executor import run_example_gen
 from pipeline_components.tools import demo as demo_lib
 from pipeline_components.trainer import model as model_lib
@@ -68,7 +69,8 @@ K8S = ROOT / "k8s"
 TARGETS = ("base", "overlays/local", "overlays/gpu", "overlays/gke", "overlays/eks")
 LOAD_DATA = "jobs/load-data"
 TRAIN_MULTIWORKER = "jobs/train-multiworker"  # tests/test_multi_worker_deploy.py: the rest
-JOBS = (LOAD_DATA, TRAIN_MULTIWORKER)
+TUNE_MULTIWORKER = "jobs/tune-multiworker"  # tests/test_tuner.py: the rest
+JOBS = (LOAD_DATA, TRAIN_MULTIWORKER, TUNE_MULTIWORKER)
 PROMETHEUS_OPERATOR = "components/prometheus-operator"
 # The oldest Kubernetes the manifests support (GKE and EKS still run it) and the newest schema.
 K8S_VERSIONS = ("1.33.0", latest_version())
@@ -892,13 +894,17 @@ def test_strict_validation_catches_a_misspelt_field():
 # --- the pipeline's paths and the storage behind them -------------------------------------------
 
 
-def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> list[str]:
-    """Where the pipeline reads and writes must exist in the pod that runs it, with the
-    credentials a remote file system needs and a client that can use it."""
-    pod = cron_pod(docs)
-    container = pod["spec"]["containers"][0]
+def beam_jobs(cfg: config.PipelineConfig) -> dict[str, list[str]]:
+    """Every Beam component's options as it runs them: its beam_args, else beam.args."""
+    return {
+        c.name: list(core_beam.setup(c.section_of(cfg).beam_args, cfg).args)
+        for c in components()
+        if c.beam
+    }
+
+
+def beam_problems(cfg: config.PipelineConfig, beam_args: list[str], cpus: float) -> list[str]:
     problems = []
-    beam_args = cfg.sections["example_gen"].beam_args
     runner = beam_flag(beam_args, "runner") or "DirectRunner"
     if runner == "DataflowRunner":
         # Dataflow workers read data_root and write under pipeline_root: no pod volumes there.
@@ -913,9 +919,21 @@ def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> li
     else:
         assert runner == "DirectRunner", f"no check written for {runner}"
         workers = beam_flag(beam_args, "direct_num_workers")
-        limit = cpu(container["resources"]["limits"]["cpu"])
-        if workers is not None and not 0 < int(workers) <= limit:
-            problems.append(f"--direct_num_workers={workers} with a CPU limit of {limit}")
+        if workers is not None and not 0 < int(workers) <= cpus:
+            problems.append(f"--direct_num_workers={workers} with {cpus:g} CPUs")
+    return problems
+
+
+def pipeline_config_problems(cfg: config.PipelineConfig, docs: list[dict]) -> list[str]:
+    """Where the pipeline reads and writes must exist in the pod that runs it, with the
+    credentials a remote file system needs and a client that can use it."""
+    pod = cron_pod(docs)
+    container = pod["spec"]["containers"][0]
+    problems = []
+    limit = cpu(container["resources"]["limits"]["cpu"])
+    for job, beam_args in beam_jobs(cfg).items():
+        problems += [f"{job}: {p}" for p in beam_problems(cfg, beam_args, limit)]
+    beam_args = beam_jobs(cfg)["ExampleGen"]  # it lists and reads data_root
     annotations = service_account(docs, pod)["metadata"].get("annotations", {})
     tf_schemes = set(tf.io.gfile.get_registered_schemes())
     for key, writes in (("data_root", False), ("pipeline_root", True), ("serving_dir", True)):
@@ -1762,6 +1780,28 @@ def kfp_objects_problems(docs: list[dict]) -> list[str]:
         if rule["resources"] in (["configmaps"], ["secrets"]) and not rule.get("resourceNames"):
             problems.append(f"{rule['resources'][0]}: every one of them, not KFP's by name")
     return problems
+
+
+def kfp_beam_problems(cfg: config.PipelineConfig) -> list[str]:
+    """Each Beam component runs in a KFP task of its own: its DirectRunner workers must fit
+    that task's CPUs (kfp.resources.<Component>, else default)."""
+    resources = cfg.sections["kfp"].resources
+    problems = []
+    for job, beam_args in beam_jobs(cfg).items():
+        cpus = (resources.get(job) or resources["default"]).cpu
+        problems += [f"{job}: {p}" for p in beam_problems(cfg, beam_args, cpus)]
+    return problems
+
+
+def test_kubeflow_beam_jobs_fit_their_tasks():
+    """The overlay's StatisticsGen used to inherit ExampleGen's 8 worker processes in a 1-CPU
+    task; with the `beam:` section every Beam job without its own options runs in one process."""
+    docs = render(KUBEFLOW)
+    assert kfp_beam_problems(pipeline_config(docs)) == []
+    raw = yaml.safe_load(configmap_data(docs, "pipeline-config")["pipeline.yaml"])
+    del raw["beam"]  # the overlay as it was: StatisticsGen got example_gen.beam_args
+    old = config_from_dict(raw, source="the old overlay")
+    assert kfp_beam_problems(old) == ["StatisticsGen: --direct_num_workers=8 with 1 CPUs"]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)

@@ -461,14 +461,22 @@ def test_install_instructions_name_only_this_repository():
             )
 
 
+def test_error_messages_name_no_package_of_the_public_index():
+    """A message telling the user to install an extra names this repository, not a
+    `transfer-pipeline[...]` on PyPI that this project does not own."""
+    for path in sorted((ROOT / "pipeline_components").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "pip install 'transfer-pipeline[" not in text, path
+
+
 def test_the_sample_config_leaves_the_running_mode_to_example_gen():
     """configs/pipeline.yaml pins no DirectRunner mode or worker count, so the choice by input
     size and cores that docs/components.md describes ("Running mode") is what it gets."""
-    from pipeline_components.example_gen import executor
+    from pipeline_components.core import beam as core_beam
 
     cfg = registry.load_config(str(ROOT / "configs" / "pipeline.yaml"))
-    beam_args = cfg.sections["example_gen"].beam_args
-    _, why = executor.direct_mode_args(beam_args, 2000, cpus=4)
+    beam_args = core_beam.setup(cfg.sections["example_gen"].beam_args, cfg).args
+    _, why = core_beam.direct_mode_args(beam_args, 2000, cpus=4)
     assert why.startswith("DirectRunner multi_threading x4: 2000 files < 10000"), why
 
 

@@ -4,6 +4,8 @@ distributed metrics against their one-process formulas, and its one-line errors.
 
 import io
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 
 from evalfixtures import export_threshold_model, solid_png, write_split
 from pipeline_components import cli
+from pipeline_components.core.beam import BeamSetup
 from pipeline_components.evaluator import executor as evaluator
 from pipeline_components.evaluator import metrics, plots, scoring
 from pipeline_components.evaluator.config import EvaluatorConfig
@@ -224,3 +227,21 @@ def test_beam_args_after_the_double_dash_reach_the_pipeline(binary, tmp_path, ca
     code, err = _run_cli([*args, "--output", str(out), "--", "--runner=NoSuchRunner"], capsys)
     assert code == 1 and len(err.splitlines()) == 1, err
     assert "bad Beam options --runner=NoSuchRunner" in err and not out.exists()
+
+
+def test_the_scoring_job_reports_its_progress_while_it_runs(binary, tmp_path, caplog):
+    """Its counters every beam.progress_seconds (here 0.05 s) while the job runs (issue 28)."""
+    caplog.set_level(logging.INFO, "pipeline_components.core.beam")
+    config = EvaluatorConfig(min_accuracy=0.0, num_error_examples=0)
+    setup = BeamSetup(("--runner=DirectRunner",), 0.05)
+    evaluator.run_evaluator(
+        str(binary["model"]), str(binary["data"]), str(tmp_path / "e"), config, beam_setup=setup
+    )
+    lines = [m for m in caplog.messages if m.startswith("Evaluator: ")]
+    assert lines, "no progress line"
+    for line in lines:
+        found = re.fullmatch(r"Evaluator: (\d+)(/24)? test examples read, (\d+) scored .*", line)
+        assert found, line
+        assert int(found[1]) <= 24 and int(found[3]) <= 24
+    read = [int(re.search(r": (\d+)", line)[1]) for line in lines]  # type: ignore[index]
+    assert read == sorted(read) and read[-1] > 0, lines

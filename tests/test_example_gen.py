@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from test_example_gen_units import KEPT_KINDS, image_bytes
 
 from pipeline_components import cli
 from pipeline_components.core import artifacts, examples
+from pipeline_components.core.beam import BeamSetup
+from pipeline_components.core.machine import usable_cpus
+from pipeline_components.example_gen import convert, layout
 from pipeline_components.example_gen import executor as example_gen
 
 
@@ -401,7 +406,7 @@ def test_validation_is_carved_from_train_when_absent(make_dataset, tmp_path, cap
     validation = {r[examples.FILENAME] for r in records if r["split"] == "validation"}
     all_train = {f"train/{p.parent.name}/{p.name}" for p in (root / "train").rglob("*.jpg")}
     assert train | validation == all_train and not train & validation
-    assert validation == {p for p in all_train if example_gen.unit_hash(p) < 0.25}
+    assert validation == {p for p in all_train if layout.unit_hash(p) < 0.25}
     assert 5 <= len(validation) <= 25
     assert stats["splits"]["validation"]["num_examples"] == len(validation)
     assert stats["validation"] == "carved from train (0.25)"
@@ -431,7 +436,7 @@ def test_multi_processing_writes_the_same_records_as_the_default_runner(
     # a leaked copy: its train shard is rewritten without it, identically on every runner
     shutil.copy(root / "train/circles/0001.jpg", root / "test/circles/leak.jpg")
     common = ["--data-root", root, "--num-shards", 2, "--max-bad-fraction", 0.2]
-    chosen = "multi_threading" if example_gen.usable_cpus() > 1 else "in_memory"
+    chosen = "multi_threading" if usable_cpus() > 1 else "in_memory"
     mp = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     with caplog.at_level(logging.INFO, "pipeline_components.example_gen"):
         code, _, err = run_cli(capsys, *common, "--output", tmp_path / "default")
@@ -456,3 +461,33 @@ def test_multi_processing_writes_the_same_records_as_the_default_runner(
     for path in default_files:
         twin = tmp_path / "mp" / path.relative_to(tmp_path / "default")
         assert path.read_bytes() == twin.read_bytes(), path
+
+
+def test_the_conversion_reports_its_progress_while_it_runs(
+    mixed_dataset, tmp_path, caplog, monkeypatch
+):
+    """`ExampleGen: 12,400/20,000 files read, 3 skipped` every beam.progress_seconds (here
+    0.05 s) while the job runs (issue 28), counted per file by the workers. Reading a file
+    takes 20 ms here (a slow store), so that the job outlasts a few intervals."""
+    root, _ = mixed_dataset
+    total = len(layout.list_sources(str(root)).sources)
+    read_file = convert.read_file
+
+    def slow_read(path: str) -> bytes:
+        time.sleep(0.02)
+        return read_file(path)
+
+    monkeypatch.setattr(convert, "read_file", slow_read)  # the DoFns run in this process
+    setup = BeamSetup(("--direct_running_mode=in_memory",), 0.05)
+    with caplog.at_level(logging.INFO, "pipeline_components.core.beam"):
+        stats = example_gen.run_example_gen(
+            str(root), str(tmp_path / "out"), num_shards=2, beam_setup=setup
+        )
+    lines = [m for m in caplog.messages if m.startswith("ExampleGen: ")]
+    read = []
+    for line in lines:
+        found = re.fullmatch(rf"ExampleGen: (\d+)/{total} files read, (\d+) skipped \(.*\)", line)
+        assert found, line
+        read.append(int(found[1]))
+    assert read and read == sorted(read) and 0 < read[-1] <= total, lines
+    assert sum(s["num_examples"] for s in stats["splits"].values()) > 0

@@ -13,15 +13,17 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core import commandline
 from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.config import section_from_dict
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen import component as example_gen_spec
+from pipeline_components.example_gen import convert, image_check, layout, shards
 from pipeline_components.example_gen import executor as example_gen
-from pipeline_components.example_gen import image_check
 from pipeline_components.example_gen.config import ExampleGenConfig
-from pipeline_components.example_gen.executor import FileResult, SourceFile
+from pipeline_components.example_gen.convert import FileResult
+from pipeline_components.example_gen.layout import SourceFile
 
 # kind -> (stored image/format, channels as tf.io.decode_image(channels=0) reports them)
 KEPT_KINDS = {
@@ -162,12 +164,12 @@ def test_large_images_are_stored_as_they_are():
 
 def test_hashes_are_stable_across_versions_and_machines():
     # Pinned values: a change here reshuffles every split and shard (and every cache key).
-    assert example_gen.unit_hash("train/cats/0001.jpg") == pytest.approx(0.474249, abs=1e-6)
-    shards = [example_gen.shard_index(f"train/c/{i}.jpg", 4) for i in range(8)]
-    assert shards == [2, 3, 0, 1, 2, 1, 0, 3]
-    order = sorted(range(6), key=lambda i: example_gen.record_order(_src(f"train/c/{i}.jpg", "")))
+    assert layout.unit_hash("train/cats/0001.jpg") == pytest.approx(0.474249, abs=1e-6)
+    placed = [layout.shard_index(f"train/c/{i}.jpg", 4) for i in range(8)]
+    assert placed == [2, 3, 0, 1, 2, 1, 0, 3]
+    order = sorted(range(6), key=lambda i: layout.record_order(_src(f"train/c/{i}.jpg", "")))
     assert order == [2, 3, 0, 4, 5, 1]  # place inside a shard: another stable hash of the path
-    assert example_gen.shard_name("test", 2, 4) == "test/examples-00002-of-00004.tfrecord.gz"
+    assert shards.shard_name("test", 2, 4) == "test/examples-00002-of-00004.tfrecord.gz"
 
 
 def parse(*argv: str):
@@ -215,40 +217,9 @@ def test_parameters_are_validated():
 # ---------------------------------------------------------------- DirectRunner mode by input size
 
 
-MP = "--direct_running_mode=multi_processing"
-MT = "--direct_running_mode=multi_threading"
-
-
-@pytest.mark.parametrize(
-    "beam_args, files, cpus, added, why",
-    [
-        # no runner options (the default config's): the number of files decides
-        (["--runner=DirectRunner"], 1999, 2, [MT, "--direct_num_workers=2"], "1999 files < 2000"),
-        (["--runner=DirectRunner"], 2000, 4, [MP, "--direct_num_workers=4"], "2000 files >= 2000"),
-        (None, 50_000, 8, [MP, "--direct_num_workers=8"], "multi_processing x8"),
-        # two cores: threads keep both busy at any size (processes only add start-up)
-        (["--runner=DirectRunner"], 50_000, 2, [MT, "--direct_num_workers=2"], "2 cores"),
-        ([], 10, 4, [MT, "--direct_num_workers=4"], "multi_threading x4"),
-        (["--runner", "direct"], 10, 2, [MT, "--direct_num_workers=2"], "10 files"),
-        # one core: threads or processes only add overhead
-        ([], 50_000, 1, ["--direct_running_mode=in_memory"], "1 usable CPU"),
-        # what the user gave always wins, untouched
-        (["--direct_num_workers=1"], 50_000, 8, [], "--direct_num_workers from beam_args"),
-        ([MT], 50_000, 8, [], "--direct_running_mode from beam_args"),
-        (["--direct_running_mode", "in_memory"], 50_000, 8, [], "from beam_args"),
-        (["--runner=DataflowRunner", "--project=p"], 50_000, 8, [], "runner DataflowRunner"),
-        (["--runner", "FlinkRunner"], 5, 8, [], "runner FlinkRunner"),
-    ],
-)
-def test_direct_mode_follows_input_size_unless_beam_args_say(beam_args, files, cpus, added, why):
-    args, reason = example_gen.direct_mode_args(beam_args, files, 2000, cpus=cpus)
-    assert args == list(beam_args or []) + added
-    assert why in reason
-
-
 def test_direct_mode_threshold_is_a_ranged_config_option():
     cfg = ExampleGenConfig()
-    assert cfg.multi_processing_min_files == example_gen.DEFAULT_MULTI_PROCESSING_MIN_FILES
+    assert cfg.multi_processing_min_files == core_beam.DEFAULT_MULTI_PROCESSING_MIN_FILES
     cmd = parse("--data-root", "d", "--output", "o", "--multi-processing-min-files", "5")
     assert cmd.config.multi_processing_min_files == 5
     with pytest.raises(PipelineError, match="multi_processing_min_files"):
@@ -284,14 +255,14 @@ def _parse(serialized: bytes) -> tuple:
 def test_convert_file_reads_checks_and_builds_the_example(tmp_path):
     _write(tmp_path / "train/dogs/döggo.png", image_bytes("png-gray"))
     src = SourceFile("train/dogs/döggo.png", "train", "validation", 1)
-    result, example = example_gen.convert_file(str(tmp_path), ["cats", "dogs"], src)
+    result, example = convert.convert_file(str(tmp_path), ["cats", "dogs"], src)
     data = (tmp_path / src.relpath).read_bytes()
     assert result == FileResult(
         src.relpath, "train", "validation", 1, image_check.sha256_hex(data), "", False, "png", "png"
     )
     assert _parse(example) == ("train/dogs/döggo.png", "dogs", 1, "png", 1, data)
     (tmp_path / src.relpath).write_bytes(data[:50])
-    result, example = example_gen.convert_file(str(tmp_path), ["cats", "dogs"], src)
+    result, example = convert.convert_file(str(tmp_path), ["cats", "dogs"], src)
     assert example is None and result.reason.startswith("undecodable png") and result.bad
 
 
@@ -310,7 +281,7 @@ def test_convert_shards_transform_writes_deterministic_shards(tmp_path):
         results = (
             p
             | beam.Create(list(reversed(sources)))
-            | example_gen.ConvertShards(str(data_root), ["cats", "dogs"], str(out), SPLITS, 2)
+            | convert.ConvertShards(str(data_root), ["cats", "dogs"], str(out), SPLITS, 2)
         )
         assert_that(
             results | beam.Map(lambda r: (r.relpath, r.split, r.reason, r.bad, r.fmt)),
@@ -332,9 +303,9 @@ def test_convert_shards_transform_writes_deterministic_shards(tmp_path):
         records = [_parse(r) for r in _read_tfrecord_gz(out / name)]
         # hash order, not path order: classes interleave along a shard, same on every runner
         assert [r[0] for r in records] == sorted(
-            (r[0] for r in records), key=lambda rel: example_gen.unit_hash("order:" + rel)
+            (r[0] for r in records), key=lambda rel: layout.unit_hash("order:" + rel)
         )
-        assert all(example_gen.shard_index(r[0], 2) == index for r in records)
+        assert all(layout.shard_index(r[0], 2) == index for r in records)
         assert all(r[0].startswith(split + "/") for r in records)
         written += records
     assert sorted(r[0] for r in written) == sorted(rels)
@@ -351,11 +322,11 @@ def test_assign_splits_transform_carves_by_path_hash():
     expected_validation = sorted(
         s.relpath
         for s in sources
-        if s.folder_split == "train" and example_gen.unit_hash(s.relpath) < 0.25
+        if s.folder_split == "train" and layout.unit_hash(s.relpath) < 0.25
     )
     assert 30 < len(expected_validation) < 70  # the hash spreads paths evenly
     with test_pipeline.TestPipeline() as p:
-        out = p | beam.Create(sources) | example_gen.AssignSplits(0.25)
+        out = p | beam.Create(sources) | convert.AssignSplits(0.25)
         validation = (
             out
             | beam.Filter(lambda s: s.split == "validation")
@@ -380,7 +351,7 @@ def test_assign_splits_transform_carves_by_path_hash():
         )
     # no carving when a validation folder exists
     with test_pipeline.TestPipeline() as p:
-        out = p | beam.Create(sources[:10]) | example_gen.AssignSplits(None)
+        out = p | beam.Create(sources[:10]) | convert.AssignSplits(None)
         assert_that(out | beam.Map(lambda s: s.split), equal_to(["train"] * 10))
 
 
@@ -405,7 +376,7 @@ def test_decompression_bombs_are_skipped_as_too_large_before_decoding(tmp_path):
     for name, (data, reason) in bombs.items():
         _write(tmp_path / "train/dogs" / name, data)
         src = SourceFile(f"train/dogs/{name}", "train", "train", 1)
-        result, example = example_gen.convert_file(str(tmp_path), ["cats", "dogs"], src)
+        result, example = convert.convert_file(str(tmp_path), ["cats", "dogs"], src)
         assert example is None and result.bad and result.reason == reason, name
     # the limit is a parameter: a 32x32 image is "too large" for 1023 pixels, not for 1024
     small = image_bytes("png-gray")

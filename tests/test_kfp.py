@@ -135,7 +135,10 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
             if p.WhichOneof("kind") == "task_output_parameter"
         }
 
-    assert upstream("trainer") == {"example-gen"}
+    # the backbone pass (FeatureGen) and the search (Tuner) feed the Trainer
+    assert upstream("feature-gen") == {"example-gen"}
+    assert upstream("tuner") == {"example-gen", "feature-gen"}
+    assert upstream("trainer") == {"example-gen", "feature-gen", "tuner"}
     # a failing data validation stops the DAG before training: an ordering edge without data
     assert "example-validator" in tasks["trainer"][1].dependent_tasks
     assert upstream("evaluator") == {"trainer", "example-gen"}
@@ -145,7 +148,7 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
     blessed = "inputs.parameter_values['pipelinechannel--evaluator-blessing_verdict'] == true"
     for gated in ("infra-validator", "pusher"):
         assert tasks[gated][0] == (blessed,)
-    for ungated in ("example-gen", "trainer", "evaluator"):
+    for ungated in ("example-gen", "feature-gen", "tuner", "trainer", "evaluator"):
         assert tasks[ungated][0] == ()
     (branches,) = [n for n in spec.root.dag.tasks if n.startswith("condition-branches")]
     feed = (
@@ -159,13 +162,14 @@ def test_demo_and_notebook_configs_compile_to_one_step_per_component(tmp_path, c
     skip_args = execs[tasks[skip][2].executor_label]["container"]["args"]
     assert skip_args[1:3] == ["InfraValidator", "Pusher"]
 
-    # only the Trainer asks for a GPU, on the GPU pool, with shared memory
+    # only the backbone's steps ask for a GPU (the Trainer, FeatureGen's pass), on the GPU
+    # pool, with shared memory
     k8s = k8s_executors(platform)
     for component, task_name in components.items():
         label = tasks[task_name][2].executor_label
         resources = execs[label]["container"].get("resources", {})
         settings = k8s[label]
-        gpu = component == "Trainer"
+        gpu = component in ("Trainer", "FeatureGen")
         assert ("accelerator" in resources) == gpu, component
         assert ("nodeSelector" in settings) == gpu and ("tolerations" in settings) == gpu
         if gpu:
@@ -773,17 +777,23 @@ def test_compiled_spec_runs_like_transfer_pipeline_run(make_dataset, tmp_path, c
     spec, platform, _ = compiled(tmp_path, kfp_path)
     local = LocalRun(spec, platform, tmp_path / "launcher", console_script())
     outputs = local.run()
-    assert local.ran == [kfp_compiler.kebab(n) for n in BUILTIN]
+    # every task ran once, after the producers of what it reads (FeatureGen and the Tuner wait
+    # for ExampleGen only, so they may run before data validation)
+    assert sorted(local.ran) == sorted(kfp_compiler.kebab(n) for n in BUILTIN)
+    position = {n: local.ran.index(kfp_compiler.kebab(n)) for n in BUILTIN}
+    for name, upstream in registry.upstream().items():
+        assert all(position[u] < position[name] for u in upstream), name
     assert [a.returncode for a in local.attempts] == [0] * len(BUILTIN)  # no retry was needed
+    skipped = {"BulkInferrer", "Tuner"}  # no batch_predict.input, no tuner.space
     root = tmp_path / "kfp" / "root"
     records = {c: step_record(root, local.run_id, c) for c in BUILTIN}
     entries = {c: r["components"][c] for c, r in records.items()}
     assert all(e["run_id"] == local.run_id for e in entries.values() if e["status"] != "skipped")
-    # each step ends as it did in `run` (the BulkInferrer is skipped there too: no
-    # batch_predict.input), and everything else completed
+    # each step ends as it did in `run` (skipped there too), and everything else completed
     statuses = {c: e["status"] for c, e in entries.items()}
     assert statuses == {c: reference["components"][c]["status"] for c in BUILTIN}
-    assert {s for c, s in statuses.items() if c != "BulkInferrer"} == {"completed"}
+    assert {c for c, s in statuses.items() if s == "skipped"} == skipped
+    assert {s for c, s in statuses.items() if c not in skipped} == {"completed"}
 
     # equal to the reference: split counts, classes, blessing, the pushed version
     ref = reference["components"]
@@ -807,8 +817,8 @@ def test_compiled_spec_runs_like_transfer_pipeline_run(make_dataset, tmp_path, c
         shown = local.artifacts[kfp_compiler.kebab(name)]
         metrics = shown["metrics"]
         assert json.loads(Path(metrics["path"]).read_text()) == metrics["metadata"]
-        assert metrics["metadata"]["success"] == 1, name  # skipped (BulkInferrer) too
-        assert name == "BulkInferrer" or metrics["metadata"]["component_cache_hit"] == 0
+        assert metrics["metadata"]["success"] == 1, name  # skipped ones too
+        assert name in skipped or metrics["metadata"]["component_cache_hit"] == 0
     evaluator = local.artifacts["evaluator"]
     assert evaluator["metrics"]["metadata"]["model_accuracy"] == reference["metrics"]["accuracy"]
     assert evaluator["metrics"]["metadata"]["model_blessed_passed"] == 1

@@ -97,26 +97,20 @@ def test_a_component_command_logs_json_or_only_warnings(make_dataset, tmp_path):
     assert last["level"] == "ERROR" and "transfer-pipeline example-gen: error:" in last["message"]
 
 
-def test_trainer_progress_within_an_epoch_and_over_a_feature_pass(tmp_path, caplog):
-    from pipeline_components.trainer.callbacks import EpochLog, FeatureProgress
+def test_trainer_progress_within_an_epoch(tmp_path, caplog):
+    """Its backbone pass reports as a Beam job (features/writer.py; tests/test_features.py)."""
+    from pipeline_components.trainer.callbacks import EpochLog
 
     caplog.set_level(logging.INFO, logger="pipeline_components.trainer.callbacks")
     epoch = EpochLog(str(tmp_path / "epochs.json"), 64, "head", 3, 4, interval=0.0)
     epoch.on_epoch_begin(0)
     epoch.on_train_batch_end(1, {"loss": 0.7})
     epoch.on_epoch_end(0, {"loss": 0.6, "accuracy": 0.5, "val_loss": 0.7, "val_accuracy": 0.4})
-    features = FeatureProgress("train", 10, 4, interval=0.0)
-    features.on_predict_begin()
-    for batch in range(3):
-        features.on_predict_batch_end(batch)
-    features.on_predict_end()
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == "epoch 1/3 (head): step 2/4, loss=0.7000"
     assert messages[1].startswith(
         "epoch 1/3 (head): loss=0.6000, accuracy=0.5000, val_loss=0.7000, val_accuracy=0.4000 in "
     )
-    assert messages[2:6] == [f"backbone features of train: {n}/10 images" for n in (0, 4, 8, 10)]
-    assert messages[6].startswith("backbone features of train: 10/10 images in ")
     fields = [getattr(r, logs.FIELDS) for r in caplog.records]
+    assert fields[0] == {**fields[0], "event": "step", "step": 2, "steps": 4}
     assert fields[1]["event"] == "epoch" and fields[1]["val_accuracy"] == 0.4
-    assert fields[-1] == {**fields[-1], "event": "features", "images": 10, "total": 10}

@@ -22,8 +22,7 @@ import yaml
 from pipeline_components import cli
 from pipeline_components.core import artifacts, data_schema, examples
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.example_gen import executor as example_gen
-from pipeline_components.example_gen import image_check
+from pipeline_components.example_gen import convert, image_check, layout
 from pipeline_components.tools import sample_data
 
 NAMES = {"circles": "dogs 🐶", "squares": "кошки", "triangles": "名前 with space"}
@@ -72,25 +71,25 @@ def test_class_folders_that_cannot_be_written_are_refused_naming_them(tmp_path):
         for name in ("ok", "fine 🐶"):
             (tmp_path / split / name).mkdir(parents=True)
             (tmp_path / split / name / "a.jpg").write_bytes(b"x")
-    assert example_gen.list_sources(str(tmp_path)).labels == ["fine 🐶", "ok"]
+    assert layout.list_sources(str(tmp_path)).labels == ["fine 🐶", "ok"]
     bad = os.path.join(os.fsencode(tmp_path), b"train", b"caf\xe9")  # Latin-1, not UTF-8
     os.makedirs(bad)
     with open(os.path.join(bad, b"a.jpg"), "wb") as f:
         f.write(b"x")
     with pytest.raises(PipelineError) as e:
-        example_gen.list_sources(str(tmp_path))
+        layout.list_sources(str(tmp_path))
     assert str(e.value) == (
         f"class folder {tmp_path}/train/caf\\xe9: the name is not valid UTF-8; rename it"
     )
     os.rename(bad, tmp_path / "train" / "two\nlines")
     with pytest.raises(PipelineError, match=r"train/two\\nlines: the name holds the control"):
-        example_gen.list_sources(str(tmp_path))
+        layout.list_sources(str(tmp_path))
 
 
 def test_a_file_name_that_is_not_utf8_is_skipped_as_bad():
     name = os.fsdecode(b"cats/caf\xe9.jpg")
-    src = example_gen.SourceFile("train/" + name, "train", "train", 0)
-    result, record = example_gen.convert_file("/nonexistent", ["cats", "dogs"], src)
+    src = layout.SourceFile("train/" + name, "train", "train", 0)
+    result, record = convert.convert_file("/nonexistent", ["cats", "dogs"], src)
     assert record is None and result.bad and result.reason == "file name is not valid UTF-8"
     assert image_check.shown(name) == "cats/caf\\xe9.jpg"
 
@@ -228,7 +227,15 @@ def test_names_from_any_alphabet_round_trip_through_a_whole_run(tmp_path):
     _assert_batch_outputs(comps["BulkInferrer"], data)
     csv_out = tmp_path / "batch-csv"
     base = str(tmp_path / "serving" / "m")
-    argv = ["batch-predict", "--model", base, "--input", str(data / "test"), "--format", "csv"]
+    argv = [
+        "batch-predict",
+        "--model",
+        base,
+        "--input",
+        str(data / "test"),
+        "--output-format",
+        "csv",
+    ]
     assert cli.main([*argv, "--output", str(csv_out)]) == 0
     table = list(csv.reader(io.StringIO("".join(_read_shards(str(csv_out), "predictions-*.csv")))))
     assert table[0][:3] == ["path", "class", "score"] and table[0][3:6] == [

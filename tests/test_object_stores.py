@@ -18,7 +18,9 @@ import yaml
 
 from evalfixtures import export_threshold_model
 from pipeline_components.core import examples, fsutil
+from pipeline_components.core.beam import BeamSetup
 from pipeline_components.example_gen import executor as example_gen
+from pipeline_components.example_gen import layout
 from pipeline_components.infra_validator.executor import serve_in_subprocess
 from pipeline_components.pusher import executor as pusher
 from pipeline_components.pusher.config import PusherConfig
@@ -100,10 +102,10 @@ def test_s3_data_root_is_listed_and_read_with_the_beam_args(s3, make_dataset, tm
     data_root = s3.upload(make_dataset(), "data")
     beam_args = s3.emulator.beam_args
     stats = example_gen.run_example_gen(
-        data_root, str(tmp_path / "examples"), num_shards=2, beam_args=beam_args
+        data_root, str(tmp_path / "examples"), num_shards=2, beam_setup=BeamSetup(beam_args)
     )
     assert _counts(stats) == SPLIT_COUNTS and stats["data_root"] == data_root
-    assert example_gen.data_fingerprint(data_root, beam_args)["num_files"] == 40
+    assert layout.data_fingerprint(data_root, beam_args)["num_files"] == 40
     written = examples.split_files(str(tmp_path / "examples"), "train")
     records = tf.data.TFRecordDataset(written, compression_type="GZIP")
     assert sum(1 for _ in records) == 24
@@ -119,7 +121,7 @@ def test_example_gen_reads_and_writes_gcs(gcs, make_dataset):
     out = f"{gcs.url}/examples"
     stats = example_gen.run_example_gen(data_root, out, num_shards=2)
     assert _counts(stats) == SPLIT_COUNTS
-    assert example_gen.data_fingerprint(data_root)["num_files"] == 40
+    assert layout.data_fingerprint(data_root)["num_files"] == 40
     assert json.loads(fsutil.read_text(f"{out}/stats.json"))["fingerprint"] == stats["fingerprint"]
     records = tf.data.TFRecordDataset(examples.split_files(out, "test"), compression_type="GZIP")
     assert sum(1 for _ in records) == 8

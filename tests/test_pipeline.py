@@ -96,7 +96,10 @@ def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
     assert code == 0, out
     record = newest_record(tmp_path)
     assert record["status"] == "completed"
-    assert [c["status"] for c in record["components"].values()] == ["completed"] * 9
+    statuses = {n: c["status"] for n, c in record["components"].items()}
+    # no tuner: section, so no search; features cached (augmentation off): FeatureGen ran
+    assert statuses.pop("Tuner") == "skipped" and statuses["FeatureGen"] == "completed"
+    assert list(statuses.values()) == ["completed"] * 10
     assert record["push"]["pushed"] and record["push"]["version"] == 1
     assert record["infra_blessing"]["blessed"] and record["metrics"]["num_examples"] == 3 * len(
         classes
@@ -148,6 +151,8 @@ def test_end_to_end_then_fully_cached(make_dataset, tmp_path, capsys, classes):
         "StatisticsGen": "cached",
         "SchemaGen": "cached",
         "ExampleValidator": "completed",
+        "FeatureGen": "cached",
+        "Tuner": "skipped",
         "Trainer": "cached",
         "Evaluator": "cached",
         "InfraValidator": "cached",

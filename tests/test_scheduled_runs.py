@@ -95,9 +95,11 @@ def test_code_edit_nested_data_and_rollback_over_scheduled_runs(make_dataset, tm
     assert set(statuses(first).values()) == {"completed"}
     assert first["push"]["version"] == 1 and first["serving"]["labels"] == {"stable": 1}
     assert len(first["code_fingerprint"]) == 64
-    # every component that ran has its code recorded (the BulkInferrer is skipped: no input set)
+    # every component that ran has its code recorded (the BulkInferrer is skipped: no input
+    # set; the Tuner: no search space)
     ran = {c for c, e in first["components"].items() if e["status"] != "skipped"}
-    assert set(first["code"]) == ran and ran == set(first["components"]) - {"BulkInferrer"}
+    assert set(first["code"]) == ran
+    assert ran == set(first["components"]) - {"BulkInferrer", "Tuner"}
     report = Path(first["report"]).read_text()
     assert first["code_fingerprint"][:12] in report and first["code"]["Trainer"][:12] in report
 
@@ -172,7 +174,7 @@ def test_a_file_added_in_a_nested_folder_changes_examplegens_key(make_dataset):
     """ExampleGen reads <split>/<class>/** and its cache key lists exactly that: one listing."""
     from pipeline_components.core.component import ExecutionContext
     from pipeline_components.core.config import PipelineConfig
-    from pipeline_components.example_gen import executor
+    from pipeline_components.example_gen import layout
     from pipeline_components.example_gen.component import COMPONENT
     from pipeline_components.example_gen.config import ExampleGenConfig
 
@@ -185,5 +187,5 @@ def test_a_file_added_in_a_nested_folder_changes_examplegens_key(make_dataset):
     after = COMPONENT.external_inputs(ctx)
     assert after["data"]["num_files"] == before["data"]["num_files"] + 1
     assert after != before
-    read = {s.relpath for s in executor.list_sources(str(data)).sources}
+    read = {s.relpath for s in layout.list_sources(str(data)).sources}
     assert "train/squares/2019/06/x.jpg" in read, "ExampleGen reads what the key lists"

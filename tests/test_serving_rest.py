@@ -282,7 +282,8 @@ def test_the_client_package_installs_alone_without_tensorflow_and_predicts_over_
     assert tf_import.returncode != 0 and b"No module named 'tensorflow'" in tf_import.stderr
     done = subprocess.run(
         [str(venv / "bin" / "transfer-pipeline-predict"), "--server", server.rest_url,
-         "--model-name", "m", "--format", "jsonl", "--max-batch-size", "8", *image_files[:10]],
+         "--model-name", "m", "--output-format", "jsonl", "--max-batch-size", "8",
+         *image_files[:10]],
         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -315,7 +316,7 @@ def test_predict_sends_100_images_to_a_server_with_the_shipped_batching_file(
     expected = fn(images=tf.constant(images))["probabilities"].numpy()
     try:
         for target in (handle.target, handle.rest_url):
-            argv = ["predict", "--server", target, "--model-name", "m", "--format", "jsonl"]
+            argv = ["predict", "--server", target, "--model-name", "m", "--output-format", "jsonl"]
             assert cli.main([*argv, str(tmp_path)]) == 0  # a folder: its 100 images, sorted
             out, err = capsys.readouterr()
             records = [json.loads(line) for line in out.splitlines()]
@@ -341,7 +342,7 @@ def test_a_bad_image_among_many_is_its_own_error_and_the_others_are_answered(
     ] * 3
     assert "INVALID_ARGUMENT" in results[6].message
 
-    argv = ["predict", "--server", server.target, "--model-name", "m", "--format", "csv"]
+    argv = ["predict", "--server", server.target, "--model-name", "m", "--output-format", "csv"]
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     assert cli.main([*argv, "--labels", str(labels), *files]) == 1
@@ -368,7 +369,8 @@ def test_label_flag_and_deprecated_spellings(server, image_files, capsys):
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 6
     assert err.strip() == (
-        "transfer-pipeline predict: warning: --batch-size is deprecated; use --max-batch-size"
+        "transfer-pipeline predict: --batch-size is deprecated and goes in the next release: "
+        "use --max-batch-size"
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline_components.core.artifacts import served_versions
 from pipeline_components.core.errors import PipelineError
+from serving import model_config
 from serving.batching import BatchingParameters, BatchScheduler, parse_batching_parameters
 from serving.errors import StatusError, clean_tf_message
 from serving.model_config import ModelConfig, parse_model_server_config
@@ -180,6 +181,64 @@ def test_repo_batching_parameters_file_parses_if_present():
 
 
 # -- models.config --------------------------------------------------------------------------
+
+
+# What the Pusher's models.config was, byte for byte, before serving/model_config.py wrote it
+# (bar the comment naming the writer): TF Serving's text format, one entry rewritten in place.
+PUSHED_CONFIG = """\
+model_config_list {
+  config {
+    name: "other"
+    base_path: "/models/other"
+    model_platform: "tensorflow"
+  }
+  config {
+    name: "m"
+    base_path: "{base}"
+    model_platform: "tensorflow"
+    model_version_policy {
+      all {
+      }
+    }
+    version_labels {
+      key: "canary"
+      value: 2
+    }
+    version_labels {
+      key: "stable"
+      value: 1
+    }
+  }
+}
+"""
+
+
+def test_the_pushers_models_config_is_tf_servings_text_byte_for_byte(tmp_path):
+    """One module reads and writes models.config (the Pusher calls it): another model's entry
+    is kept, this model's replaced, a killed writer's temporary copy removed, and the text is
+    what TF Serving parses and what earlier versions wrote."""
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    (serving / "models.config").write_text(
+        'model_config_list { config { name: "other" base_path: "/models/other" '
+        'model_platform: "tensorflow" } config { name: "m" base_path: "/old" } }\n'
+    )
+    (serving / ".models.config.tmp-0a1b2c3d").write_text("half written")
+    labels = {"stable": 1, "canary": 2}
+    path = model_config.write_model_entry(str(serving), "m", str(serving / "m"), labels)
+    text = (serving / "models.config").read_text()
+    base = os.path.abspath(serving / "m")
+    assert path == str(serving / "models.config")
+    assert text == model_config.HEADER + PUSHED_CONFIG.replace("{base}", base)
+    assert sorted(os.listdir(serving)) == ["_versions", "models.config"]  # the lock's folder
+    assert model_config.entry_labels(str(serving), "m") == labels
+    assert model_config.entry_labels(str(serving), "nobody") is None
+    (m, other) = sorted(parse_model_server_config(text), key=lambda c: c.name)
+    assert (m.name, m.base_path, m.policy, m.labels) == ("m", base, "all", labels)
+    assert (other.name, other.base_path) == ("other", "/models/other")
+    (serving / "models.config").write_text("model_config_list { nonsense }")
+    with pytest.raises(PipelineError, match=r"models.config: not a valid ModelServerConfig"):
+        model_config.entry_labels(str(serving), "m")
 
 
 MODELS_CONFIG = """

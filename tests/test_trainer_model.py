@@ -12,8 +12,9 @@ from pipeline_components import cli
 from pipeline_components.core import commandline, examples
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen.executor import run_example_gen
+from pipeline_components.features import files, stream
 from pipeline_components.tools import sample_data
-from pipeline_components.trainer import datasets, inputs, model, training
+from pipeline_components.trainer import inputs, model, training
 from pipeline_components.trainer import plan as plan_lib
 from pipeline_components.trainer.callbacks import BestCheckpoint
 from pipeline_components.trainer.checkpoints import checkpoint_paths, prepare_checkpoints
@@ -318,7 +319,7 @@ def test_seeded_augmentation_is_identical_run_to_run_and_new_each_epoch(same_ima
 
 
 def test_input_pipelines_set_their_parallelism_and_leave_the_autotuner_off(
-    same_image_examples,
+    same_image_examples, tmp_path
 ):
     """Issue 19: each input pipeline (train, evaluation, cached features) runs one thread per
     usable core per stage with tf.data's autotuner off. With it on, an epoch iterated in Python
@@ -330,13 +331,18 @@ def test_input_pipelines_set_their_parallelism_and_leave_the_autotuner_off(
         "train": _train(same_image_examples, batch_size=4, augmentation=aug, seed=5),
         "train, unseeded": _train(same_image_examples, batch_size=4, augmentation=aug),
         "evaluation": _train(same_image_examples, batch_size=4, training=False),
-        "cached features": datasets.feature_dataset(
-            np.zeros((8, 3), np.float32),
-            np.zeros((8, 1), np.float32),
+        "cached features": stream.feature_dataset(
+            files.write_arrays(
+                str(tmp_path / "features"),
+                {"train": (np.zeros((8, 3)), [0] * 8, [f"{i}.jpg" for i in range(8)])},
+                ["a", "b"],
+                "float16",
+                {},
+            ),
+            "train",
             batch_size=4,
             training=True,
             seed=1,
-            repeat=False,
         ),
     }
     for name, ds in pipelines.items():

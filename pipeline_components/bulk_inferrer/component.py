@@ -19,6 +19,7 @@ from typing import Any
 from pipeline_components.bulk_inferrer import present
 from pipeline_components.bulk_inferrer.config import BatchPredictConfig
 from pipeline_components.core import artifacts, fsutil
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core.component import (
     CommandLine,
     Component,
@@ -65,7 +66,8 @@ class BulkInferrer(Component[BatchPredictConfig]):
         from pipeline_components.bulk_inferrer import executor
 
         path = ctx.config.input
-        listing = executor.input_fingerprint(str(path), list(ctx.config.beam_args))
+        beam_args = core_beam.setup(ctx.config.beam_args, ctx.pipeline).args
+        listing = executor.input_fingerprint(str(path), beam_args)
         return {"input": path, "listing": listing}
 
     def run(self, ctx: ExecutionContext[BatchPredictConfig]) -> dict:
@@ -73,7 +75,7 @@ class BulkInferrer(Component[BatchPredictConfig]):
 
         push = fsutil.read_json(ctx.input_uri("push"), "push.json")
         model = executor.resolve_model(push["path"], model_name=ctx.pipeline.model_name)
-        options = executor.options_from(ctx.config)
+        options = executor.options_from(ctx.config, ctx.pipeline)
         summary = executor.run_batch_predict(model, str(ctx.config.input), ctx.output_dir, options)
         return executor.run_result(summary)
 
@@ -94,7 +96,7 @@ class BulkInferrer(Component[BatchPredictConfig]):
             cmd.flags["model_config_file"],
             cmd.pipeline.model_name if "model_name" in cmd.given else None,
         )
-        options = executor.options_from(cmd.config)
+        options = executor.options_from(cmd.config, cmd.pipeline)
         summary = executor.run_batch_predict(model, str(cmd.config.input), cmd.output, options)
         print(executor.format_summary(summary))
         print(f"wrote {cmd.output}")

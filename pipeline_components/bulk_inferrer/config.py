@@ -27,6 +27,6 @@ class BatchPredictConfig:
         key=False,
         doc="model copies per machine shared by its worker processes; null: one per process",
     )
-    beam_args: list[str] = option(
-        factory=lambda: ["--runner=DirectRunner"], key=False, doc="Beam pipeline options"
+    beam_args: list[str] | None = option(
+        None, key=False, doc="its Beam jobs' options, replacing beam.args (null: beam.args)"
     )

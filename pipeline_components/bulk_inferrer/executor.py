@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -32,13 +32,14 @@ import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipeline_components.bulk_inferrer.config import BatchPredictConfig
 from pipeline_components.core import artifacts, examples, fsutil, image_header
+from pipeline_components.core import beam as core_beam
+from pipeline_components.core.config import PipelineConfig
 from pipeline_components.core.errors import PipelineError
-from pipeline_components.inference import beam_run
+from pipeline_components.inference import results
 from pipeline_components.inference.handler import SignatureModelHandler
 
 log = logging.getLogger(__name__)
@@ -204,11 +205,11 @@ def _matches(pattern: str) -> bool:
         raise PipelineError(f"cannot list {pattern}: {' '.join(str(e).split())}") from None
 
 
-def input_fingerprint(path: str, beam_args: list[str] | None = None) -> dict[str, Any]:
+def input_fingerprint(path: str, beam_args: Sequence[str] | None = None) -> dict[str, Any]:
     """(path, size, mtime) of every input file, hashed: one listing, no reads (cache key)."""
     import hashlib
 
-    beam_run.set_filesystem_options(beam_args)
+    core_beam.set_filesystem_options(beam_args)
     spec = resolve_input(path)
     listing = []
     for pattern in spec.patterns:
@@ -251,7 +252,7 @@ class ReadAndCheckFn(beam.DoFn):
 
     def process(self, path: str) -> Iterator[tuple[str, bytes] | beam.pvalue.TaggedOutput]:
         if _is_hidden(path):
-            Metrics.counter(COUNTER_NAMESPACE, "hidden_files_skipped").inc()
+            core_beam.count(COUNTER_NAMESPACE, "hidden_files_skipped")
             return
         try:
             # UNCOMPRESSED: FileSystems would otherwise gunzip a file that ends in .gz
@@ -261,7 +262,7 @@ class ReadAndCheckFn(beam.DoFn):
             reason = f"unreadable: {' '.join(str(e).split())}"
             yield beam.pvalue.TaggedOutput(ERRORS, (path, reason))
             return
-        Metrics.counter(COUNTER_NAMESPACE, "files_read").inc()
+        core_beam.count(COUNTER_NAMESPACE, "files_read")
         yield from _checked(path, data, self.max_image_pixels)
 
 
@@ -284,7 +285,7 @@ class ParseExampleFn(beam.DoFn):
     def process(self, record: bytes) -> Iterator[tuple[str, bytes] | beam.pvalue.TaggedOutput]:
         from tensorflow.core.example import example_pb2
 
-        Metrics.counter(COUNTER_NAMESPACE, "records_read").inc()
+        core_beam.count(COUNTER_NAMESPACE, "records_read")
         try:
             feature = example_pb2.Example.FromString(record).features.feature
             path = feature[examples.FILENAME].bytes_list.value[0].decode("utf-8")
@@ -420,12 +421,12 @@ class ToRowsFn(beam.DoFn):
         path, result = element
         out = result.inference
         if "error" in out:
-            Metrics.counter(COUNTER_NAMESPACE, "model_errors").inc()
+            core_beam.count(COUNTER_NAMESPACE, "model_errors")
             yield beam.pvalue.TaggedOutput(ERRORS, (path, f"undecodable: {out['error']}"))
             return
         row = prediction_row(path, out, self.model)
-        Metrics.counter(COUNTER_NAMESPACE, "predicted").inc()
-        Metrics.counter(COUNTER_NAMESPACE, f"class_{row['class']}").inc()
+        core_beam.count(COUNTER_NAMESPACE, "predicted")
+        core_beam.count(COUNTER_NAMESPACE, f"class_{row['class']}")
         yield row
         yield beam.pvalue.TaggedOutput(LOGS, prediction_log(result.example, out, self.model))
 
@@ -451,7 +452,7 @@ class Predict(beam.PTransform):
 
 
 def _error_row(item: tuple[str, str]) -> dict[str, str]:
-    Metrics.counter(COUNTER_NAMESPACE, "errors").inc()
+    core_beam.count(COUNTER_NAMESPACE, "errors")
     return {"path": item[0], "reason": item[1]}
 
 
@@ -540,7 +541,7 @@ def build_pipeline(
         >> beam.Map(
             _summary, beam.pvalue.AsSingleton(num_errors), beam.pvalue.AsSingleton(first_errors)
         )
-        | "WriteSummary" >> beam.ParDo(beam_run.WriteJson(fsutil.join(out_dir, SUMMARY_PART)))
+        | "WriteSummary" >> beam.ParDo(results.WriteJson(fsutil.join(out_dir, SUMMARY_PART)))
     )
 
 
@@ -554,18 +555,32 @@ class BatchPredictOptions:
     num_shards: int = 0
     max_image_pixels: int | None = None  # None: the model's recorded limit (or the default)
     model_copies: int | None = None
-    beam_args: list[str] | None = None
+    beam_setup: core_beam.BeamSetup = core_beam.BeamSetup()
+
+    def check(self) -> None:
+        """A value out of range is one line naming its flag."""
+        if self.output_format not in FORMATS:
+            raise PipelineError(
+                f"--output-format must be one of {', '.join(FORMATS)}, got {self.output_format!r}"
+            )
+        for name in ("batch_size", "max_image_pixels", "model_copies"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PipelineError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.num_shards < 0:
+            raise PipelineError(f"--num-shards must be >= 0, got {self.num_shards}")
 
 
-def options_from(cfg: BatchPredictConfig) -> BatchPredictOptions:
-    """The run's options from the `batch_predict:` section."""
+def options_from(cfg: BatchPredictConfig, pipeline: PipelineConfig) -> BatchPredictOptions:
+    """The run's options from the `batch_predict:` section (its Beam options: its beam_args,
+    else the pipeline's `beam.args`)."""
     return BatchPredictOptions(
         output_format=cfg.output_format,
         batch_size=cfg.batch_size,
         num_shards=cfg.num_shards,
         max_image_pixels=cfg.max_image_pixels,
         model_copies=cfg.model_copies,
-        beam_args=list(cfg.beam_args) or None,
+        beam_setup=core_beam.setup(cfg.beam_args, pipeline),
     )
 
 
@@ -581,25 +596,26 @@ def run_result(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def progress(counters: Mapping[str, int]) -> str:
+    """The job's progress line: `1,234 images read, 1,200 labelled, 3 errors`."""
+
+    def n(name: str) -> int:
+        return counters.get(f"{COUNTER_NAMESPACE}.{name}", 0)
+
+    read = n("files_read") + n("records_read")
+    return f"{read:,} images read, {n('predicted'):,} labelled, {n('errors'):,} errors"
+
+
 def run_batch_predict(
     model: ModelRef, input_path: str, output: str, options: BatchPredictOptions | None = None
 ) -> dict[str, Any]:
     """Label every image of `input_path` with `model` into `output` (replaced atomically);
     returns the summary.json dict."""
     options = options or BatchPredictOptions()
-    if options.output_format not in FORMATS:
-        raise PipelineError(
-            f"--format must be one of {', '.join(FORMATS)}, got {options.output_format!r}"
-        )
-    for name in ("batch_size", "max_image_pixels", "model_copies"):
-        value = getattr(options, name)
-        if value is not None and value < 1:
-            raise PipelineError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if options.num_shards < 0:
-        raise PipelineError(f"--num-shards must be >= 0, got {options.num_shards}")
-    beam_run.quiet_beam()
+    options.check()
+    core_beam.quiet()
     started = time.monotonic()
-    beam_run.set_filesystem_options(options.beam_args)
+    core_beam.set_filesystem_options(options.beam_setup.args)
     spec = resolve_input(input_path)
     limit = options.max_image_pixels or model.max_image_pixels
     limit = limit or image_header.DEFAULT_MAX_IMAGE_PIXELS
@@ -608,7 +624,7 @@ def run_batch_predict(
         model.name, model.version, model.path, input_path, spec.kind,
     )  # fmt: skip
     with fsutil.atomic_dir(output) as work:
-        p = beam_run.make_pipeline(options.beam_args)
+        p = core_beam.pipeline(options.beam_setup)
         build_pipeline(
             p,
             spec,
@@ -620,8 +636,14 @@ def run_batch_predict(
             max_image_pixels=limit,
             model_copies=options.model_copies,
         )
-        counters = beam_run.run_pipeline(p, [COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE])
-        summary = beam_run.read_json_result(fsutil.join(work, SUMMARY_PART), "summary")
+        counters = core_beam.run(
+            p,
+            options.beam_setup,
+            job="BulkInferrer",
+            namespaces=[COUNTER_NAMESPACE, results.RUN_INFERENCE_NAMESPACE],
+            describe=progress,
+        )
+        summary = results.read_json_result(fsutil.join(work, SUMMARY_PART), "summary")
         files = sorted(fsutil.basename(f) for f in fsutil.gfile().glob(fsutil.join(work, "*")))
         summary = {
             **summary,

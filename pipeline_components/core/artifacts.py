@@ -9,6 +9,12 @@ the names and functions here, so a layout changes in one file. The layouts:
     <trainer>/                      Model (Trainer)
         saved_model/                the SavedModel TF Serving loads (see below)
         history.json  history.csv  plots/  logs/  checkpoints/  training_config.json
+    <feature_gen>/                  Features (FeatureGen: the backbone's features of the
+                                    train and validation splits, features/files.py)
+        manifest.json  backbone.weights.h5  <split>/features-SSSSS-CCCCC.tfrecord
+    <tuner>/                        HyperParameters (Tuner: tuner/results.py); the artifact is
+                                    best_hyperparameters.json, the rest its record
+        best_hyperparameters.json  trials.json  trials.csv  plots/trials.png  tuning.json
     <statistics_gen>/               ExampleStatistics (StatisticsGen)
         statistics.json  plots/class_shares.png  plots/sizes.png
     <schema_gen>/schema.yaml        Schema (SchemaGen)
@@ -75,6 +81,20 @@ PLOTS_DIR = "plots"
 LOGS_DIR = "logs"
 CHECKPOINTS_DIR = "checkpoints"
 TRAINING_CONFIG = "training_config.json"
+
+# -------------------------------------------------------------------------------- Features
+# Uncompressed TFRecords of tf.train.Example {features: raw little-endian floats, label, key},
+# one file per chunk of an example shard, in record order: <split>/features-SSSSS-CCCCC.tfrecord
+FEATURES_MANIFEST = "manifest.json"  # written last: shape, dtype, files, counts, key material
+FEATURES_BACKBONE = "backbone.weights.h5"  # the backbone the features came from
+FEATURE_FILE = "features-{shard:05d}-{chunk:05d}.tfrecord"
+
+# ----------------------------------------------------------------------------------- Tuner
+BEST_HYPERPARAMETERS = "best_hyperparameters.json"
+TRIALS_JSON = "trials.json"
+TRIALS_CSV = "trials.csv"
+TRIALS_PNG = "trials.png"  # under plots/
+TUNING_SUMMARY = "tuning.json"
 
 # ------------------------------------------------------------------- inside a SavedModel
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
@@ -297,6 +317,13 @@ def statistics_fingerprint(uri: str) -> str:
     return hashlib.sha256(fsutil.read_bytes(fsutil.join(uri, STATISTICS_FILE))).hexdigest()
 
 
+def features_fingerprint(uri: str) -> str:
+    """The features' own fingerprint (manifest.json: the key material and every file's
+    sha256), cheap to read."""
+    manifest = fsutil.read_json(fsutil.join(uri, FEATURES_MANIFEST), "features manifest")
+    return str(manifest["fingerprint"])
+
+
 def read_blessed(uri: str) -> bool:
     """The `blessed` field of a verdict file (blessing.json, infra_blessing.json)."""
     return bool(fsutil.read_json(uri, "blessing").get("blessed"))
@@ -332,6 +359,19 @@ EXAMPLE_STATISTICS = ArtifactType(
 SCHEMA = ArtifactType("Schema", SCHEMA_FILE, description="the data schema (editable YAML)")
 EXAMPLE_ANOMALIES = ArtifactType(
     "ExampleAnomalies", ANOMALIES_FILE, description="data anomalies found (anomalies.json)"
+)
+FEATURES = ArtifactType(
+    "Features",
+    "",
+    features_fingerprint,
+    "the frozen backbone's features of the train and validation splits (feature files,"
+    " manifest.json, backbone.weights.h5)",
+)
+HYPERPARAMETERS = ArtifactType(
+    "HyperParameters",
+    BEST_HYPERPARAMETERS,
+    description="the Tuner's best head hyperparameters (best_hyperparameters.json: trainer"
+    " options)",
 )
 MODEL = ArtifactType("Model", SAVED_MODEL_DIR, fsutil.tree_fingerprint, "the exported SavedModel")
 MODEL_EVALUATION = ArtifactType(

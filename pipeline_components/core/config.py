@@ -32,9 +32,25 @@ ROOTS = ("pipeline_root", "data_root", "serving_dir")
 # '_', '.', '-', starting with a letter or digit (so never '..'), at most 128 characters.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 NAME_RULE = "1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+DISPLAY_NAME_RULE = (
+    "1 to 128 characters of any alphabet, no control characters or surrounding spaces"
+)
+
+
+def display_name(value: str) -> bool:
+    """A name shown and used as a label, never as a path: any alphabet (emoji included)."""
+    return (
+        0 < len(value) <= 128
+        and value == value.strip()
+        and not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
+    )
+
+
 # Sections that say how the pipeline is deployed rather than configure a component
 # (section -> "module:Class", imported when a config is loaded); never part of a cache key.
 SETTINGS_SECTIONS = {
+    # every Beam job's options and its progress lines (core/beam.py)
+    "beam": "pipeline_components.core.beam:BeamConfig",
     "kfp": "pipeline_components.orchestration.kfp_settings:KfpConfig",
     # where a run's Prometheus metrics go (issue 32: docs/monitoring.md)
     "monitoring": "pipeline_components.orchestration.monitoring.settings:MonitoringConfig",
@@ -239,7 +255,8 @@ def from_dict(
 ) -> PipelineConfig:
     """A validated PipelineConfig from a pipeline.yaml-shaped dict (defaults for what is absent).
     `sections`: section name -> its dataclass (`registry.section_classes()`: the registered
-    components' and the settings sections)."""
+    components' and the settings sections). A section class may carry `upgrade_config(data,
+    source) -> data`, a rewrite of an old config's keys kept for one release (core/beam.py)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -247,6 +264,10 @@ def from_dict(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
     classes = dict(sections)
+    for cls in classes.values():  # a section's one-release rewrite of an old config's keys
+        upgrade = getattr(cls, "upgrade_config", None)
+        if callable(upgrade):
+            data = upgrade(data, source)
     hints = typing.get_type_hints(PipelineConfig)
     core, sections = {}, {}
     for key, value in data.items():
@@ -265,13 +286,17 @@ def from_dict(
 
 
 def check_core(core: Mapping[str, Any], source: str) -> None:
-    """The top-level names and roots, when the config loads: a name that would become a path
-    component or a label (model_name, pipeline_name) follows NAME; a root is a folder or not
-    there yet (never an existing file, nor below one) and holds no control character."""
-    for key in ("pipeline_name", "model_name"):
-        value = core.get(key)
-        if value is not None and not NAME.fullmatch(value):
-            raise PipelineError(f"{source}: {key}: must be {NAME_RULE}, got {value!r}")
+    """The top-level names and roots, when the config loads: model_name, which becomes a path
+    component and TF Serving's model name, follows NAME; pipeline_name, a label only (run
+    records, the report, metric labels; compile-kfp narrows it to KFP's form itself), may be
+    written in any alphabet; a root is a folder or not there yet (never an existing file, nor
+    below one) and holds no control character."""
+    value = core.get("model_name")
+    if value is not None and not NAME.fullmatch(value):
+        raise PipelineError(f"{source}: model_name: must be {NAME_RULE}, got {value!r}")
+    value = core.get("pipeline_name")
+    if value is not None and not display_name(value):
+        raise PipelineError(f"{source}: pipeline_name: must be {DISPLAY_NAME_RULE}, got {value!r}")
     for key in ROOTS:
         if key in core:
             check_root(key, core[key], source)

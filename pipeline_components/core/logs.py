@@ -2,11 +2,12 @@
 core/commandline.py), and progress events.
 
 A progress event is an INFO record with structured fields (`progress(log, message, event=...,
-**fields)`): the runner's `[5/9] Trainer started` / `finished in 42.1s`, the Trainer's epochs and
-feature pass. In text format it is one line, `HH:MM:SS [5/9] Trainer started`; with `--log-format
-json` every record is one JSON object per line (`time`, `level`, `logger`, `message`, and a
-progress event's fields), for schedulers and log collectors. `--quiet` keeps warnings and errors
-only (what a command prints on stdout, its summary table, stays).
+**fields)`): the runner's `[7/11] Trainer started` / `finished in 42.1s`, the Trainer's epochs and
+steps (a Beam job's progress line, core/beam.py, is a plain INFO record). In text format it is
+one line, `HH:MM:SS [7/11] Trainer started`; with `--log-format json` every record is one JSON
+object per line (`time`, `level`, `logger`, `message`, and a progress event's fields), for
+schedulers and log collectors. `--quiet` keeps warnings and errors only (what a command prints on
+stdout, its summary table, stays).
 """
 
 from __future__ import annotations

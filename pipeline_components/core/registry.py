@@ -34,6 +34,8 @@ BUILTIN = (
     "pipeline_components.statistics_gen.component",
     "pipeline_components.schema_gen.component",
     "pipeline_components.example_validator.component",
+    "pipeline_components.features.component",
+    "pipeline_components.tuner.component",
     "pipeline_components.trainer.component",
     "pipeline_components.evaluator.component",
     "pipeline_components.infra_validator.component",

@@ -5,10 +5,11 @@
         [--baseline PATH | --serving-dir S --model-name M] [KEY=VALUE ...] [-- BEAM_ARGS]
 
 The scoring runs as a Beam job (RunInference) with the options in `evaluator.beam_args` (or
-after `--`): DirectRunner here, Dataflow/Flink/Spark on a cluster. In a pipeline run the
-baseline is the newest served version of `model_name` under `serving_dir` (never the candidate
-itself); its path and fingerprint are part of the cache key. Its command compares with a
-baseline only when asked: `--baseline`, or both `serving_dir` and `model_name` given.
+after `--`; null: the pipeline's `beam.args`): DirectRunner here, Dataflow/Flink/Spark on a
+cluster. In a pipeline run the baseline is the newest served version of `model_name` under
+`serving_dir` (never the candidate itself); its path and fingerprint are part of the cache key.
+Its command compares with a baseline only when asked: `--baseline`, or both `serving_dir` and
+`model_name` given.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline_components.core import artifacts, fsutil
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core.component import (
     CommandLine,
     Component,
@@ -71,6 +73,7 @@ class Evaluator(Component[EvaluatorConfig]):
             ctx.output_dir,
             ctx.config,
             baseline=(ctx.external.get("baseline") or {}).get("path"),
+            beam_setup=core_beam.setup(ctx.config.beam_args, ctx.pipeline),
         )
 
     def run_command(self, cmd: CommandLine[EvaluatorConfig]) -> int:

@@ -13,8 +13,8 @@ class EvaluatorConfig:
     max_regression: float = option(0.01, ge=0, le=1, doc="allowed drop below the baseline")
     batch_size: int = option(32, ge=1, doc="images per call of the model")
     num_error_examples: int = option(12, ge=0, doc="misclassified images in errors.png")
-    beam_args: list[str] = option(
-        factory=lambda: ["--runner=DirectRunner"], key=False, doc="Beam pipeline options"
+    beam_args: list[str] | None = option(
+        None, key=False, doc="its Beam jobs' options, replacing beam.args (null: beam.args)"
     )
     model_copies: int | None = option(
         None,

@@ -2,8 +2,9 @@
 
 It calls `serving_default` on the raw `image/encoded` bytes — the artifact and preprocessing
 that will be served — so training/serving skew shows up here, not in production. The scoring is
-a Beam job (scoring.py: RunInference, metrics by combiners) on any runner, with the options in
-`evaluator.beam_args`; the baseline is scored in the same job, on the same records.
+a Beam job (scoring.py: RunInference, metrics by combiners) on any runner, built and run by
+core/beam.py (`evaluator.beam_args`, else `beam.args`); the baseline is scored in the same job,
+on the same records.
 
     transfer-pipeline evaluate --model T/saved_model --examples O --output E \
         [--min-accuracy A] [--max-regression R] [--baseline PATH | --serving-dir S --model-name M]
@@ -22,12 +23,14 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline_components.core import artifacts, examples, fsutil
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.evaluator.config import EvaluatorConfig
 
@@ -264,14 +267,17 @@ def score_test_split(
     labels: list[str],
     config: EvaluatorConfig,
     baseline_dir: str | None = None,
+    beam_setup: core_beam.BeamSetup | None = None,
 ) -> Scores:
-    """Run the Beam job (scoring.build_pipeline) writing into work_dir; read its results."""
+    """Run the Beam job (scoring.build_pipeline) writing into work_dir; read its results.
+    `beam_setup`: how it runs (default: `config.beam_args`, else DirectRunner)."""
     from pipeline_components.evaluator import scoring
-    from pipeline_components.inference import beam_run
+    from pipeline_components.inference import results
 
-    beam_run.quiet_beam()
+    beam_setup = beam_setup or core_beam.setup(config.beam_args)
+    core_beam.quiet()
     files = examples.split_files(examples_dir, "test")
-    p = beam_run.make_pipeline(config.beam_args)
+    p = core_beam.pipeline(beam_setup)
     scoring.build_pipeline(
         p,
         files,
@@ -283,12 +289,16 @@ def score_test_split(
         model_copies=config.model_copies,
         num_error_examples=config.num_error_examples,
     )
-    counters = beam_run.run_pipeline(
-        p, [scoring.COUNTER_NAMESPACE, beam_run.RUN_INFERENCE_NAMESPACE]
+    counters = core_beam.run(
+        p,
+        beam_setup,
+        job="Evaluator",
+        namespaces=[scoring.COUNTER_NAMESPACE, results.RUN_INFERENCE_NAMESPACE],
+        describe=_progress(examples_dir),
     )
 
     def result(name: str, what: str) -> Any:
-        return beam_run.read_json_result(fsutil.join(work_dir, name), what)
+        return results.read_json_result(fsutil.join(work_dir, name), what)
 
     failure = result(scoring.FAILURES_PART.format("candidate"), "failures")
     if failure:
@@ -309,6 +319,22 @@ def score_test_split(
         raise PipelineError(f"the test split under {examples_dir} holds no examples")
     scoring.join_predictions(work_dir, fsutil.join(work_dir, PREDICTIONS_FILE), labels)
     return scores
+
+
+def _progress(examples_dir: str) -> core_beam.Describe:
+    """The job's progress line: `1,200/5,000 test examples read, 1,100 scored`."""
+    try:
+        total = f"/{int(examples.read_stats(examples_dir)['splits']['test']['num_examples']):,}"
+    except (PipelineError, KeyError, TypeError, ValueError):  # an older or partial stats.json
+        total = ""
+
+    def describe(counters: Mapping[str, int]) -> str:
+        read = counters.get("evaluator.examples_read", 0)
+        failed = counters.get("evaluator.failed", 0)
+        text = f"{read:,}{total} test examples read, {counters.get('evaluator.scored', 0):,} scored"
+        return text + (f", {failed:,} failed" if failed else "")
+
+    return describe
 
 
 def _labels(model_dir: str, examples_dir: str) -> list[str]:
@@ -332,8 +358,10 @@ def run_evaluator(
     baseline: str | None = None,
     serving_dir: str | None = None,
     model_name: str | None = None,
+    beam_setup: core_beam.BeamSetup | None = None,
 ) -> dict:
-    """Score, gate, write the artifacts; returns the blessing dict."""
+    """Score, gate, write the artifacts; returns the blessing dict. `beam_setup`: how the
+    scoring job runs (default: `config.beam_args`, else DirectRunner)."""
     config = config or EvaluatorConfig()
     started = time.monotonic()
     labels = _labels(model_dir, examples_dir)
@@ -343,7 +371,9 @@ def run_evaluator(
     scored_baseline = baseline_path if baseline_path and not skip_reason else None
 
     with fsutil.atomic_dir(output_dir) as tmp:
-        scores = score_test_split(model_dir, examples_dir, tmp, labels, config, scored_baseline)
+        scores = score_test_split(
+            model_dir, examples_dir, tmp, labels, config, scored_baseline, beam_setup
+        )
         result = scores.metrics
         log.info(
             "test accuracy %.4f, loss %.4f on %d examples (%.1f s; %s)",
@@ -356,33 +386,47 @@ def run_evaluator(
         baseline_metrics = None
         if scored_baseline:
             baseline_metrics, skip_reason = _score_baseline(scored_baseline, scores)
-        baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
-        blessed, reasons = gate(
-            result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
-        )
-        if skip_reason:
-            reasons[-1] = skip_reason
-        blessing = {
-            "blessed": blessed,
-            "reasons": reasons,
-            "accuracy": result["accuracy"],
-            "threshold": config.min_accuracy,
-            "max_regression": config.max_regression,
-            "baseline_accuracy": baseline_accuracy,
-            "baseline": baseline_path if baseline_metrics else None,
-            "baseline_comparable": (
-                None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
-            ),
-            "model": model_dir,
-            "model_fingerprint": fingerprint,
-        }
+        blessing = _blessing(result, config, baseline_path, baseline_metrics, skip_reason)
+        blessing.update(model=model_dir, model_fingerprint=fingerprint)
         fsutil.write_json(fsutil.join(tmp, METRICS_FILE), result)
         if baseline_metrics:
             fsutil.write_json(fsutil.join(tmp, artifacts.BASELINE_METRICS_FILE), baseline_metrics)
         _write_plots(tmp, result, scores.errors, labels)
         fsutil.write_json(fsutil.join(tmp, BLESSING_FILE), blessing)
-    log.info("%s: %s", "BLESSED" if blessed else "NOT blessed", "; ".join(reasons))
+    log.info(
+        "%s: %s",
+        "BLESSED" if blessing["blessed"] else "NOT blessed",
+        "; ".join(blessing["reasons"]),
+    )
     return blessing
+
+
+def _blessing(
+    result: dict,
+    config: EvaluatorConfig,
+    baseline_path: str | None,
+    baseline_metrics: dict | None,
+    skip_reason: str | None,
+) -> dict:
+    """blessing.json's verdict and its reasons (without the model's path and fingerprint)."""
+    baseline_accuracy = baseline_metrics["accuracy"] if baseline_metrics else None
+    blessed, reasons = gate(
+        result["accuracy"], config.min_accuracy, baseline_accuracy, config.max_regression
+    )
+    if skip_reason:
+        reasons[-1] = skip_reason
+    return {
+        "blessed": blessed,
+        "reasons": reasons,
+        "accuracy": result["accuracy"],
+        "threshold": config.min_accuracy,
+        "max_regression": config.max_regression,
+        "baseline_accuracy": baseline_accuracy,
+        "baseline": baseline_path if baseline_metrics else None,
+        "baseline_comparable": (
+            None if not baseline_path else not (skip_reason or "").startswith(NOT_COMPARABLE)
+        ),
+    }
 
 
 def _predictions_csv(preds: Predictions, labels: list[str]) -> str:

@@ -24,13 +24,13 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core import examples, fsutil
 from pipeline_components.evaluator import metrics
-from pipeline_components.inference.beam_run import WriteJson
 from pipeline_components.inference.handler import SignatureModelHandler
+from pipeline_components.inference.results import WriteJson
 
 COUNTER_NAMESPACE = "evaluator"
 FAILED = "failed"
@@ -71,7 +71,7 @@ class ReadShardFn(beam.DoFn):
         index, path = element
         dataset = tf.data.TFRecordDataset(path, compression_type="GZIP")
         for i, record in enumerate(dataset.as_numpy_iterator()):
-            Metrics.counter(COUNTER_NAMESPACE, "examples_read").inc()
+            core_beam.count(COUNTER_NAMESPACE, "examples_read")
             yield (index, i), record
 
 
@@ -117,12 +117,12 @@ class _ToScored(beam.DoFn):
     def process(self, element: tuple[Example, Any]) -> Iterator[Scored | beam.pvalue.TaggedOutput]:
         example, result = element
         if "error" in result.inference:
-            Metrics.counter(COUNTER_NAMESPACE, "failed").inc()
+            core_beam.count(COUNTER_NAMESPACE, "failed")
             yield beam.pvalue.TaggedOutput(FAILED, (example, result.inference["error"]))
             return
         probabilities = np.asarray(result.inference["probabilities"], dtype=np.float32)
         wrong = int(probabilities.argmax()) != example.label
-        Metrics.counter(COUNTER_NAMESPACE, "scored").inc()
+        core_beam.count(COUNTER_NAMESPACE, "scored")
         encoded = result.example if wrong and self.keep_misclassified else b""
         yield Scored(example, probabilities, encoded)
 

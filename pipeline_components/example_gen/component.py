@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline_components.core import artifacts
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core.component import Component, ExecutionContext
 from pipeline_components.example_gen import present
 from pipeline_components.example_gen.config import ExampleGenConfig
@@ -28,11 +29,12 @@ class ExampleGen(Component[ExampleGenConfig]):
     beam = True
 
     def external_inputs(self, ctx: ExecutionContext[ExampleGenConfig]) -> dict[str, Any]:
-        from pipeline_components.example_gen import executor
+        from pipeline_components.example_gen import layout
 
         data_root = ctx.pipeline.data_root
+        beam_args = core_beam.setup(ctx.config.beam_args, ctx.pipeline).args
         flat = ctx.config.test_fraction is not None
-        fingerprint = executor.data_fingerprint(data_root, ctx.config.beam_args, flat)
+        fingerprint = layout.data_fingerprint(data_root, list(beam_args), flat)
         return {"data_root": data_root, "data": fingerprint}
 
     def run(self, ctx: ExecutionContext[ExampleGenConfig]) -> dict:
@@ -45,7 +47,7 @@ class ExampleGen(Component[ExampleGenConfig]):
             num_shards=cfg.num_shards,
             max_bad_fraction=cfg.max_bad_fraction,
             validation_fraction=cfg.validation_fraction,
-            beam_args=cfg.beam_args or None,
+            beam_setup=core_beam.setup(cfg.beam_args, ctx.pipeline),
             max_image_pixels=cfg.max_image_pixels,
             on_duplicates=cfg.on_duplicates,
             multi_processing_min_files=cfg.multi_processing_min_files,

@@ -36,8 +36,8 @@ class ExampleGenConfig:
         "validation_fraction validation, the rest train, by a stable hash of each path; null: "
         "split folders",
     )
-    beam_args: list[str] = option(
-        factory=lambda: ["--runner=DirectRunner"], key=False, doc="Beam pipeline options"
+    beam_args: list[str] | None = option(
+        None, key=False, doc="its Beam jobs' options, replacing beam.args (null: beam.args)"
     )
     max_image_pixels: int = option(
         40_000_000, ge=1, le=2**40, doc="skip larger images (decompression bombs)"
@@ -53,8 +53,8 @@ class ExampleGenConfig:
         ge=0,
         le=10**9,
         key=False,
-        doc="with DirectRunner and no --direct_running_mode/--direct_num_workers in beam_args: "
-        "multi_threading on every core below this many files (and on 2 cores), "
+        doc="with DirectRunner and no --direct_running_mode/--direct_num_workers in its Beam "
+        "options: multi_threading on every core below this many files (and on 2 cores), "
         "multi_processing from it on",
     )
     exif_transpose: bool = option(

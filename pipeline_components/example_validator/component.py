@@ -6,8 +6,10 @@
 It compares this run's statistics with the schema and with the baseline: the statistics of the
 data behind the currently served model (core/lineage.py), whose fingerprint is part of its cache
 key. Every anomaly has the severity its kind is given in `example_validator.severity`: `warn` is
-recorded and shown, `fail` stops the run before the Trainer (`runs_before` the Model's producer):
-exit 1, every failing anomaly named in one line, the list in run.json (`anomalies`).
+recorded and shown, `fail` stops the run before FeatureGen, the Tuner and the Trainer
+(`runs_before` the producers of Features, HyperParameters and the Model, so a Kubeflow DAG
+orders them after it too): exit 1, every failing anomaly named in one line, the list in
+run.json (`anomalies`).
 `transfer-pipeline validate-data` runs StatisticsGen, SchemaGen and this one on an Examples folder.
 """
 
@@ -32,7 +34,8 @@ class ExampleValidator(Component[ExampleValidatorConfig]):
         "schema": Input(artifacts.SCHEMA),
     }
     outputs = {"anomalies": artifacts.EXAMPLE_ANOMALIES}
-    runs_before = (artifacts.MODEL,)  # a failing validation stops the run before training
+    # a failing validation stops the run before anything spends time on the backbone
+    runs_before = (artifacts.FEATURES, artifacts.HYPERPARAMETERS, artifacts.MODEL)
     presenter = present
     reads = ("pipeline_root", "serving_dir", "model_name")  # the served model's data
 

@@ -5,6 +5,6 @@ components import (it imports Beam and TensorFlow, so `component.py` modules nev
 - `handler.py`: `SignatureModelHandler`, a RunInference `ModelHandler` that loads the SavedModel
   with `tf.saved_model.load` and calls the signature on batches of encoded image bytes; an image
   the model rejects is isolated (the batch is halved until it is found) and reported, not fatal.
-- `beam_run.py`: Beam options from `beam_args`, running a pipeline with one-line errors, reading
-  its counters, and writing a small JSON result from inside a pipeline.
+- `results.py`: RunInference's counter namespace, and a small JSON result written from inside a
+  pipeline and read back by the driver. The jobs themselves are built and run by core/beam.py.
 """

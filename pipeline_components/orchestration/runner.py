@@ -79,11 +79,11 @@ class Step:
     cacheable: bool = True
     resumable: bool = False
     code: str = __version__  # the component's code fingerprint (core/codeprint.py)
-    position: tuple[int, int] = (1, 1)  # (index from 1, number of components): `[5/9]`
+    position: tuple[int, int] = (1, 1)  # (index from 1, number of components): `[7/11]`
 
 
 def progress(position: tuple[int, int], name: str, what: str, status: str, **fields: Any) -> None:
-    """`[5/9] Trainer started`, `... finished in 42.1s`, `... cached`, `... skipped: why`: one
+    """`[7/11] Trainer started`, `... finished in 42.1s`, `... cached`, `... skipped: why`: one
     progress event (core/logs.py) per change of a component's state."""
     index, total = position
     logs.progress(
@@ -99,7 +99,7 @@ def progress(position: tuple[int, int], name: str, what: str, status: str, **fie
 
 
 def ended(step: Step, entry: dict) -> None:
-    """`[5/9] Trainer finished in 42.1s` or `... failed after 3.2s: why`."""
+    """`[7/11] Trainer finished in 42.1s` or `... failed after 3.2s: why`."""
     seconds = entry["duration_s"]
     if entry["status"] == "completed":
         what = f"finished in {seconds:.1f}s"

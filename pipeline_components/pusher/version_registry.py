@@ -1,5 +1,7 @@
-"""The version registry of a served model: its data, its persistence and `models.config`
-(pusher/versions.py takes its lock and holds the commands; pusher/journal.py the push sequence).
+"""The version registry of a served model: its data, its persistence and the labels it gives
+`models.config` (written by serving/model_config.py, the one module that reads and writes that
+file; pusher/versions.py takes the registry's lock and holds the commands; pusher/journal.py the
+push sequence).
 
 State, next to the model base path `<serving_dir>/<model_name>/` (core/artifacts.py):
 
@@ -31,12 +33,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
 from typing import Any, TypeVar
 
-from pipeline_components.core import artifacts, fsutil, locking
+from pipeline_components.core import artifacts, fsutil
 from pipeline_components.core.errors import PipelineError
+from serving import model_config
 
 log = logging.getLogger(__name__)
 
@@ -296,68 +298,20 @@ class VersionRegistry:
 
     def config_labels(self) -> dict[str, int] | None:
         """This model's labels as `models.config` has them now; None without an entry."""
-        config = self._read_models_config()
-        for entry in config.model_config_list.config:
-            if entry.name == self.model_name:
-                return dict(entry.version_labels)
-        return None
+        return model_config.entry_labels(self.serving_dir, self.model_name)
 
     def served_labels(self) -> dict[str, int]:
         """The labels `models.config` should have: the registry's, on versions that exist."""
         on_disk = self.on_disk()
         return {k: v for k, v in self.labels().items() if v in on_disk}
 
-    def _read_models_config(self) -> Any:
-        from google.protobuf import text_format
-        from tensorflow_serving.config import model_server_config_pb2
-
-        path = artifacts.models_config_path(self.serving_dir)
-        config = model_server_config_pb2.ModelServerConfig()
-        if fsutil.exists(path):
-            try:
-                text_format.Parse(fsutil.read_text(path), config)
-            except text_format.ParseError as e:
-                raise PipelineError(f"{path}: not a valid ModelServerConfig: {e}") from None
-        return config
-
     def write_models_config(self) -> str:
-        """Rewrite this model's entry of `<serving_dir>/models.config` (other models' entries
-        are kept): policy `all`, labels only on versions that exist. Under the serving_dir's
-        models.config lock: pushers of different models each rewrite the whole file, and a
-        temporary copy left by a killed writer is removed there."""
-        lock = artifacts.models_config_lock_path(self.serving_dir)
-        what = f"models.config in {self.serving_dir}"
-        with locking.hold_file(lock, what, None, "write models.config", wait_s=600.0):
-            for name in _config_leftovers(self.serving_dir):
-                fsutil.rmtree(fsutil.join(self.serving_dir, name))
-            return self._write_models_config()
-
-    def _write_models_config(self) -> str:
-        from google.protobuf import text_format
-
-        path = artifacts.models_config_path(self.serving_dir)
-        config = self._read_models_config()
-        entries = config.model_config_list.config
-        kept = [c for c in entries if c.name != self.model_name]
-        del entries[:]
-        entries.extend(kept)
-        entry = entries.add(
-            name=self.model_name,
-            base_path=_absolute(self.base_path),
-            model_platform="tensorflow",
+        """Rewrite this model's entry of `<serving_dir>/models.config` (serving/model_config.py:
+        other models' entries kept, policy `all`, labels only on versions that exist; atomic,
+        under the serving_dir's models.config lock)."""
+        return model_config.write_model_entry(
+            self.serving_dir, self.model_name, self.base_path, self.served_labels()
         )
-        entry.model_version_policy.all.SetInParent()
-        for label, version in self.served_labels().items():
-            # tensorflow/serving#1608: never a label on a missing version
-            entry.version_labels[label] = version
-        header = (
-            "# Written by transfer-pipeline (pusher/version_registry.py): policy `all`, labels\n"
-            "# stable/canary, only on versions that exist. Read by TF Serving with\n"
-            "# --model_config_file, re-read every --model_config_file_poll_wait_seconds.\n"
-        )
-        fsutil.makedirs(self.serving_dir)
-        fsutil.write_atomic(path, header + text_format.MessageToString(config))
-        return path
 
     # -- listing -----------------------------------------------------------------------------
 
@@ -384,18 +338,6 @@ class VersionRegistry:
                 }
             )  # fmt: skip
         return rows
-
-
-def _config_leftovers(serving_dir: str) -> list[str]:
-    """Temporary copies of models.config a killed writer left (write_atomic's siblings)."""
-    if not fsutil.isdir(serving_dir):
-        return []
-    prefix = f".{artifacts.MODELS_CONFIG}.tmp-"
-    return [n for n in fsutil.listdir(serving_dir) if n.startswith(prefix)]
-
-
-def _absolute(path: str) -> str:
-    return path if fsutil.is_remote(path) else os.path.abspath(path)
 
 
 def move_aside(src: str, serving_dir: str, model_name: str, version: int) -> str:

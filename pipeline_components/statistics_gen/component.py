@@ -11,6 +11,7 @@ reason; duplicates. Written as `statistics.json` (core/data_stats.py) with plots
 from __future__ import annotations
 
 from pipeline_components.core import artifacts
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core.component import Component, ExecutionContext, Input
 from pipeline_components.statistics_gen import present
 from pipeline_components.statistics_gen.config import StatisticsGenConfig
@@ -31,16 +32,12 @@ class StatisticsGen(Component[StatisticsGenConfig]):
         from pipeline_components.statistics_gen import executor
 
         cfg = ctx.config
-        beam_args = cfg.beam_args
-        if beam_args is None:  # like ExampleGen's, when the pipeline has that section
-            example_gen = ctx.pipeline.sections.get("example_gen")
-            beam_args = getattr(example_gen, "beam_args", None)
         stats = executor.run_statistics_gen(
             ctx.input_uri("examples"),
             ctx.output_dir,
             num_quantiles=cfg.num_quantiles,
             epsilon=cfg.quantile_epsilon,
-            beam_args=beam_args,
+            beam_setup=core_beam.setup(cfg.beam_args, ctx.pipeline),
         )
         return {
             "splits": {s: v["num_examples"] for s, v in stats["splits"].items()},

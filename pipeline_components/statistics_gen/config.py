@@ -15,7 +15,6 @@ class StatisticsGenConfig:
     quantile_epsilon: float = option(
         0.01, gt=0, le=0.1, doc="the sketch's rank error bound, as a share of the examples"
     )
-    # null: the same Beam options as example_gen.beam_args (one Dataflow setup for both)
     beam_args: list[str] | None = option(
-        None, key=False, doc="Beam pipeline options (null: example_gen.beam_args)"
+        None, key=False, doc="its Beam jobs' options, replacing beam.args (null: beam.args)"
     )

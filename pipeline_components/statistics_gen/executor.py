@@ -11,7 +11,7 @@ channels, bytes, sha256; never the image bytes) and combines them three ways:
 - duplicates: copies of one image (same sha256) within a split and across splits.
 
 Its small results go to one text file the driver reads; the skipped files come from ExampleGen's
-stats.json (they never became records). Runs on any Beam runner (`beam_args`), like ExampleGen.
+stats.json (they never became records). Runs on any Beam runner (core/beam.py), like ExampleGen.
 """
 
 from __future__ import annotations
@@ -19,23 +19,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
 from pipeline_components.core import artifacts, data_stats, examples, fsutil
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core.data_stats import FEATURES
-from pipeline_components.core.errors import PipelineError
 from pipeline_components.statistics_gen import records
 from pipeline_components.statistics_gen.records import Facts
 
 log = logging.getLogger(__name__)
 
 RESULTS = "_statistics_results"  # working file inside the temporary output directory
+COUNTER_NAMESPACE = "statistics_gen"
+
+
+def counted_facts(serialized: bytes, split: str) -> Facts:
+    """records.facts, counted for the progress line (per record: no Beam metric)."""
+    core_beam.live(COUNTER_NAMESPACE, "records_read")
+    return records.facts(serialized, split)
 
 
 def feature_values(f: Facts) -> dict[str, float]:
@@ -159,7 +165,7 @@ def build_pipeline(
         >> beam.io.ReadFromTFRecord(
             artifacts.shard_pattern(examples_dir, split), compression_type=CompressionTypes.GZIP
         )
-        | f"Facts[{split}]" >> beam.Map(records.facts, split)
+        | f"Facts[{split}]" >> beam.Map(counted_facts, split)
         for split in splits
     ]
     facts = per_split | "AllSplits" >> beam.Flatten()
@@ -293,32 +299,26 @@ def assemble(examples_dir: str, lines: list[str], *, num_quantiles: int, epsilon
 # ---------------------------------------------------------------------------------- running
 
 
-def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
-    args = list(beam_args or ["--runner=DirectRunner"])
-    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
-        args.append("--default_sdk_harness_log_level=WARNING")
-    return PipelineOptions(args)
-
-
 def run_statistics_gen(
     examples_dir: str,
     output_dir: str,
     *,
     num_quantiles: int = 101,
     epsilon: float = 0.01,
-    beam_args: list[str] | None = None,
+    beam_setup: core_beam.BeamSetup | None = None,
 ) -> dict:
     """Compute the statistics of an ExampleGen output into output_dir; returns them."""
-    if not log.isEnabledFor(logging.DEBUG):
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    beam_setup = beam_setup or core_beam.BeamSetup()
+    core_beam.quiet()
     eg_stats = examples.read_stats(examples_dir)
     splits = list(eg_stats.get("splits") or {})
     for split in splits:
         examples.split_files(examples_dir, split)  # a missing split: one line, before Beam
+    total = sum(int(v.get("num_examples", 0)) for v in (eg_stats.get("splits") or {}).values())
     started = time.monotonic()
     with fsutil.atomic_dir(output_dir) as work:
         prefix = fsutil.join(work, RESULTS)
-        p = beam.Pipeline(options=pipeline_options(beam_args))
+        p = core_beam.pipeline(beam_setup)
         build_pipeline(
             p,
             examples_dir,
@@ -327,12 +327,13 @@ def run_statistics_gen(
             epsilon=epsilon,
             results_prefix=prefix,
         )
-        try:
-            p.run().wait_until_finish()
-        except Exception as e:
-            log.debug("Beam pipeline failed", exc_info=True)
-            lines = [line for line in str(e).splitlines() if line.strip()]
-            raise PipelineError(f"Beam pipeline failed: {lines[-1] if lines else e!r}") from None
+
+        def describe(counters: Mapping[str, int]) -> str:
+            return f"{sum(counters.values()):,}/{total:,} records read"
+
+        core_beam.run(
+            p, beam_setup, job="StatisticsGen", namespaces=[COUNTER_NAMESPACE], describe=describe
+        )
         results = fsutil.read_text(prefix).splitlines() if fsutil.exists(prefix) else []
         fsutil.gfile().remove(prefix)
         stats = assemble(examples_dir, results, num_quantiles=num_quantiles, epsilon=epsilon)

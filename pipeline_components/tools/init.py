@@ -2,7 +2,7 @@
 images and write a commented pipeline.yaml for it.
 
 It reads the folder as ExampleGen will (its listing, name rules, format sniffing and split rule:
-example_gen/executor.py), and says what it found: the layout (`<split>/<class>/<image>`, or a
+example_gen/layout.py), and says what it found: the layout (`<split>/<class>/<image>`, or a
 flat `<class>/<image>` folder whose splits follow from a hash of each path), the classes and
 their counts per split, the head this implies (sigmoid for two classes, softmax for more), and
 what will go wrong or deserves a look: one class, a split missing, tiny classes, mixed formats
@@ -79,9 +79,9 @@ def _classify(root: str, relpath: str, folder_split: str) -> tuple[str | None, s
     """(class or None, format or None, skip reason or '') of one listed file, by ExampleGen's
     rules: hidden/system files and files outside class folders are ignored, a file whose name
     cannot be written is skipped, the format comes from the bytes."""
-    from pipeline_components.example_gen import executor, image_check
+    from pipeline_components.example_gen import image_check, layout
 
-    parts = executor.below_split(relpath, folder_split)
+    parts = layout.below_split(relpath, folder_split)
     reason = image_check.name_skip_reason(parts)
     if reason:
         return None, None, reason
@@ -104,22 +104,21 @@ def _classify(root: str, relpath: str, folder_split: str) -> tuple[str | None, s
 
 def list_files(root: str, flat: bool) -> list[tuple[str, str, int]]:
     """(relpath, folder split, size) of every file ExampleGen would list."""
-    from pipeline_components.example_gen import executor
+    from pipeline_components.example_gen import layout
 
     folders = [""] if flat else list(SPLITS)
-    return [
-        (f.relpath, split, f.size) for split in folders for f in executor.list_split(root, split)
-    ]
+    return [(f.relpath, split, f.size) for split in folders for f in layout.list_split(root, split)]
 
 
 def scan(data_root: str, test_fraction: float, validation_fraction: float) -> Found:
     """Read a data root as ExampleGen will; a root with no split folder is flat."""
-    from pipeline_components.example_gen import executor
+    from pipeline_components.core import beam as core_beam
+    from pipeline_components.example_gen import layout
 
-    root = executor._normalized_root(data_root)
+    root = layout._normalized_root(data_root)
     if "://" not in root and not os.path.isdir(root):
         raise PipelineError(f"data root {root} does not exist or is not a folder")
-    executor.set_filesystem_options(None)
+    core_beam.set_filesystem_options(None)
     files = list_files(root, flat=False)
     flat = not files
     if flat:
@@ -141,8 +140,8 @@ def scan(data_root: str, test_fraction: float, validation_fraction: float) -> Fo
             found.skipped[reason] += 1
             found.skipped_example.setdefault(reason, relpath)
             continue
-        src = executor.SourceFile(relpath, folder, folder or "train", 0)
-        split = executor.assign_split(src, carve, test_fraction if flat else None).split
+        src = layout.SourceFile(relpath, folder, folder or "train", 0)
+        split = layout.assign_split(src, carve, test_fraction if flat else None).split
         found.counts[cls][split] += 1
         found.formats[cls][str(fmt)] += 1
         sizes[size].append((split, relpath))
@@ -271,15 +270,17 @@ def _by_count(item: tuple[str, int]) -> tuple[int, str]:
 def check_duplicates(found: Found, sizes: dict[int, list[tuple[str, str]]]) -> None:
     """Identical images (same sha256) in two splits: train/test leakage. Only files whose size
     occurs in two splits are read."""
-    from pipeline_components.example_gen import executor, image_check
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline_components.example_gen import convert, image_check
 
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for group in sizes.values():
         if len({split for split, _ in group}) < 2:
             continue
         for split, relpath in group:
-            path = executor.FileSystems.join(found.root, *relpath.split("/"))
-            by_hash[image_check.sha256_hex(executor.read_file(path))].append((split, relpath))
+            path = FileSystems.join(found.root, *relpath.split("/"))
+            by_hash[image_check.sha256_hex(convert.read_file(path))].append((split, relpath))
     leaked = [g for g in by_hash.values() if len({s for s, _ in g}) > 1]
     if leaked:
         first = " = ".join(sorted(r for _, r in leaked[0]))

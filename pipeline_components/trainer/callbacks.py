@@ -17,7 +17,7 @@ from pipeline_components.core import fsutil
 from pipeline_components.core.logs import progress
 
 log = logging.getLogger(__name__)
-# A line at least this often while an epoch or a feature pass runs (and one at its end).
+# A line at least this often while an epoch runs (and one at its end).
 PROGRESS_INTERVAL_SECONDS = 10.0
 
 
@@ -110,61 +110,6 @@ class EpochLog(keras.callbacks.Callback):
             images_per_sec=round(float(logs["images_per_sec"]), 1),
             **metrics,
         )
-
-
-class FeatureProgress(keras.callbacks.Callback):
-    """Progress of one backbone pass over a split (the cached-features path): a line when it
-    starts, one every `interval` seconds with the images done, and one at the end with the
-    time. Keras's predict loop calls it; a custom loop calls `on_predict_begin`, `update(done)`
-    and `end()`. `total`: the images of the pass, None when not known beforehand."""
-
-    def __init__(
-        self,
-        split: str,
-        total: int | None,
-        batch_size: int,
-        interval: float = PROGRESS_INTERVAL_SECONDS,
-    ) -> None:
-        super().__init__()
-        self.split, self.total, self.batch_size = split, total, batch_size
-        self.interval = interval
-        self._t0 = self._last = time.perf_counter()
-        self.done = 0
-
-    def _line(self, suffix: str = "", **fields: Any) -> None:
-        of = f"/{self.total}" if self.total is not None else ""
-        progress(
-            log,
-            f"backbone features of {self.split}: {self.done}{of} images{suffix}",
-            event="features",
-            split=self.split,
-            images=self.done,
-            total=self.total,
-            **fields,
-        )
-
-    def on_predict_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._t0 = self._last = time.perf_counter()
-        self.done = 0
-        self._line()
-
-    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        done = (batch + 1) * self.batch_size
-        self.update(min(done, self.total) if self.total is not None else done)
-
-    def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
-        self.end()
-
-    def update(self, images_done: int) -> None:
-        self.done = images_done
-        now = time.perf_counter()
-        if now - self._last >= self.interval:
-            self._last = now
-            self._line()
-
-    def end(self) -> None:
-        seconds = time.perf_counter() - self._t0
-        self._line(f" in {seconds:.1f}s", seconds=round(seconds, 2))
 
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")

@@ -28,6 +28,8 @@ def checkpoint_paths(output_dir: str) -> dict[str, str]:
         # multi-worker runs (distributed.py): tf.train.Checkpoint backups, one folder a phase
         "backup_multi_worker_head": fsutil.join(ckpt, "backup_multi_worker_head"),
         "backup_multi_worker_fine_tune": fsutil.join(ckpt, "backup_multi_worker_fine_tune"),
+        # backbone features the run computed itself (trainer/datasets.py `cached_features`)
+        "features": fsutil.join(ckpt, "features"),
     }
 
 
@@ -61,6 +63,7 @@ def finish_checkpoints(output_dir: str) -> None:
         "backup_fine_tune",
         "backup_multi_worker_head",
         "backup_multi_worker_fine_tune",
+        "features",
     ):
         fsutil.rmtree(paths[key])
     for key in ("run_state", "epochs", "head_done", "head_weights"):

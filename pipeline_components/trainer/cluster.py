@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
 from pipeline_components.core import children
@@ -226,19 +226,26 @@ class LocalCluster:
         restart_delay: float = 1.0,
         env: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
+        worker_env: Callable[[int], Mapping[str, str]] | None = None,
+        name: str = "transfer-pipeline train",
     ):
+        """`worker_env(i)`: the variables that tell worker i its place (default: TF_CONFIG of
+        a MultiWorkerMirroredStrategy group on free ports); `name` prefixes its messages."""
         if workers < 1:
             raise PipelineError(f"--workers must be >= 1, got {workers}")
         self.argv, self.workers, self.max_restarts = list(argv), workers, max_restarts
         self.restart_delay = restart_delay
         self.env = dict(os.environ if env is None else env)
         self.addresses = [f"{host}:{p}" for p in free_ports(workers, host)]
+        self.tf_workers = worker_env is None  # the addresses are the workers'
+        self.worker_env = worker_env or (lambda i: {ENV: json.dumps(tf_config(self.addresses, i))})
+        self.name = name
         self.procs: list[subprocess.Popen | None] = [None] * workers
         self.restarts = [0] * workers
         self._threads: list[threading.Thread] = []
 
     def _start(self, i: int) -> None:
-        env = {**self.env, ENV: json.dumps(tf_config(self.addresses, i)), "PYTHONUNBUFFERED": "1"}
+        env = {**self.env, **self.worker_env(i), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(  # dies with this launcher (core/children.py)
             self.argv,
             **children.popen_options(env),
@@ -257,7 +264,8 @@ class LocalCluster:
             t.start()
             self._threads.append(t)
         print(
-            f"transfer-pipeline train: started worker {i} (pid {proc.pid}) at {self.addresses[i]}",
+            f"{self.name}: started worker {i} (pid {proc.pid})"
+            + (f" at {self.addresses[i]}" if self.tf_workers else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -301,7 +309,7 @@ class LocalCluster:
                     if rc in (1, 2) or self.restarts[i] >= self.max_restarts:
                         why = "not retried" if rc in (1, 2) else "no restarts left"
                         print(
-                            f"transfer-pipeline train: worker {i} failed ({what}, {why});"
+                            f"{self.name}: worker {i} failed ({what}, {why});"
                             " stopping the other workers",
                             file=sys.stderr,
                             flush=True,
@@ -311,7 +319,7 @@ class LocalCluster:
                     self.restarts[i] += 1
                     delay = self.restart_delay * 2 ** (self.restarts[i] - 1)
                     print(
-                        f"transfer-pipeline train: worker {i} exited ({what}); restarting it in"
+                        f"{self.name}: worker {i} exited ({what}); restarting it in"
                         f" {delay:.0f}s ({self.restarts[i]}/{self.max_restarts})",
                         file=sys.stderr,
                         flush=True,

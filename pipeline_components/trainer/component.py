@@ -1,14 +1,22 @@
-"""The Trainer's spec: Examples -> Model (a SavedModel that carries its own preprocessing).
+"""The Trainer's spec: Examples [+ Features] [+ HyperParameters] -> Model (a SavedModel that
+carries its own preprocessing).
 
-    transfer-pipeline train --examples O --output T [--config FILE] [--epochs N ...]
-        [KEY=VALUE ...] [--workers N (--local | --tf-config-from-k8s) ...]
+    transfer-pipeline train --examples O --output T [--features F] [--hyperparameters H]
+        [--config FILE] [--epochs N ...] [KEY=VALUE ...]
+        [--workers N (--local | --tf-config-from-k8s) ...]
+
+With FeatureGen's Features the head trains on them, streamed, and the backbone never runs
+(without, a run whose features can be cached writes its own into checkpoints/features/ first,
+the same Beam job). With the Tuner's HyperParameters (H: its best_hyperparameters.json) the
+best values override `trainer:` (hyperparameters.py; recorded in training_config.json).
 
 The package: config.py (its section), executor.py (picks the runtime, writes the artifacts),
 training.py (the training run, step by step, for both runtimes: fit.py one process,
 distributed.py a multi-worker group), plan.py (checks and derived settings), model.py (backbone
 + head), datasets.py, inputs.py and augment.py (tf.data input pipelines), export.py (the serving
 signatures), callbacks.py, checkpoints.py (resume), plots.py (training curves), cluster.py
-(multi-worker groups), present.py (its run-table line and report section).
+(multi-worker groups), hyperparameters.py (the Tuner's values), present.py (its run-table line
+and report section).
 """
 
 from __future__ import annotations
@@ -41,7 +49,14 @@ class Trainer(Component[TrainerConfig]):
     command = "train"
     config_section = "trainer"
     config_class = TrainerConfig
-    inputs = {"examples": Input(artifacts.EXAMPLES)}
+    inputs = {
+        "examples": Input(artifacts.EXAMPLES),
+        # FeatureGen's: the head trains on them, no backbone pass (absent: it computes its own,
+        # or trains on images when features cannot be cached)
+        "features": Input(artifacts.FEATURES, optional=True),
+        # the Tuner's best values override the config's (training_config.json records it)
+        "hyperparameters": Input(artifacts.HYPERPARAMETERS, optional=True),
+    }
     outputs = {"model": artifacts.MODEL}
     resumable = True  # a killed execution continues from checkpoints/
     gpu = True  # the one step that gets a GPU when each step is scheduled on its own (KFP)
@@ -75,7 +90,13 @@ class Trainer(Component[TrainerConfig]):
     def run(self, ctx: ExecutionContext[TrainerConfig]) -> dict:
         from pipeline_components.trainer import executor
 
-        return executor.run_trainer(ctx.input_uri("examples"), ctx.output_dir, ctx.config)
+        return executor.run_trainer(
+            ctx.input_uri("examples"),
+            ctx.output_dir,
+            ctx.config,
+            features=ctx.optional_uri("features"),
+            hyperparameters=ctx.optional_uri("hyperparameters"),
+        )
 
     def run_command(self, cmd: CommandLine[TrainerConfig]) -> int:
         """One process, a worker of a group (TF_CONFIG, --tf-config-from-k8s), or a local group

@@ -47,6 +47,9 @@ class TrainerConfig:
         "flatten", choices=("flatten", "global_average"), doc="how the features reach the head"
     )
     dropout: float = option(0.0, ge=0, lt=1, doc="dropout before the head's dense layer")
+    units: int = option(
+        0, ge=0, le=65536, doc="a hidden Dense(units, relu) layer in the head; 0: none"
+    )
     fine_tune_from: str | None = option(
         None, doc="layer to unfreeze from after the head phase, e.g. block5_conv1; null: none"
     )
@@ -101,6 +104,20 @@ class TrainerConfig:
         le=2**40,
         doc="serving_default rejects images whose header claims more pixels (INVALID_ARGUMENT)",
     )
+
+    def features_blocker(self) -> str | None:
+        """Why the backbone's features cannot be computed once and reused, or None: they vary
+        between epochs when the backbone is fine-tuned or the images are augmented, and
+        `cache_features: false` asks for live images. (FeatureGen skips on it, plan.py trains
+        on live images; light, so a component spec may ask.)"""
+        augmented = self.augmentation is not None and self.augmentation.enabled()
+        if self.fine_tune_from:
+            return "fine_tune_from is set"
+        if augmented:
+            return "augmentation is on"
+        if self.cache_features == "false":
+            return "cache_features is false"
+        return None
 
     def validate(self, fail: Any) -> None:
         if self.image_size is not None and not (

@@ -1,6 +1,7 @@
 """The Trainer's datasets, for both runtimes: decoded (train: augmented) images of a split
-(`image_dataset`), or backbone features computed once (`cached_features`, `shard_features`) and
-served from memory (`features_dataset`).
+(`image_dataset`), or backbone features computed once by the feature writer's Beam job
+(`cached_features`, into the run's `checkpoints/features/`) and streamed from those files
+(`features_dataset`, features/stream.py): a split is never held in memory.
 
 One process reads whole splits (`local_datasets`); a worker of a multi-worker group reads its own
 part of each split, batched per replica, seeded per worker (distributed.py builds its
@@ -12,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from pipeline_components.core.errors import PipelineError
+from pipeline_components.features import files, stream, writer
+from pipeline_components.features.config import FeaturesConfig, FeatureSpec
 from pipeline_components.trainer import inputs
 from pipeline_components.trainer import model as model_lib
-from pipeline_components.trainer.callbacks import FeatureProgress
+from pipeline_components.trainer.checkpoints import checkpoint_paths
 from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.plan import TrainingPlan
 
@@ -71,108 +74,106 @@ def image_dataset(
     )
 
 
-def feature_dataset(
-    features: np.ndarray,
-    labels: np.ndarray,
-    *,
-    batch_size: int,
-    training: bool,
-    seed: int | None,
-    repeat: bool,
-) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((features, labels))
-    if training:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size).prefetch(inputs.PREFETCH_BATCHES)
-    return ds.with_options(inputs.fixed_parallelism_options())
-
-
 def features_dataset(
-    features: np.ndarray,
-    labels: np.ndarray,
+    manifest: files.Manifest,
+    split: str,
     config: TrainerConfig,
     *,
     training: bool,
     batch_size: int,
     pipeline: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
-    """Cached backbone features of a split (or a worker's part), batched as the config says."""
-    return feature_dataset(
-        features,
-        labels,
+    """Backbone features of `split` (or of one worker's part), streamed from the feature files
+    and batched as the config says; the train split reshuffled every epoch within
+    `trainer.shuffle_memory_mb` (features/stream.py)."""
+    return stream.feature_dataset(
+        manifest,
+        split,
         batch_size=batch_size,
         training=training,
         seed=_seed(config, training, pipeline),
         repeat=_repeats(config, training),
+        shuffle_buffer=config.shuffle_buffer,
+        shuffle_memory_mb=config.shuffle_memory_mb,
+        shard=shard,
     )
+
+
+def features_dir(output_dir: str) -> str:
+    """Where a run keeps the features it computed itself: `checkpoints/features/` (a resumed
+    run reuses them; a finished run removes them)."""
+    return checkpoint_paths(output_dir)["features"]
+
+
+def feature_key(examples_dir: str, config: TrainerConfig) -> tuple[FeatureSpec, dict[str, Any]]:
+    spec = FeatureSpec.from_trainer(config, FeaturesConfig().dtype)
+    return spec, files.key_material(spec, examples_dir, FeaturesConfig().file_mb)
+
+
+def use_backbone(net: keras.Model, manifest: files.Manifest, config: TrainerConfig) -> None:
+    """Give `net` the backbone its features came from: the exported model then computes what
+    the head was trained on (weights `none` is a random backbone)."""
+    backbone = net.get_layer(model_lib.BACKBONE)
+    model_lib.load_backbone_weights(backbone, manifest.backbone_weights(), config.backbone)
 
 
 def cached_features(
-    net: keras.Model,
-    examples_dir: str,
-    split: str,
-    *,
-    image_size: Sequence[int],
-    batch_size: int,
-    num_classes: int,
-    exif_transpose: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One backbone pass over a split: (features, labels) as numpy arrays, reading order."""
-    labels = np.asarray(inputs.split_labels(examples_dir, split))
-    ds = inputs.make_dataset(
-        examples_dir,
-        split,
-        image_size=image_size,
-        batch_size=batch_size,
-        num_classes=num_classes,
-        num_examples=len(labels),
-        exif_transpose=exif_transpose,
+    net: keras.Model, examples_dir: str, config: TrainerConfig, directory: str
+) -> tuple[files.Manifest, float | None]:
+    """The train and validation features of `net`'s backbone in `directory`: reused when they
+    were made with the same key (a resumed run), else written there by the feature writer's
+    Beam job. Returns (the manifest, seconds spent writing or None)."""
+    spec, key = feature_key(examples_dir, config)
+    manifest = files.matching(directory, key)
+    if manifest is not None:
+        log.info("reusing the backbone features in %s", directory)
+        use_backbone(net, manifest, config)
+        return manifest, None
+    t0 = time.perf_counter()
+    manifest = writer.write_features(
+        examples_dir, directory, spec, backbone=net.get_layer(model_lib.BACKBONE), job="Trainer"
     )
-    extractor = model_lib.feature_extractor(net)
-    shown = FeatureProgress(split, len(labels), batch_size)
-    features = extractor.predict(ds.map(lambda x, y: x), verbose=0, callbacks=[shown])
-    labels = labels.astype(np.float32)[:, None] if num_classes == 2 else labels.astype(np.int32)
-    return features, labels
+    return manifest, time.perf_counter() - t0
 
 
-def shard_features(
-    net: keras.Model,
-    examples_dir: str,
-    split: str,
-    config: TrainerConfig,
-    plan: TrainingPlan,
-    shard: tuple[int, int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """One backbone pass over one worker's part of `split` (`shard` = (workers, index)):
-    (features, labels) as numpy. Keras `predict` cannot run under MultiWorkerMirroredStrategy,
-    so this iterates itself."""
-    extractor = model_lib.feature_extractor(net)
-    extract = tf.function(lambda x: extractor(x, training=False))
-    ds = inputs.make_dataset(
-        examples_dir,
-        split,
-        image_size=plan.image_size,
-        batch_size=config.batch_size,
-        num_classes=plan.num_classes,
-        exif_transpose=plan.exif_transpose,
-        shard=shard,
+def read_features(
+    net: keras.Model, examples_dir: str, config: TrainerConfig, directory: str
+) -> files.Manifest:
+    """Features another process wrote for this run (the chief of a group): they must have been
+    made with this run's key."""
+    _, key = feature_key(examples_dir, config)
+    manifest = files.matching(directory, key)
+    if manifest is None:
+        raise PipelineError(
+            f"no backbone features of this run's backbone, weights and examples in {directory}"
+        )
+    use_backbone(net, manifest, config)
+    return manifest
+
+
+def given_features(
+    net: keras.Model, examples_dir: str, config: TrainerConfig, directory: str
+) -> files.Manifest:
+    """A Features artifact (FeatureGen's, `--features`): it must be of this run's backbone,
+    weights, image size, preprocessing and examples; `net` gets its backbone."""
+    manifest = files.read_manifest(directory)
+    spec = FeatureSpec.from_trainer(config, manifest.dtype)
+    file_mb = int(manifest.key.get("file_mb") or FeaturesConfig().file_mb)
+    differ = files.mismatches(manifest.key, files.key_material(spec, examples_dir, file_mb))
+    if differ:
+        raise PipelineError(
+            f"features {directory}: not of this training run: its {', '.join(differ)} differ"
+            " from the trainer's and the examples' (make them with the same trainer: section)"
+        )
+    log.info(
+        "training the head on the features at %s (%d train / %d validation): no backbone pass",
+        directory,
+        manifest.count("train"),
+        manifest.count("validation"),
     )
-    xs, ys = [], []
-    shown = FeatureProgress(f"{split} (part {shard[1] + 1} of {shard[0]})", None, config.batch_size)
-    shown.on_predict_begin()
-    for x, y in ds:
-        xs.append(extract(x).numpy())
-        ys.append(y.numpy())
-        shown.update(shown.done + len(ys[-1]))
-    shown.end()
-    if not xs:  # an empty part (a split with fewer shards' worth of records than workers)
-        shape = tuple(extractor.output.shape[1:])
-        label_shape = (0, 1) if plan.num_classes == 2 else (0,)
-        label_type = np.float32 if plan.num_classes == 2 else np.int32
-        return np.zeros((0, *shape), np.float32), np.zeros(label_shape, label_type)
-    return np.concatenate(xs), np.concatenate(ys)
+    use_backbone(net, manifest, config)
+    return manifest
 
 
 def live_datasets(
@@ -185,29 +186,21 @@ def live_datasets(
     return train, val
 
 
-def cached_datasets(
-    net: keras.Model, examples_dir: str, config: TrainerConfig, plan: TrainingPlan
-) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """One backbone pass over train and validation; the head then trains on these features."""
-    data = plan.data_args(config)
-    train_x, train_y = cached_features(net, examples_dir, "train", **data)
-    val_x, val_y = cached_features(net, examples_dir, "validation", **data)
-    bs = config.batch_size
-    train = features_dataset(train_x, train_y, config, training=True, batch_size=bs)
-    val = features_dataset(val_x, val_y, config, training=False, batch_size=bs)
-    return train, val
-
-
 def local_datasets(
-    net: keras.Model, examples_dir: str, config: TrainerConfig, plan: TrainingPlan
+    net: keras.Model,
+    examples_dir: str,
+    config: TrainerConfig,
+    plan: TrainingPlan,
+    output_dir: str,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, float | None]:
-    """The one-process runtime's (train, validation, seconds spent caching features or None)."""
+    """The one-process runtime's (train, validation, seconds spent writing features or None)."""
     if not plan.cached:
         return (*live_datasets(examples_dir, config, plan), None)
-    t0 = time.perf_counter()
-    train, val = cached_datasets(net, examples_dir, config, plan)
-    seconds = time.perf_counter() - t0
-    log.info(
-        "backbone features of %d images cached in %.1fs", sum(plan.num_examples.values()), seconds
-    )
+    if plan.features:
+        manifest, seconds = given_features(net, examples_dir, config, plan.features), None
+    else:  # a run without FeatureGen's features (a `train` alone) writes its own
+        manifest, seconds = cached_features(net, examples_dir, config, features_dir(output_dir))
+    bs = config.batch_size
+    train = features_dataset(manifest, "train", config, training=True, batch_size=bs)
+    val = features_dataset(manifest, "validation", config, training=False, batch_size=bs)
     return train, val, seconds

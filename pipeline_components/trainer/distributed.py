@@ -18,8 +18,10 @@ of the one-process runtime's `fit` (fit.py):
   is not scaled: the same optimisation as a single worker, spread over the group;
 - input through `strategy.distribute_datasets_from_function`: each worker reads its own part of
   a split, whole shards when the split has at least as many shards as there are workers, else
-  every n-th record (`inputs.shard_inputs`). Cached features: each worker runs the backbone once
-  over its own part (`datasets.shard_features`); the head then trains on them with the same loop;
+  every n-th record (`inputs.shard_inputs`). Cached features: FeatureGen's artifact when the
+  run is given one, else the chief runs the feature writer's Beam job once into its
+  `checkpoints/features/` while the others wait; every worker streams its own part of the
+  feature files the same way; the head trains on them with the same loop;
 - artifacts: the chief (worker 0) writes the output directory exactly as one process does
   (`executor.write_outputs`, from a float32 copy of the model outside the strategy); every other
   worker writes its logs and checkpoints to its own temporary directory, removed at the end (the
@@ -41,7 +43,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ import tensorflow as tf
 
 from pipeline_components.core import fsutil
 from pipeline_components.core.errors import PipelineError
+from pipeline_components.features import files
 from pipeline_components.trainer import datasets
 from pipeline_components.trainer import model as model_lib
 from pipeline_components.trainer.checkpoints import checkpoint_paths, prepare_checkpoints
@@ -248,26 +250,12 @@ class MultiWorker(Runtime):
         """Distributed datasets of this worker's parts of train and validation."""
         seconds = None
         if plan.cached:
-            t0 = time.perf_counter()
-            shard = (self.cluster.num_workers, self.cluster.rank)
-            parts = {
-                split: datasets.shard_features(net, examples_dir, split, config, plan, shard)
-                for split in ("train", "validation")
-            }
-            seconds = time.perf_counter() - t0
-            log.info(
-                "%s: backbone features of its %d train / %d validation images cached in %.1fs",
-                self.name,
-                len(parts["train"][1]),
-                len(parts["validation"][1]),
-                seconds,
-            )
-            # the features are this worker's part already
+            manifest, seconds = self._features(net, examples_dir, config, plan.features)
             train_fn = functools.partial(
-                datasets.features_dataset, *parts["train"], config, training=True
+                datasets.features_dataset, manifest, "train", config, training=True
             )
             val_fn = functools.partial(
-                datasets.features_dataset, *parts["validation"], config, training=False
+                datasets.features_dataset, manifest, "validation", config, training=False
             )
         else:
             train_fn = functools.partial(
@@ -277,9 +265,33 @@ class MultiWorker(Runtime):
                 datasets.image_dataset, examples_dir, "validation", config, plan, training=False
             )
         distribute = self.strategy.distribute_datasets_from_function
-        train = distribute(per_replica(train_fn, config.batch_size, shard=not plan.cached))
-        val = distribute(per_replica(val_fn, config.batch_size, shard=not plan.cached))
+        train = distribute(per_replica(train_fn, config.batch_size, shard=True))
+        val = distribute(per_replica(val_fn, config.batch_size, shard=True))
         return train, val, seconds
+
+    def _features(
+        self, net: keras.Model, examples_dir: str, config: TrainerConfig, given: str | None
+    ) -> tuple[files.Manifest, float | None]:
+        """Every worker streams its own part of the features: FeatureGen's (`given`), or ones
+        the chief writes first (the feature writer's Beam job, into its checkpoints/) while
+        the others wait."""
+        if given:
+            return datasets.given_features(net, examples_dir, config, given), None
+        directory = datasets.features_dir(self.output_dir)
+        seconds = None
+        if self.is_chief:
+            manifest, seconds = datasets.cached_features(net, examples_dir, config, directory)
+        all_reduce_sum(self.strategy, [1.0])  # the features are complete
+        if not self.is_chief:
+            manifest = datasets.read_features(net, examples_dir, config, directory)
+        log.info(
+            "%s: streams its part of %d train / %d validation features from %s",
+            self.name,
+            manifest.count("train"),
+            manifest.count("validation"),
+            directory,
+        )
+        return manifest, seconds
 
     def phase(
         self, run: Run, name: str, model: keras.Model, learning_rate: float, first: int, last: int

@@ -36,6 +36,7 @@ from pipeline_components.trainer.checkpoints import finish_checkpoints
 from pipeline_components.trainer.cluster import multi_worker_cluster
 from pipeline_components.trainer.config import TrainerConfig
 from pipeline_components.trainer.fit import OneProcess
+from pipeline_components.trainer.hyperparameters import apply as apply_hyperparameters
 from pipeline_components.trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,25 @@ def run_trainer(
     config: TrainerConfig,
     *,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    features: str | None = None,
+    hyperparameters: str | None = None,
 ) -> dict[str, Any]:
     """Train, export and write every Trainer artifact; returns the summary (also in
     training_config.json). See the module docstring for the layout. When TF_CONFIG names more
     than one worker, this process is one worker of a MultiWorkerMirroredStrategy group
     (distributed.py): only the chief writes the artifacts, the others' summary has
-    `paths: None`."""
+    `paths: None`. `features`: FeatureGen's artifact to train the head on (no backbone pass);
+    `hyperparameters`: the Tuner's best_hyperparameters.json, whose values override `config`
+    (recorded as the summary's `hyperparameters`)."""
+    tuned = None
+    if hyperparameters:
+        config, tuned = apply_hyperparameters(config, hyperparameters)
+        log.info(
+            "trainer options from the tuner's best hyperparameters (%s): %s (replacing %s)",
+            hyperparameters,
+            tuned["applied"],
+            tuned["replaced"],
+        )
     cluster = multi_worker_cluster()
     runtime: Runtime
     if cluster is None:
@@ -63,8 +77,9 @@ def run_trainer(
         runtime = distributed.MultiWorker.join(output_dir, cluster)
     with runtime:
         net, summary, history = training.train_and_evaluate(
-            examples_dir, config, runtime, callbacks=callbacks
+            examples_dir, config, runtime, callbacks=callbacks, features=features
         )
+        summary["hyperparameters"] = tuned
         summary["paths"] = None
         if runtime.is_chief:
             model = runtime.exportable(net, config, summary["num_classes"])
@@ -134,7 +149,8 @@ def write_outputs(
         "training_config": path(artifacts.TRAINING_CONFIG),
     }
     record = {
-        "config": config_lib.to_dict(config),
+        "config": config_lib.to_dict(config),  # with the tuner's values, when it had some
+        "hyperparameters": summary.get("hyperparameters"),
         "labels": summary["labels"],
         "image_size": summary["image_size"],
         "head": {**summary["head"], "dropout": config.dropout},

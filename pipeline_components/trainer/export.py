@@ -86,26 +86,46 @@ def _int32(value: tf.Tensor) -> tf.Tensor:
     return tf.where(value >= 2**31, value - 2**32, value)
 
 
-def _gif_dims(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
-    """[height, width, pixels] of a GIF: the logical screen, and the pixels of all frames
-    (giflib keeps every frame in memory) found by walking the block structure. pixels is -1 when
-    the walk needs more than GIF_MAX_STEPS steps (a GIF made of tiny sub-blocks)."""
-    data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
-    size = tf.size(data, out_type=tf.int64)
-    zero = tf.constant(0, tf.int64)
-    full_runs = tf.range(_GIF_RUN, dtype=tf.int64) * 256
-    longest = tf.constant(_GIF_RUN, tf.int64)
+class _GifWalk:
+    """The walk over a GIF's blocks, as a tf.while_loop: its state is (step, pos, in_blocks,
+    done, total, max_w, max_h); `body` takes one step (a block, or a run of sub-blocks)."""
 
-    def at(i: tf.Tensor) -> tf.Tensor:  # data[i], 0 past the end (i may be a vector)
-        return tf.where(i < size, tf.gather(data, tf.minimum(i, size - 1)), zero)
+    def __init__(self, encoded: tf.Tensor) -> None:
+        self.data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
+        self.size = tf.size(self.data, out_type=tf.int64)
+        self.zero = tf.constant(0, tf.int64)
+        self.full_runs = tf.range(_GIF_RUN, dtype=tf.int64) * 256
+        self.longest = tf.constant(_GIF_RUN, tf.int64)
 
-    def table(packed: tf.Tensor) -> tf.Tensor:
-        # bytes of a colour table announced by a packed field
+    def at(self, i: tf.Tensor) -> tf.Tensor:
+        """data[i], 0 past the end (i may be a vector)."""
+        return tf.where(
+            i < self.size, tf.gather(self.data, tf.minimum(i, self.size - 1)), self.zero
+        )
+
+    def table(self, packed: tf.Tensor) -> tf.Tensor:
+        """Bytes of a colour table announced by a packed field."""
         present = tf.bitwise.bitwise_and(packed, 0x80) > 0
         entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), tf.bitwise.bitwise_and(packed, 7))
-        return tf.where(present, 3 * entries, zero)
+        return tf.where(present, 3 * entries, self.zero)
+
+    def chain(self, pos: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """In a chain of data sub-blocks: (where the walk goes, whether the chain goes on).
+        Every full (255-byte) sub-block is skipped at once (encoders write full ones), then
+        the one after them."""
+        lengths = self.at(pos + self.full_runs)
+        short = tf.not_equal(lengths, 255)
+        run = tf.where(
+            tf.reduce_any(short),
+            tf.argmax(tf.cast(short, tf.int32), output_type=tf.int64),
+            self.longest,
+        )
+        last = pos + 256 * run
+        chain_pos = tf.where(run < self.longest, last + 1 + self.at(last), last)
+        return chain_pos, tf.logical_or(run >= self.longest, self.at(last) > 0)
 
     def body(
+        self,
         step: tf.Tensor,
         pos: tf.Tensor,
         in_blocks: tf.Tensor,
@@ -114,21 +134,13 @@ def _gif_dims(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
         max_w: tf.Tensor,
         max_h: tf.Tensor,
     ) -> tuple[tf.Tensor, ...]:
-        # In a chain of data sub-blocks: skip every full (255-byte) sub-block at once (encoders
-        # write full ones), then the one after them.
-        lengths = at(pos + full_runs)
-        short = tf.not_equal(lengths, 255)
-        run = tf.where(
-            tf.reduce_any(short), tf.argmax(tf.cast(short, tf.int32), output_type=tf.int64), longest
-        )
-        last = pos + 256 * run
-        chain_pos = tf.where(run < longest, last + 1 + at(last), last)
-        chain_on = tf.logical_or(run >= longest, at(last) > 0)
+        chain_pos, chain_on = self.chain(pos)
         # At a block: an image descriptor (0x2C), an extension (0x21), or the end.
-        b = at(pos)
+        b = self.at(pos)
         is_desc, is_ext = tf.equal(b, 0x2C), tf.equal(b, 0x21)
-        width, height = at(pos + 5) + 256 * at(pos + 6), at(pos + 7) + 256 * at(pos + 8)
-        after_desc = pos + 10 + table(at(pos + 9)) + 1  # + LZW minimum code size
+        width = self.at(pos + 5) + 256 * self.at(pos + 6)
+        height = self.at(pos + 7) + 256 * self.at(pos + 8)
+        after_desc = pos + 10 + self.table(self.at(pos + 9)) + 1  # + LZW minimum code size
         block_pos = tf.where(is_desc, after_desc, tf.where(is_ext, pos + 2, pos))
         frame = tf.logical_and(tf.logical_not(in_blocks), is_desc)
         new_pos = tf.where(in_blocks, chain_pos, block_pos)
@@ -137,21 +149,31 @@ def _gif_dims(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
             step + 1,
             new_pos,
             tf.where(in_blocks, chain_on, is_desc | is_ext),
-            tf.logical_or(ends, new_pos >= size),
-            total + tf.where(frame, width * height, zero),
-            tf.maximum(max_w, tf.where(frame, width, zero)),
-            tf.maximum(max_h, tf.where(frame, height, zero)),
+            tf.logical_or(ends, new_pos >= self.size),
+            total + tf.where(frame, width * height, self.zero),
+            tf.maximum(max_w, tf.where(frame, width, self.zero)),
+            tf.maximum(max_h, tf.where(frame, height, self.zero)),
         )
 
+    @staticmethod
     def cond(
         step: tf.Tensor, pos: tf.Tensor, in_blocks: tf.Tensor, done: tf.Tensor, *_: tf.Tensor
     ) -> tf.Tensor:
         return tf.logical_and(tf.logical_not(done), step < GIF_MAX_STEPS)
 
+
+def _gif_dims(encoded: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
+    """[height, width, pixels] of a GIF: the logical screen, and the pixels of all frames
+    (giflib keeps every frame in memory) found by walking the block structure. pixels is -1 when
+    the walk needs more than GIF_MAX_STEPS steps (a GIF made of tiny sub-blocks)."""
+    walk = _GifWalk(encoded)
+    zero = walk.zero
     screen_w, screen_h = _le(head, 6, 2), _le(head, 8, 2)
-    start = 13 + table(head[10])
+    start = 13 + walk.table(head[10])
     _, _, _, done, total, max_w, max_h = tf.while_loop(
-        cond, body, (zero, start, tf.constant(False), start >= size, zero, zero, zero)
+        walk.cond,
+        walk.body,
+        (zero, start, tf.constant(False), start >= walk.size, zero, zero, zero),
     )
     pixels = tf.where(done, tf.maximum(screen_w * screen_h, total), tf.constant(-1, tf.int64))
     return tf.stack([tf.maximum(screen_h, max_h), tf.maximum(screen_w, max_w), pixels])

@@ -71,7 +71,7 @@ class OneProcess(Runtime):
     def datasets(
         self, net: keras.Model, examples_dir: str, config: TrainerConfig, plan: TrainingPlan
     ) -> tuple[Any, Any, float | None]:
-        return datasets.local_datasets(net, examples_dir, config, plan)
+        return datasets.local_datasets(net, examples_dir, config, plan, self.write_dir)
 
     def phase(
         self, run: Run, name: str, model: keras.Model, learning_rate: float, first: int, last: int

@@ -130,16 +130,26 @@ def record_keys(seed: int | None) -> tf.data.Dataset:
 
 
 def read_records(
-    files: list[str], *, shuffle_files: bool, seed: int | None, deterministic: bool
+    files: list[str],
+    *,
+    shuffle_files: bool,
+    seed: int | None,
+    deterministic: bool,
+    compression: str = "GZIP",
+    buffer_bytes: int | None = None,
 ) -> tf.data.Dataset:
-    """Serialized tf.train.Examples from GZIP shards, read in parallel (interleave)."""
+    """Serialized records of TFRecord files (ExampleGen's GZIP shards, or `compression=""`:
+    uncompressed feature files), read in parallel (interleave); `buffer_bytes` per open file
+    (None: TensorFlow's default)."""
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_files:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     # A fixed cycle_length (not one per core) keeps the order the same on every machine.
     cycle = min(len(files), 16)
     return ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        lambda f: tf.data.TFRecordDataset(
+            f, compression_type=compression, buffer_size=buffer_bytes
+        ),
         cycle_length=cycle,
         num_parallel_calls=max(1, min(cycle, input_parallelism())),
         deterministic=deterministic,

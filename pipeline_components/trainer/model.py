@@ -2,7 +2,7 @@
 inside the model, and a small classification head.
 
     pixels float32 [N, H, W, 3] RGB 0..255 -> BackbonePreprocess -> backbone(training=False)
-        -> head: Flatten | GlobalAveragePooling2D, optional Dropout,
+        -> head: Flatten | GlobalAveragePooling2D, optional Dense(units, relu), optional Dropout,
                  Dense(1, sigmoid) for two classes | Dense(C, softmax) for more
 
 BatchNormalization stays in inference mode, fine-tuning included: Keras 3 passes fit()'s
@@ -170,14 +170,21 @@ def load_backbone_weights(backbone: keras.Model, path: str, name: str = "") -> N
 
 
 def build_head(
-    feature_shape: Sequence[int | None], num_classes: int, head: str, dropout: float
+    feature_shape: Sequence[int | None],
+    num_classes: int,
+    head: str,
+    dropout: float,
+    units: int = 0,
 ) -> keras.Sequential:
+    """Flatten | GlobalAveragePooling2D, [Dense(units, relu)], [Dropout], the output layer."""
     if head not in ("flatten", "global_average"):
         raise PipelineError(f"trainer.head: must be flatten or global_average, got {head!r}")
     layers = [keras.Input(tuple(feature_shape))]
     layers.append(
         keras.layers.Flatten() if head == "flatten" else keras.layers.GlobalAveragePooling2D()
     )
+    if units:
+        layers.append(keras.layers.Dense(units, activation="relu"))
     if dropout:
         layers.append(keras.layers.Dropout(dropout))
     # float32 outputs also under mixed_float16 (a float16 sigmoid/softmax loses precision)
@@ -194,7 +201,9 @@ def create_model(config: TrainerConfig, num_classes: int) -> keras.Model:
         raise PipelineError(f"need at least 2 classes, got {num_classes}")
     size = image_size_for(config.backbone, config.image_size)
     backbone = build_backbone(config.backbone, config.weights, size)
-    head = build_head(backbone.output.shape[1:], num_classes, config.head, config.dropout)
+    head = build_head(
+        backbone.output.shape[1:], num_classes, config.head, config.dropout, config.units
+    )
     pixels = keras.Input((*size, 3), name="pixels")
     x = BackbonePreprocess(config.backbone.lower(), name=PREPROCESS)(pixels)
     # training=False holds for model.predict/evaluate; under fit() Keras 3 overrides it, and

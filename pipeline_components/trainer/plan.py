@@ -21,15 +21,13 @@ from pipeline_components.trainer.config import TrainerConfig
 def use_cached_features(config: TrainerConfig) -> bool:
     """Features can be computed once when nothing changes the backbone's output between epochs:
     a frozen backbone (no fine-tuning) and no augmentation."""
-    augmented = config.augmentation is not None and config.augmentation.enabled()
-    allowed = not config.fine_tune_from and not augmented
-    if config.cache_features == "true" and not allowed:
-        why = "fine_tune_from is set" if config.fine_tune_from else "augmentation is on"
+    why = config.features_blocker()
+    if config.cache_features == "true" and why:
         raise PipelineError(
             f"trainer.cache_features: true needs a frozen backbone and no augmentation, but {why}"
             " (set augmentation: null / fine_tune_from: null, or cache_features: auto)"
         )
-    return allowed and config.cache_features != "false"
+    return why is None
 
 
 def use_mixed_precision(config: TrainerConfig) -> bool:
@@ -68,6 +66,8 @@ class TrainingPlan:
     fine_tune: bool  # a second phase with part of the backbone unfrozen
     fingerprint: str | None  # of the examples (stats.json)
     exif_transpose: bool = True  # apply a JPEG's EXIF orientation (the examples' stats.json)
+    # a Features artifact (FeatureGen's) to train the head on; None: a cached run writes its own
+    features: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -92,10 +92,19 @@ class TrainingPlan:
             "labels": self.labels,
             "fingerprint": self.fingerprint,
             "data": self.num_examples,
+            "features": self.features,
         }
 
 
-def plan_training(examples_dir: str, config: TrainerConfig) -> TrainingPlan:
+def plan_training(
+    examples_dir: str, config: TrainerConfig, features: str | None = None
+) -> TrainingPlan:
+    """The plan; `features`: a Features artifact to train the head on (cached runs only)."""
+    why = config.features_blocker()
+    if features and why:
+        raise PipelineError(
+            f"features {features}: the head cannot train on cached features here: trainer {why}"
+        )
     labels = examples.read_labels(examples_dir)
     sizes = {split: split_size(examples_dir, split) for split in ("train", "validation")}
     if not all(sizes.values()):
@@ -109,6 +118,7 @@ def plan_training(examples_dir: str, config: TrainerConfig) -> TrainingPlan:
         fine_tune=bool(config.fine_tune_from) and config.fine_tune_epochs > 0,
         fingerprint=_fingerprint(examples_dir),
         exif_transpose=examples.exif_transpose(examples_dir),
+        features=features,
     )
 
 

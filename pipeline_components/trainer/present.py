@@ -18,7 +18,11 @@ def summary(entry: dict) -> str:
     if "epochs_run" in r:
         parts.append(f"{r['epochs_run']} epochs")
     if r.get("cached_features"):
-        parts.append("cached features")
+        parts.append("FeatureGen's features" if r.get("features") else "cached features")
+    tuned = r.get("hyperparameters") or {}
+    changed = {k: tuned.get("applied", {}).get(k) for k in tuned.get("replaced") or {}}
+    if changed:
+        parts.append("tuned " + " ".join(f"{k}={v}" for k, v in changed.items()))
     return ", ".join(parts)
 
 
@@ -37,6 +41,12 @@ def report_html(entry: dict, record: dict) -> str:
     }
     rows = [(k, t.get(k)) for k in REPORTED]
     rows += [(k, number(v, 1)) for k, v in facts.items() if v is not None]
+    if r.get("features"):
+        rows.append(("features from", r["features"]))
+    tuned = r.get("hyperparameters") or {}
+    for key, was in (tuned.get("replaced") or {}).items():
+        value = (tuned.get("applied") or {}).get(key)
+        rows.append((f"{key} (from the Tuner)", f"{value} (config: {was})"))
     return section(
         "Training",
         key_values(rows)

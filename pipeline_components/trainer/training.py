@@ -37,13 +37,15 @@ def train_and_evaluate(
     runtime: Runtime,
     *,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    features: str | None = None,
 ) -> tuple[keras.Model, dict[str, Any], dict[str, list]]:
     """Train on `train`, validate on `validation`; returns (model with the best epoch's weights,
-    summary, history). `callbacks` are appended to the trainer's own (e.g. for tests). The
-    records and best weights are in `runtime.write_dir`."""
+    summary, history). `callbacks` are appended to the trainer's own (e.g. for tests);
+    `features`, a Features artifact to train the head on. The records and best weights are in
+    `runtime.write_dir`."""
     with runtime.scope():
         check_config(config)
-        plan = plan_training(examples_dir, config)
+        plan = plan_training(examples_dir, config, features)
         runtime.check(config, plan)
         if config.seed is not None:
             keras.utils.set_random_seed(config.seed)
@@ -153,6 +155,7 @@ def training_summary(
         "best": best_state,
         "final": {k: history[k][-1] for k in METRICS if history.get(k)},
         "cached_features": plan.cached,
+        "features": plan.features,  # FeatureGen's artifact it trained on (None: its own)
         "feature_cache_seconds": feature_seconds,
         "images_per_sec": statistics.median(rates[1:] or rates),  # the first epoch traces
         "mixed_precision": plan.mixed,

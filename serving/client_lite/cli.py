@@ -2,7 +2,12 @@
 the same flags, the same answers.
 
     transfer-pipeline-predict --server http://localhost:8501 --model-name cats_dogs photos/
-    transfer-pipeline-predict --server localhost:8500 --model-name cats_dogs 'a/*.jpg' --format csv
+    transfer-pipeline-predict --server localhost:8500 --model-name cats_dogs 'a/*.jpg' \
+        --output-format csv
+
+Old spellings keep working for one release, each with one line on stderr naming the new one
+(DEPRECATED: the project's `predict` rows of pipeline_components/core/commandline.py's table,
+which this package cannot import; a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -25,6 +30,43 @@ from .files import expand_inputs
 from .output import FORMATS, render
 
 PROG = "transfer-pipeline-predict"
+# (old, new, an example of the old spelling as typed)
+DEPRECATED = (
+    ("--format", "--output-format", ("--format", "csv")),
+    ("--batch-size", "--max-batch-size", ("--batch-size", "8")),
+)
+
+
+def deprecation_line(prog: str, old: str, new: str) -> str:
+    return f"{prog}: {old} is deprecated and goes in the next release: use {new}"
+
+
+def _announced(line: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse `type=` of an old spelling: its value as the new flag's, and its line once."""
+
+    def parse(text: str) -> Any:
+        print(line, file=sys.stderr, flush=True)
+        return convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse's "invalid int value"
+    return parse
+
+
+def _add_deprecated(p: argparse.ArgumentParser) -> None:
+    """The old spellings, hidden from --help, parsed into the new flags' destinations."""
+    actions = {o: a for a in p._actions for o in a.option_strings}
+    for old, new, _ in DEPRECATED:
+        action = actions[new]
+        line = deprecation_line(p.prog, old, new)
+        convert = action.type if callable(action.type) else str
+        p.add_argument(
+            old,
+            dest=action.dest,
+            type=_announced(line, convert),
+            choices=action.choices,
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -60,15 +102,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help=f"images per request (default {DEFAULT_MAX_BATCH_SIZE}, the shipped "
         "batching_parameters.txt's max_batch_size)",
     )
-    p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)  # deprecated
     p.add_argument(
         "--max-concurrency",
         type=int,
         default=DEFAULT_MAX_CONCURRENCY,
         help="requests in flight at once",
     )
-    p.add_argument("--format", choices=FORMATS, default=None, help="output (default table)")
-    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--output-format", choices=FORMATS, default=None, help="output (default table)")
+    p.add_argument("--json", action="store_true", help="the same as --output-format json")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -77,6 +118,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument("--tls", action="store_true", help="gRPC over TLS (system root certificates)")
     p.add_argument("--root-certificates", help="PEM file of root certificates (implies TLS)")
+    _add_deprecated(p)
     return p  # fmt: skip
 
 
@@ -96,11 +138,8 @@ class ProgressLine:
         print(f"{self.prog}: {done}/{total} images", end=end, file=self.stream, flush=True)
 
 
-def _options(args: argparse.Namespace, prog: str) -> dict[str, Any]:
-    if args.batch_size is not None:
-        print(f"{prog}: warning: --batch-size is deprecated; use --max-batch-size",
-              file=sys.stderr)  # fmt: skip
-    batch = args.max_batch_size or args.batch_size or DEFAULT_MAX_BATCH_SIZE
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    batch = args.max_batch_size or DEFAULT_MAX_BATCH_SIZE
     if batch < 1 or args.max_concurrency < 1:
         raise ClientError("--max-batch-size and --max-concurrency must be >= 1")
     return {
@@ -127,7 +166,7 @@ def run(
     """Parse, predict, print; 0 when every image got an answer, 1 when some did not (their
     errors are in the output). Raises ClientError (or the client's errors) for the whole run."""
     args = build_parser(prog).parse_args(argv)
-    options = _options(args, prog)
+    options = _options(args)
     files = expand(args.images)  # every argument checked before anything is sent
     progress = args.progress
     if progress is None:
@@ -136,7 +175,7 @@ def run(
         results: list[Result] = client.predict_each(
             files, progress=ProgressLine(prog, sys.stderr) if progress else None
         )
-    fmt = "json" if args.json and args.format is None else (args.format or "table")
+    fmt = "json" if args.json and args.output_format is None else (args.output_format or "table")
     print(render(files, results, fmt), file=out or sys.stdout)
     failed = sum(isinstance(r, PredictionFailure) for r in results)
     if failed:
