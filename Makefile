@@ -1,21 +1,29 @@
-# Two commands a new user needs: `make demo` and `make test`. Both create .venv and install first.
+# Two commands a new user needs: `make demo` and `make test`. Both create .venv and install first:
+# the demo only what it runs (the base install), the tests everything (test, bench, kfp extras).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+DEMO_STAMP := $(VENV)/.demo-stamp
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench bench-quick image-test clean
+.PHONY: venv demo-venv demo test test-fast lint docs bench bench-quick image-test clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(DEMO_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench,kfp]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-demo: venv
+demo-venv: $(DEMO_STAMP)
+
+demo: demo-venv
 	$(BIN)/python -m pipeline_components.tools.demo
 
 lint: venv
@@ -34,6 +42,10 @@ test-fast: lint
 # Needs root; installs podman and debootstrap with apt-get when missing, or skips with one line.
 image-test: venv
 	HOST_PYTHON=$(BIN)/python docker/image-test.sh
+
+# docs/configuration.md, generated from the config classes (tests/test_docs.py checks it is current)
+docs: demo-venv
+	$(BIN)/python -m pipeline_components.tools.config_reference --output docs/configuration.md
 
 bench: venv
 	$(BIN)/python -m benchmarks

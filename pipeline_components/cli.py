@@ -12,16 +12,19 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import logging
 import os
 import sys
 
-from pipeline_components.core import children
+from pipeline_components.core import children, logs
 from pipeline_components.core.errors import PipelineError
 
 # Commands that are not pipeline components: command -> ("module" with main(argv), or
 # "module:function" taking argv, help)
 TOOLS = {
+    "init": (
+        "pipeline_components.tools.init",
+        "look at a folder of images and write a commented pipeline.yaml for it",
+    ),
     "run": ("pipeline_components.orchestration.runner", "run the whole pipeline (cached)"),
     "versions": (
         "pipeline_components.pusher.versions:versions_main",
@@ -49,6 +52,10 @@ TOOLS = {
     "demo": (
         "pipeline_components.tools.demo",
         "make demo: sample data, the whole pipeline, gRPC predictions (configs/demo.yaml)",
+    ),
+    "config-reference": (
+        "pipeline_components.tools.config_reference",
+        "write docs/configuration.md from the config classes (--check: is it current?)",
     ),
     "sample-data": (
         "pipeline_components.tools.sample_data",
@@ -91,22 +98,9 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
 
 
-def _drop_import_noise(record: logging.LogRecord) -> bool:
-    # Beam says at import time that optional GCP clients are missing; irrelevant off GCP.
-    return not (
-        str(record.msg).startswith("apitools not found")
-        or (record.name == "apache_beam.io.gcp.bigquery" and record.levelno <= logging.INFO)
-    )
-
-
-def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOGLEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_drop_import_noise)
+def setup_logging(quiet: bool = False, log_format: str = "text") -> None:
+    """The root logger: `--quiet` and `--log-format` of every command (core/logs.py)."""
+    logs.configure(quiet, log_format)
 
 
 def print_anything() -> None:
@@ -152,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     quiet_tensorflow()
-    setup_logging()
+    quiet, log_format = logs.options(rest)
+    setup_logging(quiet, log_format)
     try:
         return dispatch(command, rest)
     except PipelineError as e:
-        print(f"transfer-pipeline {command}: error: {e}", file=sys.stderr)
+        logs.last_line(f"transfer-pipeline {command}: error: {e}", log_format)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"transfer-pipeline {command}: interrupted", file=sys.stderr)
+        logs.last_line(f"transfer-pipeline {command}: interrupted", log_format)
         return 130
 
 

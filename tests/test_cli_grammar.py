@@ -65,6 +65,7 @@ def help_of(command: str, capsys) -> str:
 def test_every_component_command_shows_config_overrides_and_defaults(component, capsys):
     out = help_of(component.command, capsys)
     assert "--config FILE" in out and "KEY=VALUE" in out
+    assert "--quiet" in out and "--log-format {text,json}" in out  # core/logs.py, for schedulers
     assert "Precedence: the defaults shown < --config FILE < flags < KEY=VALUE." in out
     inputs = component.inputs if component.cli_inputs is None else component.cli_inputs
     for name in inputs:
@@ -98,6 +99,7 @@ def test_every_component_command_shows_config_overrides_and_defaults(component, 
 def test_every_tool_that_reads_the_config_takes_config_and_overrides(command, capsys):
     out = help_of(command, capsys)
     assert "--config FILE" in out and "KEY=VALUE" in out
+    assert "--quiet" in out and "--log-format {text,json}" in out
 
 
 def test_precedence_is_defaults_file_flags_overrides(tmp_path):

@@ -1105,8 +1105,8 @@ def test_models_config_is_seeded_where_tf_serving_reads_it(target, tmp_path):
     path = flags(tfs)["model_config_file"]
     seed = seed_container(docs)
     if scheme(path) == "gs":
-        assert seed is None, "no volume to seed on Cloud Storage (README: gcloud storage cp)"
-        assert "gcloud storage cp --no-clobber" in (ROOT / "README.md").read_text()
+        assert seed is None, "no volume to seed on Cloud Storage (docs/kubernetes.md)"
+        assert "gcloud storage cp --no-clobber" in (ROOT / "docs" / "kubernetes.md").read_text()
         return
     assert seed is not None
     mount, volume = volume_at(serving, seed, path)

@@ -216,7 +216,8 @@ def test_bayesian_optimisation_without_its_extra_is_one_line(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a)
     )
     cfg = pipeline(tuner={"space": {}, "algorithm": "bayesian"})
-    with pytest.raises(PipelineError, match=r"bayesian needs sklearn \(pip install 'transfer-pi"):
+    wanted = r"bayesian needs sklearn \(pip install '\.\[bayesian\]' in this repository"
+    with pytest.raises(PipelineError, match=wanted):
         TUNER.preflight(cfg.sections["tuner"])
     TUNER.preflight(pipeline(tuner={"space": {}, "algorithm": "hyperband"}).sections["tuner"])
 

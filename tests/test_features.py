@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline_components.core import beam as core_beam
 from pipeline_components.core import examples, fsutil
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen.executor import run_example_gen
@@ -103,6 +104,28 @@ def test_float32_features_are_the_extractors_exactly(examples_dir, tmp_path):
         dataclasses.replace(SPEC, dtype="float32"), manifest.backbone_weights()
     )
     np.testing.assert_allclose(features, expected.array(encoded), rtol=1e-5, atol=1e-5)
+
+
+def test_the_backbone_pass_reports_its_progress_while_it_runs(examples_dir, tmp_path, caplog):
+    """Its Beam job's progress line counts the images the backbone has passed (issue 28), named
+    after the component running it."""
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="pipeline_components.core.beam")
+    setup = core_beam.BeamSetup(core_beam.DEFAULT_ARGS, progress_seconds=0.02)
+    out = str(tmp_path / "f")
+    writer.write_features(
+        examples_dir, out, SPEC, splits=("validation",), beam_setup=setup, job="Trainer"
+    )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Trainer: ")]
+    done = [
+        int(m.group(1))
+        for m in map(re.compile(r"backbone pass: (\d+)/9 images").search, lines)
+        if m
+    ]
+    assert len(done) == len(lines) > 0, lines
+    assert done == sorted(done) and 0 < max(done) <= 9, lines
 
 
 def test_the_writer_writes_to_an_object_store(examples_dir, written):

@@ -1,7 +1,7 @@
 """Hostile requests cannot take a model server down: decompression bombs and shape-expanding
 protos (against a live server process and against the SavedModel in process), stalled
 connections, batch-mates of bad requests, a shutdown under a request that will not end, and a
-seeded fuzz run whose every answer is a status from the README's table."""
+seeded fuzz run whose every answer is a status from docs/serving.md's table."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(300)
 
 LIMIT = DEFAULT_MAX_IMAGE_PIXELS
 IMAGE = serving_models.encode_image(seed=7)
-README = Path(__file__).resolve().parents[1] / "README.md"
+SERVING_DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 
 
 def bmp_claiming(width: int, height: int) -> bytes:
@@ -581,9 +581,9 @@ def test_sigterm_ends_the_process_within_drain_plus_5_s_during_an_endless_reques
 # -- fuzzing --------------------------------------------------------------------------------
 
 
-def readme_statuses() -> set[str]:
-    """The gRPC statuses in the README's table of request problems."""
-    text = README.read_text()
+def documented_statuses() -> set[str]:
+    """The gRPC statuses in docs/serving.md's table of request problems."""
+    text = SERVING_DOC.read_text()
     table = text[text.index("| request problem | gRPC status |") :].split("\n\n")[0]
     return set(re.findall(r"\|\s*([A-Z_]{2,})\s*\|", table))
 
@@ -653,9 +653,9 @@ def fuzz_request(rng, images: list[bytes]) -> predict_pb2.PredictRequest:
 BOMB_CACHE: list[bytes] = []
 
 
-def test_seeded_fuzz_gets_only_readme_statuses_and_the_server_stays_up(live):
+def test_seeded_fuzz_gets_only_documented_statuses_and_the_server_stays_up(live):
     proc, stub = live
-    allowed = readme_statuses()
+    allowed = documented_statuses()
     assert {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "DEADLINE_EXCEEDED"} <= allowed
     assert not {"UNKNOWN", "INTERNAL"} & allowed
     BOMB_CACHE[:] = [make() for make in BOMBS.values()]

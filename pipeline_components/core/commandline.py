@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pipeline_components.core import config as config_lib
-from pipeline_components.core import locking, registry
+from pipeline_components.core import locking, logs, registry
 from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import CommandLine, Component, ExecutionContext, Flag
 from pipeline_components.core.config import PipelineConfig
@@ -301,13 +301,16 @@ def _paragraphs(*texts: str) -> str:
 
 
 def new_parser(prog: str, description: str, *epilog: str) -> argparse.ArgumentParser:
-    """A command's parser; `epilog`: paragraphs after the flags (and the precedence rule)."""
-    return argparse.ArgumentParser(
+    """A command's parser; `epilog`: paragraphs after the flags (and the precedence rule). Every
+    command takes `--quiet` and `--log-format` (core/logs.py; cli.main applies them)."""
+    p = argparse.ArgumentParser(
         prog=f"transfer-pipeline {prog}",
         description=_paragraphs(*description.split("\n\n")),
         epilog=_paragraphs(*epilog, PRECEDENCE),
         formatter_class=_Formatter,
     )
+    logs.add_arguments(p)
+    return p
 
 
 def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -33,7 +33,8 @@ class ExampleGen(Component[ExampleGenConfig]):
 
         data_root = ctx.pipeline.data_root
         beam_args = core_beam.setup(ctx.config.beam_args, ctx.pipeline).args
-        fingerprint = layout.data_fingerprint(data_root, list(beam_args))
+        flat = ctx.config.test_fraction is not None
+        fingerprint = layout.data_fingerprint(data_root, list(beam_args), flat)
         return {"data_root": data_root, "data": fingerprint}
 
     def run(self, ctx: ExecutionContext[ExampleGenConfig]) -> dict:
@@ -54,6 +55,7 @@ class ExampleGen(Component[ExampleGenConfig]):
             metadata_limits=metadata.Limits(
                 cfg.metadata_max_bytes, cfg.metadata_max_columns, cfg.metadata_max_cell_chars
             ),
+            test_fraction=cfg.test_fraction,
         )
         return {
             "fingerprint": stats["fingerprint"],

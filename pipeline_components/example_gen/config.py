@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import ClassVar
 
 from pipeline_components.core.config import option
@@ -21,7 +22,19 @@ class ExampleGenConfig:
         0.01, ge=0, le=1, doc="fail when more than this share of a split's files are unusable"
     )
     validation_fraction: float = option(
-        0.1, gt=0, lt=1, doc="carved from train by a stable hash when validation/ is absent"
+        0.1,
+        gt=0,
+        lt=1,
+        doc="carved from train by a stable hash of the path when validation/ is absent (a flat "
+        "folder: this share of all files)",
+    )
+    test_fraction: float | None = option(
+        None,
+        gt=0,
+        lt=1,
+        doc="read data_root as a flat <class>/<image> folder: this share of the files is test, "
+        "validation_fraction validation, the rest train, by a stable hash of each path; null: "
+        "split folders",
     )
     beam_args: list[str] | None = option(
         None, key=False, doc="its Beam jobs' options, replacing beam.args (null: beam.args)"
@@ -60,3 +73,12 @@ class ExampleGenConfig:
         256, ge=1, le=65_536, doc="refuse a metadata.csv with a longer cell or column name"
     )
     removed_options: ClassVar[dict[str, str]] = {"resize_max_side": RESIZE_REMOVED}
+
+    def validate(self, fail: Callable[[str, str, object], None]) -> None:
+        if self.test_fraction is not None and self.test_fraction + self.validation_fraction >= 1:
+            fail(
+                "test_fraction",
+                f"< 1 - validation_fraction ({1 - self.validation_fraction:g}): train needs a "
+                "share",
+                self.test_fraction,
+            )

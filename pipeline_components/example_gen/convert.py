@@ -22,6 +22,7 @@ from pipeline_components.example_gen.layout import (
     Layout,
     SourceFile,
     assign_split,
+    below_split,
     record_order,
     shard_index,
 )
@@ -65,7 +66,7 @@ def convert_file(
     """Read and decode-check one file: its FileResult and serialized Example (None: skipped)."""
     result = FileResult(src.relpath, src.folder_split, src.split, src.label, "", "", False, "", "")
     try:
-        reason = image_check.name_skip_reason(src.relpath.split("/")[1:])
+        reason = image_check.name_skip_reason(below_split(src.relpath, src.folder_split))
         if reason:
             raise image_check.SkipFile(reason, bad=False)
         problem = image_check.name_problem(src.relpath)
@@ -148,7 +149,8 @@ class ConvertShardFn(beam.DoFn):
                     self.data_root, self.labels, src, self.max_image_pixels
                 )
                 outcome = "skipped" if example is None else "kept"
-                for name in (f"{src.folder_split}_read", f"{src.folder_split}_{outcome}"):
+                folder = src.folder_split or src.split  # flat: the split it was given
+                for name in (f"{folder}_read", f"{folder}_{outcome}"):
                     counts[name] = counts.get(name, 0) + 1
                     core_beam.live(COUNTER_NAMESPACE, name)  # the progress line, per file
                 if example is not None:

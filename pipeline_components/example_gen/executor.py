@@ -1,6 +1,7 @@
-"""ExampleGen's executor: `<data_root>/<split>/<class>/<image>` folders to GZIP TFRecord shards
-with Apache Beam (the spec and CLI are in component.py). This module is the driver; the work is
-in its sections:
+"""ExampleGen's executor: `<data_root>/<split>/<class>/<image>` folders (or a flat
+`<data_root>/<class>/<image>` folder, split by path hash) to GZIP TFRecord shards with Apache
+Beam (the spec and CLI are in component.py). This module is the driver; the work is in its
+sections:
 
     layout.py      the listing of data_root, its checks, the data fingerprint, the stable hashes
                    that place a file (validation carved from train, its shard, its place in it)
@@ -40,7 +41,12 @@ from pipeline_components.example_gen.duplicates import (
     handle_duplicates,
 )
 from pipeline_components.example_gen.layout import COUNTER_NAMESPACE, Layout, list_sources
-from pipeline_components.example_gen.shards import plan_shards, read_results, write_shard_lists
+from pipeline_components.example_gen.shards import (
+    output_splits,
+    plan_shards,
+    read_results,
+    write_shard_lists,
+)
 from pipeline_components.example_gen.stats import (
     build_stats,
     check_bad_fraction,
@@ -63,6 +69,7 @@ class Options:
     multi_processing_min_files: int = core_beam.DEFAULT_MULTI_PROCESSING_MIN_FILES
     exif_transpose: bool = True
     metadata_limits: metadata.Limits = metadata.DEFAULT_LIMITS
+    test_fraction: float | None = None  # set: a flat <class>/<image> folder
 
     def check(self) -> None:
         def fail(flag: str, what: str, value: object) -> None:
@@ -96,8 +103,13 @@ def run_example_gen(
     multi_processing_min_files: int = core_beam.DEFAULT_MULTI_PROCESSING_MIN_FILES,
     exif_transpose: bool = True,
     metadata_limits: metadata.Limits = metadata.DEFAULT_LIMITS,
+    test_fraction: float | None = None,
 ) -> dict:
     """Convert the image folders under data_root to `output`; returns the stats.json dict.
+
+    test_fraction: read data_root as a flat `<class>/<image>` folder; each file's split follows
+    from a hash of its path (layout.flat_split: test_fraction test, validation_fraction
+    validation, the rest train).
 
     exif_transpose is recorded, not applied: the stored bytes are the files' own, and every
     decoder of them (the Trainer's, the exported model's) turns a JPEG as its EXIF orientation
@@ -111,22 +123,24 @@ def run_example_gen(
     or fails the run ('fail', nothing written)."""
     opts = Options(
         num_shards, max_bad_fraction, validation_fraction, max_image_pixels, on_duplicates,
-        multi_processing_min_files, exif_transpose, metadata_limits,
+        multi_processing_min_files, exif_transpose, metadata_limits, test_fraction,
     )  # fmt: skip
     opts.check()
     beam_setup = beam_setup or core_beam.BeamSetup()
     core_beam.quiet()
     started = time.monotonic()
     core_beam.set_filesystem_options(beam_setup.args)
-    layout = list_sources(data_root)
+    layout = list_sources(data_root, flat=test_fraction is not None)
     extra = metadata.read(layout.root, opts.metadata_limits)  # a bad one fails before any work
     carve = None if "validation" in layout.splits else opts.validation_fraction
     log.info(
         "ExampleGen: %d files, classes %s, splits %s%s",
         len(layout.sources),
         ", ".join(layout.labels),
-        ", ".join(layout.splits),
-        f" (validation carved from train, {carve:g})" if carve else "",
+        ", ".join(output_splits(layout, carve)),
+        f" (by path hash: test {test_fraction:g}, validation {carve:g})"
+        if test_fraction is not None and carve is not None
+        else (f" (validation carved from train, {carve:g})" if carve else ""),
     )
     run_args, why = core_beam.direct_mode_args(
         beam_setup.args, len(layout.sources), opts.multi_processing_min_files
@@ -150,7 +164,7 @@ def _convert(
     """The Beam jobs writing the shards into `work`, the checks of their results, then
     labels.txt, stats.json and metadata.jsonl (`extra`: metadata.csv's rows); returns the
     stats."""
-    plan = plan_shards(layout, carve, opts.num_shards)
+    plan = plan_shards(layout, carve, opts.num_shards, opts.test_fraction)
     shard_keys = write_shard_lists(work, plan)
     p = core_beam.pipeline(job)
     build_pipeline(
@@ -162,7 +176,9 @@ def _convert(
         max_image_pixels=opts.max_image_pixels,
     )
     counters = run_pipeline(p, job, _progress(len(layout.sources)))
-    carved = sum(1 for sources in plan.values() for s in sources if s.split != s.folder_split)
+    carved = sum(
+        1 for files in plan.values() for s in files if s.folder_split and s.split != s.folder_split
+    )
     if carved:
         counters["carved_to_validation"] = carved
     summaries = read_results(work)

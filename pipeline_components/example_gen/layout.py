@@ -2,6 +2,10 @@
 (through Beam's FileSystems: local, gs://, s3://), its checks (a bad layout is one line), the data
 fingerprint in ExampleGen's cache key, and the stable hashes that place a file (validation
 carved from train, its shard, its place inside the shard) the same way on every runner.
+
+A flat folder, `<data_root>/<class>/<image>` with no split level, is read when
+`example_gen.test_fraction` is set: each file's split follows from a stable hash of its relative
+path (`flat_split`), the rule that carves validation from train when validation/ is absent.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ COUNTER_NAMESPACE = "example_gen"
 
 
 class SourceFile(NamedTuple):
-    relpath: str  # relative to data_root, '/'-separated, starts with the split folder
-    folder_split: str  # the folder it was found in
+    relpath: str  # relative to data_root, '/'-separated, starts with the split folder (or flat:
+    # with the class folder)
+    folder_split: str  # the folder it was found in; '' in a flat layout
     split: str  # the split it is written to (validation when carved from train)
     label: int  # index into labels, -1 when not inside a class folder
 
@@ -43,7 +48,7 @@ class ListedFile(NamedTuple):
 class Layout(NamedTuple):
     root: str
     labels: list[str]
-    splits: list[str]  # split folders present, in SPLITS order
+    splits: list[str]  # split folders present, in SPLITS order; [] in a flat layout
     sources: list[SourceFile]
 
 
@@ -54,6 +59,16 @@ def unit_hash(text: str) -> float:
     """A stable number in [0, 1) for a string (same on every machine, Python and runner)."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def flat_split(relpath: str, validation_fraction: float, test_fraction: float) -> str:
+    """The split of a file in a flat layout: the first `test_fraction` of the hash range of its
+    relative path is test, the next `validation_fraction` validation, the rest train. Stable: a
+    file keeps its split when others are added or removed."""
+    u = unit_hash(relpath)
+    if u < test_fraction:
+        return "test"
+    return "validation" if u < test_fraction + validation_fraction else "train"
 
 
 def shard_index(relpath: str, num_shards: int) -> int:
@@ -67,8 +82,13 @@ def record_order(src: SourceFile) -> tuple[float, str]:
     return unit_hash("order:" + src.relpath), src.relpath
 
 
-def assign_split(src: SourceFile, validation_fraction: float | None) -> SourceFile:
-    """Carve validation from train by a stable hash of the relative path."""
+def assign_split(
+    src: SourceFile, validation_fraction: float | None, test_fraction: float | None = None
+) -> SourceFile:
+    """Carve validation from train by a stable hash of the relative path; in a flat layout
+    (test_fraction set) every file's split by the same hash (flat_split)."""
+    if test_fraction is not None and not src.folder_split:
+        return src._replace(split=flat_split(src.relpath, validation_fraction or 0, test_fraction))
     if (
         validation_fraction
         and src.folder_split == "train"
@@ -88,11 +108,12 @@ def _normalized_root(data_root: str) -> str:
 
 
 def list_split(root: str, split: str) -> list[ListedFile]:
-    """Every file below root/split, at any depth (`split/class/2019/x.jpg` included), through
-    Beam's FileSystems: THE listing of the data. ExampleGen reads exactly these files, and the
-    data fingerprint in its cache key (data_fingerprint) is made of exactly this listing, so a
-    file ExampleGen would read cannot change without re-running it."""
-    pattern = FileSystems.join(root, split, "**")
+    """Every file below root/split (root itself for split '': a flat layout), at any depth
+    (`split/class/2019/x.jpg` included), through Beam's FileSystems: THE listing of the data.
+    ExampleGen reads exactly these files, and the data fingerprint in its cache key
+    (data_fingerprint) is made of exactly this listing, so a file ExampleGen would read cannot
+    change without re-running it."""
+    pattern = FileSystems.join(root, split, "**") if split else FileSystems.join(root, "**")
     try:
         metadata = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # BeamIOError: unknown scheme, missing credentials, ...
@@ -109,8 +130,14 @@ def list_split(root: str, split: str) -> list[ListedFile]:
     return sorted(files)
 
 
-def _class_of(relpath: str) -> str | None:
-    parts = relpath.split("/")[1:]
+def below_split(relpath: str, folder_split: str) -> list[str]:
+    """The path components below the split folder (all of them in a flat layout)."""
+    parts = relpath.split("/")
+    return parts[1:] if folder_split else parts
+
+
+def _class_of(relpath: str, folder_split: str = "split") -> str | None:
+    parts = below_split(relpath, folder_split)
     return parts[0] if image_check.name_skip_reason(parts) is None else None
 
 
@@ -129,14 +156,23 @@ def _empty_class_folders(root: str, split: str, classes: set[str]) -> list[str]:
     ]
 
 
-def list_sources(data_root: str) -> Layout:
-    """Every file of every split folder, with labels; a bad layout is a one-line PipelineError."""
+def list_sources(data_root: str, flat: bool = False) -> Layout:
+    """Every file of every split folder (`flat`: of every class folder), with labels; a bad
+    layout is a one-line PipelineError."""
     root = _normalized_root(data_root)
-    if not fsutil.is_remote(root):
-        if not fsutil.isdir(root):
-            raise PipelineError(f"data root {root} does not exist or is not a folder")
-        _warn_unknown_folders(root)
+    if not fsutil.is_remote(root) and not fsutil.isdir(root):
+        raise PipelineError(f"data root {root} does not exist or is not a folder")
+    if flat:
+        return _list_flat(root)
     found = {split: [f.relpath for f in list_split(root, split)] for split in SPLITS}
+    if not any(found.values()) and list_split(root, ""):
+        raise PipelineError(
+            f"data root {root} has no split folders ({', '.join(SPLITS)}); for a flat "
+            f"{root}/<class>/<image> folder set example_gen.test_fraction (transfer-pipeline "
+            "init writes it): each file's split then follows from a hash of its path"
+        )
+    if not fsutil.is_remote(root):
+        _warn_unknown_folders(root)
     classes = {s: {c for c in map(_class_of, rels) if c} for s, rels in found.items()}
     for split in SPLITS:
         folder = FileSystems.join(root, split)
@@ -169,15 +205,47 @@ def list_sources(data_root: str) -> Layout:
     return Layout(root, labels, splits, sources)
 
 
-def data_fingerprint(data_root: str, beam_args: Sequence[str] | None = None) -> dict:
+def _list_flat(root: str) -> Layout:
+    """A flat layout: `<root>/<class>/<image>`, no split folders (they would be read as classes:
+    refused, naming the folder)."""
+    # metadata.csv sits beside the class folders: it describes the images, it is not one
+    relpaths = [f.relpath for f in list_split(root, "") if f.relpath != artifacts.METADATA_CSV]
+    classes = {c for c in (_class_of(rel, "") for rel in relpaths) if c}
+    split_folders = sorted(classes & set(SPLITS))
+    if split_folders:
+        raise PipelineError(
+            f"data root {root} has split folders ({', '.join(split_folders)}) but "
+            "example_gen.test_fraction is set, which is for a flat <class>/<image> folder: "
+            "unset it to read the split folders"
+        )
+    _check_class_names(root, classes)
+    empty = _empty_class_folders(root, "", classes)
+    if empty:
+        raise PipelineError(
+            f"class folder {FileSystems.join(root, image_check.shown(empty[0]))} is empty"
+        )
+    labels = sorted(classes)
+    if len(labels) < 2:
+        raise PipelineError(
+            f"{root} has {len(labels)} class folder(s) ({', '.join(labels)}); at least 2 are needed"
+        )
+    index: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
+    sources = [SourceFile(rel, "", "train", index.get(_class_of(rel, ""), -1)) for rel in relpaths]
+    return Layout(root, labels, [], sources)
+
+
+def data_fingerprint(
+    data_root: str, beam_args: Sequence[str] | None = None, flat: bool = False
+) -> dict:
     """(relative path, size, mtime) of every file ExampleGen would read: list_split's listing of
-    each split folder, the one ExampleGen itself reads (nested folders included), one listing
-    call per split (cheap on gs://), not a read of every image. A missing root lists nothing
-    (ExampleGen then fails with its own one-line error). `beam_args` carry what the file system
-    needs (s3:// cannot list without them)."""
+    each split folder (`flat`: of the whole root), the one ExampleGen itself reads (nested
+    folders included), one listing call per split (cheap on gs://), not a read of every image.
+    A missing root lists nothing (ExampleGen then fails with its own one-line error).
+    `beam_args` carry what the file system needs (s3:// cannot list without them)."""
     core_beam.set_filesystem_options(beam_args)
     root = _normalized_root(data_root)
-    listing = [tuple(f) for split in SPLITS for f in list_split(root, split)]
+    folders = [""] if flat else SPLITS
+    listing = [tuple(f) for split in folders for f in list_split(root, split)]
     extra = metadata.stat(root)
     if extra is not None:  # metadata.csv is read too
         listing.append((artifacts.METADATA_CSV, *extra))

@@ -54,21 +54,26 @@ def read_jsonl(path: str) -> list:
 
 
 def output_splits(layout: Layout, carve_fraction: float | None) -> list[str]:
-    """The split folders found, plus validation when it is carved from train."""
+    """The split folders found, plus validation when it is carved from train (flat: all)."""
+    if not layout.splits:
+        return list(SPLITS)
     return [s for s in SPLITS if s in layout.splits or (carve_fraction and s == "validation")]
 
 
 def plan_shards(
-    layout: Layout, carve_fraction: float | None, num_shards: int
+    layout: Layout,
+    carve_fraction: float | None,
+    num_shards: int,
+    test_fraction: float | None = None,
 ) -> dict[ShardKey, list[SourceFile]]:
     """Every shard of every output split (empty ones too) with the files it will hold: validation
-    carved from train by a stable hash of the path, then the shard by another (the driver does
-    this once; workers only read their shard's list)."""
+    carved from train (flat: every split) by a stable hash of the path, then the shard by another
+    (the driver does this once; workers only read their shard's list)."""
     plan: dict[ShardKey, list[SourceFile]] = {
         (split, i): [] for split in output_splits(layout, carve_fraction) for i in range(num_shards)
     }
     for src in layout.sources:
-        src = assign_split(src, carve_fraction)
+        src = assign_split(src, carve_fraction, test_fraction)
         plan[(src.split, shard_index(src.relpath, num_shards))].append(src)
     return plan
 

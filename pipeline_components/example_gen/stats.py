@@ -11,6 +11,7 @@ import logging
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline_components.core.artifacts import SPLITS
 from pipeline_components.core.errors import PipelineError
 from pipeline_components.example_gen.duplicates import find_duplicates
 from pipeline_components.example_gen.layout import Layout
@@ -63,7 +64,9 @@ def build_stats(
         splits[split] = {
             "num_examples": sum(per_class.values()),
             "per_class": per_class,
-            "skipped": sum(1 for r in summaries if _skipped(r) and r["folder_split"] == split),
+            "skipped": sum(
+                1 for r in summaries if _skipped(r) and (r["folder_split"] or r["split"]) == split
+            ),
             "dropped_duplicates": sum(1 for d in dropped or [] if d["split"] == split),
             "num_shards": num_shards,
         }
@@ -88,11 +91,12 @@ def build_stats(
         "source_formats": dict(sorted(formats.items())),
         "data_root": layout.root,
         "validation": f"carved from train ({carve_fraction:g})" if carve_fraction else "folder",
+        **({"layout": f"flat: splits by path hash ({layout.root})"} if not layout.splits else {}),
     }
 
 
 def check_bad_fraction(layout: Layout, summaries: list[dict], max_bad_fraction: float) -> None:
-    for split in layout.splits:
+    for split in layout.splits or [""]:
         rows = [r for r in summaries if r["folder_split"] == split]
         bad = [r for r in rows if r["bad"]]
         considered = sum(1 for r in rows if r["bad"] or not r["reason"])
@@ -107,7 +111,7 @@ def check_bad_fraction(layout: Layout, summaries: list[dict], max_bad_fraction: 
 
 
 def check_classes_kept(layout: Layout, summaries: list[dict], carve_fraction: float | None) -> None:
-    for split in layout.splits:
+    for split in layout.splits or [""]:
         for label, name in enumerate(layout.labels):
             rows = [r for r in summaries if r["folder_split"] == split and r["label"] == label]
             if not any(not r["reason"] for r in rows):
@@ -124,6 +128,14 @@ def check_classes_kept(layout: Layout, summaries: list[dict], carve_fraction: fl
             f"validation carved from {FileSystems.join(layout.root, 'train')} with fraction "
             f"{carve_fraction:g} is empty; add a validation/ folder or raise --validation-fraction"
         )
+    if not layout.splits:  # flat: every split drawn by path hash must hold something
+        for split in SPLITS:
+            if not any(not r["reason"] and r["split"] == split for r in summaries):
+                fix = "lower" if split == "train" else "raise"
+                raise PipelineError(
+                    f"the {split} split drawn from {layout.root} by path hash is empty; add "
+                    f"images or {fix} example_gen.test_fraction / validation_fraction"
+                )
 
 
 def format_summary(stats: dict) -> str:

@@ -9,8 +9,11 @@ the frozen backbone once over the train and validation splits and writes the fea
         --ToList--> the files' entries (count, bytes, sha256) -> manifest.json, written last
 
 A chunk holds at most `features.file_mb` MiB of features, so no worker holds more than one
-file's worth; a retried bundle rewrites the same file. An image the backbone cannot decode fails
-the job with its key (ExampleGen already decoded every image once, so this is not expected).
+file's worth; a retried bundle rewrites the same file. While the job runs, its progress line
+(core/beam.py, every `beam.progress_seconds`) counts the images the backbone has passed:
+`FeatureGen: backbone pass: 1,200/4,000 images, 2 files written (after 30 s)`. An image the
+backbone cannot decode fails the job with its key (ExampleGen already decoded every image
+once, so this is not expected).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import apache_beam as beam
@@ -83,6 +86,7 @@ class ToChunk(beam.DoFn):
             raise ValueError(
                 f"features: cannot read {record.split} image {record.key}: {result.inference}"
             )
+        core_beam.live(COUNTER_NAMESPACE, "images_extracted")  # the progress line, per image
         chunk = record.position // self.per_file
         raw = cast(bytes, result.inference)
         value = (record.position, record.label, record.key, raw)
@@ -107,7 +111,7 @@ class WriteChunkFn(beam.DoFn):
         path = fsutil.join(self.root, *name.split("/"))
         entry = files.write_file(path, records)
         Metrics.counter(COUNTER_NAMESPACE, "images_written").inc(len(records))
-        Metrics.counter(COUNTER_NAMESPACE, "files_written").inc()
+        core_beam.count(COUNTER_NAMESPACE, "files_written")
         yield {"split": split, "path": name, **entry}
 
 
@@ -167,11 +171,13 @@ def write_features(
     backbone: Any = None,
     splits: Sequence[str] = files.SPLITS,
     beam_setup: core_beam.BeamSetup | None = None,
+    job: str = "FeatureGen",
 ) -> files.Manifest:
     """Run the Beam job over `splits` of `examples_dir`; write the artifact to `output_dir`
     (atomically: a failed job leaves nothing). `beam_setup` (core/beam.py): how the job runs
     (default: `config.beam_args`, else the default options). `backbone` (a keras.Model) is the
-    backbone to use, e.g. the Trainer's; else one is built from the spec. Returns the manifest."""
+    backbone to use, e.g. the Trainer's; else one is built from the spec. `job`: the name its
+    progress lines carry (the component running it). Returns the manifest."""
     config = config or FeaturesConfig()
     spec = dataclasses.replace(spec, dtype=config.dtype).for_examples(examples_dir)
     started = time.monotonic()
@@ -187,7 +193,10 @@ def write_features(
     with fsutil.atomic_dir(output_dir) as tmp:
         weights = fsutil.join(tmp, artifacts.FEATURES_BACKBONE)
         shape = save_backbone(spec, weights, backbone)
-        written, counters = run_job(shards, tmp, spec, weights, shape, config, beam_setup)
+        counts = [examples.num_examples(examples_dir, split) for split in splits]
+        total = None if None in counts else sum(c or 0 for c in counts)
+        progress = (job, _progress(total))
+        written, counters = run_job(shards, tmp, spec, weights, shape, config, beam_setup, progress)
         entries = {split: split_entries(written, split) for split in splits}
         manifest = files.Manifest(
             tmp, shape, spec.dtype, labels, entries, key, files.fingerprint(key, entries)
@@ -216,8 +225,10 @@ def run_job(
     shape: tuple[int, ...],
     config: FeaturesConfig,
     beam_setup: core_beam.BeamSetup,
+    progress: tuple[str, core_beam.Describe] = ("FeatureGen", core_beam.describe_counters),
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Run the Beam job writing into `root`: (the files' entries, the job's counters)."""
+    """Run the Beam job writing into `root`: (the files' entries, the job's counters).
+    `progress`: the job's name and its progress line (core/beam.py `run`)."""
     per_file = files.records_per_file(shape, spec.dtype, config.file_mb)
     core_beam.quiet()
     p = core_beam.pipeline(beam_setup)
@@ -225,11 +236,25 @@ def run_job(
     counters = core_beam.run(
         p,
         beam_setup,
-        job="FeatureGen",
+        job=progress[0],
         namespaces=[COUNTER_NAMESPACE, results.RUN_INFERENCE_NAMESPACE],
+        describe=progress[1],
     )
     written = results.read_json_result(fsutil.join(root, FILES_PART), "feature files")
     return list(written), counters
+
+
+def _progress(total: int | None) -> core_beam.Describe:
+    """The backbone pass's progress line: `backbone pass: 1,200/4,000 images, 2 files written`
+    (`total`: the images of the splits, None when stats.json does not say)."""
+
+    def describe(counters: Mapping[str, int]) -> str:
+        done = counters.get(f"{COUNTER_NAMESPACE}.images_extracted", 0)
+        written = counters.get(f"{COUNTER_NAMESPACE}.files_written", 0)
+        of = f"/{total:,}" if total else ""
+        return f"backbone pass: {done:,}{of} images, {written:,} files written"
+
+    return describe
 
 
 def split_entries(written: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:

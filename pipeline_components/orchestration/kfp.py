@@ -245,7 +245,7 @@ def _kfp() -> Any:
         from kfp import kubernetes  # noqa: F401  (kfp-kubernetes)
     except ImportError:
         raise PipelineError(
-            "compile-kfp needs the kfp extra: pip install 'transfer-pipeline[kfp]'"
+            "compile-kfp needs the kfp extra: pip install '.[kfp]' in a clone of this repository"
         ) from None
     return kfp
 

@@ -68,12 +68,21 @@ class GpuConfig:
     count: int = option(1, ge=1, le=16, doc="GPUs per GPU step")
     # KFP on Kubernetes: the extended resource name. Vertex AI Pipelines: its accelerator type,
     # e.g. NVIDIA_L4 or NVIDIA_TESLA_T4.
-    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_type: str = option(
+        "nvidia.com/gpu",
+        doc="the GPU's resource name (KFP on Kubernetes) or accelerator type (Vertex AI: "
+        "NVIDIA_L4)",
+    )
     # nodeSelector of the GPU pool: the GPU Operator's label by default; GKE:
     # {cloud.google.com/gke-nodepool: gpu-pool}, EKS: {eks.amazonaws.com/nodegroup: gpu}.
-    node_selector: dict[str, str] = option(factory=lambda: {"nvidia.com/gpu.present": "true"})
+    node_selector: dict[str, str] = option(
+        factory=lambda: {"nvidia.com/gpu.present": "true"},
+        doc="the GPU pool's node labels (GKE: cloud.google.com/gke-nodepool: <pool>)",
+    )
     # The GPU pool's taint (tolerated with operator Exists, effect NoSchedule); null: untainted.
-    toleration_key: str | None = "nvidia.com/gpu"
+    toleration_key: str | None = option(
+        "nvidia.com/gpu", doc="the GPU pool's taint, tolerated (Exists, NoSchedule); null: none"
+    )
 
     def validate(self, fail: Any) -> None:
         """Each becomes a Kubernetes label key or value (or a resource name) in the spec."""
@@ -92,17 +101,26 @@ class GpuConfig:
 
 @dataclasses.dataclass
 class KfpConfig:
-    image: str | None = None  # the project's image; `compile-kfp --image` overrides it
+    image: str | None = option(
+        None, doc="the image every task runs (compile-kfp --image overrides it)"
+    )
     # PersistentVolumeClaim name -> mount path, mounted into every task. A local data_root,
     # pipeline_root or serving_dir must lie under one of them (gs:// needs none).
-    volumes: dict[str, str] = option(factory=dict)
-    resources: dict[str, Resources] = option(factory=_default_resources)
-    gpu: GpuConfig = option(factory=GpuConfig)
+    volumes: dict[str, str] = option(
+        factory=dict, doc="PersistentVolumeClaim -> mount path, mounted into every task"
+    )
+    resources: dict[str, Resources] = option(
+        factory=_default_resources,
+        doc="per step: `default`, `gpu` (GPU steps) or a component's name",
+    )
+    gpu: GpuConfig = option(
+        factory=GpuConfig, doc="the GPU pool, for components with gpu = True (the Trainer)"
+    )
     # Retries of a task whose container failed (a crash, an out-of-memory kill, SIGTERM from a
     # graceful node shutdown on preemption). KFP retries any non-zero exit, so a step that failed
     # on bad input (exit 1 or 2) remembers it and its retries fail at once (`transfer-pipeline
     # step`). A pod deleted with its node is an Argo error, which KFP's retry does not cover.
-    retries: int = option(3, ge=0, le=20)
+    retries: int = option(3, ge=0, le=20, doc="retries of a task whose container failed")
     retry_backoff_seconds: int = option(60, ge=0, le=86400, doc="wait before the first retry")
     retry_backoff_factor: float = option(2.0, ge=1, le=10, doc="each wait this much longer")
     retry_backoff_max_seconds: int = option(3600, ge=1, le=604800, doc="KFP's backoff_max_duration")

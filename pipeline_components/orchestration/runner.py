@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline_components import __version__
-from pipeline_components.core import artifacts, commandline, fsutil, locking, registry
+from pipeline_components.core import artifacts, commandline, fsutil, locking, logs, registry
 from pipeline_components.core import config as config_lib
 from pipeline_components.core.artifacts import Artifact
 from pipeline_components.core.component import Component, ExecutionContext, output_uri
@@ -79,6 +79,33 @@ class Step:
     cacheable: bool = True
     resumable: bool = False
     code: str = __version__  # the component's code fingerprint (core/codeprint.py)
+    position: tuple[int, int] = (1, 1)  # (index from 1, number of components): `[7/11]`
+
+
+def progress(position: tuple[int, int], name: str, what: str, status: str, **fields: Any) -> None:
+    """`[7/11] Trainer started`, `... finished in 42.1s`, `... cached`, `... skipped: why`: one
+    progress event (core/logs.py) per change of a component's state."""
+    index, total = position
+    logs.progress(
+        log,
+        f"[{index}/{total}] {name} {what}",
+        event="component",
+        component=name,
+        index=index,
+        total=total,
+        status=status,
+        **fields,
+    )
+
+
+def ended(step: Step, entry: dict) -> None:
+    """`[7/11] Trainer finished in 42.1s` or `... failed after 3.2s: why`."""
+    seconds = entry["duration_s"]
+    if entry["status"] == "completed":
+        what = f"finished in {seconds:.1f}s"
+    else:
+        what = f"failed after {seconds:.1f}s: {entry.get('error') or 'interrupted'}"
+    progress(step.position, step.name, what, entry["status"], duration_s=seconds)
 
 
 class Run:
@@ -136,7 +163,7 @@ class Run:
             and previous.get("status") in ("completed", "cached")
             and (previous.get("cache_key") == key)
         ):
-            log.info("%s: reused from this run's earlier attempt", step.name)
+            progress(step.position, step.name, "reused from this run's earlier attempt", "cached")
             return previous
         hit = self._cached(step, component_dir, key)
         if hit is not None:
@@ -163,6 +190,7 @@ class Run:
             "owner": owner(),
         }
         self._write_execution(component_dir, entry)
+        progress(step.position, step.name, "started", "running", execution_id=execution_id)
         t0 = time.monotonic()
         try:
             entry["result"] = step.execute(entry["output_dir"])
@@ -178,6 +206,7 @@ class Run:
             entry["finished"] = now()
             entry["duration_s"] = round(time.monotonic() - t0, 2)
             self._write_execution(component_dir, entry)
+            ended(step, entry)
         return entry
 
     def _cached(self, step: Step, component_dir: str, key: str) -> dict | None:
@@ -191,7 +220,8 @@ class Run:
         entry["cached_from_run"] = hit.get("run_id")
         self.record["components"][step.name] = entry
         self.save()
-        log.info("%s: cached (execution %s)", step.name, hit["execution_id"])
+        what = f"cached (execution {hit['execution_id']} of run {hit.get('run_id')})"
+        progress(step.position, step.name, what, "cached", execution_id=hit["execution_id"])
         return entry
 
     def _claim_execution_id(self, component_dir: str) -> int:
@@ -208,10 +238,11 @@ class Run:
         self.record["components"][entry["component"]] = entry
         self.save()
 
-    def skip(self, name: str, reason: str) -> dict:
+    def skip(self, name: str, reason: str, position: tuple[int, int] = (1, 1)) -> dict:
         entry = {"component": name, "status": "skipped", "cached": False, "reason": reason}
         self.record["components"][name] = entry
         self.save()
+        progress(position, name, f"skipped: {reason}", "skipped", reason=reason)
         return entry
 
 
@@ -239,20 +270,20 @@ class Pipeline:
         for component in order:  # fail in seconds, not after the components before it
             if component.config_section:
                 component.preflight(component.section_of(self.cfg))
-        for component in order:
-            self.step(component)
+        for index, component in enumerate(order, 1):
+            self.step(component, (index, len(order)))
 
-    def step(self, component: Component) -> None:
+    def step(self, component: Component, position: tuple[int, int] = (1, 1)) -> None:
         inputs, missing = self._inputs(component)
         if missing:
-            self.run.skip(component.name, missing)
+            self.run.skip(component.name, missing, position)
             self._mark_skipped(component, f"{component.name} was skipped")
             return
         config = component.section_of(self.cfg)
         ctx = ExecutionContext(self.cfg, config, inputs, "", run_id=self.run.run_id)
         reason = component.skip_reason(ctx)
         if reason:
-            self.run.skip(component.name, reason)
+            self.run.skip(component.name, reason, position)
             self._mark_skipped(component, f"{component.name} was skipped")
             return
         ctx.external = component.external_inputs(ctx)
@@ -275,6 +306,7 @@ class Pipeline:
                 component.cacheable,
                 component.resumable,
                 code,
+                position,
             )
         )
         for name, artifact_type in component.outputs.items():

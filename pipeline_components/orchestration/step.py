@@ -291,7 +291,9 @@ def _run_step_locked(
     try:
         if component.config_section:
             component.preflight(component.section_of(cfg))
-        pipeline.step(component)
+        order = [c.name for c in registry.pipeline_order()]
+        index = order.index(component.name) + 1 if component.name in order else 1
+        pipeline.step(component, (index, len(order)))
     except PipelineError as e:
         run.finish("failed")
         remember_failure(cfg.pipeline_root, run_id, component.name, e)
@@ -316,7 +318,7 @@ def skip_steps(
     monitoring.publish_step(cfg, run_id, [c.name for c in components])  # issue 32
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = commandline.new_parser(
         "step",
         "Run one pipeline component as its own task (a Kubeflow Pipelines step), cached and "
@@ -338,6 +340,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--skip", metavar="REASON", help="record the components as skipped")
     kfp_outputs.add_arguments(p)  # issue 32: the task's KFP Metrics / HTML artifacts
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_intermixed_args(argv)
     args.components = [i for i in args.items if "=" not in i]
     args.overrides = [i for i in args.items if "=" in i]

@@ -15,6 +15,8 @@ import os
 import sys
 import tempfile
 
+from pipeline_components.core import logs
+
 DEFAULT_CONFIG = "configs/demo.yaml"
 DEMO_CLASSES = ("circles", "stripes")
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         help="key=value config overrides, e.g. pipeline_root=/pipeline_root on a read-only root",
     )
+    logs.add_arguments(p)
     return p
 
 
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.print_anything()
     cli.quiet_tensorflow()
-    cli.setup_logging()
+    cli.setup_logging(args.quiet, args.log_format)
 
     cfg = registry.load_config(args.config, args.overrides)
     if not os.path.isdir(cfg.data_root):

@@ -155,7 +155,7 @@ def _size(text: str) -> tuple[int, int]:
     return int(w), int(h or w)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="transfer-pipeline sample-data", description=__doc__.splitlines()[0]
     )
@@ -173,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="jpg", choices=["jpg", "png", "bmp", "gif", "webp"])
     p.add_argument("--photo-like", action="store_true", help="textured, photo-sized JPEG content")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     counts = generate(
         args.output,
         args.classes,

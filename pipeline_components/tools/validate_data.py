@@ -52,9 +52,7 @@ def _run(
     return component.run(ctx), ctx
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Its command line (and the Beam options after `--`)."""
-    own, beam_args = commandline.split_beam_args(argv)
+def build_parser() -> argparse.ArgumentParser:
     p = commandline.new_parser(
         "validate-data",
         "Statistics, schema and anomalies of an ExampleGen output folder.",
@@ -69,7 +67,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="statistics.json of a previous run (or its folder) to compare with",
     )
     commandline.add_config_arguments(p, None)
-    args = p.parse_intermixed_args(own)
+    return p
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Its command line (and the Beam options after `--`)."""
+    own, beam_args = commandline.split_beam_args(argv)
+    args = build_parser().parse_intermixed_args(own)
     if args.output is None:
         old = commandline.deprecated("validate-data", commandline.NO_OUTPUT)
         assert old is not None

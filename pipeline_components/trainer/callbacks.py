@@ -14,8 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline_components.core import fsutil
+from pipeline_components.core.logs import progress
 
 log = logging.getLogger(__name__)
+# A line at least this often while an epoch runs (and one at its end).
+PROGRESS_INTERVAL_SECONDS = 10.0
 
 
 def weights_to_bytes(weights: list[np.ndarray]) -> bytes:
@@ -31,19 +34,52 @@ def weights_from_bytes(data: bytes) -> list[np.ndarray]:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Adds `images_per_sec` (training part of the epoch) to the logs, logs one line per epoch and
-    persists every finished epoch to a JSON file, so a resumed run's history has all epochs.
-    Must come before the callbacks that record logs (CsvHistory, ScalarLogger)."""
+    """Adds `images_per_sec` (training part of the epoch) to the logs, logs one progress line per
+    epoch (its metrics and time; core/logs.py) and, in a long epoch, one every
+    PROGRESS_INTERVAL_SECONDS with the steps done; persists every finished epoch to a JSON file,
+    so a resumed run's history has all epochs. Must come before the callbacks that record logs
+    (CsvHistory, ScalarLogger)."""
 
-    def __init__(self, path: str, images_per_epoch: int, phase: str, total_epochs: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        images_per_epoch: int,
+        phase: str,
+        total_epochs: int,
+        steps_per_epoch: int | None = None,
+        interval: float = PROGRESS_INTERVAL_SECONDS,
+    ) -> None:
         super().__init__()
         self.path, self.images, self.phase, self.total = path, images_per_epoch, phase, total_epochs
+        self.steps, self.interval = steps_per_epoch, interval
         self.records = read_epoch_records(path)
         self._t0: float | None = None
         self._train_seconds: float | None = None
+        self._epoch = 0
+        self._last_line = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._t0, self._train_seconds = time.perf_counter(), None
+        self._epoch, self._last_line = epoch + 1, self._t0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.perf_counter()
+        if now - self._last_line < self.interval:
+            return
+        self._last_line = now
+        of = f"/{self.steps}" if self.steps else ""
+        loss = (logs or {}).get("loss")
+        shown = f", loss={float(loss):.4f}" if loss is not None else ""
+        progress(
+            log,
+            f"epoch {self._epoch}/{self.total} ({self.phase}): step {batch + 1}{of}{shown}",
+            event="step",
+            phase=self.phase,
+            epoch=self._epoch,
+            epochs=self.total,
+            step=batch + 1,
+            steps=self.steps,
+        )
 
     def on_test_begin(
         self, logs: dict[str, Any] | None = None
@@ -60,13 +96,19 @@ class EpochLog(keras.callbacks.Callback):
         record.update({k: float(v) for k, v in logs.items() if np.ndim(v) == 0})
         self.records[epoch + 1] = record
         fsutil.write_json(self.path, [self.records[k] for k in sorted(self.records)])
-        log.info(
-            "epoch %d/%d (%s): %s, %.0f images/s",
-            epoch + 1,
-            self.total,
-            self.phase,
-            ", ".join(f"{k}={logs[k]:.4f}" for k in METRICS if k in logs),
-            logs["images_per_sec"],
+        metrics = {k: round(float(logs[k]), 4) for k in METRICS if k in logs}
+        progress(
+            log,
+            f"epoch {epoch + 1}/{self.total} ({self.phase}): "
+            + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            + f" in {seconds:.1f}s, {logs['images_per_sec']:.0f} images/s",
+            event="epoch",
+            phase=self.phase,
+            epoch=epoch + 1,
+            epochs=self.total,
+            seconds=round(seconds, 2),
+            images_per_sec=round(float(logs["images_per_sec"]), 1),
+            **metrics,
         )
 
 

@@ -132,7 +132,7 @@ def cached_features(
         return manifest, None
     t0 = time.perf_counter()
     manifest = writer.write_features(
-        examples_dir, directory, spec, backbone=net.get_layer(model_lib.BACKBONE)
+        examples_dir, directory, spec, backbone=net.get_layer(model_lib.BACKBONE), job="Trainer"
     )
     return manifest, time.perf_counter() - t0
 

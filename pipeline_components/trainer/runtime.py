@@ -57,7 +57,13 @@ class Run:
         total = config.epochs + (config.fine_tune_epochs if self.plan.fine_tune else 0)
         images = steps * config.batch_size if steps else self.plan.num_examples["train"]
         callbacks = [
-            EpochLog(checkpoint_paths(self.write_dir)["epochs"], images, phase, total),
+            EpochLog(
+                checkpoint_paths(self.write_dir)["epochs"],
+                images,
+                phase,
+                total,
+                steps or -(-images // config.batch_size),  # a whole split: its batches
+            ),
             self.best,
             *([backup] if backup is not None else []),
             CsvHistory(fsutil.join(self.write_dir, artifacts.HISTORY_CSV)),

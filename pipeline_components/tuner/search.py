@@ -163,7 +163,7 @@ def check_bayesian(config: TunerConfig) -> None:
     if missing:
         raise PipelineError(
             f"tuner.algorithm: bayesian needs {' and '.join(missing)} (pip install"
-            " 'transfer-pipeline[bayesian]'), or use random or hyperband"
+            " '.[bayesian]' in this repository), or use random or hyperband"
         )
 
 
