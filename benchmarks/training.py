@@ -144,6 +144,21 @@ class RetraceCounter(logging.Handler):
             self.count += 1
 
 
+def _ratios(summary: dict, seconds: dict) -> dict:
+    a, b, c, d = (VARIANTS[k] for k in "abcd")
+    floor = summary[c]["median_s"]
+    return {
+        "a_over_b": common.ratio(summary, a, b),
+        "a_over_d": common.ratio(summary, a, d),
+        "b_over_d": common.ratio(summary, b, d),
+        "b_over_floor": common.ratio(summary, b, c),
+        # (a) costs ~epochs backbone passes, (b) one plus the head epochs
+        "ideal_a_over_b": round(summary[a]["median_s"] / floor, 3),
+        "a_over_b_paired": common.paired_ratio(seconds, a, b),
+        "a_over_b_cpu": round(summary[a]["cpu_median_s"] / summary[b]["cpu_median_s"], 3),
+    }
+
+
 def run(
     quick: bool = False,
     epochs: int = 20,
@@ -177,18 +192,7 @@ def run(
     summary = common.summarize(seconds, num_images * epochs, "images")
     for name, runs in cpu.items():
         summary[name]["cpu_median_s"] = round(statistics.median(runs), 4)
-    a, b, c, d = (VARIANTS[k] for k in "abcd")
-    floor = summary[c]["median_s"]
-    ratios = {
-        "a_over_b": common.ratio(summary, a, b),
-        "a_over_d": common.ratio(summary, a, d),
-        "b_over_d": common.ratio(summary, b, d),
-        "b_over_floor": common.ratio(summary, b, c),
-        # (a) costs ~epochs backbone passes, (b) one plus the head epochs
-        "ideal_a_over_b": round(summary[a]["median_s"] / floor, 3),
-        "a_over_b_paired": common.paired_ratio(seconds, a, b),
-        "a_over_b_cpu": round(summary[a]["cpu_median_s"] / summary[b]["cpu_median_s"], 3),
-    }
+    ratios = _ratios(summary, seconds)
     return {
         "benchmark": NAME,
         "backbone": "vgg19",

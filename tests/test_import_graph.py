@@ -112,3 +112,36 @@ def test_a_cycle_through_a_function_level_or_relative_import_is_found(tmp_path):
     assert found == {
         frozenset({"pipeline_components.toy.component", "pipeline_components.toy.executor"})
     }
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(root: str, packages: Iterable[str]) -> list[str]:
+    """`file:line name (N lines)` of every function or method over MAX_FUNCTION_LINES."""
+    import ast
+
+    found = []
+    for path in sorted(modules(root, packages).values()):
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    where = os.path.relpath(path, root)
+                    found.append(f"{where}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_is_longer_than_60_lines():
+    """Issue 27's rule, kept: a function that grows past a screen is split where it has seams
+    (CONTRIBUTING.md, Style). Tests are exempt; the benchmarks are not."""
+    assert long_functions(REPO, (*PACKAGES, "benchmarks")) == []
+
+
+def test_the_length_rule_sees_a_long_function(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(f"def short():\n    pass\n\n\ndef long():\n{body}")
+    assert long_functions(str(tmp_path), ("pkg",)) == ["pkg/m.py:5 long (61 lines)"]

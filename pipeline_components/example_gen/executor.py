@@ -133,15 +133,7 @@ def run_example_gen(
     layout = list_sources(data_root, flat=test_fraction is not None)
     extra = metadata.read(layout.root, opts.metadata_limits)  # a bad one fails before any work
     carve = None if "validation" in layout.splits else opts.validation_fraction
-    log.info(
-        "ExampleGen: %d files, classes %s, splits %s%s",
-        len(layout.sources),
-        ", ".join(layout.labels),
-        ", ".join(output_splits(layout, carve)),
-        f" (by path hash: test {test_fraction:g}, validation {carve:g})"
-        if test_fraction is not None and carve is not None
-        else (f" (validation carved from train, {carve:g})" if carve else ""),
-    )
+    _describe(layout, carve, test_fraction)
     run_args, why = core_beam.direct_mode_args(
         beam_setup.args, len(layout.sources), opts.multi_processing_min_files
     )
@@ -151,6 +143,21 @@ def run_example_gen(
         stats = _convert(layout, work, carve, opts, job, extra)
     _report(stats, output, time.monotonic() - started)
     return stats
+
+
+def _describe(layout: Layout, carve: float | None, test_fraction: float | None) -> None:
+    """The line saying what was found and how the splits are drawn."""
+    if test_fraction is not None and carve is not None:
+        how = f" (by path hash: test {test_fraction:g}, validation {carve:g})"
+    else:
+        how = f" (validation carved from train, {carve:g})" if carve else ""
+    log.info(
+        "ExampleGen: %d files, classes %s, splits %s%s",
+        len(layout.sources),
+        ", ".join(layout.labels),
+        ", ".join(output_splits(layout, carve)),
+        how,
+    )
 
 
 def _convert(
