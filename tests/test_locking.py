@@ -291,6 +291,31 @@ def test_sigterm_releases_the_root_for_the_jobs_retry(make_dataset, tmp_path):
     assert "interrupted" in err and not lock.exists()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM to itself")
+def test_sigterm_inside_nested_interpreter_code_still_exits_130(tmp_path):
+    """The SIGTERM test above exited -2 (killed by SIGINT) about one run in four when the
+    signal landed while an extension module ran Python through a nested PyRun_* call, as
+    importing TensorFlow does: CPython then remembers an exact KeyboardInterrupt and
+    `python -m` ends the process by SIGINT whatever main() returned. Here the nested call is
+    made on purpose, so the old handler fails every time."""
+    (tmp_path / "sigterm_nested.py").write_text(
+        "import ctypes, sys\n"
+        "from pipeline_components.orchestration import runner\n"
+        "code = b'import os, signal\\nos.kill(os.getpid(), signal.SIGTERM)\\n"
+        "for _ in range(10**6): pass\\n'\n"
+        "with runner._sigterm_interrupts():\n"
+        "    assert ctypes.pythonapi.PyRun_SimpleString(code) == -1  # it was interrupted\n"
+        "sys.exit(130)\n"
+    )
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "-m", "sigterm_nested"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "Terminated: received SIGTERM" in done.stderr  # printed by the nested call
+
+
 def test_only_a_component_folder_of_a_pipeline_root_counts_as_inside_it(tmp_path):
     root = tmp_path / "root"
     (root / "runs").mkdir(parents=True)

@@ -420,6 +420,15 @@ def _finish(run: Run) -> None:
     run.save()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be (so everything that cleans up
+    after Ctrl-C does after it too), as a subclass on purpose: CPython remembers a plain
+    KeyboardInterrupt that passes through code run by a nested PyRun_* call (an extension
+    module's initialisation can do that: the signal lands wherever the main thread is), and
+    `python -m` then ends the process by SIGINT (status -2) instead of the 130 main() returns.
+    It checks for the exact type, so a subclass is never remembered."""
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (a node drain, `kubectl delete pod`) stops the run like Ctrl-C: records are
@@ -430,7 +439,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+        raise Terminated(f"received {signal.Signals(signum).name}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
