@@ -236,11 +236,7 @@ def run(quick: bool = False, num_images: int | None = None, repeats: int | None 
 
 def report(results: dict) -> tuple[str, str]:
     """(text table for the terminal, Markdown for the results file)."""
-    header = ["variant", "median wall s", "images/s", "median cpu s"]
-    rows = [
-        [k, v["median_s"], v["images_per_s"], v["median_cpu_s"]]
-        for k, v in results["variants"].items()
-    ]
+    header, rows = common.VARIANT_HEADER, common.variant_rows(results)
     r, g = results["ratios"], results["goals"]
     met = {True: "met", False: "MISSED"}
     notes = [

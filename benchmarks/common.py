@@ -150,6 +150,17 @@ def text_table(header: list[str], rows: list[list]) -> str:
     )
 
 
+VARIANT_HEADER = ["variant", "median wall s", "images/s", "median cpu s"]
+
+
+def variant_rows(results: dict) -> list[list]:
+    """One row per variant under VARIANT_HEADER: its median wall time, images/s and cpu."""
+    return [
+        [k, v["median_s"], v["images_per_s"], v["median_cpu_s"]]
+        for k, v in results["variants"].items()
+    ]
+
+
 def render(title: str, header: list[str], rows: list[list], notes: list[str]) -> tuple[str, str]:
     """(console text, Markdown) of one benchmark's table and its notes."""
     text = "\n".join([title, text_table(header, rows), *notes])

@@ -163,11 +163,7 @@ def run(
 
 
 def report(results: dict) -> tuple[str, str]:
-    header = ["variant", "median wall s", "images/s", "median cpu s"]
-    rows = [
-        [k, v["median_s"], v["images_per_s"], v["median_cpu_s"]]
-        for k, v in results["variants"].items()
-    ]
+    header, rows = common.VARIANT_HEADER, common.variant_rows(results)
     r, g = results["ratios"], results["goals"]
     spread = common.spread(
         common.round_ratios(

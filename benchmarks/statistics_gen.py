@@ -150,11 +150,7 @@ def run(quick: bool = False, num_images: int | None = None, repeats: int | None 
 
 
 def report(results: dict) -> tuple[str, str]:
-    header = ["variant", "median wall s", "images/s", "median cpu s"]
-    rows = [
-        [k, v["median_s"], v["images_per_s"], v["median_cpu_s"]]
-        for k, v in results["variants"].items()
-    ]
+    header, rows = common.VARIANT_HEADER, common.variant_rows(results)
     r = results["ratios"]
     notes = [
         "ratios are medians of per-round ratios (wall time); cpu = this process + its children",

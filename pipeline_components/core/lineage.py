@@ -177,3 +177,14 @@ def served_examples(pipeline_root: str, serving_dir: str, model_name: str) -> Se
         path,
         reason=f"no {trainer.name} execution in {pipeline_root} produced this model",
     )
+
+
+def served_statistics(pipeline_root: str, served: ServedData) -> Artifact | None:
+    """The ExampleStatistics of the data behind the served model, when it records its examples
+    and pipeline_root still has their statistics: the baseline that ExampleValidator compares
+    with and the schema SchemaGen wrote for it."""
+    if not served.examples_fingerprint:
+        return None
+    return find_artifact(
+        pipeline_root, artifacts.EXAMPLE_STATISTICS, artifacts.EXAMPLES, served.examples_fingerprint
+    )

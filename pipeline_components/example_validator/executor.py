@@ -389,12 +389,7 @@ def find_baseline(pipeline: PipelineConfig) -> dict | None:
             "served_version": served.version,
             "missing": f"{served.describe()}: {served.reason}",
         }
-    stats = lineage.find_artifact(
-        pipeline.pipeline_root,
-        artifacts.EXAMPLE_STATISTICS,
-        artifacts.EXAMPLES,
-        served.examples_fingerprint,
-    )
+    stats = lineage.served_statistics(pipeline.pipeline_root, served)
     if stats is None:
         return {
             "served_version": served.version,

@@ -65,12 +65,7 @@ def served_schema(pipeline: PipelineConfig) -> tuple[ChosenSchema | None, str]:
         return None, "no model is served yet"
     if not served.examples_fingerprint:
         return None, f"{served.describe()}: {served.reason}"
-    stats = lineage.find_artifact(
-        pipeline.pipeline_root,
-        artifacts.EXAMPLE_STATISTICS,
-        artifacts.EXAMPLES,
-        served.examples_fingerprint,
-    )
+    stats = lineage.served_statistics(pipeline.pipeline_root, served)
     if stats is None:
         return None, f"no statistics of the data behind {served.describe()}"
     schema = lineage.find_artifact(
